@@ -1,0 +1,3 @@
+"""hpcpilot: an MPI-parallel pilot for Harvester-placed PanDA jobs."""
+
+__version__ = "0.1.0"

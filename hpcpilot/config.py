@@ -1,0 +1,155 @@
+"""Typed configuration: defaults < YAML file < HPCPILOT_* environment < command line.
+
+Top-level settings map to ``HPCPILOT_<NAME>``; settings of a section map to
+``HPCPILOT_<SECTION>__<NAME>`` (two underscores), e.g.
+``HPCPILOT_FILES__JOB_SPEC=pandaJobData.out``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "HPCPILOT_"
+STAGEIN_MODES = ("copy", "link", "direct")
+SPEC_FORMATS = ("json", "cgi")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class HarvesterFiles:
+    """Names of the files Harvester and the pilot exchange (shared/PROTOCOL.md)."""
+
+    worker_pandaids: str = "worker_pandaids.json"
+    job_spec: str = "HPCJobs.json"
+    job_spec_format: str = "json"
+    worker_attributes: str = "worker_attributes.json"
+    job_report: str = "jobReport.json"
+    event_status: str = "event_status.dump.json"
+    heartbeat: str = "worker_heartbeat.json"
+    kill_worker: str = "kill_worker.json"
+    request_jobs: str = "worker_requestjob.json"
+    request_events: str = "worker_requestevents.json"
+    event_ranges: str = "JobsEventRanges.json"
+    pool_file_catalog: str = "PoolFileCatalog_H.xml"
+    summary: str = "hpcpilot_summary.json"
+    state_dir: str = ".hpcpilot"
+
+
+@dataclass(frozen=True)
+class Config:
+    access_point: Path | None = None
+    scratch: Path | None = None
+    cores_per_rank: int | None = None
+    keep_scratch: bool = False
+    log_level: str = "INFO"
+    progress_interval: float = 30.0
+    stagein_mode: str = "copy"
+    site_name: str = ""
+    files: HarvesterFiles = field(default_factory=HarvesterFiles)
+
+    def validated(self) -> "Config":
+        if self.stagein_mode not in STAGEIN_MODES:
+            raise ConfigError(f"stagein_mode {self.stagein_mode!r}: choose one of {', '.join(STAGEIN_MODES)}")
+        if self.files.job_spec_format not in SPEC_FORMATS:
+            raise ConfigError(f"files.job_spec_format {self.files.job_spec_format!r}: choose json or cgi")
+        if self.cores_per_rank is not None and self.cores_per_rank < 1:
+            raise ConfigError(f"cores_per_rank {self.cores_per_rank}: must be at least 1")
+        if self.progress_interval <= 0:
+            raise ConfigError(f"progress_interval {self.progress_interval}: must be positive")
+        return self
+
+
+def _base_type(hint: Any) -> type:
+    """``int | None`` -> int; ``Path | None`` -> Path."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    if value is None or isinstance(value, kind):
+        return value
+    if kind is bool:
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {value!r} is not a yes/no value")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def _merge(settings: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    """A copy of the dataclass ``settings`` with ``overrides`` applied, type-checked."""
+    hints = typing.get_type_hints(type(settings))
+    known = {f.name for f in fields(settings)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        current = getattr(settings, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {key!r} must be a section (a mapping)")
+            changes[key] = _merge(current, value, f"{where} {key}")
+        else:
+            changes[key] = _convert(f"{where} {key}", _base_type(hints[key]), value)
+    return replace(settings, **changes)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
+    return content
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``HPCPILOT_CORES_PER_RANK=4`` -> {"cores_per_rank": "4"}; ``A__B`` nests."""
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in _NOT_SETTINGS:
+            continue
+        *sections, key = name[len(ENV_PREFIX):].lower().split("__")
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = value
+    return overrides
+
+
+# Variables the pilot sets for payloads and children, not settings.
+_NOT_SETTINGS = {"RANK", "CONFIG", "EVENT_CHANNEL", "JOB_DIR", "SCRATCH"}
+
+
+def load_config(
+    yaml_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Build the Config in rising priority: base/defaults, YAML, environment, CLI."""
+    environ = os.environ if environ is None else environ
+    config = base or Config()
+    yaml_file = yaml_file or environ.get(ENV_PREFIX + "CONFIG")
+    if yaml_file:
+        config = _merge(config, read_yaml(Path(yaml_file)), f"config file {yaml_file}")
+    config = _merge(config, environment_overrides(environ), "environment HPCPILOT_*")
+    config = _merge(config, {k: v for k, v in (cli or {}).items() if v is not None}, "command line")
+    return config.validated()

@@ -1,0 +1,115 @@
+"""PanDA pilot error codes, pilot exit codes, and the exceptions that carry them.
+
+The numbers are the ones the PanDA server and its monitoring know
+(shared/PROTOCOL.md, section 4); never renumber them.
+"""
+from __future__ import annotations
+
+import signal
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Per-job error codes, reported as ``pilotErrorCode``."""
+
+    OK = 0
+    GENERAL = 1008
+    NO_LOCAL_SPACE = 1098
+    STAGEIN_FAILED = 1099
+    NO_SUCH_FILE = 1103
+    WORKDIR_TOO_LARGE = 1104
+    STDOUT_TOO_LARGE = 1106
+    SETUP_FAILED = 1110
+    OUTPUT_TOO_LARGE = 1124
+    STAGEOUT_FAILED = 1137
+    MD5_MISMATCH_OUTPUT = 1141
+    MD5_MISMATCH_INPUT = 1145
+    LOOPING_JOB = 1150
+    STAGEIN_TIMEOUT = 1151
+    STAGEOUT_TIMEOUT = 1152
+    MISSING_OUTPUT = 1165
+    ADLER32_MISMATCH_INPUT = 1171
+    ADLER32_MISMATCH_OUTPUT = 1172
+    NO_JOB_REPORT = 1187
+    LFN_TOO_LONG = 1190
+    MKDIR_FAILED = 1199
+    KILLED_BY_SIGNAL = 1200
+    SIGTERM = 1201
+    SIGQUIT = 1202
+    SIGSEGV = 1203
+    SIGXCPU = 1204
+    SIGBUS = 1206
+    SIGUSR1 = 1207
+    SIGINT = 1208
+    WALLTIME = 1213
+    PAYLOAD_FAILED_UNKNOWN = 1220
+    ES_RECOVERABLE = 1224
+    ES_FATAL = 1228
+    PAYLOAD_MEMORY = 1235
+    ES_NO_EVENTS = 1238
+    FILE_HANDLING = 1303
+    PAYLOAD_EXIT = 1305
+    LIST_LENGTH_MISMATCH = 1312
+    UNKNOWN_CHECKSUM_TYPE = 1314
+    LOG_TARBALL_FAILED = 1320
+    EMPTY_OUTPUT = 1350
+    CHECKSUM_CALCULATION = 1366
+    BAD_FILE_NAME = 1371
+    PREEMPTED = 1379
+
+
+_SIGNAL_CODES = {
+    signal.SIGTERM: ErrorCode.SIGTERM,
+    signal.SIGQUIT: ErrorCode.SIGQUIT,
+    signal.SIGSEGV: ErrorCode.SIGSEGV,
+    signal.SIGXCPU: ErrorCode.SIGXCPU,
+    signal.SIGBUS: ErrorCode.SIGBUS,
+    signal.SIGUSR1: ErrorCode.SIGUSR1,
+    signal.SIGINT: ErrorCode.SIGINT,
+}
+
+
+def signal_error_code(signum: int) -> ErrorCode:
+    """The 1200-family code for a payload or pilot killed by ``signum``."""
+    return _SIGNAL_CODES.get(signum, ErrorCode.KILLED_BY_SIGNAL)
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the pilot process, as batch wrappers read them."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    SITE_PROBLEM = 64
+    GENERAL = 65
+    MKDIR = 66
+    NO_LOCAL_SPACE = 69
+    EXCEPTION = 70
+    MISSING_INPUT = 77
+    MAX_TIME = 81
+    NO_JOBS = 82
+
+
+def signal_exit_code(signum: int) -> int:
+    """Shell convention for a process ended by a signal: 128 + signal number."""
+    return 128 + signum
+
+
+class PilotError(Exception):
+    """A failure that ends one job with a PanDA error code and a readable diagnostic."""
+
+    def __init__(self, code: ErrorCode, diag: str):
+        super().__init__(f"{int(code)}: {diag}")
+        self.code = code
+        self.diag = diag
+
+
+class JobDefinitionError(PilotError):
+    """A job definition that cannot be run as written."""
+
+
+class WorkerError(Exception):
+    """A failure of the pilot itself (not of one job): ends the worker with ``exit_code``."""
+
+    def __init__(self, exit_code: ExitCode, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,217 @@
+"""The Harvester shared-file protocol: reading job definitions, writing what Harvester reads.
+
+Layouts (shared/PROTOCOL.md, section 1): ManyToOne has ``worker_pandaids.json``
+and one sub-directory per PandaID; OneToOne has the job spec at the top.
+Every file Harvester reads is published atomically (see atomicfile).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+from .atomicfile import publish_json_if_absent, read_json, write_json
+from .config import HarvesterFiles
+from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
+from .jobs import InvalidJob, JobSpec, parse_job, parse_pandaid
+
+log = logging.getLogger(__name__)
+
+# Overlaps the metadata latency of a shared filesystem when reading many job files.
+READ_THREADS = 8
+
+
+class AccessPoint:
+    """One worker's access point directory, as Harvester lays it out."""
+
+    def __init__(self, root: Path, files: HarvesterFiles):
+        self.root = Path(root).absolute()
+        self.files = files
+        self.many_to_one = (self.root / files.worker_pandaids).exists()
+
+    @property
+    def state_dir(self) -> Path:
+        """The pilot's own bookkeeping, hidden from Harvester."""
+        return self.root / self.files.state_dir
+
+    def job_dir(self, pandaid: int) -> Path:
+        return self.root / str(pandaid) if self.many_to_one else self.root
+
+    def path(self, pandaid: int, name: str) -> Path:
+        return self.job_dir(pandaid) / name
+
+    # -- reading -----------------------------------------------------------
+
+    def read_jobs(self) -> list[JobSpec | InvalidJob]:
+        """Every job of this worker, each parsed or marked invalid with its code."""
+        self._check_readable()
+        if self.many_to_one:
+            pandaids = self._read_pandaids()
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                return list(pool.map(self._read_job_dir, pandaids))
+        spec = self.root / self.files.job_spec
+        if not spec.exists():
+            raise WorkerError(ExitCode.NO_JOBS, f"no jobs in {self.root}: neither "
+                              f"{self.files.worker_pandaids} nor {self.files.job_spec} is there")
+        return self._read_spec_file(spec, expected=None)
+
+    def _check_readable(self) -> None:
+        if not self.root.is_dir():
+            raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root} is not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root} is not readable")
+
+    def _read_pandaids(self) -> list[int]:
+        path = self.root / self.files.worker_pandaids
+        try:
+            content = read_json(path)
+            pandaids = [parse_pandaid(item) for item in content]
+        except (OSError, ValueError, TypeError, JobDefinitionError) as error:
+            raise WorkerError(ExitCode.MISSING_INPUT,
+                              f"{path} must be a JSON list of PandaIDs: {error}") from None
+        unique = list(dict.fromkeys(pandaids))
+        if len(unique) != len(pandaids):
+            log.warning("%s lists some PandaIDs more than once; each job runs once", path.name)
+        if not unique:
+            raise WorkerError(ExitCode.NO_JOBS, f"{path} lists no jobs")
+        return unique
+
+    def _read_job_dir(self, pandaid: int) -> JobSpec | InvalidJob:
+        spec = self.path(pandaid, self.files.job_spec)
+        jobs = self._read_spec_file(spec, expected=pandaid)
+        return jobs[0]
+
+    def _read_spec_file(self, spec: Path, expected: int | None) -> list[JobSpec | InvalidJob]:
+        try:
+            definitions = self._load_definitions(spec)
+        except JobDefinitionError as error:
+            return [InvalidJob(expected or 0, error.code, error.diag)]
+        if expected is not None:
+            definitions = {expected: definitions.get(str(expected), _only(definitions))}
+        return [_parse_or_invalid(key, raw) for key, raw in definitions.items()]
+
+    def _load_definitions(self, spec: Path) -> dict[Any, Any]:
+        """The spec file as {PandaID string: definition}."""
+        try:
+            text = spec.read_text()
+        except FileNotFoundError:
+            raise JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise JobDefinitionError(ErrorCode.FILE_HANDLING, f"cannot read job definition {spec}: {error}") from None
+        if self.files.job_spec_format == "cgi":
+            definition = dict(urllib.parse.parse_qsl(text.strip(), keep_blank_values=True))
+            return {definition.get("PandaID", ""): definition}
+        try:
+            content = json.loads(text)
+        except ValueError as error:
+            raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} is not valid JSON: {error}") from None
+        if not isinstance(content, dict):
+            raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} must hold a JSON object")
+        if "PandaID" in content:  # a bare definition rather than {PandaID: definition}
+            return {str(content["PandaID"]): content}
+        return content
+
+    # -- writing -----------------------------------------------------------
+
+    def write_attributes(self, pandaid: int, attributes: dict[str, Any]) -> None:
+        write_json(self.path(pandaid, self.files.worker_attributes), attributes)
+
+    def write_job_report(self, pandaid: int, report: Any) -> None:
+        write_json(self.path(pandaid, self.files.job_report), report)
+
+    def write_summary(self, summary: Any) -> None:
+        write_json(self.root / self.files.summary, summary)
+
+    def touch_heartbeat(self) -> None:
+        path = self.root / self.files.heartbeat
+        write_json(path, {"time": time.time()}, fsync=False)
+
+
+def _only(definitions: dict[Any, Any]) -> Any:
+    """The single definition of a one-job spec file whose key is not the expected PandaID."""
+    return next(iter(definitions.values())) if len(definitions) == 1 else None
+
+
+def _parse_or_invalid(key: Any, raw: Any) -> JobSpec | InvalidJob:
+    try:
+        pandaid = parse_pandaid(key)
+    except JobDefinitionError as error:
+        return InvalidJob(0, error.code, error.diag)
+    if raw is None:
+        return InvalidJob(pandaid, ErrorCode.GENERAL, f"no definition for PandaID {pandaid} in the job spec file")
+    try:
+        job = parse_job(raw)
+    except JobDefinitionError as error:
+        return InvalidJob(pandaid, error.code, error.diag)
+    if job.pandaid != pandaid:
+        return InvalidJob(pandaid, ErrorCode.GENERAL,
+                          f"job definition field 'PandaID': {job.pandaid} differs from its key {pandaid}")
+    return job
+
+
+class EventStatusPublisher:
+    """Declares entries in ``event_status.dump.json`` without ever replacing an unconsumed file.
+
+    Harvester renames the dump away when it reads it. Entries that cannot be
+    published yet wait in a journal under the state directory, which
+    survives a crash; :meth:`flush` publishes them once the file is free.
+    """
+
+    def __init__(self, access_point: AccessPoint):
+        self.access_point = access_point
+        self.journal_dir = access_point.state_dir / "pending"
+        self._waiting = {int(p.stem) for p in _listdir(self.journal_dir) if p.suffix == ".json"}
+
+    def declare(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> bool:
+        """Declare ``entries`` for a job; True if Harvester can see them now."""
+        pending = self._journal(pandaid) + list(entries)
+        if self._publish(pandaid, pending):
+            self._forget(pandaid)
+            return True
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self._journal_path(pandaid), pending)
+        self._waiting.add(pandaid)
+        return False
+
+    def flush(self) -> int:
+        """Publish whatever waits and can go now; returns how many jobs still wait."""
+        for pandaid in sorted(self._waiting):
+            if self._publish(pandaid, self._journal(pandaid)):
+                self._forget(pandaid)
+        return len(self._waiting)
+
+    def _forget(self, pandaid: int) -> None:
+        if pandaid in self._waiting:
+            self._journal_path(pandaid).unlink(missing_ok=True)
+            self._waiting.discard(pandaid)
+
+    @property
+    def waiting(self) -> set[int]:
+        return set(self._waiting)
+
+    def _publish(self, pandaid: int, entries: list[dict[str, Any]]) -> bool:
+        dump = self.access_point.path(pandaid, self.access_point.files.event_status)
+        return publish_json_if_absent(dump, {str(pandaid): entries})
+
+    def _journal_path(self, pandaid: int) -> Path:
+        return self.journal_dir / f"{pandaid}.json"
+
+    def _journal(self, pandaid: int) -> list[dict[str, Any]]:
+        if pandaid not in self._waiting:
+            return []
+        try:
+            return list(read_json(self._journal_path(pandaid)))
+        except FileNotFoundError:
+            return []
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,221 @@
+"""The PanDA job definition: parsing and validation into typed, frozen specs.
+
+A definition is a flat mapping of mostly strings (shared/PROTOCOL.md,
+section 3). Per-file fields are comma-separated lists aligned by position;
+``NULL`` means empty; a per-file field given once applies to every file.
+Every problem raises :class:`JobDefinitionError` naming the field.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ErrorCode, JobDefinitionError
+
+MAX_LFN_LENGTH = 255
+_CHECKSUM_PATTERNS = {"adler32": re.compile(r"[0-9a-f]{8}"), "md5": re.compile(r"[0-9a-f]{32}")}
+_CHECKSUM_PREFIXES = {"ad": "adler32", "md": "md5"}
+_FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Checksum:
+    kind: str  # "adler32" or "md5"
+    value: str  # lower-case hex digits, no prefix
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    lfn: str
+    guid: str = ""
+    fsize: int | None = None
+    checksum: Checksum | None = None
+    scope: str = ""
+    dataset: str = ""
+    source_path: str = ""  # inFilePaths: where Harvester staged the replica
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    pandaid: int
+    transformation: str
+    job_pars: str = ""
+    core_count: int = 1
+    min_ram_mb: int = 0
+    max_disk_mb: int = 0
+    max_walltime: int | None = None
+    looping_check: bool = True
+    transfer_type: str = ""
+    attempt_nr: int = 0
+    task_id: str = ""
+    jobset_id: str = ""
+    container_name: str = ""
+    event_service: bool = False
+    inputs: tuple[FileSpec, ...] = ()
+    outputs: tuple[FileSpec, ...] = ()
+    log: FileSpec | None = None
+
+    @property
+    def command(self) -> str:
+        """The payload shell line: ``transformation jobPars``."""
+        return f"{self.transformation} {self.job_pars}".strip()
+
+
+@dataclass(frozen=True)
+class InvalidJob:
+    """A definition that failed validation: declared failed, never dropped."""
+
+    pandaid: int
+    code: ErrorCode
+    diag: str
+
+
+def _fail(code: ErrorCode, field: str, problem: str) -> JobDefinitionError:
+    return JobDefinitionError(code, f"job definition field '{field}': {problem}")
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("", "NULL", "None"))
+
+
+def _text(raw: Mapping[str, Any], field: str) -> str:
+    value = raw.get(field)
+    return "" if _is_null(value) else str(value).strip()
+
+
+def _integer(raw: Mapping[str, Any], field: str, default: int | None, minimum: int = 0) -> int | None:
+    value = raw.get(field)
+    if _is_null(value):
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise _fail(ErrorCode.GENERAL, field, f"{value!r} is not an integer") from None
+    if number < minimum:
+        raise _fail(ErrorCode.GENERAL, field, f"{number} is below the minimum {minimum}")
+    return number
+
+
+def _flag(raw: Mapping[str, Any], field: str, default: bool) -> bool:
+    value = raw.get(field)
+    if _is_null(value):
+        return default
+    return str(value).strip().lower() not in _FALSE_WORDS
+
+
+def _file_list(raw: Mapping[str, Any], field: str) -> list[str]:
+    value = raw.get(field)
+    if _is_null(value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value]
+    return [item.strip() for item in str(value).split(",")]
+
+
+def _aligned(raw: Mapping[str, Any], field: str, count: int) -> list[str]:
+    """A per-file field stretched to ``count`` entries: empty, given once, or aligned."""
+    values = _file_list(raw, field)
+    if not values:
+        return [""] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise _fail(ErrorCode.LIST_LENGTH_MISMATCH, field, f"has {len(values)} entries for {count} files")
+    return ["" if _is_null(item) else item for item in values]
+
+
+def validate_lfn(lfn: str, field: str) -> str:
+    """An LFN is a bare file name: never a path, never empty."""
+    if not lfn or lfn in (".", ".."):
+        raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is not a file name")
+    if "/" in lfn or "\0" in lfn:
+        raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is a path, not a bare file name")
+    if len(lfn) > MAX_LFN_LENGTH:
+        raise _fail(ErrorCode.LFN_TOO_LONG, field, f"name of {len(lfn)} characters exceeds {MAX_LFN_LENGTH}")
+    return lfn
+
+
+def parse_checksum(text: str, field: str = "checksum") -> Checksum | None:
+    """``ad:<8 hex>`` or ``md:<32 hex>``; a bare 8-hex value is adler32."""
+    if _is_null(text):
+        return None
+    prefix, _, digits = text.strip().lower().rpartition(":")
+    kind = _CHECKSUM_PREFIXES.get(prefix) if prefix else "adler32"
+    if kind is None:
+        raise _fail(ErrorCode.UNKNOWN_CHECKSUM_TYPE, field, f"unknown checksum type in {text!r}")
+    if not _CHECKSUM_PATTERNS[kind].fullmatch(digits):
+        raise _fail(ErrorCode.UNKNOWN_CHECKSUM_TYPE, field, f"{text!r} is not a valid {kind} value")
+    return Checksum(kind, digits)
+
+
+def _parse_size(text: str, field: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit():
+        raise _fail(ErrorCode.GENERAL, field, f"file size {text!r} is not a non-negative integer")
+    return int(text)
+
+
+def _inputs(raw: Mapping[str, Any]) -> tuple[FileSpec, ...]:
+    lfns = [validate_lfn(name, "inFiles") for name in _file_list(raw, "inFiles")]
+    count = len(lfns)
+    guids, sizes, sums, scopes, datasets, paths = (
+        _aligned(raw, field, count)
+        for field in ("GUID", "fsize", "checksum", "scopeIn", "realDatasetsIn", "inFilePaths")
+    )
+    return tuple(
+        FileSpec(lfn, guids[i], _parse_size(sizes[i], "fsize"), parse_checksum(sums[i]), scopes[i], datasets[i], paths[i])
+        for i, lfn in enumerate(lfns)
+    )
+
+
+def _outputs(raw: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...]:
+    lfns = [validate_lfn(name, "outFiles") for name in _file_list(raw, "outFiles")]
+    if len(set(lfns)) != len(lfns):
+        raise _fail(ErrorCode.BAD_FILE_NAME, "outFiles", "names the same file twice")
+    scopes, datasets = (_aligned(raw, field, len(lfns)) for field in ("scopeOut", "realDatasets"))
+    return tuple(
+        FileSpec(lfn, scope=scopes[i], dataset=datasets[i]) for i, lfn in enumerate(lfns) if lfn != log_lfn
+    )
+
+
+def _log(raw: Mapping[str, Any], pandaid: int) -> FileSpec:
+    lfn = _text(raw, "logFile") or f"log.{pandaid}.job.log.tgz"
+    return FileSpec(validate_lfn(lfn, "logFile"), guid=_text(raw, "logGUID"), scope=_text(raw, "scopeLog"))
+
+
+def parse_pandaid(value: Any) -> int:
+    if _is_null(value) or not str(value).strip().isdigit():
+        raise _fail(ErrorCode.GENERAL, "PandaID", f"{value!r} is not a positive integer")
+    return int(str(value).strip())
+
+
+def parse_job(raw: Mapping[str, Any]) -> JobSpec:
+    """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError."""
+    if not isinstance(raw, Mapping):
+        raise JobDefinitionError(ErrorCode.GENERAL, f"job definition is a {type(raw).__name__}, not an object")
+    pandaid = parse_pandaid(raw.get("PandaID"))
+    transformation = _text(raw, "transformation")
+    if not transformation:
+        raise _fail(ErrorCode.SETUP_FAILED, "transformation", "is empty: there is no payload to run")
+    log = _log(raw, pandaid)
+    return JobSpec(
+        pandaid=pandaid,
+        transformation=transformation,
+        job_pars=_text(raw, "jobPars"),
+        core_count=_integer(raw, "coreCount", 1, minimum=1),
+        min_ram_mb=_integer(raw, "minRamCount", 0),
+        max_disk_mb=_integer(raw, "maxDiskCount", 0),
+        max_walltime=_integer(raw, "maxWalltime", None, minimum=1),
+        looping_check=_flag(raw, "loopingCheck", True),
+        transfer_type=_text(raw, "transferType"),
+        attempt_nr=_integer(raw, "attemptNr", 0),
+        task_id=_text(raw, "taskID"),
+        jobset_id=_text(raw, "jobsetID"),
+        container_name=_text(raw, "container_name"),
+        event_service=_flag(raw, "eventService", False),
+        inputs=_inputs(raw),
+        outputs=_outputs(raw, log.lfn),
+        log=log,
+    )
