@@ -1,0 +1,123 @@
+"""Command line: argument parsing only; builds the Config and calls the workflow."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__, logsetup
+from .config import STAGEIN_MODES, ConfigError, load_config
+from .errors import ExitCode
+from .mpi import run_or_abort, world
+
+log = logging.getLogger(__name__)
+
+RUN_DESCRIPTION = """\
+Run every job that Harvester placed in the access point, then leave the
+files Harvester reads (worker_attributes.json, jobReport.json,
+event_status.dump.json in each job directory) and hpcpilot_summary.json.
+
+Start it under the launcher for HPC mode (mpiexec -n N, srun, aprun) or
+alone for grid mode. Settings come, in rising priority, from defaults, the
+YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
+(HPCPILOT_CORES_PER_RANK=4, HPCPILOT_FILES__JOB_SPEC=pandaJobData.out) and
+these flags.
+
+exit codes: 0 every job ran and was declared (whatever its own outcome);
+65 bad configuration; 70 internal error; 77 access point unreadable or
+malformed; 82 no jobs; 128+N stopped by signal N."""
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scratch", type=Path, metavar="DIR",
+                        help="node-local directory for job scratch (default: $TMPDIR, else the system temp dir)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    parser.add_argument("--cores-per-rank", type=int, metavar="N",
+                        help="cores each rank may use; payloads share them by coreCount "
+                             "(default: the cores this process may use / ranks on the node)")
+    parser.add_argument("--keep-scratch", action="store_true", default=None,
+                        help="keep each job's scratch directory for debugging")
+    parser.add_argument("--stagein-mode", choices=STAGEIN_MODES,
+                        help="copy inputs to scratch (default), symlink them, or let the payload read in place")
+    parser.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                        help="how often rank 0 logs a progress line (default 30)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    parser.add_argument("--mpi", action="store_true", help="initialise MPI even without a recognised launcher")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcpilot", description="An MPI-parallel pilot for PanDA jobs "
+                                     "placed by Harvester on supercomputers, grids and single machines.")
+    parser.add_argument("--version", action="version", version=f"hpcpilot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the jobs of an access point", description=RUN_DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--access-point", type=Path, required=True, metavar="DIR",
+                     help="the worker's access point, where Harvester placed the jobs")
+    _add_run_options(run)
+    demo = commands.add_parser("demo", help="write a demo access point (16 jobs) and run it",
+                               description="Write an access point laid out as Harvester lays it, with 16 "
+                               "jobs (two fail on purpose), run them, and print the per-job table.")
+    demo.add_argument("--dir", type=Path, metavar="DIR", help="where to write it (default: ./hpcpilot-demo-<time>)")
+    demo.add_argument("--jobs", type=int, default=16, metavar="N", help="number of jobs (default 16)")
+    _add_run_options(demo)
+    return parser
+
+
+def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("access_point", "scratch", "cores_per_rank", "keep_scratch", "stagein_mode",
+             "progress_interval", "log_level")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    comm = world(force_mpi=args.mpi)
+    try:
+        config = load_config(args.config, cli=_cli_settings(args))
+    except ConfigError as error:
+        print(f"hpcpilot: configuration error: {error}", file=sys.stderr)
+        return ExitCode.GENERAL
+    logsetup.configure(comm.rank, config.log_level)
+    command = _run_demo if args.command == "demo" else _run
+    return run_or_abort(comm, lambda: command(args, config, comm), ExitCode.EXCEPTION)
+
+
+def _run(args: argparse.Namespace, config: Any, comm: Any) -> int:
+    from .workflow.hpc import run_worker
+
+    return run_worker(config, comm)
+
+
+def _run_demo(args: argparse.Namespace, config: Any, comm: Any) -> int:
+    from dataclasses import replace
+
+    from .demo import default_directory, make_demo
+    from .workflow.hpc import run_worker
+
+    root = None
+    if comm.rank == 0:
+        root = make_demo(args.dir or default_directory(), args.jobs)
+        log.info("demo access point written to %s", root)
+    config = replace(config, access_point=comm.bcast(root, root=0))
+    exit_code = run_worker(config, comm)
+    if comm.rank == 0:
+        _print_demo_table(config.access_point / config.files.summary)
+    return exit_code
+
+
+def _print_demo_table(summary_path: Path) -> None:
+    from .jobstate import JobResult
+    from .workflow.hpc import result_table
+
+    summary = json.loads(summary_path.read_text())
+    print(result_table([JobResult(**row) for row in summary["jobs"]]))
+    print(f"\n{summary['finished']} finished, {summary['failed']} failed; "
+          f"access point: {summary_path.parent}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

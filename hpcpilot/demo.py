@@ -1,0 +1,41 @@
+"""A built-in demo: an access point laid out as Harvester lays it, with about 16 real jobs.
+
+Two jobs fail on purpose: one input's declared checksum is wrong (1171) and
+one payload exits non-zero (1305). The rest run a numpy analysis of their
+input and produce an output file and a job report.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+
+FIRST_PANDAID = 5_000_001
+BAD_CHECKSUM_INDEX = 13
+FAILING_PAYLOAD_INDEX = 14
+
+
+def default_directory() -> Path:
+    return Path.cwd() / time.strftime("hpcpilot-demo-%Y%m%d-%H%M%S")
+
+
+def make_demo(root: Path, n_jobs: int = 16) -> Path:
+    """Write the demo access point under ``root``; returns it."""
+    definitions, inputs = {}, {}
+    for index in range(n_jobs):
+        pandaid = FIRST_PANDAID + index
+        data = np.random.default_rng(index).normal(size=20_000).astype("<f8").tobytes()
+        name_in, name_out = f"EVNT.{pandaid}.dat", f"HIST.{pandaid}.npy"
+        args = f"-m hpcpilot.demo_payload --input {name_in} --output {name_out}"
+        if index == FAILING_PAYLOAD_INDEX:
+            args += " --fail"
+        definition = job_definition(pandaid, sys.executable, args, coreCount=2 if index % 4 == 0 else 1)
+        with_outputs(with_inputs(definition, {name_in: data}), [name_out])
+        if index == BAD_CHECKSUM_INDEX:
+            definition["checksum"] = "ad:00000001"
+        definitions[pandaid], inputs[pandaid] = definition, {name_in: data}
+    return write_access_point(root, definitions, inputs)

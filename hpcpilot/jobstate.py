@@ -1,0 +1,138 @@
+"""A job's life on its rank: state, first error, timings; and what Harvester and rank 0 are told.
+
+``JobRun`` is the mutable record the workflow carries through the phases;
+``worker_attributes`` renders it with PROTOCOL.md's key names;
+``JobResult`` is the small frozen summary sent to rank 0.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ErrorCode, PilotError
+from .jobs import InvalidJob, JobSpec
+
+
+class JobStatus(str, Enum):
+    """Harvester's job states; FINISHED and FAILED are final."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+PHASES = ("getjob", "stagein", "payload", "stageout", "setup")
+
+
+def utc_text(epoch: float) -> str:
+    """PROTOCOL.md's time format: UTC ``YYYY-MM-DD HH:MM:SS``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+@dataclass
+class JobRun:
+    spec: JobSpec
+    rank: int
+    node: str
+    cores: int
+    scratch: Path | None = None
+    status: JobStatus = JobStatus.STARTING
+    error: PilotError | None = None
+    trans_exit_code: int | None = None
+    cpu_seconds: float = 0.0
+    start_time: float = field(default_factory=time.time)
+    end_time: float | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    declared_files: list[dict[str, Any]] = field(default_factory=list)
+    work_dir_bytes: int = 0
+    extra_attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pandaid(self) -> int:
+        return self.spec.pandaid
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def fail(self, error: PilotError) -> None:
+        """Keep the first error: it is the one PanDA reports."""
+        if self.error is None:
+            self.error = error
+
+    def finish(self) -> None:
+        self.end_time = time.time()
+        self.status = JobStatus.FAILED if self.failed else JobStatus.FINISHED
+
+
+def worker_attributes(run: JobRun) -> dict[str, Any]:
+    """``worker_attributes.json`` for ``run`` as it stands now."""
+    code = run.error.code if run.error else ErrorCode.OK
+    attributes: dict[str, Any] = {
+        "jobStatus": run.status.value,
+        "pilotErrorCode": int(code),
+        "pilotErrorDiag": run.error.diag if run.error else "",
+        "node": run.node,
+        "coreCount": run.cores,
+        "attemptNr": run.spec.attempt_nr,
+        "startTime": utc_text(run.start_time),
+        "nInputFiles": len(run.spec.inputs),
+    }
+    if run.trans_exit_code is not None:
+        attributes["transExitCode"] = run.trans_exit_code
+        attributes["exeErrorCode"] = run.trans_exit_code
+    if run.end_time is not None:
+        attributes.update(_final_attributes(run))
+    attributes.update(run.extra_attributes)
+    return attributes
+
+
+def _final_attributes(run: JobRun) -> dict[str, Any]:
+    return {
+        "endTime": utc_text(run.end_time or time.time()),
+        "cpuConsumptionTime": round(run.cpu_seconds, 3),
+        "cpuConsumptionUnit": "s",
+        "cpuConversionFactor": 1.0,
+        "pilotTiming": "|".join(str(round(run.seconds[phase], 3)) for phase in PHASES),
+        "jobMetrics": f"coreCount={run.cores} nInputFiles={len(run.spec.inputs)} workDirSize={run.work_dir_bytes}",
+    }
+
+
+def invalid_job_attributes(job: InvalidJob, node: str) -> dict[str, Any]:
+    """``worker_attributes.json`` for a definition that failed validation."""
+    now = utc_text(time.time())
+    return {
+        "jobStatus": JobStatus.FAILED.value, "pilotErrorCode": int(job.code), "pilotErrorDiag": job.diag,
+        "node": node, "startTime": now, "endTime": now,
+    }
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What rank 0 learns of a job: one row of the worker summary."""
+
+    pandaid: int
+    status: str
+    code: int
+    diag: str
+    rank: int
+    host: str
+    stagein_s: float = 0.0
+    payload_s: float = 0.0
+    stageout_s: float = 0.0
+
+    @classmethod
+    def of_run(cls, run: JobRun) -> "JobResult":
+        return cls(
+            run.pandaid, run.status.value, int(run.error.code) if run.error else 0,
+            run.error.diag if run.error else "", run.rank, run.node,
+            round(run.seconds["stagein"], 3), round(run.seconds["payload"], 3), round(run.seconds["stageout"], 3),
+        )
+
+    @classmethod
+    def of_invalid(cls, job: InvalidJob, rank: int, host: str) -> "JobResult":
+        return cls(job.pandaid, JobStatus.FAILED.value, int(job.code), job.diag, rank, host)

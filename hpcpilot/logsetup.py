@@ -1,0 +1,74 @@
+"""Log formatting with ``[rank@host]`` on every line, and per-job log files.
+
+Only the CLI calls :func:`configure`. Job code logs through :func:`job_logger`,
+whose records also land in that job's own log file (packed in its log tarball).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+from pathlib import Path
+
+FORMAT = "%(asctime)s [%(rank)s@%(host)s] %(levelname)-7s %(name)s: %(message)s"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+        self.host = socket.gethostname()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        record.host = self.host
+        return True
+
+
+def configure(rank: int, level: str = "INFO") -> None:
+    """Send the pilot's log to stderr, each line marked with this rank and host."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RankFilter(rank))
+    handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class JobLogRouter(logging.Handler):
+    """Copies records that carry a ``pandaid`` into that job's open log file."""
+
+    def __init__(self, rank: int):
+        super().__init__(logging.DEBUG)
+        self.addFilter(_RankFilter(rank))
+        self.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+        self._files: dict[int, object] = {}
+        self._guard = threading.Lock()
+
+    def open(self, pandaid: int, path: Path) -> None:
+        with self._guard:
+            self._files[pandaid] = open(path, "a", encoding="utf-8")
+
+    def close_job(self, pandaid: int) -> None:
+        with self._guard:
+            handle = self._files.pop(pandaid, None)
+        if handle is not None:
+            handle.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        handle = self._files.get(getattr(record, "pandaid", None))
+        if handle is not None:
+            handle.write(self.format(record) + "\n")
+            handle.flush()
+
+
+class JobLog(logging.LoggerAdapter):
+    """A logger whose records name the job, so the router files them under it."""
+
+    def __init__(self, logger: logging.Logger, pandaid: int):
+        super().__init__(logger, {"pandaid": pandaid})
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = self.extra
+        return f"job {self.extra['pandaid']}: {msg}", kwargs

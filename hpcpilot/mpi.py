@@ -1,0 +1,94 @@
+"""The only module that imports mpi4py, and a serial stand-in for grid mode.
+
+MPI is initialised only when a launcher started this process (mpiexec, srun,
+aprun ...): on a login node or a grid worker node, initialising MPI can
+fail or hang, and one rank needs no MPI at all.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Mapping
+
+# Variables that MPI launchers set in every rank they start.
+_LAUNCHER_VARIABLES = (
+    "PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
+    "HYDRA_CONTROL_FD", "ALPS_APP_PE", "PALS_RANKID",
+)
+
+
+def launched_by_mpi(environ: Mapping[str, str] = os.environ) -> bool:
+    if any(name in environ for name in _LAUNCHER_VARIABLES):
+        return True
+    # srun sets SLURM_STEP_ID in job steps; plain sbatch shells have no step.
+    return "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ and environ.get("SLURM_NTASKS", "1") != "1"
+
+
+class SerialComm:
+    """The subset of an mpi4py communicator that a one-rank pilot uses."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, value: Any, root: int = 0) -> Any:
+        return value
+
+    def scatter(self, values: list[Any], root: int = 0) -> Any:
+        return values[0]
+
+    def gather(self, value: Any, root: int = 0) -> list[Any]:
+        return [value]
+
+    def allreduce(self, value: Any, op: Any = None) -> Any:
+        return value
+
+    def barrier(self) -> None:
+        pass
+
+    def Abort(self, errorcode: int = 1) -> None:
+        os._exit(errorcode)
+
+
+def world(force_mpi: bool = False) -> Any:
+    """COMM_WORLD when launched by MPI (or forced), else a SerialComm."""
+    if not (force_mpi or launched_by_mpi()):
+        return SerialComm()
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def local_rank_count(comm: Any) -> int:
+    """How many ranks of ``comm`` share this node."""
+    if isinstance(comm, SerialComm):
+        return 1
+    from mpi4py import MPI
+
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node_comm.Get_size()
+    finally:
+        node_comm.Free()
+
+
+def any_source() -> int:
+    from mpi4py import MPI
+
+    return MPI.ANY_SOURCE
+
+
+def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
+    """Run ``main``; an exception escaping it ends every rank, so none hangs in a collective."""
+    try:
+        return main()
+    except SystemExit:
+        raise
+    except BaseException:
+        sys.stderr.write(f"[{comm.rank}@{socket.gethostname()}] uncaught error, aborting all ranks:\n")
+        traceback.print_exc()
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.Abort(exit_code)
+        raise

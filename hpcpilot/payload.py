@@ -1,0 +1,94 @@
+"""Launching the payload: environment, command, and what its exit means.
+
+A PanDA payload command *is* a shell line (``transformation jobPars``), so
+it runs through ``bash -c`` inside the job's own scratch directory, in a
+session of its own so that its whole process tree can be signalled.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ErrorCode, PilotError, signal_error_code
+from .jobs import JobSpec
+
+STDOUT_NAME = "payload.stdout"
+STDERR_NAME = "payload.stderr"
+
+
+def payload_environment(job: JobSpec, cores: int, rank: int, scratch: Path, job_dir: Path,
+                        base: Mapping[str, str], extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """The payload's environment: the pilot's, plus the job's identity and core count."""
+    env = dict(base)
+    env.update(extra)
+    env.update({
+        "PANDAID": str(job.pandaid),
+        "PandaID": str(job.pandaid),
+        "HPCPILOT_RANK": str(rank),
+        "HPCPILOT_SCRATCH": str(scratch),
+        "HPCPILOT_JOB_DIR": str(job_dir),
+        "HPCPILOT_JOB_TOKEN": uuid.uuid4().hex,
+        "ATHENA_PROC_NUMBER": str(cores),
+        "ATHENA_CORE_NUMBER": str(cores),
+        "OMP_NUM_THREADS": str(cores),
+        "TMPDIR": str(scratch),
+    })
+    return env
+
+
+@dataclass
+class PayloadExit:
+    returncode: int  # negative: killed by that signal
+    cpu_seconds: float
+
+
+class Payload:
+    """One running payload process, started in its own session."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
+        self.token = env.get("HPCPILOT_JOB_TOKEN", "")
+        with open(cwd / STDOUT_NAME, "wb") as out, open(cwd / STDERR_NAME, "wb") as err:
+            self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=out, stderr=err, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait(self) -> PayloadExit:
+        """Wait for the payload and collect the CPU time of it and the children it waited for."""
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        return PayloadExit(self.process.returncode, usage.ru_utime + usage.ru_stime)
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def shell_argv(job: JobSpec) -> list[str]:
+    return ["bash", "-c", job.command]
+
+
+def launch(argv: list[str], cwd: Path, env: dict[str, str]) -> Payload:
+    try:
+        return Payload(argv, cwd, env)
+    except OSError as error:
+        raise PilotError(ErrorCode.SETUP_FAILED, f"cannot start payload {argv[0]}: {error}") from None
+
+
+def exit_error(exit: PayloadExit) -> PilotError | None:
+    """The job error a payload exit means, or None for success."""
+    if exit.returncode < 0:
+        signum = -exit.returncode
+        return PilotError(signal_error_code(signum), f"payload killed by signal {signal.Signals(signum).name}")
+    if exit.returncode > 0:
+        return PilotError(ErrorCode.PAYLOAD_EXIT, f"payload exited with code {exit.returncode}")
+    return None

@@ -1,0 +1,162 @@
+"""The HPC workflow: rank 0 reads and scatters, every rank runs its share, rank 0 collects.
+
+Grid mode is this same flow on one rank. Ranks never read job definitions
+from the access point: they get them through MPI only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ExitCode, WorkerError
+from ..harvester import AccessPoint, EventStatusPublisher
+from ..jobs import InvalidJob, JobSpec
+from ..jobstate import JobResult, invalid_job_attributes
+from ..logsetup import JobLogRouter
+from ..mpi import local_rank_count
+from .jobflow import RankContext
+from .progress import Collector, Reporter
+from .rank import RankRunner
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(config: Config, comm: Any) -> int:
+    """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
+    started = time.time()
+    access_point = AccessPoint(config.access_point, config.files)
+    share, failed_early, total, status = _distribute(access_point, comm)
+    if status != ExitCode.SUCCESS:
+        return status
+    ctx = _rank_context(config, access_point, comm.rank)
+    cores = config.cores_per_rank or default_cores_per_rank(comm)
+    if comm.rank == 0:
+        log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
+                 total, comm.size, cores, ctx.scratch_base)
+    results = _run_share(ctx, share, cores, comm, failed_early, total)
+    _remove_scratch_base(ctx)
+    waiting = ctx.publisher.flush()
+    if waiting:
+        log.warning("%d job(s) keep output declarations in %s: Harvester has not yet taken "
+                    "%s; a later run publishes them", waiting, ctx.publisher.journal_dir, config.files.event_status)
+    exit_code = _finish(access_point, results, comm.size, started) if comm.rank == 0 else None
+    return comm.bcast(exit_code, root=0)
+
+
+def _distribute(access_point: AccessPoint, comm: Any) -> tuple[list[JobSpec], list[JobResult], int, int]:
+    """Rank 0 reads and validates; invalid jobs are declared at once; valid ones are scattered.
+
+    Returns this rank's share, the jobs declared failed at once, the total (on rank 0) and the status.
+    """
+    shares, failed_early, total, status = None, [], 0, ExitCode.SUCCESS
+    if comm.rank == 0:
+        try:
+            jobs = access_point.read_jobs()
+            total = len(jobs)
+            failed_early = [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
+            shares = balanced_shares([job for job in jobs if isinstance(job, JobSpec)], comm.size)
+        except WorkerError as error:
+            log.error("%s", error)
+            status = error.exit_code
+    status = comm.bcast(status, root=0)
+    if status != ExitCode.SUCCESS:
+        return [], [], 0, status
+    return comm.scatter(shares, root=0), failed_early, total, status
+
+
+def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:
+    """Deal jobs round-robin, heaviest first, so every rank gets a near-equal share of cores."""
+    ordered = sorted(jobs, key=lambda job: -job.core_count)
+    return [ordered[rank::ranks] for rank in range(ranks)]
+
+
+def _declare_invalid(access_point: AccessPoint, job: InvalidJob) -> JobResult:
+    log.error("job %d: invalid definition, declared failed: %d %s", job.pandaid, job.code, job.diag)
+    host = socket.gethostname()
+    try:
+        access_point.job_dir(job.pandaid).mkdir(parents=True, exist_ok=True)
+        access_point.write_attributes(job.pandaid, invalid_job_attributes(job, host))
+        access_point.write_job_report(job.pandaid, {"exitCode": int(job.code), "exitMsg": job.diag})
+    except OSError as error:
+        log.error("job %d: cannot declare it failed: %s", job.pandaid, error)
+    return JobResult.of_invalid(job, 0, host)
+
+
+def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankContext:
+    router = JobLogRouter(rank)
+    logging.getLogger("hpcpilot").addHandler(router)
+    return RankContext(config, access_point, EventStatusPublisher(access_point), rank,
+                       socket.gethostname(), scratch_base(config, access_point), router)
+
+
+def default_cores_per_rank(comm: Any) -> int:
+    """The cores this process may use, shared among the ranks on this node."""
+    return max(1, len(os.sched_getaffinity(0)) // local_rank_count(comm))
+
+
+def scratch_base(config: Config, access_point: AccessPoint) -> Path:
+    """Node-local storage: --scratch, else $TMPDIR, else the system temp dir; shared FS as last resort."""
+    candidates = [config.scratch, os.environ.get("TMPDIR"), tempfile.gettempdir()]
+    for candidate in filter(None, candidates):
+        base = Path(candidate) / f"hpcpilot-{os.getpid()}"
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            return base
+        except OSError as error:
+            log.warning("scratch candidate %s unusable: %s", candidate, error.strerror)
+    fallback = access_point.state_dir / "scratch"
+    log.warning("no node-local scratch could be created; using the shared filesystem at %s", fallback)
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _run_share(ctx: RankContext, share: list[JobSpec], cores: int, comm: Any,
+               failed_early: list[JobResult], total: int) -> list[JobResult]:
+    if comm.rank == 0:
+        collector = Collector(comm, total, failed_early, ctx.config.progress_interval)
+        runner = RankRunner(ctx, share, cores, collector.add, collector.note_started)
+        runner.run(tick=collector.poll)
+        return collector.wait_for_all()
+    reporter = Reporter(comm)
+    RankRunner(ctx, share, cores, reporter.send_result, reporter.send_started).run()
+    reporter.close()
+    return []
+
+
+def _remove_scratch_base(ctx: RankContext) -> None:
+    if not ctx.config.keep_scratch:
+        try:
+            ctx.scratch_base.rmdir()
+        except OSError:
+            pass
+
+
+def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, started: float) -> int:
+    elapsed = time.time() - started
+    summary = {
+        "ranks": ranks, "elapsed_s": round(elapsed, 3),
+        "finished": sum(r.status == "finished" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "jobs": [asdict(r) for r in sorted(results, key=lambda r: r.pandaid)],
+    }
+    access_point.write_summary(summary)
+    log.info("worker done in %.1f s: %d finished, %d failed\n%s",
+             elapsed, summary["finished"], summary["failed"], result_table(results))
+    return ExitCode.SUCCESS
+
+
+def result_table(results: list[JobResult]) -> str:
+    header = f"{'PandaID':>10} {'status':<8} {'code':>5} {'rank':>4} {'stagein':>8} {'payload':>8} {'stageout':>8}  diagnostic"
+    rows = [
+        f"{r.pandaid:>10} {r.status:<8} {r.code:>5} {r.rank:>4} {r.stagein_s:>8.2f} {r.payload_s:>8.2f} "
+        f"{r.stageout_s:>8.2f}  {r.diag[:80]}"
+        for r in sorted(results, key=lambda r: r.pandaid)
+    ]
+    return "\n".join([header, *rows])

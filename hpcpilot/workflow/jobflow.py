@@ -1,0 +1,197 @@
+"""One job's phases on its rank: begin, stage-in, payload, stage-out and declare.
+
+Each phase takes the job's :class:`JobRun` and records a failure on it
+instead of raising, so a job always reaches its final declaration.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import payload, staging
+from ..atomicfile import read_json
+from ..config import Config
+from ..errors import ErrorCode, PilotError
+from ..harvester import AccessPoint, EventStatusPublisher
+from ..jobstate import JobRun, JobStatus, worker_attributes
+from ..logsetup import JobLog, JobLogRouter
+
+log = logging.getLogger(__name__)
+
+PILOT_LOG_NAME = "pilot.log"
+PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
+# A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
+MAX_LOGFILE_REPORT_CHARS = 10_000
+
+
+@dataclass
+class RankContext:
+    """What every job phase of one rank needs."""
+
+    config: Config
+    access_point: AccessPoint
+    publisher: EventStatusPublisher
+    rank: int
+    host: str
+    scratch_base: Path
+    log_router: JobLogRouter
+
+
+@contextmanager
+def timed(run: JobRun, phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        run.seconds[phase] += time.monotonic() - started
+
+
+def begin(ctx: RankContext, run: JobRun) -> None:
+    """Scratch directory, job log, and the ``starting`` declaration."""
+    job_log = JobLog(log, run.pandaid)
+    with timed(run, "setup"):
+        run.scratch = make_scratch(ctx, run.pandaid)
+        ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
+        job_log.info("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
+        declare_state(ctx, run)
+
+
+def make_scratch(ctx: RankContext, pandaid: int) -> Path:
+    """A fresh directory on node-local storage; the shared filesystem if that fails."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"job-{pandaid}-", dir=ctx.scratch_base))
+    except OSError as error:
+        fallback = ctx.access_point.state_dir / "scratch"
+        log.warning("job %d: cannot create scratch in %s (%s); falling back to shared %s",
+                    pandaid, ctx.scratch_base, error.strerror, fallback)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"job-{pandaid}-", dir=fallback))
+
+
+def stage_in(ctx: RankContext, run: JobRun) -> None:
+    job_log = JobLog(log, run.pandaid)
+    mode = staging.stagein_mode(run.spec, ctx.config.stagein_mode)
+    with timed(run, "stagein"), recorded(run, job_log):
+        size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode)
+        job_log.info("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
+
+
+def run_payload(ctx: RankContext, run: JobRun) -> None:
+    job_log = JobLog(log, run.pandaid)
+    run.status = JobStatus.RUNNING
+    declare_state(ctx, run)
+    env = payload.payload_environment(run.spec, run.cores, ctx.rank, run.scratch,
+                                      ctx.access_point.job_dir(run.pandaid), os.environ)
+    with timed(run, "payload"), recorded(run, job_log):
+        job_log.info("payload: %s", run.spec.command)
+        process = payload.launch(payload.shell_argv(run.spec), run.scratch, env)
+        exit = process.wait()
+        run.cpu_seconds = exit.cpu_seconds
+        run.trans_exit_code = exit.returncode
+        job_log.info("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
+        error = payload.exit_error(exit)
+        if error:
+            raise error
+
+
+def stage_out(ctx: RankContext, run: JobRun) -> None:
+    """Outputs (if the job succeeded so far), job report, log tarball; then the final declaration."""
+    job_log = JobLog(log, run.pandaid)
+    job_dir = ctx.access_point.job_dir(run.pandaid)
+    with timed(run, "stageout"):
+        if not run.failed:
+            with recorded(run, job_log):
+                run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
+        report = job_report(run)
+        _write_report_in_scratch(run, report)
+        run.work_dir_bytes = directory_size(run.scratch)
+        run.finish()
+        job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
+                     run.error.diag if run.error else "")
+        ctx.log_router.close_job(run.pandaid)
+        with recorded(run, job_log):
+            run.declared_files.append(staging.write_log_tarball(
+                run.spec, run.scratch, job_dir, _log_members(run)))
+        if run.error and run.status is JobStatus.FINISHED:
+            run.status = JobStatus.FAILED
+    declare_final(ctx, run, report)
+    clean_scratch(ctx, run)
+
+
+def _log_members(run: JobRun) -> list[str]:
+    return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME]
+
+
+def job_report(run: JobRun) -> Any:
+    """The payload's own report from scratch, trimmed; else a minimal one."""
+    try:
+        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME))
+    except (OSError, ValueError, PilotError):
+        report = None
+    if isinstance(report, dict):
+        return _trim_logfile_reports(report)
+    code = run.error.code if run.error else ErrorCode.OK
+    return {"exitCode": int(code), "exitMsg": run.error.diag if run.error else "OK",
+            "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
+
+
+def _trim_logfile_reports(report: dict) -> dict:
+    for executor in report.get("executor", []) or []:
+        if isinstance(executor, dict) and len(json.dumps(executor.get("logfileReport", ""))) > MAX_LOGFILE_REPORT_CHARS:
+            executor["logfileReport"] = {}
+    return report
+
+
+def _write_report_in_scratch(run: JobRun, report: Any) -> None:
+    """Put the report that Harvester gets into the log tarball too (never through a payload symlink)."""
+    path = run.scratch / PAYLOAD_REPORT_NAME
+    if path.is_symlink():
+        path.unlink()
+    path.write_text(json.dumps(report))
+
+
+def directory_size(path: Path) -> int:
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def declare_state(ctx: RankContext, run: JobRun) -> None:
+    ctx.access_point.write_attributes(run.pandaid, worker_attributes(run))
+
+
+def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
+    """jobReport, the output and log entries, then the final state last: Harvester acts on it."""
+    ctx.access_point.write_job_report(run.pandaid, report)
+    if run.declared_files:
+        ctx.publisher.declare(run.pandaid, run.declared_files)
+    declare_state(ctx, run)
+
+
+def clean_scratch(ctx: RankContext, run: JobRun) -> None:
+    if run.scratch is None or ctx.config.keep_scratch:
+        return
+    shutil.rmtree(run.scratch, ignore_errors=True)
+
+
+@contextmanager
+def recorded(run: JobRun, job_log: logging.LoggerAdapter) -> Iterator[None]:
+    """Turn a failure inside the block into the job's error (the first one counts)."""
+    try:
+        yield
+    except PilotError as error:
+        job_log.error("error %d: %s", error.code, error.diag)
+        run.fail(error)

@@ -1,0 +1,115 @@
+"""Running one rank's share of jobs: a pipeline of phases sharing the rank's cores.
+
+Jobs move stage-in -> payload -> stage-out, each phase a task in a thread
+pool. Payloads start only when enough of the rank's cores are free, while
+the next jobs' stage-in and the last jobs' stage-out overlap them, so the
+cores wait for I/O as little as possible. Only the calling (main) thread
+touches MPI: it runs the loop below and calls ``tick`` between events.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ..errors import ErrorCode, PilotError
+from ..jobs import JobSpec
+from ..jobstate import JobResult, JobRun
+from . import jobflow
+from .jobflow import RankContext
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+PREFETCH = 2  # jobs staged in ahead of free cores
+
+
+class RankRunner:
+    """Runs ``jobs`` on ``cores`` cores; reports each result through ``report``."""
+
+    def __init__(self, ctx: RankContext, jobs: list[JobSpec], cores: int,
+                 report: Callable[[JobResult], None], started: Callable[[int], None] = lambda pandaid: None):
+        self.ctx = ctx
+        self.cores = cores
+        self.free_cores = cores
+        self.waiting = deque(JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores)) for job in jobs)
+        self.staging: set[int] = set()
+        self.ready: deque[JobRun] = deque()
+        self.unfinished = len(self.waiting)
+        self.report = report
+        self.started = started
+        self.events: queue.Queue[tuple[str, JobRun]] = queue.Queue()
+        max_payloads = max(1, cores // max(1, min((r.cores for r in self.waiting), default=1)))
+        self.pool = ThreadPoolExecutor(max_payloads + 2 * PREFETCH, thread_name_prefix=f"rank{ctx.rank}")
+
+    def run(self, tick: Callable[[], None] = lambda: None) -> None:
+        """Run every job to its declaration; ``tick`` runs at least every TICK_SECONDS."""
+        try:
+            while self.unfinished:
+                self._start_what_fits()
+                try:
+                    phase, run = self.events.get(timeout=TICK_SECONDS)
+                    self._advance(phase, run)
+                except queue.Empty:
+                    pass
+                tick()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def _start_what_fits(self) -> None:
+        while self.waiting and len(self.staging) + len(self.ready) < PREFETCH:
+            run = self.waiting.popleft()
+            self.staging.add(run.pandaid)
+            self.started(run.pandaid)
+            self._submit("stagein", run)
+        while self.ready and self.ready[0].cores <= self.free_cores:
+            run = self.ready.popleft()
+            self.free_cores -= run.cores
+            self._submit("payload", run)
+
+    def _advance(self, phase: str, run: JobRun) -> None:
+        if phase == "stagein":
+            self.staging.discard(run.pandaid)
+            if run.failed:
+                self._submit("stageout", run)
+            else:
+                self.ready.append(run)
+        elif phase == "payload":
+            self.free_cores += run.cores
+            self._submit("stageout", run)
+        else:
+            self.unfinished -= 1
+            self.report(JobResult.of_run(run))
+
+    def _submit(self, phase: str, run: JobRun) -> None:
+        self.pool.submit(self._run_phase, phase, run)
+
+    def _run_phase(self, phase: str, run: JobRun) -> None:
+        try:
+            _PHASES[phase](self.ctx, run)
+        except Exception as error:  # a bug must not lose the job: it still gets declared
+            log.error("job %d: unexpected error in %s:\n%s", run.pandaid, phase, traceback.format_exc())
+            run.fail(PilotError(ErrorCode.GENERAL, f"pilot error in {phase}: {error!r}"))
+            if phase == "stageout":
+                _declare_after_crash(self.ctx, run)
+        finally:
+            self.events.put((phase, run))
+
+
+def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:
+    jobflow.begin(ctx, run)
+    jobflow.stage_in(ctx, run)
+
+
+def _declare_after_crash(ctx: RankContext, run: JobRun) -> None:
+    try:
+        run.finish()
+        jobflow.declare_state(ctx, run)
+    except Exception:
+        log.exception("job %d: could not declare it failed", run.pandaid)
+
+
+_PHASES = {"stagein": _stage_in_phase, "payload": jobflow.run_payload, "stageout": jobflow.stage_out}
