@@ -1,0 +1,81 @@
+"""Running the real ``hpcpilot`` command on access points laid out as Harvester lays them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RUN_TIMEOUT = 180
+LAUNCHES = {
+    "grid": [],
+    "mpi1": ["mpiexec", "-n", "1"],
+    "mpi2": ["mpiexec", "-n", "2"],
+    "mpi4": ["mpiexec", "-n", "4"],
+}
+
+
+@dataclass
+class PilotRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    access_point: Path
+
+    def attributes(self, pandaid: int) -> dict:
+        return json.loads((self.job_dir(pandaid) / "worker_attributes.json").read_text())
+
+    def declared(self, pandaid: int) -> list[dict]:
+        content = json.loads((self.job_dir(pandaid) / "event_status.dump.json").read_text())
+        assert list(content) == [str(pandaid)]
+        return content[str(pandaid)]
+
+    def job_dir(self, pandaid: int) -> Path:
+        many_to_one = (self.access_point / "worker_pandaids.json").exists()
+        return self.access_point / str(pandaid) if many_to_one else self.access_point
+
+    def summary(self) -> dict:
+        return json.loads((self.access_point / "hpcpilot_summary.json").read_text())
+
+
+def run_pilot(access_point: Path, launch: str = "grid", *options: str, env: dict | None = None,
+              timeout: float = RUN_TIMEOUT) -> PilotRun:
+    """Run ``hpcpilot run`` for real; the whole launcher tree is killed if it overruns."""
+    command = [*LAUNCHES[launch], sys.executable, "-m", "hpcpilot", "run", "--access-point", str(access_point),
+               "--progress-interval", "1", *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"hpcpilot overran {timeout} s under {launch}:\n{stderr[-4000:]}")
+    return PilotRun(process.returncode, stdout, stderr, access_point)
+
+
+def adler32_of(data: bytes) -> str:
+    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+
+
+def assert_declared_file_matches(entry: dict) -> bytes:
+    """The declared path exists and its bytes match the declared size and checksum."""
+    data = Path(entry["path"]).read_bytes()
+    assert Path(entry["path"]).is_absolute()
+    assert entry["fsize"] == len(data)
+    assert entry["chksum"] == adler32_of(data)
+    assert entry["guid"]
+    return data
+
+
+def tarball_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {member.name.split("/", 1)[1]: tar.extractfile(member).read()
+                for member in tar.getmembers() if member.isfile()}

@@ -1,0 +1,219 @@
+"""The whole pilot, for real, on Harvester-style access points: every job ends declared with its code."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+
+from .conftest import LAUNCHES, assert_declared_file_matches, run_pilot, tarball_members
+
+GOOD = [101, 102, 103, 104, 105, 106]
+FAILING_PAYLOAD, MISSING_INPUT, BAD_ADLER, BAD_MD5 = 201, 202, 203, 204
+MISSING_OUTPUT, EMPTY_OUTPUT, UNEQUAL_LISTS, DOTDOT_LFN, SEGFAULT = 205, 206, 207, 208, 209
+OUTSIDE_SYMLINK = 210
+EXPECTED_CODES = {
+    FAILING_PAYLOAD: 1305, MISSING_INPUT: 1099, BAD_ADLER: 1171, BAD_MD5: 1145, MISSING_OUTPUT: 1165,
+    EMPTY_OUTPUT: 1350, UNEQUAL_LISTS: 1312, DOTDOT_LFN: 1371, SEGFAULT: 1203, OUTSIDE_SYMLINK: 1303,
+}
+
+
+def _input_bytes(pandaid: int) -> bytes:
+    return f"input of job {pandaid}\n".encode() * (pandaid % 7 + 1)
+
+
+def copy_job(pandaid: int, **fields) -> tuple[dict, dict]:
+    """A job that turns its input into an upper-cased output (real bytes to check)."""
+    data = {f"in.{pandaid}": _input_bytes(pandaid)}
+    definition = job_definition(pandaid, "tr", f"a-z A-Z < in.{pandaid} > out.{pandaid}", **fields)
+    return with_outputs(with_inputs(definition, data), [f"out.{pandaid}"]), data
+
+
+def catalogue() -> tuple[dict, dict]:
+    """Good jobs and one job per failure the issue names."""
+    definitions, inputs = {}, {}
+    for pandaid in GOOD + [MISSING_INPUT, BAD_ADLER, BAD_MD5, UNEQUAL_LISTS, DOTDOT_LFN]:
+        definitions[pandaid], inputs[pandaid] = copy_job(pandaid)
+    del inputs[MISSING_INPUT]
+    definitions[BAD_ADLER]["checksum"] = "ad:0badc0de"
+    definitions[BAD_MD5]["checksum"] = "md:" + "0" * 32
+    definitions[UNEQUAL_LISTS]["fsize"] = "1,2"
+    definitions[DOTDOT_LFN]["outFiles"] = "../escape.txt," + definitions[DOTDOT_LFN]["logFile"]
+    definitions[FAILING_PAYLOAD] = job_definition(FAILING_PAYLOAD, "echo", "about to fail; exit 5")
+    definitions[MISSING_OUTPUT] = with_outputs(job_definition(MISSING_OUTPUT, "true"), ["never.txt"])
+    definitions[EMPTY_OUTPUT] = with_outputs(job_definition(EMPTY_OUTPUT, "touch", "empty.txt"), ["empty.txt"])
+    definitions[SEGFAULT] = job_definition(SEGFAULT, "kill", "-SEGV $$")
+    definitions[OUTSIDE_SYMLINK] = with_outputs(job_definition(OUTSIDE_SYMLINK, "ln", "-s /etc/passwd out.txt"),
+                                                ["out.txt"])
+    return definitions, inputs
+
+
+@pytest.fixture
+def catalogue_ap(tmp_path: Path) -> Path:
+    definitions, inputs = catalogue()
+    return write_access_point(tmp_path / "ap", definitions, inputs)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_every_job_is_declared_with_its_code(catalogue_ap: Path, launch: str) -> None:
+    run = run_pilot(catalogue_ap, launch, "--cores-per-rank", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for pandaid in GOOD:
+        attributes = run.attributes(pandaid)
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("finished", 0), attributes
+        entries = {entry["type"]: entry for entry in run.declared(pandaid)}
+        assert set(entries) == {"output", "log"}
+        assert assert_declared_file_matches(entries["output"]) == _input_bytes(pandaid).upper()
+        assert_declared_file_matches(entries["log"])
+    for pandaid, code in EXPECTED_CODES.items():
+        attributes = run.attributes(pandaid)
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", code), attributes
+        assert attributes["pilotErrorDiag"]
+    summary = run.summary()
+    assert len(summary["jobs"]) == len(GOOD) + len(EXPECTED_CODES)
+    used_ranks = {job["rank"] for job in summary["jobs"] if job["pandaid"] in GOOD}
+    assert len(used_ranks) == int(launch[-1]) if launch != "grid" else used_ranks == {0}
+
+
+@pytest.mark.timeout(120)
+def test_failed_job_details(catalogue_ap: Path) -> None:
+    run = run_pilot(catalogue_ap)
+    assert run.attributes(FAILING_PAYLOAD)["transExitCode"] == 5
+    assert "'fsize': has 2 entries for 1 files" in run.attributes(UNEQUAL_LISTS)["pilotErrorDiag"]
+    assert "../escape.txt" in run.attributes(DOTDOT_LFN)["pilotErrorDiag"]
+    assert not (catalogue_ap / "escape.txt").exists()
+    assert not (catalogue_ap / str(OUTSIDE_SYMLINK) / "out.txt").exists()
+    log_entry = next(e for e in run.declared(OUTSIDE_SYMLINK) if e["type"] == "log")
+    assert b"root:" not in b"".join(tarball_members(Path(log_entry["path"])).values())
+    failed_log = next(e for e in run.declared(FAILING_PAYLOAD) if e["type"] == "log")
+    members = tarball_members(Path(failed_log["path"]))
+    assert members["payload.stdout"] == b"about to fail\n"
+    assert set(members) == {"payload.stdout", "payload.stderr", "pilot.log", "jobReport.json"}
+    assert b"payload exited with code 5" in members["pilot.log"]
+    assert json.loads(members["jobReport.json"])["exitCode"] == 1305
+
+
+@pytest.mark.timeout(120)
+def test_good_job_declarations_follow_the_protocol(tmp_path: Path) -> None:
+    definition, data = copy_job(301, coreCount=2, attemptNr=3)
+    definition["logGUID"] = "log-guid-301"
+    ap = write_access_point(tmp_path / "ap", {301: definition}, {301: data})
+    run = run_pilot(ap, "grid", "--cores-per-rank", "4")
+    attributes = run.attributes(301)
+    for key in ("startTime", "endTime"):
+        time.strptime(attributes[key], "%Y-%m-%d %H:%M:%S")
+    assert attributes["coreCount"] == 2 and attributes["attemptNr"] == 3 and attributes["nInputFiles"] == 1
+    assert attributes["pilotTiming"].count("|") == 4
+    assert "coreCount=2" in attributes["jobMetrics"]
+    assert isinstance(attributes["cpuConsumptionTime"], float) and attributes["node"]
+    log_entry = next(e for e in run.declared(301) if e["type"] == "log")
+    assert log_entry["guid"] == "log-guid-301"
+    report = json.loads((ap / "301" / "jobReport.json").read_text())
+    assert report["exitCode"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_payload_report_environment_and_parallel_slots(tmp_path: Path) -> None:
+    """Four 1-core jobs on a 4-core rank run at once, each seeing its PandaID, rank and cores."""
+    script = ('echo "{\\"pandaid\\": \\"$PANDAID\\", \\"rank\\": \\"$HPCPILOT_RANK\\", '
+              '\\"cores\\": \\"$ATHENA_PROC_NUMBER\\", \\"omp\\": \\"$OMP_NUM_THREADS\\"}" > jobReport.json; '
+              'date +%s.%N > start; sleep 1.5; date +%s.%N > stop; cat start stop > times.txt')
+    definitions = {p: with_outputs(job_definition(p, "bash", f"-c '{script}'"), ["times.txt"])
+                   for p in range(401, 405)}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    run = run_pilot(ap, "grid", "--cores-per-rank", "4")
+    windows = []
+    for pandaid in definitions:
+        report = json.loads((ap / str(pandaid) / "jobReport.json").read_text())
+        assert report == {"pandaid": str(pandaid), "rank": "0", "cores": "1", "omp": "1"}
+        start, stop = map(float, (ap / str(pandaid) / "times.txt").read_text().split())
+        windows.append((start, stop))
+    assert max(start for start, _ in windows) < min(stop for _, stop in windows), "payloads did not overlap"
+
+
+@pytest.mark.timeout(120)
+def test_multicore_jobs_share_a_rank_by_core_count(tmp_path: Path) -> None:
+    """Two 2-core jobs on a 3-core rank never run at the same time."""
+    command = "date +%s.%N > start; sleep 1; date +%s.%N > stop; cat start stop > times.txt"
+    definitions = {p: with_outputs(job_definition(p, "bash", f"-c '{command}'", coreCount=2), ["times.txt"])
+                   for p in (501, 502)}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    run_pilot(ap, "grid", "--cores-per-rank", "3")
+    (s1, e1), (s2, e2) = (map(float, (ap / str(p) / "times.txt").read_text().split()) for p in definitions)
+    assert e1 <= s2 or e2 <= s1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("spec_format", ["json", "cgi"])
+def test_one_to_one_layout(tmp_path: Path, spec_format: str) -> None:
+    from hpcpilot.config import HarvesterFiles
+
+    definition, data = copy_job(601)
+    files = HarvesterFiles(job_spec="pandaJobData.out", job_spec_format=spec_format)
+    ap = write_access_point(tmp_path / "ap", {601: definition}, {601: data}, files=files, many_to_one=False)
+    run = run_pilot(ap, "mpi1", env={"HPCPILOT_FILES__JOB_SPEC": "pandaJobData.out",
+                                     "HPCPILOT_FILES__JOB_SPEC_FORMAT": spec_format})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.attributes(601)["jobStatus"] == "finished"
+    assert (ap / "out.601").read_bytes() == _input_bytes(601).upper()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["copy", "link", "direct"])
+def test_stagein_modes(tmp_path: Path, mode: str) -> None:
+    definition, data = copy_job(701)
+    ap = write_access_point(tmp_path / "ap", {701: definition}, {701: data})
+    scratch = tmp_path / "scratch"
+    run = run_pilot(ap, "grid", "--stagein-mode", mode, "--scratch", str(scratch), "--keep-scratch")
+    assert run.attributes(701)["jobStatus"] == "finished", run.attributes(701)
+    (job_scratch,) = scratch.glob("*/job-701-*")
+    assert (job_scratch / "in.701").is_symlink() == (mode != "copy")
+    assert (job_scratch / "PoolFileCatalog.xml").exists()
+
+
+@pytest.mark.timeout(120)
+def test_scratch_is_removed_unless_kept(tmp_path: Path) -> None:
+    definition, data = copy_job(801)
+    ap = write_access_point(tmp_path / "ap", {801: definition}, {801: data})
+    run_pilot(ap, "grid", "--scratch", str(tmp_path / "scratch"))
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_unconsumed_event_status_is_not_overwritten(tmp_path: Path) -> None:
+    definition, data = copy_job(901)
+    ap = write_access_point(tmp_path / "ap", {901: definition}, {901: data})
+    earlier = ap / "901" / "event_status.dump.json"
+    earlier.write_text('{"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}')
+    run = run_pilot(ap)
+    assert run.returncode == 0
+    assert json.loads(earlier.read_text()) == {"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}
+    journal = json.loads((ap / ".hpcpilot" / "pending" / "901.json").read_text())
+    assert {entry["type"] for entry in journal} == {"output", "log"}
+    assert "Harvester has not yet taken" in run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_worker_exit_codes(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run_pilot(tmp_path / "empty").returncode == 82
+    assert run_pilot(tmp_path / "missing", "mpi2").returncode == 77
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "worker_pandaids.json").write_text("[1, 2")
+    bad = run_pilot(tmp_path / "bad")
+    assert bad.returncode == 77 and "worker_pandaids.json" in bad.stderr
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "worker_pandaids.json").write_text("[]")
+    assert run_pilot(tmp_path / "none", "mpi2").returncode == 82
+
+
+@pytest.mark.timeout(60)
+def test_log_lines_carry_rank_and_host(catalogue_ap: Path) -> None:
+    run = run_pilot(catalogue_ap, "mpi2")
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines and all("[0@" in line or "[1@" in line for line in lines if " INFO " in line)
+    assert any("progress:" in line for line in lines)
