@@ -44,6 +44,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="copy inputs to scratch (default), symlink them, or let the payload read in place")
     parser.add_argument("--progress-interval", type=float, metavar="SECONDS",
                         help="how often rank 0 logs a progress line (default 30)")
+    parser.add_argument("--lifetime", type=float, metavar="SECONDS",
+                        help="the pilot's lifetime; the batch job's end time (Slurm, PBS, Cobalt) also counts, "
+                             "less a safety margin (lifetime_margin, default 180 s)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     parser.add_argument("--mpi", action="store_true", help="initialise MPI even without a recognised launcher")
 
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     names = ("access_point", "scratch", "cores_per_rank", "keep_scratch", "stagein_mode",
-             "progress_interval", "log_level")
+             "progress_interval", "log_level", "lifetime")
     return {name: getattr(args, name, None) for name in names}
 
 

@@ -43,6 +43,24 @@ class HarvesterFiles:
     pool_file_catalog: str = "PoolFileCatalog_H.xml"
     summary: str = "hpcpilot_summary.json"
     state_dir: str = ".hpcpilot"
+    stop_file: str = "hpcpilot_stop"  # its existence asks the pilot for a graceful stop
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Payload monitoring: limits and how often each is checked (seconds unless named)."""
+
+    check_interval: float = 5.0  # walltime, and how often the monitor wakes at all
+    memory_interval: float = 60.0
+    disk_interval: float = 60.0
+    looping_interval: float = 900.0
+    walltime_default: int | None = None  # for jobs without maxWalltime; None: no limit
+    kill_grace: float = 10.0  # SIGTERM to SIGKILL
+    memory_grace: float = 2.0  # times minRamCount (MB)
+    memory_limit_mb: int | None = None  # overrides the job's own
+    looping_limit: float = 7200.0  # no file in scratch modified for this long
+    min_free_space_mb: int = 1024
+    max_stdout_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,12 @@ class Config:
     progress_interval: float = 30.0
     stagein_mode: str = "copy"
     site_name: str = ""
+    lifetime: float | None = None  # seconds from start; the batch system's end time also counts
+    lifetime_margin: float = 180.0  # stop this long before the end
+    stop_bound: float = 45.0  # a graceful stop completes within this
+    heartbeat_interval: float = 60.0
     files: HarvesterFiles = field(default_factory=HarvesterFiles)
+    limits: Limits = field(default_factory=Limits)
 
     def validated(self) -> "Config":
         if self.stagein_mode not in STAGEIN_MODES:

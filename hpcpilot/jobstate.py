@@ -50,6 +50,7 @@ class JobRun:
     declared_files: list[dict[str, Any]] = field(default_factory=list)
     work_dir_bytes: int = 0
     extra_attributes: dict[str, Any] = field(default_factory=dict)
+    process: Any = None  # the running Payload, while there is one
 
     @property
     def pandaid(self) -> int:

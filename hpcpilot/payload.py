@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ class Payload:
         except ProcessLookupError:
             pass
 
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to the payload's session, SIGKILL after ``grace`` seconds if it is still there."""
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.process.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.signal_group(signal.SIGKILL)
+
 
 def shell_argv(job: JobSpec) -> list[str]:
     return ["bash", "-c", job.command]
@@ -88,7 +97,18 @@ def exit_error(exit: PayloadExit) -> PilotError | None:
     """The job error a payload exit means, or None for success."""
     if exit.returncode < 0:
         signum = -exit.returncode
-        return PilotError(signal_error_code(signum), f"payload killed by signal {signal.Signals(signum).name}")
+        return PilotError(signal_error_code(signum), f"payload killed by signal {signal_name(signum)}")
     if exit.returncode > 0:
-        return PilotError(ErrorCode.PAYLOAD_EXIT, f"payload exited with code {exit.returncode}")
+        hint = _EXIT_HINTS.get(exit.returncode, "")
+        return PilotError(ErrorCode.PAYLOAD_EXIT, f"payload exited with code {exit.returncode}{hint}")
     return None
+
+
+_EXIT_HINTS = {126: " (command not executable)", 127: " (command not found)"}
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

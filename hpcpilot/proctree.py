@@ -20,9 +20,10 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Collection, Iterable
+from typing import Callable, Collection, Iterable
 
 import psutil
 
@@ -211,7 +212,11 @@ def _is_gone(key: tuple[int, int], table: dict[int, ProcStat]) -> bool:
 
 
 class ProcessTree:
-    """Every process of one payload, for sampling and killing."""
+    """Every process of one payload, for sampling and killing.
+
+    Safe to share between a monitoring thread and a killing one: calls are
+    serialised (a ``sample`` waits while ``kill`` runs its grace period).
+    """
 
     def __init__(self, root_pid: int, token: str, session_id: int | None = None) -> None:
         self.root_pid = root_pid
@@ -221,27 +226,39 @@ class ProcessTree:
         self._without_token: set[tuple[int, int]] = set()
         self._handles: dict[tuple[int, int], psutil.Process] = {}
         self._io = IoLedger()
+        self._table: dict[int, ProcStat] = {}
         self._uid = os.getuid()
+        self._lock = threading.RLock()
 
     # ---- membership -------------------------------------------------------
 
     def pids(self, scan_environ: bool = False) -> set[int]:
-        """Pids of the live members now (zombies excluded)."""
-        return set(self._refresh(scan_environ))
+        """Pids of the live members now (zombies excluded).
+
+        ``scan_environ`` forces a search for the token in every environment
+        of our uid; it happens anyway when a member has vanished.
+        """
+        with self._lock:
+            return set(self._refresh(scan_environ))
 
     def _refresh(self, scan_environ: bool) -> dict[int, ProcStat]:
-        table = read_proc_table()
-        lost_some = any(_is_gone(key, table) or table[key[0]].zombie for key in self._members)
+        table = self._table = read_proc_table()
         seeds = self._seeds(table)
-        if scan_environ or lost_some or self.root_pid not in seeds:
+        if scan_environ or self._lost_members(table):
             seeds |= self._token_holders(table, exclude=seeds)
         members = {pid: table[pid] for pid in _with_descendants(seeds, table)
                    if not table[pid].zombie and _may_signal(pid)}
         self._reap_member_zombies(table)
         self._members = {stat.key: stat for stat in members.values()}
-        self._io.settle(table, members)
         self._forget_gone(table)
         return members
+
+    def _lost_members(self, table: dict[int, ProcStat]) -> bool:
+        """True if the root or a known member died: it may have left unseen orphans."""
+        root = table.get(self.root_pid)
+        if root is None or root.zombie:
+            return True
+        return any(_is_gone(key, table) or table[key[0]].zombie for key in self._members)
 
     def _seeds(self, table: dict[int, ProcStat]) -> set[int]:
         seeds = {key[0] for key in self._members if not _is_gone(key, table)}
@@ -295,14 +312,15 @@ class ProcessTree:
         Returns the pids that needed SIGKILL, new members that appeared
         during the grace period included.
         """
-        members = self._refresh(scan_environ=True)
-        if not members:
-            return []
-        _signal_members(members.values(), signal.SIGTERM)
-        _signal_members(members.values(), signal.SIGCONT)  # a stopped process cannot handle TERM
-        if self._wait_until_empty(grace, poll):
-            return []
-        return self._kill_survivors()
+        with self._lock:
+            members = self._refresh(scan_environ=True)
+            if not members:
+                return []
+            _signal_members(members.values(), signal.SIGTERM)
+            _signal_members(members.values(), signal.SIGCONT)  # a stopped process cannot handle TERM
+            if self._wait_until_empty(grace, poll):
+                return []
+            return self._kill_survivors()
 
     def _wait_until_empty(self, grace: float, poll: float) -> bool:
         deadline = time.monotonic() + grace
@@ -321,8 +339,9 @@ class ProcessTree:
             _signal_members(survivors.values(), signal.SIGKILL)
             killed.update(survivors)
             time.sleep(KILL_ROUND_PAUSE)
-        else:
-            log.warning("payload %d: members survive SIGKILL: %s", self.root_pid, sorted(self.pids()))
+        remaining = self._refresh(scan_environ=True)
+        if remaining:  # e.g. stuck in uninterruptible I/O; the caller may try again later
+            log.warning("payload %d: members survive SIGKILL: %s", self.root_pid, sorted(remaining))
         log.info("payload %d: SIGKILL sent to %s", self.root_pid, sorted(killed))
         return sorted(killed)
 
@@ -330,13 +349,11 @@ class ProcessTree:
 
     def sample(self) -> TreeSample:
         """Summed memory (kB) and I/O (bytes) of the live members now."""
-        members = self._refresh(scan_environ=False)
-        memory = []
-        for stat in members.values():
-            measured = self._measure(stat)
-            if measured is not None:
-                memory.append(measured)
-        io = self._io.total()
+        with self._lock:
+            members = self._refresh(scan_environ=False)
+            self._io.settle(self._table, members)
+            memory = [m for m in map(self._measure, members.values()) if m is not None]
+            io = self._io.total()
         return TreeSample(
             time=time.time(), nprocs=len(memory),
             rss=sum(m.rss for m in memory) // 1024, pss=sum(m.pss for m in memory) // 1024,
@@ -383,7 +400,7 @@ def _with_descendants(seeds: Iterable[int], table: dict[int, ProcStat]) -> set[i
 
 
 def _may_signal(pid: int) -> bool:
-    """Never the pilot itself, init, or kernel threads' parent."""
+    """Never the pilot itself, init or kthreadd, whatever the scan says."""
     return pid not in (os.getpid(), 0, 1, 2)
 
 
@@ -395,7 +412,7 @@ def _signal_members(members: Iterable[ProcStat], signum: int) -> None:
         _send(os.kill, stat.pid, signum)
 
 
-def _send(sender, target: int, signum: int) -> None:
+def _send(sender: Callable[[int, int], None], target: int, signum: int) -> None:
     try:
         sender(target, signum)
     except ProcessLookupError:

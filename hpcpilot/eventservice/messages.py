@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from .ranges import EventRange
 
+# The environment variable that tells the payload where the channel is.
+CHANNEL_ENV = "HPCPILOT_EVENT_CHANNEL"
 READY = "Ready for events"
 NO_MORE_EVENTS = "No more events"
 ENCODING = "utf-8"

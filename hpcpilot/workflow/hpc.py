@@ -19,11 +19,14 @@ from ..errors import ExitCode, WorkerError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import JobResult, invalid_job_attributes
+from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..mpi import local_rank_count
+from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .progress import Collector, Reporter
 from .rank import RankRunner
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +40,28 @@ def run_worker(config: Config, comm: Any) -> int:
         return status
     ctx = _rank_context(config, access_point, comm.rank)
     cores = config.cores_per_rank or default_cores_per_rank(comm)
+    deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
                  total, comm.size, cores, ctx.scratch_base)
-    results = _run_share(ctx, share, cores, comm, failed_early, total)
+    signals = SignalWatch(comm.rank).install()
+    try:
+        results, stop = _run_share(ctx, share, cores, deadline, signals, comm, failed_early, total)
+    finally:
+        signals.restore()
     _remove_scratch_base(ctx)
     waiting = ctx.publisher.flush()
     if waiting:
         log.warning("%d job(s) keep output declarations in %s: Harvester has not yet taken "
                     "%s; a later run publishes them", waiting, ctx.publisher.journal_dir, config.files.event_status)
-    exit_code = _finish(access_point, results, comm.size, started) if comm.rank == 0 else None
+    exit_code = _finish(access_point, results, comm.size, started, stop) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)
+
+
+def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
+    """Rank 0 asks the batch system once; every rank keeps the same deadline."""
+    deadline = pilot_deadline(config.lifetime, config.lifetime_margin, os.environ) if comm.rank == 0 else None
+    return comm.bcast(deadline, root=0)
 
 
 def _distribute(access_point: AccessPoint, comm: Any) -> tuple[list[JobSpec], list[JobResult], int, int]:
@@ -117,17 +131,24 @@ def scratch_base(config: Config, access_point: AccessPoint) -> Path:
     return fallback
 
 
-def _run_share(ctx: RankContext, share: list[JobSpec], cores: int, comm: Any,
-               failed_early: list[JobResult], total: int) -> list[JobResult]:
+def _run_share(ctx: RankContext, share: list[JobSpec], cores: int, deadline: Deadline, signals: SignalWatch,
+               comm: Any, failed_early: list[JobResult], total: int) -> tuple[list[JobResult], StopRequest | None]:
+    """Run this rank's jobs under a supervisor; rank 0 also collects everyone's results."""
     if comm.rank == 0:
         collector = Collector(comm, total, failed_early, ctx.config.progress_interval)
-        runner = RankRunner(ctx, share, cores, collector.add, collector.note_started)
-        runner.run(tick=collector.poll)
-        return collector.wait_for_all()
+        runner = RankRunner(ctx, share, cores, deadline, collector.add, collector.note_started)
+        supervisor = Supervisor(ctx, comm, deadline, signals, runner.stop)
+        runner.run(tick=lambda: (collector.poll(), supervisor.tick()))
+        results = collector.wait_for_all(tick=supervisor.tick)
+        for request in collector.stop_requests:
+            supervisor.adopt(request)
+        return results, supervisor.stop_request
     reporter = Reporter(comm)
-    RankRunner(ctx, share, cores, reporter.send_result, reporter.send_started).run()
-    reporter.close()
-    return []
+    runner = RankRunner(ctx, share, cores, deadline, reporter.send_result, reporter.send_started)
+    supervisor = Supervisor(ctx, comm, deadline, signals, runner.stop)
+    runner.run(tick=supervisor.tick)
+    reporter.close(supervisor.stop_request)
+    return [], supervisor.stop_request
 
 
 def _remove_scratch_base(ctx: RankContext) -> None:
@@ -138,10 +159,11 @@ def _remove_scratch_base(ctx: RankContext) -> None:
             pass
 
 
-def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, started: float) -> int:
+def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, started: float,
+            stop: StopRequest | None) -> int:
     elapsed = time.time() - started
     summary = {
-        "ranks": ranks, "elapsed_s": round(elapsed, 3),
+        "ranks": ranks, "elapsed_s": round(elapsed, 3), "stopped": stop.reason if stop else None,
         "finished": sum(r.status == "finished" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "jobs": [asdict(r) for r in sorted(results, key=lambda r: r.pandaid)],
@@ -149,6 +171,9 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
     access_point.write_summary(summary)
     log.info("worker done in %.1f s: %d finished, %d failed\n%s",
              elapsed, summary["finished"], summary["failed"], result_table(results))
+    if stop is not None:
+        log.warning("stopped early (%s): exit code %d", stop.reason, stop.exit_code)
+        return stop.exit_code
     return ExitCode.SUCCESS
 
 

@@ -92,8 +92,11 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
                                       ctx.access_point.job_dir(run.pandaid), os.environ)
     with timed(run, "payload"), recorded(run, job_log):
         job_log.info("payload: %s", run.spec.command)
-        process = payload.launch(payload.shell_argv(run.spec), run.scratch, env)
-        exit = process.wait()
+        run.process = payload.launch(payload.shell_argv(run.spec), run.scratch, env)
+        if run.failed:  # a stop came while it was being launched
+            run.process.terminate(ctx.config.limits.kill_grace)
+        exit = run.process.wait()
+        run.process = None
         run.cpu_seconds = exit.cpu_seconds
         run.trans_exit_code = exit.returncode
         job_log.info("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
@@ -102,8 +105,16 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
             raise error
 
 
+def abandon(ctx: RankContext, run: JobRun) -> None:
+    """Declare a job that will never start (the pilot is stopping) with its error."""
+    run.finish()
+    declare_final(ctx, run, job_report(run))
+
+
 def stage_out(ctx: RankContext, run: JobRun) -> None:
     """Outputs (if the job succeeded so far), job report, log tarball; then the final declaration."""
+    if run.scratch is None:
+        return abandon(ctx, run)
     job_log = JobLog(log, run.pandaid)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
@@ -133,7 +144,7 @@ def _log_members(run: JobRun) -> list[str]:
 def job_report(run: JobRun) -> Any:
     """The payload's own report from scratch, trimmed; else a minimal one."""
     try:
-        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME))
+        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME)) if run.scratch else None
     except (OSError, ValueError, PilotError):
         report = None
     if isinstance(report, dict):

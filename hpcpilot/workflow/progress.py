@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..jobstate import JobResult
 from ..mpi import any_source
@@ -35,8 +35,9 @@ class Reporter:
     def send_result(self, result: JobResult) -> None:
         self._send(("result", result))
 
-    def close(self) -> None:
-        self._send(("done", None))
+    def close(self, stop_request: Any = None) -> None:
+        """The share is done; ``stop_request`` tells rank 0 how this rank was stopped, if it was."""
+        self._send(("done", stop_request))
         for request in self.requests:
             request.wait()
 
@@ -50,6 +51,7 @@ class Collector:
         self.results = list(results)
         self.running = 0
         self.ranks_done = 1  # rank 0 itself is accounted for by the caller's loop
+        self.stop_requests: list[Any] = []
         self.interval = interval
         self.started_at = time.monotonic()
         self.last_line = self.started_at
@@ -70,12 +72,15 @@ class Collector:
                 self.add(value)
             else:
                 self.ranks_done += 1
+                if value is not None:
+                    self.stop_requests.append(value)
         if time.monotonic() - self.last_line >= self.interval:
             self.log_progress()
 
-    def wait_for_all(self) -> list[JobResult]:
+    def wait_for_all(self, tick: Callable[[], None]) -> list[JobResult]:
         while self.ranks_done < self.comm.size:
             self.poll()
+            tick()
             time.sleep(POLL_SECONDS)
         self.log_progress()
         return self.results

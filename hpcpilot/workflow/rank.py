@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,8 @@ from typing import Callable
 from ..errors import ErrorCode, PilotError
 from ..jobs import JobSpec
 from ..jobstate import JobResult, JobRun
+from ..lifetime import Deadline
+from ..stopping import StopRequest
 from . import jobflow
 from .jobflow import RankContext
 
@@ -30,14 +33,17 @@ PREFETCH = 2  # jobs staged in ahead of free cores
 class RankRunner:
     """Runs ``jobs`` on ``cores`` cores; reports each result through ``report``."""
 
-    def __init__(self, ctx: RankContext, jobs: list[JobSpec], cores: int,
+    def __init__(self, ctx: RankContext, jobs: list[JobSpec], cores: int, deadline: Deadline,
                  report: Callable[[JobResult], None], started: Callable[[int], None] = lambda pandaid: None):
         self.ctx = ctx
         self.cores = cores
         self.free_cores = cores
+        self.deadline = deadline
         self.waiting = deque(JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores)) for job in jobs)
         self.staging: set[int] = set()
         self.ready: deque[JobRun] = deque()
+        self.running: dict[int, JobRun] = {}
+        self.stopping: StopRequest | None = None
         self.unfinished = len(self.waiting)
         self.report = report
         self.started = started
@@ -67,20 +73,52 @@ class RankRunner:
             self._submit("stagein", run)
         while self.ready and self.ready[0].cores <= self.free_cores:
             run = self.ready.popleft()
+            if not self.deadline.fits(run.spec.max_walltime):
+                run.fail(PilotError(ErrorCode.WALLTIME, f"not started: its maxWalltime {run.spec.max_walltime} s "
+                                    f"does not fit in the {self.deadline.remaining():.0f} s the pilot has left"))
+                self._submit("stageout", run)
+                continue
             self.free_cores -= run.cores
+            self.running[run.pandaid] = run
             self._submit("payload", run)
+
+    def stop(self, request: StopRequest) -> None:
+        """Graceful stop: nothing new starts, running payloads end, every job is declared."""
+        self.stopping = request
+        not_started = PilotError(request.code, f"not started: {request.reason}")
+        while self.waiting:
+            run = self.waiting.popleft()
+            run.fail(not_started)
+            self._submit("abandon", run)
+        while self.ready:
+            run = self.ready.popleft()
+            run.fail(not_started)
+            self._submit("stageout", run)
+        for run in list(self.running.values()):
+            run.fail(PilotError(request.code, f"payload stopped: {request.reason}"))
+            self._terminate(run)
+
+    def _terminate(self, run: JobRun) -> None:
+        process = run.process
+        if process is not None:
+            grace = min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3)
+            threading.Thread(target=process.terminate, args=(grace,),
+                             name=f"stop-{run.pandaid}", daemon=True).start()
 
     def _advance(self, phase: str, run: JobRun) -> None:
         if phase == "stagein":
             self.staging.discard(run.pandaid)
+            if self.stopping and not run.failed:
+                run.fail(PilotError(self.stopping.code, f"not started: {self.stopping.reason}"))
             if run.failed:
                 self._submit("stageout", run)
             else:
                 self.ready.append(run)
         elif phase == "payload":
             self.free_cores += run.cores
+            self.running.pop(run.pandaid, None)
             self._submit("stageout", run)
-        else:
+        else:  # stageout or abandon: the job is declared
             self.unfinished -= 1
             self.report(JobResult.of_run(run))
 
@@ -93,7 +131,7 @@ class RankRunner:
         except Exception as error:  # a bug must not lose the job: it still gets declared
             log.error("job %d: unexpected error in %s:\n%s", run.pandaid, phase, traceback.format_exc())
             run.fail(PilotError(ErrorCode.GENERAL, f"pilot error in {phase}: {error!r}"))
-            if phase == "stageout":
+            if phase in ("stageout", "abandon"):
                 _declare_after_crash(self.ctx, run)
         finally:
             self.events.put((phase, run))
@@ -112,4 +150,5 @@ def _declare_after_crash(ctx: RankContext, run: JobRun) -> None:
         log.exception("job %d: could not declare it failed", run.pandaid)
 
 
-_PHASES = {"stagein": _stage_in_phase, "payload": jobflow.run_payload, "stageout": jobflow.stage_out}
+_PHASES = {"stagein": _stage_in_phase, "payload": jobflow.run_payload, "stageout": jobflow.stage_out,
+           "abandon": jobflow.abandon}

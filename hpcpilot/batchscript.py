@@ -1,0 +1,214 @@
+"""Batch scripts for a site: ready to submit, or as a template Harvester fills in.
+
+Each site ships a template file whose placeholders are Harvester's own
+(``{nNode}``, ``{accessPoint}``, ... see shared/PROTOCOL.md section 6) plus
+``{hpcpilot_*}`` ones for the site's pieces (directives, setup lines,
+launcher). A concrete script fills both kinds; a Harvester template fills
+only the site's pieces, with their braces doubled, and writes Harvester's
+placeholders back out, so that Harvester's ``str.format_map`` renders it.
+Template files therefore contain no literal braces at all.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .sites import Site, SitePluginError, select_site
+
+HARVESTER_PLACEHOLDERS = frozenset({
+    "nNode", "nCorePerNode", "nCoreTotal", "requestRam", "requestRamPerCore", "requestDisk",
+    "requestWalltime", "requestWalltimeMinute", "accessPoint", "workerID", "harvesterID",
+    "computingSite", "pandaQueueName", "localQueueName", "logDir", "logSubDir",
+})
+SITE_PLACEHOLDERS = frozenset({
+    "hpcpilot_site", "hpcpilot_directives", "hpcpilot_setup", "hpcpilot_launcher",
+    "hpcpilot_run_args", "hpcpilot_ranks_per_node", "hpcpilot_signal_margin",
+})
+DIRECTIVE_PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS", "cobalt": "#COBALT", "none": "#"}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_WALLTIME = re.compile(r"(\d+):([0-5]\d):([0-5]\d)")
+# Characters that would break the unquoted directive lines or the quoted variable.
+_UNSAFE_PATH = re.compile(r"[\s'\"{}$`\\]")
+
+
+class BatchScriptError(ValueError):
+    """A batch script request that cannot be rendered; the message says why."""
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What one batch job asks for."""
+
+    nodes: int
+    walltime_seconds: int
+    access_point: str
+    ranks_per_node: int = 1
+
+
+def parse_walltime(walltime: str) -> int:
+    """'HH:MM:SS' -> seconds (hours may exceed 23)."""
+    match = _WALLTIME.fullmatch(walltime.strip())
+    if not match:
+        raise BatchScriptError(f"walltime {walltime!r}: expected HH:MM:SS")
+    hours, minutes, seconds = (int(part) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise BatchScriptError(f"walltime {walltime!r}: must be positive")
+    return total
+
+
+def harvester_values(site: Site, request: BatchRequest) -> dict[str, object]:
+    """The placeholder values Harvester would compute for ``request`` (its submitters' rules)."""
+    cores_per_node = site.cores_per_node()
+    return {
+        "nNode": request.nodes,
+        "nCorePerNode": cores_per_node,
+        "nCoreTotal": request.nodes * cores_per_node,
+        "requestWalltime": request.walltime_seconds,
+        "requestWalltimeMinute": math.ceil(request.walltime_seconds / 60),
+        "accessPoint": request.access_point,
+    }
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _directive_lines(site: Site, extra_directives: Sequence[str]) -> str:
+    prefix = DIRECTIVE_PREFIX[site.scheduler()]
+    return "\n".join(f"{prefix} {directive}" for directive in [*site.batch_directives(), *extra_directives])
+
+
+def site_values(
+    site: Site, ranks_per_node: int, extra_args: Sequence[str], extra_directives: Sequence[str],
+    signal_margin: int | None,
+) -> dict[str, str]:
+    """The ``{hpcpilot_*}`` pieces of the template, as plain text."""
+    margin = site.signal_margin_seconds() if signal_margin is None else signal_margin
+    run_args = "".join(f" {shlex.quote(arg)}" for arg in extra_args)
+    return {
+        "hpcpilot_site": site.name,
+        "hpcpilot_directives": _directive_lines(site, extra_directives),
+        "hpcpilot_setup": "\n".join(site.batch_setup_lines()),
+        "hpcpilot_launcher": site.launcher_line(),
+        "hpcpilot_run_args": run_args,
+        "hpcpilot_ranks_per_node": str(ranks_per_node),
+        "hpcpilot_signal_margin": str(margin),
+    }
+
+
+def check_template(text: str, where: str) -> None:
+    """A template may hold only known placeholders and no literal braces."""
+    unknown = set(_PLACEHOLDER.findall(text)) - HARVESTER_PLACEHOLDERS - SITE_PLACEHOLDERS
+    if unknown:
+        raise BatchScriptError(f"{where}: unknown placeholder(s) {', '.join(sorted(unknown))}")
+    if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+        raise BatchScriptError(f"{where}: literal braces are not allowed (Harvester's format_map would eat them)")
+
+
+def _checked_request(
+    site: Site, nodes: int | None, walltime: str | None, access_point: str | Path | None, ranks_per_node: int,
+) -> BatchRequest:
+    if nodes is None or nodes < 1:
+        raise BatchScriptError(f"nodes {nodes!r}: must be at least 1")
+    if walltime is None:
+        raise BatchScriptError("walltime is required (HH:MM:SS)")
+    if ranks_per_node > site.cores_per_node():
+        raise BatchScriptError(
+            f"ranks per node {ranks_per_node}: site {site.name} has only {site.cores_per_node()} cores per node"
+        )
+    return BatchRequest(nodes, parse_walltime(walltime), _checked_access_point(access_point), ranks_per_node)
+
+
+def _checked_access_point(access_point: str | Path | None) -> str:
+    if access_point is None or not str(access_point):
+        raise BatchScriptError("access point is required")
+    text = str(access_point)
+    if not text.startswith("/"):
+        raise BatchScriptError(f"access point {text!r}: must be an absolute path")
+    if _UNSAFE_PATH.search(text):
+        raise BatchScriptError(f"access point {text!r}: blanks, quotes, braces, $, ` and \\ are not supported")
+    return text
+
+
+def render_batch_script(
+    site: Site,
+    nodes: int | None,
+    walltime: str | None,
+    access_point: str | Path | None,
+    ranks_per_node: int = 1,
+    harvester_template: bool = False,
+    extra_args: Sequence[str] = (),
+    extra_directives: Sequence[str] = (),
+    signal_margin: int | None = None,
+) -> str:
+    """A complete batch script for ``site``'s scheduler and launcher.
+
+    ``extra_args`` go on the ``hpcpilot run`` line; ``extra_directives`` are
+    added as scheduler directives (e.g. ``--account=X``). With
+    ``harvester_template`` the result keeps Harvester's placeholders and
+    ``nodes``, ``walltime`` and ``access_point`` are ignored (may be None).
+    """
+    if ranks_per_node < 1:
+        raise BatchScriptError(f"ranks per node {ranks_per_node}: must be at least 1")
+    template = site.batch_template()
+    check_template(template, f"batch template of site {site.name}")
+    pieces = site_values(site, ranks_per_node, extra_args, extra_directives, signal_margin)
+    if harvester_template:
+        values: Mapping[str, object] = {
+            **{key: _escape_braces(value) for key, value in pieces.items()},
+            **{key: "{" + key + "}" for key in HARVESTER_PLACEHOLDERS},
+        }
+    else:
+        request = _checked_request(site, nodes, walltime, access_point, ranks_per_node)
+        values = {**pieces, **harvester_values(site, request)}
+    try:
+        return template.format_map(values)
+    except KeyError as error:
+        raise BatchScriptError(f"site {site.name}: template needs {error}, which a concrete script cannot fill") from None
+
+
+# -- command line ---------------------------------------------------------
+
+
+def add_batch_script_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hpcpilot batch-script``."""
+    parser.add_argument("--site", help="site name (default: detected here, else generic)")
+    parser.add_argument("--nodes", type=int, help="number of nodes (not needed with --harvester-template)")
+    parser.add_argument("--walltime", help="HH:MM:SS (not needed with --harvester-template)")
+    parser.add_argument("--access-point", help="absolute path of the access point (not needed with --harvester-template)")
+    parser.add_argument("--ranks-per-node", type=int, default=1, help="pilot ranks per node (default 1)")
+    parser.add_argument("--harvester-template", action="store_true",
+                        help="write Harvester placeholders ({nNode}, {accessPoint}, ...) instead of values")
+    parser.add_argument("--directive", action="append", default=[], metavar="TEXT",
+                        help="extra scheduler directive, e.g. --directive=--account=abc (repeatable)")
+    parser.add_argument("--pilot-args", default="", metavar="'ARGS'",
+                        help="extra arguments for the 'hpcpilot run' line, one shell-quoted string")
+    parser.add_argument("--signal-margin", type=int, help="seconds before the walltime limit to send SIGUSR1")
+    parser.add_argument("--output", "-o", help="write the script to this file (default: standard output)")
+
+
+def run_batch_script(args: argparse.Namespace) -> int:
+    """``hpcpilot batch-script``: print (or write) the script; 2 on a bad request."""
+    try:
+        site = select_site(args.site)
+        script = render_batch_script(
+            site, args.nodes, args.walltime, args.access_point,
+            ranks_per_node=args.ranks_per_node, harvester_template=args.harvester_template,
+            extra_args=shlex.split(args.pilot_args), extra_directives=args.directive,
+            signal_margin=args.signal_margin,
+        )
+    except (BatchScriptError, SitePluginError) as error:
+        print(f"hpcpilot batch-script: {error}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(script)
+    else:
+        sys.stdout.write(script)
+    return 0

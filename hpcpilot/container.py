@@ -1,0 +1,147 @@
+"""Running a payload inside the container a job names, with the site's runtime.
+
+The payload command is a shell line (PanDA ``transformation`` + ``jobPars``);
+inside the container the site's shell runs it, in the job's scratch
+directory, which is bound into the container at the same path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Protocol
+
+from .errors import ErrorCode, PilotError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "podman")
+_TRANSPORT_SEPARATOR = "://"
+
+
+class ContainerSite(Protocol):
+    """The site hooks this module uses."""
+
+    name: str
+
+    def container_runtimes(self) -> list[str]: ...
+
+    def container_options(self, runtime: str) -> list[str]: ...
+
+    def container_shell(self) -> str: ...
+
+
+def _apptainer_image(container_name: str) -> str:
+    """A path or a 'transport://' reference stays; a bare name is a Docker reference."""
+    if container_name.startswith("/") or _TRANSPORT_SEPARATOR in container_name:
+        return container_name
+    return f"docker://{container_name}"
+
+
+def _shifter_image(container_name: str) -> str:
+    if container_name.startswith("/"):
+        raise PilotError(
+            ErrorCode.SETUP_FAILED,
+            f"shifter runs only gateway images (docker:NAME:TAG), not the path {container_name}",
+        )
+    if container_name.startswith("docker://"):
+        return "docker:" + container_name[len("docker://"):]
+    if container_name.startswith("docker:"):
+        return container_name
+    return f"docker:{container_name}"
+
+
+def _podman_image(container_name: str) -> list[str]:
+    """A directory is an unpacked root filesystem (e.g. on CVMFS); anything else an image reference."""
+    if container_name.startswith("/"):
+        return ["--rootfs", container_name]
+    if container_name.startswith("docker://"):
+        return [container_name[len("docker://"):]]
+    return [container_name]
+
+
+def _apptainer_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+    # apptainer passes the host environment through by default: env_names need no flags.
+    return [executable, "exec", "--bind", f"{scratch}:{scratch}", "--pwd", str(scratch), *options,
+            _apptainer_image(image)]
+
+
+def _shifter_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+    # shifter keeps the caller's environment too.
+    return [executable, f"--image={_shifter_image(image)}", f"--volume={scratch}:{scratch}",
+            f"--workdir={scratch}", *options, "--"]
+
+
+def _podman_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+    # podman starts from a clean environment: name each variable to copy from ours.
+    env_flags = [flag for name in env_names for flag in ("--env", name)]
+    return [executable, "run", "--rm", "--volume", f"{scratch}:{scratch}", "--workdir", str(scratch),
+            *env_flags, *options, *_podman_image(image)]
+
+
+_ARGV_BUILDERS: Mapping[str, Callable[[str, str, Path, list[str], list[str]], list[str]]] = {
+    "apptainer": _apptainer_argv,
+    "singularity": _apptainer_argv,
+    "shifter": _shifter_argv,
+    "podman-hpc": _podman_argv,
+    "podman": _podman_argv,
+}
+
+
+def container_command(
+    runtime: str,
+    executable: str,
+    container_name: str,
+    command: str,
+    scratch: Path,
+    options: Iterable[str] = (),
+    env_names: Iterable[str] = (),
+    shell: str = "/bin/bash",
+) -> list[str]:
+    """The argv running shell line ``command`` in ``container_name`` with ``runtime``."""
+    if runtime not in _ARGV_BUILDERS:
+        raise PilotError(ErrorCode.SETUP_FAILED, f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if not container_name.strip():
+        raise PilotError(ErrorCode.SETUP_FAILED, "empty container name")
+    prefix = _ARGV_BUILDERS[runtime](executable, container_name, Path(scratch), list(options), sorted(env_names))
+    return [*prefix, shell, "-c", command]
+
+
+def find_runtime(site: ContainerSite, search_path: str | None = None) -> tuple[str, str]:
+    """(runtime, executable path) of the first of the site's runtimes installed here."""
+    wanted = site.container_runtimes()
+    for runtime in wanted:
+        executable = shutil.which(runtime, path=search_path)
+        if executable:
+            return runtime, executable
+    where = search_path if search_path is not None else os.environ.get("PATH", "")
+    if not wanted:
+        diag = f"site {site.name} offers no container runtime, but the job names a container"
+    else:
+        diag = f"site {site.name}: no container runtime found: looked for {', '.join(wanted)} on PATH={where}"
+    raise PilotError(ErrorCode.SETUP_FAILED, diag)
+
+
+def wrap_command(
+    site: ContainerSite,
+    container_name: str,
+    command: str,
+    scratch: Path,
+    env_names: Iterable[str] = (),
+    search_path: str | None = None,
+) -> list[str]:
+    """argv that runs the payload shell line ``command`` inside ``container_name``.
+
+    ``scratch`` is bound at the same path and is the working directory;
+    ``env_names`` are variables (e.g. the site's payload environment) to pass
+    into runtimes that do not inherit the environment. Raises
+    PilotError(SETUP_FAILED) when no runtime of the site is installed.
+    """
+    runtime, executable = find_runtime(site, search_path)
+    argv = container_command(
+        runtime, executable, container_name, command, Path(scratch),
+        options=site.container_options(runtime), env_names=env_names, shell=site.container_shell(),
+    )
+    log.info("site %s: payload runs in container %s with %s", site.name, container_name, runtime)
+    return argv

@@ -1,0 +1,475 @@
+"""The pilot's end of the local event channel: a UNIX socket server that feeds ranges to a payload.
+
+The payload finds the socket through the environment variable
+``HPCPILOT_EVENT_CHANNEL`` and speaks the protocol of :mod:`.messages`.
+
+Two threads, so that waiting for ranges never delays the reading of results:
+
+- the *reader* owns the sockets: it accepts payload connections, reads
+  lines, records results and notices a payload going away;
+- the *dispatcher* answers ``Ready for events`` in order: it calls the
+  ``next_range`` provider, which may block while more ranges are fetched
+  from Harvester, and sends the range (or ``No more events``).
+
+Every range taken from the provider ends in exactly one result:
+:class:`RangeFinished`, :class:`RangeFailed`, or, when the payload
+disconnects (crash) or the channel stops, :class:`RangesLost` for the ranges
+that were handed out and not answered (``delivered=True``; the caller fails
+them with 1224/1228 and may restart the payload) or drawn but never sent
+(``delivered=False``). The channel keeps listening after a disconnection,
+so a restarted payload connects to the same address.
+
+A message the pilot cannot read is logged, and fails the oldest range in
+flight on that connection (code ``ERR_HPCPILOT_BAD_MESSAGE``): the payload
+most likely meant to report it, and the range must not wait forever.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .messages import (CHANNEL_ENV, ENCODING, MAX_MESSAGE_BYTES, NO_MORE_EVENTS, FailedReport, FinishedReport, ReadyForEvents,
+                       UnreadableMessage, frame, parse_payload_message, ranges_message)
+from .ranges import EventRange
+
+log = logging.getLogger(__name__)
+
+BAD_MESSAGE_CODE = "ERR_HPCPILOT_BAD_MESSAGE"
+SEND_TIMEOUT = 10.0
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+_READ_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class RangeFinished:
+    event_range: EventRange
+    output_path: str
+    cpu: float
+    wall: float
+
+    @property
+    def range_id(self) -> str:
+        return self.event_range.eventRangeID
+
+
+@dataclass(frozen=True)
+class RangeFailed:
+    event_range: EventRange
+    code: str  # the payload's ERR_<CODE>, or BAD_MESSAGE_CODE
+    message: str
+
+    @property
+    def range_id(self) -> str:
+        return self.event_range.eventRangeID
+
+
+@dataclass(frozen=True)
+class RangesLost:
+    ranges: tuple[EventRange, ...]
+    reason: str
+    delivered: bool  # True: the payload had them (crash); False: drawn but never sent
+
+    @property
+    def range_ids(self) -> tuple[str, ...]:
+        return tuple(r.eventRangeID for r in self.ranges)
+
+
+RangeResult = RangeFinished | RangeFailed | RangesLost
+RangeProvider = Callable[[], "EventRange | None"]
+ResultSink = Callable[[RangeResult], None]
+
+
+@dataclass
+class ChannelStats:
+    connections: int = 0
+    handed_out: int = 0
+    finished: int = 0
+    failed: int = 0
+    lost: int = 0
+    bad_messages: int = 0
+
+
+@dataclass(eq=False)
+class _Connection:
+    number: int
+    sock: socket.socket
+    buffer: bytearray = field(default_factory=bytearray)
+    in_flight: dict[str, EventRange] = field(default_factory=dict)  # insertion order = hand-out order
+    open: bool = True
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class EventChannel:
+    """Serves event ranges to payload processes over a UNIX socket; see the module docstring.
+
+    ``on_result`` is called from the channel's threads, once per result; keep
+    it short. Without it, results are put on :attr:`results` (a queue.Queue).
+    """
+
+    def __init__(self, next_range: RangeProvider, on_result: ResultSink | None = None,
+                 socket_path: Path | str | None = None, send_timeout: float = SEND_TIMEOUT):
+        self._next_range = next_range
+        self.results: queue.Queue[RangeResult] = queue.Queue()
+        self._on_result = on_result or self.results.put
+        self._send_timeout = send_timeout
+        self._own_dir = None if socket_path else Path(tempfile.mkdtemp(prefix="hpcpilot-es-"))
+        self.address = str(socket_path or self._own_dir / "channel")
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._requests: queue.Queue[_Connection] = queue.Queue()
+        self._connections: list[_Connection] = []
+        self._stash: list[EventRange] = []  # drawn from the provider, not delivered yet
+        self._exhausted = False
+        self._stats = ChannelStats()
+        self._threads: list[threading.Thread] = []
+        self._listener = self._listen()
+        self._waker_in, self._waker_out = socket.socketpair()
+        self._selector = selectors.DefaultSelector()
+
+    # -- public ------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """What the payload's environment needs to find the channel."""
+        return {CHANNEL_ENV: self.address}
+
+    def start(self) -> "EventChannel":
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._selector.register(self._waker_in, selectors.EVENT_READ, self._drain_waker)
+        self._threads = [threading.Thread(target=self._read_loop, name="event-channel-reader", daemon=True),
+                         threading.Thread(target=self._dispatch_loop, name="event-channel-dispatcher", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        log.info("event channel listening on %s", self.address)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection, report what was in flight or undelivered, remove the socket."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._threads:
+            self._waker_out.send(b"x")
+        else:  # never started: no reader thread would clean up
+            self._close_everything()
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("%s still busy after %.0f s (provider blocked?); left behind", thread.name, timeout)
+        self._release_stash("event channel stopped before handing them out")
+        self._waker_out.close()
+        log.info("event channel %s stopped: %s", self.address, self.stats())
+
+    def no_more_ranges(self) -> None:
+        """From now on, answer every request with ``No more events`` (e.g. walltime is near)."""
+        with self._lock:
+            self._exhausted = True
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the provider said there are no more ranges (or no_more_ranges was called)."""
+        return self._exhausted
+
+    def in_flight(self) -> list[EventRange]:
+        with self._lock:
+            return [r for conn in self._connections for r in conn.in_flight.values()]
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def stats(self) -> ChannelStats:
+        with self._lock:
+            return ChannelStats(**vars(self._stats))
+
+    def __enter__(self) -> "EventChannel":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- setup and teardown --------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        if len(os.fsencode(self.address)) > MAX_SOCKET_PATH:
+            raise ValueError(f"event channel socket path {self.address} is longer than {MAX_SOCKET_PATH} bytes; "
+                             "UNIX sockets cannot bind it: choose a shorter directory")
+        _remove_stale_socket(Path(self.address))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+
+    def _close_everything(self) -> None:
+        for conn in list(self._connections):
+            self._drop(conn, "event channel stopped")
+            self._forget(conn)
+        self._selector.close()
+        self._listener.close()
+        self._waker_in.close()
+        Path(self.address).unlink(missing_ok=True)
+        if self._own_dir:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+
+    def _release_stash(self, reason: str) -> None:
+        with self._lock:
+            stash, self._stash = tuple(self._stash), []
+        if stash:
+            self._emit(RangesLost(stash, reason, delivered=False))
+
+    # -- reader thread -------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                for key, _ in self._selector.select(timeout=1.0):
+                    key.data(key.fileobj)
+        except Exception:  # the pilot must survive whatever a payload does
+            log.exception("event channel reader failed; closing the channel")
+        finally:
+            self._close_everything()
+
+    def _drain_waker(self, sock: socket.socket) -> None:
+        sock.recv(64)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        sock.settimeout(self._send_timeout)
+        with self._lock:
+            self._stats.connections += 1
+            conn = _Connection(self._stats.connections, sock)
+            self._connections.append(conn)
+        self._selector.register(sock, selectors.EVENT_READ, lambda _sock: self._read(conn))
+        log.info("payload connected to the event channel (connection %d)", conn.number)
+
+    def _read(self, conn: _Connection) -> None:
+        data = self._receive(conn)
+        if data is None:
+            return
+        conn.buffer += data
+        while conn.open and (end := conn.buffer.find(b"\n")) >= 0:
+            line = bytes(conn.buffer[:end])
+            del conn.buffer[:end + 1]
+            self._handle_line(conn, line)
+        if conn.open and len(conn.buffer) > MAX_MESSAGE_BYTES:
+            self._drop(conn, f"payload sent a line longer than {MAX_MESSAGE_BYTES} bytes; not this protocol")
+        if not conn.open:
+            self._forget(conn)
+
+    def _receive(self, conn: _Connection) -> bytes | None:
+        """New bytes, or None once the connection is gone (then it is dropped and forgotten)."""
+        try:
+            data = conn.sock.recv(_READ_CHUNK)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return None
+        except OSError as error:
+            self._drop(conn, f"event channel connection broke: {error}")
+            self._forget(conn)
+            return None
+        if not data:
+            self._drop(conn, "payload closed the event channel")
+            self._forget(conn)
+            return None
+        return data
+
+    def _handle_line(self, conn: _Connection, line: bytes) -> None:
+        text = line.decode(ENCODING, errors="replace").strip()
+        if not text:
+            return
+        try:
+            message = parse_payload_message(text)
+        except UnreadableMessage as error:
+            self._bad_message(conn, str(error))
+            return
+        if isinstance(message, ReadyForEvents):
+            self._requests.put(conn)
+        elif isinstance(message, FinishedReport):
+            self._finished(conn, message)
+        elif isinstance(message, FailedReport):
+            self._failed(conn, message)
+
+    def _finished(self, conn: _Connection, report: FinishedReport) -> None:
+        if not os.path.isabs(report.output_path):
+            self._bad_message(conn, f"output path {report.output_path!r} of range {report.range_id} is not absolute")
+            return
+        event_range = self._answered(conn, report.range_id)
+        if event_range:
+            self._emit(RangeFinished(event_range, report.output_path, report.cpu, report.wall))
+
+    def _failed(self, conn: _Connection, report: FailedReport) -> None:
+        # AthenaMP's ERR_ATHENAMP_PARSE carries the whole range instead of its ID: look for a known ID in the text.
+        event_range = self._answered(conn, report.range_id, quiet=True) or self._answered_by_mention(conn, report.text)
+        if event_range:
+            self._emit(RangeFailed(event_range, report.code, report.message))
+        else:
+            log.warning("connection %d: error report for a range not in flight, ignored: %s", conn.number, report.text)
+
+    def _answered(self, conn: _Connection, range_id: str, quiet: bool = False) -> EventRange | None:
+        with self._lock:
+            event_range = conn.in_flight.pop(range_id, None)
+        if event_range is None and not quiet:
+            log.warning("connection %d: report for range %s, which is not in flight (answered already, or never "
+                        "handed out): ignored", conn.number, range_id)
+        return event_range
+
+    def _answered_by_mention(self, conn: _Connection, text: str) -> EventRange | None:
+        with self._lock:
+            mentioned = [range_id for range_id in conn.in_flight if range_id in text]
+            return conn.in_flight.pop(mentioned[0]) if len(mentioned) == 1 else None
+
+    def _bad_message(self, conn: _Connection, diag: str) -> None:
+        with self._lock:
+            self._stats.bad_messages += 1
+            oldest = next(iter(conn.in_flight), None)
+            event_range = conn.in_flight.pop(oldest) if oldest else None
+        if event_range is None:
+            log.warning("connection %d: unreadable message with no range in flight, ignored: %s", conn.number, diag)
+            return
+        log.warning("connection %d: unreadable message; failing range %s: %s",
+                    conn.number, event_range.eventRangeID, diag)
+        self._emit(RangeFailed(event_range, BAD_MESSAGE_CODE, f"payload sent an unreadable message: {diag}"))
+
+    def _drop(self, conn: _Connection, reason: str) -> None:
+        """Mark a connection dead (from either thread) and report what it had in flight; idempotent."""
+        with self._lock:
+            if not conn.open:
+                return
+            conn.open = False
+            lost = tuple(conn.in_flight.values())
+            conn.in_flight.clear()
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader if the dispatcher dropped it
+        except OSError:
+            pass
+        if lost:
+            log.warning("connection %d: %s with %d range(s) in flight: %s",
+                        conn.number, reason, len(lost), ", ".join(r.eventRangeID for r in lost))
+            self._emit(RangesLost(lost, reason, delivered=True))
+        else:
+            log.info("connection %d: %s", conn.number, reason)
+
+    def _forget(self, conn: _Connection) -> None:
+        """Reader thread only: the selector is not thread-safe."""
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        with conn.send_lock:
+            conn.sock.close()
+
+    # -- dispatcher thread ---------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn = self._requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not conn.open:
+                continue
+            try:
+                self._answer(conn)
+            except Exception:  # the pilot must survive a failing provider
+                log.exception("event channel: answering a request failed; no more ranges will be handed out")
+                self.no_more_ranges()
+
+    def _answer(self, conn: _Connection) -> None:
+        event_range = self._take_range()
+        if event_range is None:
+            self._send(conn, NO_MORE_EVENTS)
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                self._stash.append(event_range)
+                deliverable = False
+            elif not conn.open:
+                self._stash.insert(0, event_range)  # the next request, from any connection, gets it
+                deliverable = False
+            else:
+                conn.in_flight[event_range.eventRangeID] = event_range
+                self._stats.handed_out += 1
+                deliverable = True
+        if deliverable:
+            self._send(conn, ranges_message(event_range))
+        elif self._stopping.is_set():
+            self._release_stash("event channel stopped before handing them out")
+
+    def _take_range(self) -> EventRange | None:
+        with self._lock:
+            if self._stash:
+                return self._stash.pop(0)
+            if self._exhausted:
+                return None
+        event_range = self._next_range()
+        if event_range is None:
+            log.info("event channel: no more ranges; answering %r from now on", NO_MORE_EVENTS)
+            self.no_more_ranges()
+            return None
+        if not isinstance(event_range, EventRange):
+            raise TypeError(f"next_range returned {type(event_range).__name__}, not an EventRange or None")
+        if self._is_in_flight(event_range.eventRangeID):
+            log.error("event channel: range %s is already in flight; the duplicate is not handed out",
+                      event_range.eventRangeID)
+            return self._take_range()
+        return event_range
+
+    def _is_in_flight(self, range_id: str) -> bool:
+        with self._lock:
+            return any(range_id in conn.in_flight for conn in self._connections)
+
+    def _send(self, conn: _Connection, text: str) -> bool:
+        with conn.send_lock:
+            try:
+                conn.sock.sendall(frame(text))
+                return True
+            except OSError as error:
+                failure = error
+        self._drop(conn, f"cannot send to the payload: {failure}")
+        return False
+
+    # -- results -------------------------------------------------------------
+
+    def _emit(self, result: RangeResult) -> None:
+        self._count(result)
+        try:
+            self._on_result(result)
+        except Exception:
+            log.exception("event channel: the result handler failed on %s", result)
+
+    def _count(self, result: RangeResult) -> None:
+        with self._lock:
+            if isinstance(result, RangeFinished):
+                self._stats.finished += 1
+            elif isinstance(result, RangeFailed):
+                self._stats.failed += 1
+            else:
+                self._stats.lost += len(result.ranges)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by an earlier run is replaced; any other file there is an error."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"event channel path {path} exists and is not a socket")
+    path.unlink()

@@ -1,0 +1,61 @@
+"""Why the pilot stops early: signals, the stop file, the deadline; and what each means for jobs.
+
+A stop is graceful: no new payloads, running ones terminated, every job
+declared with the stop's PanDA code, and the pilot exits with its code.
+"""
+from __future__ import annotations
+
+import signal
+import socket
+from dataclasses import dataclass
+
+from .errors import ErrorCode, ExitCode, signal_error_code, signal_exit_code
+
+# Signals that ask for a graceful stop (batch systems send SIGTERM or SIGUSR1 before the kill).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT, signal.SIGXCPU)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    code: ErrorCode  # declared for the jobs the stop ends
+    exit_code: int  # the pilot's exit code
+    reason: str
+
+    @classmethod
+    def for_signal(cls, signum: int, rank: int) -> "StopRequest":
+        name = signal.Signals(signum).name
+        return cls(signal_error_code(signum), signal_exit_code(signum),
+                   f"{name} received by rank {rank} on {socket.gethostname()}")
+
+    @classmethod
+    def for_stop_file(cls, path: str) -> "StopRequest":
+        return cls(ErrorCode.SIGTERM, signal_exit_code(signal.SIGTERM), f"stop file {path} appeared")
+
+    @classmethod
+    def for_deadline(cls) -> "StopRequest":
+        return cls(ErrorCode.WALLTIME, ExitCode.MAX_TIME, "pilot lifetime (less its safety margin) reached")
+
+
+class SignalWatch:
+    """Records the first stop signal; the main loop turns it into a StopRequest."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.signum: int | None = None
+        self._previous = {}
+
+    def install(self) -> "SignalWatch":
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _record(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def pending(self) -> StopRequest | None:
+        return None if self.signum is None else StopRequest.for_signal(self.signum, self.rank)

@@ -1,0 +1,93 @@
+"""The per-rank watch kept between job events: stop requests, heartbeat, pending declarations.
+
+A stop that starts on one rank (signal, stop file, deadline) is announced to
+every other rank, so all of them stop gracefully together.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from ..lifetime import Deadline
+from ..mpi import any_source
+from ..stopping import SignalWatch, StopRequest
+from .jobflow import RankContext
+
+log = logging.getLogger(__name__)
+
+STOP_TAG = 23
+FLUSH_INTERVAL = 10.0
+
+
+class Supervisor:
+    def __init__(self, ctx: RankContext, comm: Any, deadline: Deadline, signals: SignalWatch,
+                 on_stop: Callable[[StopRequest], None]):
+        self.ctx = ctx
+        self.comm = comm
+        self.deadline = deadline
+        self.signals = signals
+        self.on_stop = on_stop
+        self.stop_request: StopRequest | None = None
+        self._sent: list[Any] = []  # pending isend requests keep their buffers alive
+        self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
+
+    def tick(self) -> None:
+        if self.stop_request is None:
+            self._look_for_stop()
+        if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
+            self._heartbeat()
+        if self._due("flush", FLUSH_INTERVAL):
+            self.ctx.publisher.flush()
+
+    def adopt(self, request: StopRequest | None) -> None:
+        """A stop learnt some other way (e.g. in a rank's final report)."""
+        if request is not None and self.stop_request is None:
+            self._stop(request)
+
+    def _look_for_stop(self) -> None:
+        request = self.signals.pending() or self._deadline() or self._stop_file()
+        if request is not None:
+            self._announce(request)
+        else:
+            request = self._received()
+        if request is not None:
+            self._stop(request)
+
+    def _stop(self, request: StopRequest) -> None:
+        self.stop_request = request
+        log.warning("graceful stop: %s; ending running payloads, declaring every job with %d",
+                    request.reason, request.code)
+        self.on_stop(request)
+
+    def _deadline(self) -> StopRequest | None:
+        return StopRequest.for_deadline() if self.deadline.reached() else None
+
+    def _stop_file(self) -> StopRequest | None:
+        if self.ctx.rank != 0 or not self._due("stop_file", self.ctx.config.limits.check_interval):
+            return None
+        path = self.ctx.access_point.root / self.ctx.config.files.stop_file
+        return StopRequest.for_stop_file(str(path)) if path.exists() else None
+
+    def _announce(self, request: StopRequest) -> None:
+        for rank in range(self.comm.size):
+            if rank != self.ctx.rank:
+                self._sent.append(self.comm.isend(request, dest=rank, tag=STOP_TAG))
+
+    def _received(self) -> StopRequest | None:
+        if self.comm.size == 1 or not self.comm.iprobe(source=any_source(), tag=STOP_TAG):
+            return None
+        return self.comm.recv(source=any_source(), tag=STOP_TAG)
+
+    def _heartbeat(self) -> None:
+        try:
+            self.ctx.access_point.touch_heartbeat()
+        except OSError as error:
+            log.warning("cannot write the heartbeat file: %s", error)
+
+    def _due(self, what: str, interval: float) -> bool:
+        now = time.monotonic()
+        if now < self._next[what]:
+            return False
+        self._next[what] = now + interval
+        return True
