@@ -1,0 +1,120 @@
+"""A stop on one rank (signal or stop file) stops every rank gracefully, with every job declared."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+
+STOP_BOUND = 45
+LONG_SLEEP = f"{299 + random.random():.9f}"  # unique, to find this run's payloads among the machine's processes
+JOBS = list(range(1, 13))
+
+
+def start_pilot(ap: Path, ranks: int, *options: str) -> subprocess.Popen:
+    command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
+               "--cores-per-rank", "2", "--progress-interval", "1", *options]
+    env = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"pilot did not stop within {timeout} s:\n{stderr[-3000:]}")
+    return process.returncode, stderr
+
+
+def rank_processes(launcher: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(launcher.pid).children(recursive=True)
+            if "hpcpilot" in " ".join(p.cmdline()) and "python" in p.name()]
+
+
+def wait_until_running(ap: Path, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [_status(ap, pandaid) for pandaid in JOBS]
+        if states.count("running") >= count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"payloads never started: {states}")
+
+
+def _status(ap: Path, pandaid: int) -> str | None:
+    try:
+        return json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"]
+    except FileNotFoundError:
+        return None
+
+
+def sleeping_worker(tmp_path: Path) -> Path:
+    return write_access_point(tmp_path / "ap", {p: job_definition(p, "sleep", LONG_SLEEP) for p in JOBS})
+
+
+def assert_all_declared(ap: Path, code: int) -> None:
+    for pandaid in JOBS:
+        attributes = json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", code), attributes
+    leftovers = [p for p in ap.rglob("*") if p.name.startswith(".hpcpilot-tmp-")]
+    assert leftovers == []
+    for path in ap.rglob("*.json"):
+        json.loads(path.read_text())
+    assert not any(LONG_SLEEP in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("signum, code, exit_code", [(signal.SIGTERM, 1201, 143), (signal.SIGUSR1, 1207, 138)])
+def test_signal_to_one_rank_stops_every_rank(tmp_path: Path, ranks: int, signum: int, code: int,
+                                             exit_code: int) -> None:
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, ranks)
+    wait_until_running(ap, ranks)
+    ranks_found = rank_processes(pilot)
+    assert len(ranks_found) == ranks
+    signalled = time.monotonic()
+    ranks_found[-1].send_signal(signum)
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert time.monotonic() - signalled < STOP_BOUND
+    assert returncode == exit_code, stderr[-3000:]
+    assert_all_declared(ap, code)
+
+
+@pytest.mark.timeout(150)
+def test_stop_file_stops_the_worker(tmp_path: Path) -> None:
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2)
+    wait_until_running(ap, 2)
+    (ap / "hpcpilot_stop").touch()
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert returncode == 143, stderr[-3000:]
+    assert "stop file" in stderr
+    assert_all_declared(ap, 1201)
+
+
+@pytest.mark.timeout(120)
+def test_lifetime_margin_stops_and_keeps_long_jobs_from_starting(tmp_path: Path) -> None:
+    definitions = {1: job_definition(1, "sleep", LONG_SLEEP), 2: job_definition(2, "true", maxWalltime=3600),
+                   3: job_definition(3, "true", maxWalltime=2)}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    pilot = start_pilot(ap, 2, "--lifetime", "188")  # 8 s before the 180 s margin
+    returncode, stderr = finish(pilot, 60)
+    attributes = {p: json.loads((ap / str(p) / "worker_attributes.json").read_text()) for p in definitions}
+    assert returncode == 81, stderr[-3000:]
+    assert attributes[1]["pilotErrorCode"] == 1213 and "lifetime" in attributes[1]["pilotErrorDiag"]
+    assert attributes[2]["pilotErrorCode"] == 1213 and "does not fit" in attributes[2]["pilotErrorDiag"]
+    assert "transExitCode" not in attributes[2]
+    assert attributes[3]["jobStatus"] == "finished"
