@@ -81,8 +81,9 @@ def _escape_braces(text: str) -> str:
 
 
 def _directive_lines(site: Site, extra_directives: Sequence[str]) -> str:
+    """Directive lines, each preceded by a newline (the template puts them after its own)."""
     prefix = DIRECTIVE_PREFIX[site.scheduler()]
-    return "\n".join(f"{prefix} {directive}" for directive in [*site.batch_directives(), *extra_directives])
+    return "".join(f"\n{prefix} {directive}" for directive in [*site.batch_directives(), *extra_directives])
 
 
 def site_values(
@@ -107,7 +108,9 @@ def check_template(text: str, where: str) -> None:
     """A template may hold only known placeholders and no literal braces."""
     unknown = set(_PLACEHOLDER.findall(text)) - HARVESTER_PLACEHOLDERS - SITE_PLACEHOLDERS
     if unknown:
-        raise BatchScriptError(f"{where}: unknown placeholder(s) {', '.join(sorted(unknown))}")
+        raise BatchScriptError(
+            f"{where}: unknown placeholder(s) {', '.join(sorted(unknown))} (write bash's ${{X}} as $X)"
+        )
     if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
         raise BatchScriptError(f"{where}: literal braces are not allowed (Harvester's format_map would eat them)")
 

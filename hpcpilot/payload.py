@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from .errors import ErrorCode, PilotError, signal_error_code
 from .jobs import JobSpec
+from .proctree import TOKEN_ENV, ProcessTree, new_token
 
 STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
@@ -33,7 +32,7 @@ def payload_environment(job: JobSpec, cores: int, rank: int, scratch: Path, job_
         "HPCPILOT_RANK": str(rank),
         "HPCPILOT_SCRATCH": str(scratch),
         "HPCPILOT_JOB_DIR": str(job_dir),
-        "HPCPILOT_JOB_TOKEN": uuid.uuid4().hex,
+        TOKEN_ENV: new_token(),
         "ATHENA_PROC_NUMBER": str(cores),
         "ATHENA_CORE_NUMBER": str(cores),
         "OMP_NUM_THREADS": str(cores),
@@ -49,13 +48,13 @@ class PayloadExit:
 
 
 class Payload:
-    """One running payload process, started in its own session."""
+    """One running payload process, started in its own session, and its whole process tree."""
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
-        self.token = env.get("HPCPILOT_JOB_TOKEN", "")
         with open(cwd / STDOUT_NAME, "wb") as out, open(cwd / STDERR_NAME, "wb") as err:
             self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
+        self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)
 
     @property
     def pid(self) -> int:
@@ -67,19 +66,12 @@ class Payload:
         self.process.returncode = os.waitstatus_to_exitcode(status)
         return PayloadExit(self.process.returncode, usage.ru_utime + usage.ru_stime)
 
-    def signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
+    def terminate(self, grace: float) -> list[int]:
+        """SIGTERM to every process of the payload, SIGKILL to those left after ``grace`` seconds.
 
-    def terminate(self, grace: float) -> None:
-        """SIGTERM to the payload's session, SIGKILL after ``grace`` seconds if it is still there."""
-        self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while self.process.returncode is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.signal_group(signal.SIGKILL)
+        Also ends what a finished payload left behind (children that outlived it).
+        """
+        return self.tree.kill(grace)
 
 
 def shell_argv(job: JobSpec) -> list[str]:

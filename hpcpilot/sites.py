@@ -416,7 +416,8 @@ def list_sites() -> list[str]:
     return sorted(_site_entry_points())
 
 
-def _instantiate(entry_point: EntryPoint) -> object:
+def instantiate_site(entry_point: EntryPoint) -> object:
+    """The validated site object of one entry point; SitePluginError names it on any failure."""
     label = f"{entry_point.name!r} ({entry_point.value})"
     try:
         factory: Callable[[], object] = entry_point.load()
@@ -442,7 +443,7 @@ def load_site(name: str) -> Site:
     if name not in registered:
         known = ", ".join(sorted(registered)) or "none"
         raise SitePluginError(f"no site plugin named {name!r}; registered: {known}")
-    return _instantiate(registered[name])  # type: ignore[return-value]
+    return instantiate_site(registered[name])  # type: ignore[return-value]
 
 
 def _environment_with_hostname(environ: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -159,10 +159,12 @@ class EventChannel:
             return
         self._stopping.set()
         if self._threads:
-            self._waker_out.send(b"x")
+            self._wake_reader()
         else:  # never started: no reader thread would clean up
             self._close_everything()
         for thread in self._threads:
+            if thread is threading.current_thread():  # stop() called from on_result
+                continue
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("%s still busy after %.0f s (provider blocked?); left behind", thread.name, timeout)
@@ -211,6 +213,12 @@ class EventChannel:
         listener.listen(64)
         listener.setblocking(False)
         return listener
+
+    def _wake_reader(self) -> None:
+        try:
+            self._waker_out.send(b"x")
+        except OSError:  # the reader has ended already
+            pass
 
     def _close_everything(self) -> None:
         for conn in list(self._connections):
@@ -304,9 +312,6 @@ class EventChannel:
             self._failed(conn, message)
 
     def _finished(self, conn: _Connection, report: FinishedReport) -> None:
-        if not os.path.isabs(report.output_path):
-            self._bad_message(conn, f"output path {report.output_path!r} of range {report.range_id} is not absolute")
-            return
         event_range = self._answered(conn, report.range_id)
         if event_range:
             self._emit(RangeFinished(event_range, report.output_path, report.cpu, report.wall))
@@ -387,9 +392,10 @@ class EventChannel:
                 continue
             try:
                 self._answer(conn)
-            except Exception:  # the pilot must survive a failing provider
+            except Exception:  # a bug here must neither kill the pilot nor leave the payload waiting
                 log.exception("event channel: answering a request failed; no more ranges will be handed out")
                 self.no_more_ranges()
+                self._send(conn, NO_MORE_EVENTS)
 
     def _answer(self, conn: _Connection) -> None:
         event_range = self._take_range()
@@ -418,7 +424,11 @@ class EventChannel:
                 return self._stash.pop(0)
             if self._exhausted:
                 return None
-        event_range = self._next_range()
+        try:
+            event_range = self._next_range()
+        except Exception:  # e.g. the shared filesystem failed: the payload must still get an answer
+            log.exception("event channel: the range provider failed; no more ranges will be handed out")
+            event_range = None
         if event_range is None:
             log.info("event channel: no more ranges; answering %r from now on", NO_MORE_EVENTS)
             self.no_more_ranges()

@@ -36,6 +36,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 _FAILURE = re.compile(r"(ERR_[A-Za-z0-9_]+)\s+(\S+?):\s?(.*)", re.DOTALL)
 _FIELD = re.compile(r"(ID|CPU|WALL):(.*)", re.IGNORECASE)
+_ID_FIELD = re.compile(r",ID:", re.IGNORECASE)
 
 
 class UnreadableMessage(ValueError):
@@ -93,7 +94,7 @@ def parse_payload_message(text: str) -> PayloadMessage:
         return ReadyForEvents()
     if text.startswith("ERR"):
         return _parse_failure(text)
-    if text.startswith("/"):
+    if text.startswith("/") or _ID_FIELD.search(text):
         return _parse_finished(text)
     raise UnreadableMessage(f"not a request, an output report or an ERR_ report: {_short(text)}")
 
@@ -130,6 +131,8 @@ def _parse_finished(text: str) -> FinishedReport:
     path = ",".join(parts).strip()
     if "ID" not in fields or not fields["ID"]:
         raise UnreadableMessage(f"output report without ',ID:<eventRangeID>': {_short(text)}")
+    if not path.startswith("/"):
+        raise UnreadableMessage(f"output path {path!r} of range {fields['ID']} is not absolute")
     return FinishedReport(range_id=fields["ID"], output_path=path,
                           cpu=_seconds(fields, "CPU", text), wall=_seconds(fields, "WALL", text))
 

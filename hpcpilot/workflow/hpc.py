@@ -21,11 +21,12 @@ from ..jobs import InvalidJob, JobSpec
 from ..jobstate import JobResult, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
+from ..monitor import Monitor
 from ..mpi import local_rank_count
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .progress import Collector, Reporter
-from .rank import RankRunner
+from .rank import RankRunner, terminate_in_background
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,11 @@ def run_worker(config: Config, comm: Any) -> int:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
                  total, comm.size, cores, ctx.scratch_base)
     signals = SignalWatch(comm.rank).install()
+    ctx.monitor.start()
     try:
         results, stop = _run_share(ctx, share, cores, deadline, signals, comm, failed_early, total)
     finally:
+        ctx.monitor.stop()
         signals.restore()
     _remove_scratch_base(ctx)
     waiting = ctx.publisher.flush()
@@ -106,8 +109,9 @@ def _declare_invalid(access_point: AccessPoint, job: InvalidJob) -> JobResult:
 def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankContext:
     router = JobLogRouter(rank)
     logging.getLogger("hpcpilot").addHandler(router)
+    monitor = Monitor(config.limits, kill=lambda run: terminate_in_background(run, config.limits.kill_grace))
     return RankContext(config, access_point, EventStatusPublisher(access_point), rank,
-                       socket.gethostname(), scratch_base(config, access_point), router)
+                       socket.gethostname(), scratch_base(config, access_point), router, monitor)
 
 
 def default_cores_per_rank(comm: Any) -> int:

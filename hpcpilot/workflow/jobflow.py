@@ -23,6 +23,8 @@ from ..errors import ErrorCode, PilotError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..logsetup import JobLog, JobLogRouter
+from ..memorymonitor import TIMESERIES_NAME
+from ..monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class RankContext:
     host: str
     scratch_base: Path
     log_router: JobLogRouter
+    monitor: Monitor
 
 
 @contextmanager
@@ -93,9 +96,13 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
     with timed(run, "payload"), recorded(run, job_log):
         job_log.info("payload: %s", run.spec.command)
         run.process = payload.launch(payload.shell_argv(run.spec), run.scratch, env)
+        watch = ctx.monitor.watch(run)
         if run.failed:  # a stop came while it was being launched
             run.process.terminate(ctx.config.limits.kill_grace)
         exit = run.process.wait()
+        ctx.monitor.unwatch(run)
+        _end_leftovers(ctx, run, job_log)
+        run.extra_attributes.update(watch.series.summary() if watch.series.count else {})
         run.process = None
         run.cpu_seconds = exit.cpu_seconds
         run.trans_exit_code = exit.returncode
@@ -103,6 +110,13 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         error = payload.exit_error(exit)
         if error:
             raise error
+
+
+def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:
+    """Children that outlive the payload would hold cores and files: end them too."""
+    killed = run.process.terminate(ctx.config.limits.kill_grace)
+    if killed:
+        job_log.warning("processes left behind by the payload needed SIGKILL: %s", killed)
 
 
 def abandon(ctx: RankContext, run: JobRun) -> None:
@@ -138,7 +152,7 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
 
 
 def _log_members(run: JobRun) -> list[str]:
-    return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME]
+    return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME]
 
 
 def job_report(run: JobRun) -> Any:

@@ -99,11 +99,7 @@ class RankRunner:
             self._terminate(run)
 
     def _terminate(self, run: JobRun) -> None:
-        process = run.process
-        if process is not None:
-            grace = min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3)
-            threading.Thread(target=process.terminate, args=(grace,),
-                             name=f"stop-{run.pandaid}", daemon=True).start()
+        terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3))
 
     def _advance(self, phase: str, run: JobRun) -> None:
         if phase == "stagein":
@@ -135,6 +131,13 @@ class RankRunner:
                 _declare_after_crash(self.ctx, run)
         finally:
             self.events.put((phase, run))
+
+
+def terminate_in_background(run: JobRun, grace: float) -> None:
+    """End a payload's process tree without blocking the caller for the grace period."""
+    process = run.process
+    if process is not None:
+        threading.Thread(target=process.terminate, args=(grace,), name=f"kill-{run.pandaid}", daemon=True).start()
 
 
 def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:

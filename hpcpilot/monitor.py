@@ -1,0 +1,193 @@
+"""Payload monitoring: walltime, memory, looping and disk limits, checked by one thread per rank.
+
+Each check runs at its own interval (``Limits``). A payload over a limit gets
+its job error first (the first error is the one declared), then its whole
+process tree is terminated: SIGTERM, and SIGKILL after the grace period.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import Limits
+from .errors import ErrorCode, PilotError
+from .jobstate import JobRun
+from .memorymonitor import TIMESERIES_NAME, MemorySeries
+from .payload import STDOUT_NAME
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Watch:
+    """The monitoring state of one running payload."""
+
+    run: JobRun
+    started: float = field(default_factory=time.monotonic)
+    series: MemorySeries | None = None
+    due: dict[str, float] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Monitor:
+    """Watches every running payload of a rank from one background thread."""
+
+    def __init__(self, limits: Limits, kill: Callable[[JobRun], None]):
+        self.limits = limits
+        self.kill = kill
+        self._watches: dict[int, Watch] = {}
+        self._guard = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
+
+    def start(self) -> "Monitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def watch(self, run: JobRun) -> Watch:
+        watch = Watch(run, series=MemorySeries(run.scratch / TIMESERIES_NAME, start_time=time.time()))
+        now = time.monotonic()
+        watch.due = {name: now + interval for name, interval in self._intervals().items()}
+        with self._guard:
+            self._watches[run.pandaid] = watch
+        return watch
+
+    def unwatch(self, run: JobRun) -> Watch | None:
+        with self._guard:
+            return self._watches.pop(run.pandaid, None)
+
+    def check_now(self) -> None:
+        """One pass over every payload (the thread calls this each check_interval)."""
+        with self._guard:
+            watches = list(self._watches.values())
+        now = time.monotonic()
+        for watch in watches:
+            if not watch.run.failed:
+                self._check(watch, now)
+
+    def _intervals(self) -> dict[str, float]:
+        return {"memory": self.limits.memory_interval, "disk": self.limits.disk_interval,
+                "looping": self.limits.looping_interval}
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.limits.check_interval):
+            try:
+                self.check_now()
+            except Exception:  # monitoring must outlive any one odd payload
+                log.exception("monitor pass failed")
+
+    def _check(self, watch: Watch, now: float) -> None:
+        checks = {"memory": self._memory, "disk": self._disk, "looping": self._looping}
+        error = self._walltime(watch)
+        for name, check in checks.items():
+            if error is None and now >= watch.due[name]:
+                watch.due[name] = now + self._intervals()[name]
+                error = check(watch)
+        if error is not None:
+            log.error("job %d: %s", watch.run.pandaid, error.diag)
+            watch.run.fail(error)
+            self.kill(watch.run)
+
+    def _walltime(self, watch: Watch) -> PilotError | None:
+        limit = watch.run.spec.max_walltime or self.limits.walltime_default
+        if limit and watch.elapsed() > limit:
+            return PilotError(ErrorCode.WALLTIME, f"walltime {watch.elapsed():.0f} s exceeded limit {limit} s")
+        return None
+
+    def memory_limit_kb(self, run: JobRun) -> int | None:
+        if self.limits.memory_limit_mb:
+            return self.limits.memory_limit_mb * 1024
+        if run.spec.min_ram_mb:
+            return int(run.spec.min_ram_mb * self.limits.memory_grace * 1024)
+        return None
+
+    def _memory(self, watch: Watch) -> PilotError | None:
+        process = watch.run.process
+        if process is None or watch.series is None:
+            return None
+        watch.series.add(process.tree.sample())
+        limit = self.memory_limit_kb(watch.run)
+        used = watch.series.last.pss or watch.series.last.rss
+        if limit and used > limit:
+            return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_gb(used * 1024)} exceeded limit "
+                              f"{_gb(limit * 1024)} after {watch.elapsed():.0f} s")
+        return None
+
+    def _disk(self, watch: Watch) -> PilotError | None:
+        scratch = watch.run.scratch
+        free = _free_bytes(scratch)
+        if free < self.limits.min_free_space_mb * MB:
+            return PilotError(ErrorCode.NO_LOCAL_SPACE, f"free space in scratch {_mb(free)} is under the limit "
+                              f"{self.limits.min_free_space_mb} MB after {watch.elapsed():.0f} s")
+        stdout = _size(scratch / STDOUT_NAME)
+        if stdout > self.limits.max_stdout_mb * MB:
+            return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "
+                              f"{self.limits.max_stdout_mb} MB after {watch.elapsed():.0f} s")
+        limit_mb = watch.run.spec.max_disk_mb
+        used = _tree_size(scratch) if limit_mb else 0
+        if limit_mb and used > limit_mb * MB:
+            return PilotError(ErrorCode.WORKDIR_TOO_LARGE, f"work directory {_mb(used)} exceeded maxDiskCount "
+                              f"{limit_mb} MB after {watch.elapsed():.0f} s")
+        return None
+
+    def _looping(self, watch: Watch) -> PilotError | None:
+        if not watch.run.spec.looping_check:
+            return None
+        idle = time.time() - _newest_change(watch.run.scratch, ignore={TIMESERIES_NAME})
+        if idle > self.limits.looping_limit:
+            return PilotError(ErrorCode.LOOPING_JOB, f"looping job: no file in the work directory modified for "
+                              f"{idle:.0f} s (limit {self.limits.looping_limit:.0f} s)")
+        return None
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _tree_size(path: Path) -> int:
+    return sum(entry.st_size for entry in _lstats(path))
+
+
+def _newest_change(path: Path, ignore: set[str]) -> float:
+    return max((entry.st_mtime for entry in _lstats(path, ignore)), default=path.stat().st_mtime)
+
+
+def _lstats(path: Path, ignore: set[str] = frozenset()) -> list[os.stat_result]:
+    found = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            if name not in ignore:
+                try:
+                    found.append(os.lstat(os.path.join(root, name)))
+                except OSError:
+                    pass
+    return found
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1024 ** 3:.2f} GB"
+
+
+def _mb(size: float) -> str:
+    return f"{size / MB:.1f} MB"

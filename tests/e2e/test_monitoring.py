@@ -1,0 +1,102 @@
+"""Payload limits with real processes: each over-limit payload ends declared with its code, its whole
+process tree gone, while the other jobs of the worker finish normally."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_outputs, write_access_point
+
+from .conftest import run_pilot, tarball_members
+
+FAST_LIMITS = {
+    "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.2", "HPCPILOT_LIMITS__MEMORY_INTERVAL": "0.5",
+    "HPCPILOT_LIMITS__DISK_INTERVAL": "0.5", "HPCPILOT_LIMITS__LOOPING_INTERVAL": "0.5",
+    "HPCPILOT_LIMITS__LOOPING_LIMIT": "3", "HPCPILOT_LIMITS__KILL_GRACE": "1",
+    "HPCPILOT_LIMITS__MAX_STDOUT_MB": "1", "HPCPILOT_LIMITS__MIN_FREE_SPACE_MB": "1",
+}
+MARK = uuid.uuid4().hex[:8]  # in every payload command line, to find survivors
+WALLTIME, MEMORY, LOOPING, STDOUT, IGNORES_TERM, ORPHAN, NORMAL = 11, 12, 13, 14, 15, 16, 17
+ALLOCATE = f"{sys.executable} -c 'import time; x = bytearray(300 * 2**20); time.sleep(60)' {MARK}"
+
+
+def busy(seconds: int) -> str:
+    """A payload that keeps touching its work directory (so it is not looping)."""
+    return f"for i in $(seq {seconds * 5}); do date > beat; sleep 0.2; done; : {MARK}"
+
+
+def limit_cases() -> dict[int, dict]:
+    return {
+        WALLTIME: job_definition(WALLTIME, "bash", f"-c '{busy(60)}'", maxWalltime=2),
+        MEMORY: job_definition(MEMORY, ALLOCATE, minRamCount=50),
+        LOOPING: job_definition(LOOPING, "sleep", f"60 # {MARK}"),
+        STDOUT: job_definition(STDOUT, "bash", f"-c 'head -c 3000000 /dev/zero; {busy(60)}'"),
+        IGNORES_TERM: job_definition(IGNORES_TERM, "bash", f"-c 'trap \"\" TERM; {busy(60)}'", maxWalltime=2),
+        ORPHAN: with_outputs(job_definition(ORPHAN, "bash", f"-c '(setsid sleep 120 {MARK} &); echo ok > out.txt'"),
+                             ["out.txt"]),
+        NORMAL: with_outputs(job_definition(NORMAL, "bash", f"-c '{busy(4)}; echo done > out.txt'"), ["out.txt"]),
+    }
+
+
+def survivors() -> list[str]:
+    return [" ".join(p.info["cmdline"]) for p in psutil.process_iter(["cmdline"])
+            if MARK in " ".join(p.info["cmdline"] or []) and "pytest" not in " ".join(p.info["cmdline"])]
+
+
+@pytest.mark.timeout(180)
+def test_each_limit_ends_its_payload_with_its_code(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", limit_cases())
+    run = run_pilot(ap, "grid", "--cores-per-rank", "8", env=FAST_LIMITS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = {WALLTIME: (1213, "walltime"), MEMORY: (1235, "PSS"), LOOPING: (1150, "looping"),
+                STDOUT: (1106, "stdout"), IGNORES_TERM: (1213, "walltime")}
+    for pandaid, (code, word) in expected.items():
+        attributes = run.attributes(pandaid)
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", code), attributes
+        assert word in attributes["pilotErrorDiag"] and "limit" in attributes["pilotErrorDiag"]
+    assert "exceeded limit 0.10 GB" in run.attributes(MEMORY)["pilotErrorDiag"]
+    assert run.attributes(MEMORY)["maxRSS"] > 200 * 1024
+    for pandaid in (ORPHAN, NORMAL):
+        assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
+    assert survivors() == []
+
+
+@pytest.mark.timeout(120)
+def test_memory_time_series_is_in_the_log_tarball(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "bash", f"-c '{busy(2)}'")})
+    run = run_pilot(ap, "grid", env=FAST_LIMITS)
+    log_entry = next(e for e in run.declared(1) if e["type"] == "log")
+    series = tarball_members(Path(log_entry["path"]))["memory_monitor_output.txt"].decode().splitlines()
+    assert series[0].split("\t")[:4] == ["Time", "VMEM", "PSS", "RSS"] and len(series) >= 3
+    attributes = run.attributes(1)
+    assert {"maxRSS", "maxPSS", "avgRSS", "totRCHAR", "rateWBYTES"} <= set(attributes)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_filling_scratch_fails_with_no_local_space(tmp_path: Path, small_tmpfs: Path) -> None:
+    fill = f"-c 'for i in $(seq 40); do head -c 200000 /dev/zero >> fill; sleep 0.1; done; sleep 30 # {MARK}'"
+    definitions = {21: job_definition(21, "bash", fill), 22: with_outputs(job_definition(22, "bash", "-c 'echo x > o'"), ["o"])}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    run = run_pilot(ap, "grid", "--scratch", str(small_tmpfs), env=FAST_LIMITS)
+    attributes = run.attributes(21)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1098), attributes
+    assert "free space" in attributes["pilotErrorDiag"]
+    assert run.attributes(22)["jobStatus"] == "finished"
+    assert survivors() == []

@@ -1,0 +1,118 @@
+"""MemorySeries: summary keys and units, the prmon-like time series, the summary file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpcpilot.memorymonitor import (
+    SUMMARY_NAME, TIMESERIES_COLUMNS, TIMESERIES_NAME, MemorySeries,
+)
+from hpcpilot.proctree import TOKEN_ENV, ProcessTree, TreeSample, new_token
+
+MEMORY_KEYS = ["maxRSS", "maxVMEM", "maxSWAP", "maxPSS", "avgRSS", "avgVMEM", "avgSWAP", "avgPSS"]
+IO_KEYS = ["totRCHAR", "totWCHAR", "totRBYTES", "totWBYTES",
+           "rateRCHAR", "rateWCHAR", "rateRBYTES", "rateWBYTES"]
+
+
+def sample(time: float, rss: int, io: int = 0, nprocs: int = 1) -> TreeSample:
+    return TreeSample(time=time, nprocs=nprocs, rss=rss, pss=rss // 2, vms=rss * 3, swap=0,
+                      rchar=io, wchar=2 * io, read_bytes=3 * io, write_bytes=4 * io)
+
+
+def test_summary_has_exactly_the_worker_attribute_keys():
+    series = MemorySeries()
+    series.add(sample(100.0, 1000))
+    summary = series.summary()
+    assert sorted(summary) == sorted(MEMORY_KEYS + IO_KEYS)
+    assert all(isinstance(value, int) for value in summary.values())
+
+
+def test_summary_memory_is_max_and_mean_in_kb():
+    series = MemorySeries()
+    for t, rss in [(0.0, 1000), (10.0, 3000), (20.0, 2000)]:
+        series.add(sample(t, rss))
+    summary = series.summary()
+    assert summary["maxRSS"] == 3000 and summary["avgRSS"] == 2000
+    assert summary["maxPSS"] == 1500 and summary["avgPSS"] == 1000
+    assert summary["maxVMEM"] == 9000 and summary["avgVMEM"] == 6000
+    assert summary["maxSWAP"] == 0
+
+
+def test_summary_io_totals_in_bytes_and_rates_per_second_of_wall_time():
+    series = MemorySeries(start_time=0.0)
+    series.add(sample(10.0, 1, io=500))
+    series.add(sample(100.0, 1, io=10_000))
+    summary = series.summary()
+    assert summary["totRCHAR"] == 10_000 and summary["totWBYTES"] == 40_000
+    assert summary["rateRCHAR"] == 100 and summary["rateWCHAR"] == 200
+    assert summary["rateRBYTES"] == 300 and summary["rateWBYTES"] == 400
+
+
+def test_empty_series_summarises_to_zeros():
+    assert set(MemorySeries().summary().values()) == {0}
+
+
+def test_single_sample_has_no_rate_instead_of_dividing_by_zero():
+    series = MemorySeries()
+    series.add(sample(5.0, 10, io=100))
+    assert series.summary()["rateRCHAR"] == 0
+
+
+def test_timeseries_file_has_prmon_columns_and_one_line_per_sample(tmp_path):
+    path = tmp_path / TIMESERIES_NAME
+    series = MemorySeries(timeseries_path=path)
+    series.add(sample(1700000000.6, 1000, io=7, nprocs=3))
+    series.add(sample(1700000060.2, 2000, io=9, nprocs=4))
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == ["Time", "VMEM", "PSS", "RSS", "Swap", "rchar", "wchar",
+                                    "read_bytes", "write_bytes", "nprocs"]
+    assert lines[1].split("\t") == ["1700000000", "3000", "500", "1000", "0",
+                                    "7", "14", "21", "28", "3"]
+    assert len(lines) == 3 and all(len(line.split("\t")) == len(TIMESERIES_COLUMNS) for line in lines)
+
+
+def test_timeseries_appends_to_an_existing_file_without_second_header(tmp_path):
+    path = tmp_path / TIMESERIES_NAME
+    MemorySeries(timeseries_path=path).add(sample(1.0, 1))
+    MemorySeries(timeseries_path=path).add(sample(2.0, 2))
+    lines = path.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["Time", "1", "2"]
+
+
+def test_summary_json_round_trips(tmp_path):
+    series = MemorySeries()
+    series.add(sample(0.0, 100, io=1))
+    series.add(sample(2.0, 300, io=5))
+    path = tmp_path / SUMMARY_NAME
+    series.write_summary_json(path)
+    assert json.loads(path.read_text()) == series.summary()
+
+
+@pytest.mark.timeout(60)
+def test_series_of_a_real_payload(tmp_path):
+    token = new_token()
+    script = ("import pathlib, time; b = b'x' * (64 * 1024 * 1024); "
+              "pathlib.Path('out').write_bytes(b[:8 * 1024 * 1024]); time.sleep(60)")
+    popen = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, start_new_session=True,
+                             env={**os.environ, TOKEN_ENV: token})
+    tree = ProcessTree(popen.pid, token)
+    try:
+        series = MemorySeries(timeseries_path=tmp_path / TIMESERIES_NAME, start_time=time.time())
+        while not (tmp_path / "out").exists() or (tmp_path / "out").stat().st_size < 8 * 1024 * 1024:
+            time.sleep(0.05)
+        for _ in range(3):
+            series.add(tree.sample())
+            time.sleep(0.2)
+        summary = series.summary()
+        assert summary["maxRSS"] >= 48 * 1024  # kB
+        assert summary["totWCHAR"] >= 8 * 1024 * 1024  # bytes
+        assert summary["rateWCHAR"] > 0
+        assert len((tmp_path / TIMESERIES_NAME).read_text().splitlines()) == 4
+    finally:
+        tree.kill(grace=0.0)
+        popen.wait(timeout=10)

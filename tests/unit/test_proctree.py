@@ -1,0 +1,268 @@
+"""ProcessTree with real processes: discovery, sampling, killing, reaping."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpcpilot.proctree import (
+    TOKEN_ENV, ProcessTree, TreeSample, become_subreaper, new_token, reap_orphans,
+)
+
+MB = 1024 * 1024
+
+
+class Payload:
+    """A payload launched the way the pilot does: bash -c, own session, token in env."""
+
+    def __init__(self, command: str, workdir: Path) -> None:
+        self.token = new_token()
+        self.workdir = workdir
+        env = {**os.environ, TOKEN_ENV: self.token}
+        self.popen = subprocess.Popen(["bash", "-c", command], cwd=workdir, env=env,
+                                      start_new_session=True)
+        self.tree = ProcessTree(self.popen.pid, self.token)
+
+    def pid_from(self, name: str) -> int:
+        """Wait for the payload to write a pid into ``name`` and return it."""
+        self.wait_for(name)
+        return int((self.workdir / name).read_text())
+
+    def wait_for(self, name: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.workdir / name).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"payload did not create {name}")
+            time.sleep(0.02)
+
+    def cleanup(self) -> None:
+        self.tree.kill(grace=0.0)
+        self.popen.kill()
+        self.popen.wait(timeout=10)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    payloads = []
+
+    def start(command: str) -> Payload:
+        payloads.append(Payload(command, tmp_path))
+        return payloads[-1]
+
+    yield start
+    for payload in payloads:
+        payload.cleanup()
+
+
+@pytest.fixture
+def subreaper():
+    assert become_subreaper(True)
+    yield
+    become_subreaper(False)
+    reap_orphans(known_roots=())
+
+
+def write_pid(name: str, pid: str = "$$") -> str:
+    """Shell snippet publishing a pid in file ``name`` by rename, so it is never read half-written."""
+    return f"echo {pid} > {name}.tmp && mv {name}.tmp {name}"
+
+
+def is_gone(pid: int) -> bool:
+    """Not running: absent, or a zombie nobody has reaped yet."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(30)
+def test_new_tokens_are_unique():
+    assert len({new_token() for _ in range(1000)}) == 1000
+
+
+@pytest.mark.timeout(30)
+def test_three_levels_of_descendants_are_found(launch, tmp_path):
+    (tmp_path / "level3.sh").write_text(write_pid("level3") + "; exec sleep 60\n")
+    payload = launch("bash -c 'bash level3.sh & " + write_pid("level2") + "; wait' & wait")
+    level3, level2 = payload.pid_from("level3"), payload.pid_from("level2")
+    assert {payload.popen.pid, level2, level3} <= payload.tree.pids()
+
+
+@pytest.mark.timeout(30)
+def test_child_that_called_setsid_is_found(launch):
+    payload = launch("setsid bash -c '" + write_pid("detached") + "; exec sleep 60' & wait")
+    detached = payload.pid_from("detached")
+    assert os.getsid(detached) != os.getsid(payload.popen.pid)
+    assert detached in payload.tree.pids()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("as_subreaper", [False, True], ids=["init-adopts", "pilot-adopts"])
+def test_orphan_in_new_session_is_found_and_killed(launch, request, as_subreaper):
+    if as_subreaper:
+        request.getfixturevalue("subreaper")
+    payload = launch("setsid bash -c '" + write_pid("orphan") + "; exec sleep 60' & "
+                     "while [ ! -e orphan ]; do sleep 0.02; done")
+    orphan = payload.pid_from("orphan")
+    assert payload.popen.wait(timeout=10) == 0
+    assert orphan in payload.tree.pids()
+    assert payload.tree.kill(grace=5.0) == []
+    wait_until(lambda: is_gone(orphan))
+    if as_subreaper:  # the tree reaps what the pilot inherited
+        payload.tree.pids()
+        wait_until(lambda: not psutil.pid_exists(orphan))
+
+
+@pytest.mark.timeout(30)
+def test_orphan_without_token_is_found_through_its_session(launch):
+    payload = launch("(env -u " + TOKEN_ENV + " bash -c '" + write_pid("daemon")
+                     + "; exec sleep 60' &) ; while [ ! -e daemon ]; do sleep 0.02; done")
+    daemon = payload.pid_from("daemon")
+    payload.popen.wait(timeout=10)
+    assert TOKEN_ENV.encode() not in Path(f"/proc/{daemon}/environ").read_bytes()
+    assert daemon in payload.tree.pids()
+
+
+@pytest.mark.timeout(30)
+def test_payload_ignoring_sigterm_is_killed_after_grace(launch):
+    payload = launch("trap '' TERM; sleep 60 & " + write_pid("child", "$!") + "; wait")
+    child = payload.pid_from("child")
+    started = time.monotonic()
+    killed = payload.tree.kill(grace=1.0)
+    assert time.monotonic() - started >= 1.0
+    assert {payload.popen.pid, child} <= set(killed)
+    assert payload.popen.wait(timeout=10) == -9
+    wait_until(lambda: is_gone(child))
+
+
+@pytest.mark.timeout(30)
+def test_payload_honouring_sigterm_needs_no_sigkill(launch):
+    payload = launch("trap 'exit 3' TERM; sleep 60 & " + write_pid("child", "$!") + "; wait")
+    child = payload.pid_from("child")
+    assert payload.tree.kill(grace=10.0) == []
+    assert payload.popen.wait(timeout=10) == 3
+    assert is_gone(child)
+
+
+@pytest.mark.timeout(30)
+def test_members_born_during_grace_are_killed_too(launch):
+    payload = launch("trap '' TERM; touch ready; while true; do sleep 60 & sleep 0.1; done")
+    payload.wait_for("ready")
+    before = payload.tree.pids()
+    killed = payload.tree.kill(grace=1.0)
+    assert set(killed) - before, "children born during the grace period were SIGKILLed"
+    payload.popen.wait(timeout=10)
+    wait_until(lambda: all(is_gone(pid) for pid in killed))
+
+
+@pytest.mark.timeout(30)
+def test_stopped_payload_still_gets_to_handle_sigterm(launch):
+    payload = launch("trap 'exit 4' TERM; touch ready; while true; do sleep 0.1; done")
+    payload.wait_for("ready")
+    os.kill(payload.popen.pid, signal.SIGSTOP)
+    assert payload.tree.kill(grace=10.0) == []
+    assert payload.popen.wait(timeout=10) == 4
+
+
+@pytest.mark.timeout(60)
+def test_after_kill_no_member_runs(launch, subreaper):
+    payload = launch(
+        "trap '' TERM; for i in 1 2 3; do sleep 60 & done; "
+        "setsid bash -c 'trap \"\" TERM; sleep 60; true' & (sleep 60 &); "
+        "touch ready; wait")
+    payload.wait_for("ready")
+    wait_until(lambda: len(payload.tree.pids()) >= 7)
+    pids = payload.tree.pids()
+    payload.tree.kill(grace=0.5)
+    payload.popen.wait(timeout=10)
+    payload.tree.pids()  # reaps the members the pilot inherited
+    wait_until(lambda: all(is_gone(pid) for pid in pids))
+    assert payload.tree.pids() == set()
+
+
+@pytest.mark.timeout(30)
+def test_sample_sees_memory_of_a_python_child(launch):
+    payload = launch(f"{sys.executable} -c \"import pathlib, time; b = b'x' * (200 * {MB}); "
+                     "pathlib.Path('ready').touch(); time.sleep(60)\"")
+    payload.wait_for("ready")
+    sample = payload.tree.sample()
+    assert isinstance(sample, TreeSample)
+    assert sample.rss >= 150 * 1024  # kB
+    assert sample.pss >= 150 * 1024
+    assert sample.vms >= sample.rss
+    assert sample.nprocs >= 1  # bash execs a lone command: python may be the root itself
+
+
+@pytest.mark.timeout(30)
+def test_io_of_a_finished_child_is_counted_once(launch):
+    payload = launch("dd if=/dev/zero of=data bs=1M count=20 status=none; touch done; sleep 60")
+    totals = []
+    while not (payload.workdir / "done").exists():
+        totals.append(payload.tree.sample().wchar)
+        time.sleep(0.01)
+    totals += [payload.tree.sample().wchar for _ in range(3)]
+    assert totals == sorted(totals)
+    assert 20 * MB <= totals[-1] < 30 * MB
+
+
+@pytest.mark.timeout(30)
+def test_vanished_root_gives_empty_tree(launch):
+    payload = launch("exit 0")
+    payload.popen.wait(timeout=10)
+    assert payload.tree.pids() == set()
+    assert payload.tree.kill(grace=1.0) == []
+    assert payload.tree.sample().nprocs == 0
+
+
+@pytest.mark.timeout(30)
+def test_reap_orphans_leaves_known_roots_and_plain_children_alone(launch, subreaper):
+    payload = launch("exit 7")
+    plain = subprocess.Popen(["bash", "-c", "exit 5"])
+    wait_until(lambda: {payload.popen.pid, plain.pid} <= set(_zombie_children()))
+    reaped = reap_orphans(known_roots={payload.popen.pid})
+    assert payload.popen.pid not in reaped and plain.pid not in reaped
+    assert payload.popen.wait(timeout=10) == 7
+    assert plain.wait(timeout=10) == 5
+
+
+@pytest.mark.timeout(30)
+def test_reap_orphans_collects_inherited_zombies(launch, subreaper):
+    payload = launch("setsid bash -c '" + write_pid("orphan") + "; exec sleep 0.3' & exit 0")
+    orphan = payload.pid_from("orphan")
+    payload.popen.wait(timeout=10)
+    wait_until(lambda: orphan in _zombie_children())
+    assert reap_orphans(known_roots={payload.popen.pid}) == [orphan]
+    assert not psutil.pid_exists(orphan)
+
+
+def _zombie_children() -> list[int]:
+    return [child.pid for child in psutil.Process().children()
+            if child.status() == psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.timeout(60)
+def test_measure_sample_cost_of_64_processes(launch):
+    payload = launch("for i in $(seq 63); do sleep 60 & done; touch ready; wait")
+    payload.wait_for("ready")
+    wait_until(lambda: payload.tree.sample().nprocs == 64)
+    rounds = 20
+    started = time.perf_counter()
+    for _ in range(rounds):
+        payload.tree.sample()
+    per_sample = (time.perf_counter() - started) / rounds
+    print(f"\none sample of a 64-process tree: {per_sample * 1000:.1f} ms "
+          f"({len(psutil.pids())} processes on the node)")
