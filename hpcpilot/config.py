@@ -7,6 +7,7 @@ Top-level settings map to ``HPCPILOT_<NAME>``; settings of a section map to
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -87,7 +88,9 @@ class Config:
             raise ConfigError(f"files.job_spec_format {self.files.job_spec_format!r}: choose json or cgi")
         if self.cores_per_rank is not None and self.cores_per_rank < 1:
             raise ConfigError(f"cores_per_rank {self.cores_per_rank}: must be at least 1")
-        if self.progress_interval <= 0:
+        if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
+            raise ConfigError(f"log_level {self.log_level!r}: not a logging level name")
+        if not self.progress_interval > 0:  # also refuses NaN
             raise ConfigError(f"progress_interval {self.progress_interval}: must be positive")
         return self
 
@@ -99,8 +102,15 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
-def _convert(name: str, kind: type, value: Any) -> Any:
-    if value is None or isinstance(value, kind):
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    kind = _base_type(hint)
+    if value is None:
+        if kind is hint:  # not Optional
+            raise ConfigError(f"{name}: needs a value")
+        return None
+    if isinstance(value, (Mapping, list, tuple)) or (isinstance(value, (bool, float)) and kind is int):
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}")
+    if isinstance(value, kind):
         return value
     if kind is bool:
         text = str(value).strip().lower()
@@ -129,7 +139,7 @@ def _merge(settings: Any, overrides: Mapping[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}: {key!r} must be a section (a mapping)")
             changes[key] = _merge(current, value, f"{where} {key}")
         else:
-            changes[key] = _convert(f"{where} {key}", _base_type(hints[key]), value)
+            changes[key] = _convert(f"{where} {key}", hints[key], value)
     return replace(settings, **changes)
 
 

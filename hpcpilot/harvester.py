@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ class AccessPoint:
     def __init__(self, root: Path, files: HarvesterFiles):
         self.root = Path(root).absolute()
         self.files = files
-        self.many_to_one = (self.root / files.worker_pandaids).exists()
+        self.many_to_one = _exists(self.root / files.worker_pandaids)
 
     @property
     def state_dir(self) -> Path:
@@ -58,10 +59,17 @@ class AccessPoint:
         if not spec.exists():
             raise WorkerError(ExitCode.NO_JOBS, f"no jobs in {self.root}: neither "
                               f"{self.files.worker_pandaids} nor {self.files.job_spec} is there")
-        return self._read_spec_file(spec, expected=None)
+        jobs = self._read_spec_file(spec, expected=None)
+        if not jobs:
+            raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
+        return jobs
 
     def _check_readable(self) -> None:
-        if not self.root.is_dir():
+        try:
+            is_dir = self.root.is_dir()
+        except OSError as error:
+            raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root}: {error}") from None
+        if not is_dir:
             raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root} is not a directory")
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root} is not readable")
@@ -70,6 +78,8 @@ class AccessPoint:
         path = self.root / self.files.worker_pandaids
         try:
             content = read_json(path)
+            if not isinstance(content, list):
+                raise TypeError(f"found a JSON {type(content).__name__}")
             pandaids = [parse_pandaid(item) for item in content]
         except (OSError, ValueError, TypeError, JobDefinitionError) as error:
             raise WorkerError(ExitCode.MISSING_INPUT,
@@ -108,7 +118,7 @@ class AccessPoint:
             return {definition.get("PandaID", ""): definition}
         try:
             content = json.loads(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} is not valid JSON: {error}") from None
         if not isinstance(content, dict):
             raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} must hold a JSON object")
@@ -165,7 +175,7 @@ class EventStatusPublisher:
     def __init__(self, access_point: AccessPoint):
         self.access_point = access_point
         self.journal_dir = access_point.state_dir / "pending"
-        self._waiting = {int(p.stem) for p in _listdir(self.journal_dir) if p.suffix == ".json"}
+        self._waiting = {int(p.stem) for p in _listdir(self.journal_dir) if _is_journal(p)}
 
     def declare(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> bool:
         """Declare ``entries`` for a job; True if Harvester can see them now."""
@@ -208,6 +218,19 @@ class EventStatusPublisher:
             return list(read_json(self._journal_path(pandaid)))
         except FileNotFoundError:
             return []
+
+
+def _is_journal(path: Path) -> bool:
+    """A journal is <PandaID>.json; anything else (a writer's leftover temp file) is not."""
+    return path.suffix == ".json" and re.fullmatch(r"[0-9]+", path.stem) is not None
+
+
+def _exists(path: Path) -> bool:
+    """False also when the directory cannot be searched; read_jobs then reports it."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _listdir(directory: Path) -> list[Path]:

@@ -17,6 +17,7 @@ MAX_LFN_LENGTH = 255
 _CHECKSUM_PATTERNS = {"adler32": re.compile(r"[0-9a-f]{8}"), "md5": re.compile(r"[0-9a-f]{32}")}
 _CHECKSUM_PREFIXES = {"ad": "adler32", "md": "md5"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; int64 range
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def validate_lfn(lfn: str, field: str) -> str:
         raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is not a file name")
     if "/" in lfn or "\0" in lfn:
         raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is a path, not a bare file name")
-    if len(lfn) > MAX_LFN_LENGTH:
+    if len(lfn.encode("utf-8", "surrogatepass")) > MAX_LFN_LENGTH:
         raise _fail(ErrorCode.LFN_TOO_LONG, field, f"name of {len(lfn)} characters exceeds {MAX_LFN_LENGTH}")
     return lfn
 
@@ -152,7 +153,7 @@ def parse_checksum(text: str, field: str = "checksum") -> Checksum | None:
 def _parse_size(text: str, field: str) -> int | None:
     if not text:
         return None
-    if not text.isdigit():
+    if not _DIGITS.fullmatch(text):
         raise _fail(ErrorCode.GENERAL, field, f"file size {text!r} is not a non-negative integer")
     return int(text)
 
@@ -186,9 +187,10 @@ def _log(raw: Mapping[str, Any], pandaid: int) -> FileSpec:
 
 
 def parse_pandaid(value: Any) -> int:
-    if _is_null(value) or not str(value).strip().isdigit():
+    text = "" if _is_null(value) else str(value).strip()
+    if not _DIGITS.fullmatch(text) or int(text) == 0:
         raise _fail(ErrorCode.GENERAL, "PandaID", f"{value!r} is not a positive integer")
-    return int(str(value).strip())
+    return int(text)
 
 
 def parse_job(raw: Mapping[str, Any]) -> JobSpec:

@@ -1,0 +1,232 @@
+"""Atomic publication (hpcpilot.atomicfile): old file, new file or none, never half of one."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.atomicfile import TEMP_PREFIX, atomic_writer, publish_json_if_absent, read_json, write_json
+
+ORIGINAL = {"jobStatus": "running"}
+
+
+def temp_files(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.fixture
+def published(tmp_path) -> Path:
+    path = tmp_path / "worker_attributes.json"
+    write_json(path, ORIGINAL)
+    return path
+
+
+@pytest.fixture
+def open_umask():
+    """A umask of 0, as a careless batch environment may have; restored afterwards."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+# -- content -----------------------------------------------------------------------------
+
+
+def test_write_json_round_trips_and_replaces(published):
+    assert read_json(published) == ORIGINAL
+    write_json(published, {"jobStatus": "finished", "nEvents": 10})
+    assert read_json(published) == {"jobStatus": "finished", "nEvents": 10}
+    assert temp_files(published.parent) == []
+
+
+def test_write_json_without_fsync_writes_the_same(tmp_path):
+    write_json(tmp_path / "beat.json", [1, 2, 3], fsync=False)
+    assert read_json(tmp_path / "beat.json") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode, data", [("wb", b"\x00\xffbinary"), ("w", "text ü")])
+def test_atomic_writer_publishes_on_a_clean_exit(tmp_path, mode, data):
+    path = tmp_path / "out"
+    with atomic_writer(path, mode) as handle:
+        handle.write(data)
+        assert not path.exists()  # nothing is visible before the rename
+    assert (path.read_bytes() if mode == "wb" else path.read_text()) == data
+    assert temp_files(tmp_path) == []
+
+
+def test_publish_if_absent_publishes_only_when_nothing_is_there(tmp_path):
+    path = tmp_path / "event_status.dump.json"
+    assert publish_json_if_absent(path, {"1001": [{"type": "log"}]}) is True
+    assert read_json(path) == {"1001": [{"type": "log"}]}
+    assert publish_json_if_absent(path, {"1001": []}) is False
+    assert read_json(path) == {"1001": [{"type": "log"}]}
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_racing_publishers_never_replace_each_other(tmp_path):
+    path = tmp_path / "event_status.dump.json"
+    start = threading.Barrier(8)
+    results: dict[int, bool] = {}
+
+    def publish(writer: int) -> None:
+        start.wait()
+        results[writer] = publish_json_if_absent(path, {"writer": writer})
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    winners = [writer for writer, won in results.items() if won]
+    assert len(results) == 8 and len(winners) == 1
+    assert read_json(path) == {"writer": winners[0]}
+    assert temp_files(tmp_path) == []
+
+
+# -- errors leave nothing behind -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [RuntimeError("payload failed"), KeyboardInterrupt()])
+def test_an_error_while_writing_leaves_the_old_file_and_no_temp_file(published, error):
+    with pytest.raises(type(error)):
+        with atomic_writer(published) as handle:
+            handle.write(b'{"jobStatus": "fin')
+            raise error
+    assert read_json(published) == ORIGINAL
+    assert temp_files(published.parent) == []
+
+
+def test_unserialisable_content_leaves_the_old_file_and_no_temp_file(published):
+    with pytest.raises(TypeError):
+        write_json(published, {"when": object()})
+    assert read_json(published) == ORIGINAL
+    assert temp_files(published.parent) == []
+
+
+def test_unserialisable_content_is_not_published_if_absent(tmp_path):
+    path = tmp_path / "event_status.dump.json"
+    with pytest.raises(TypeError):
+        publish_json_if_absent(path, {"1001": [object()]})
+    assert not path.exists()
+    assert temp_files(tmp_path) == []
+
+
+def test_a_missing_directory_is_an_error_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write_json(tmp_path / "absent" / "x.json", {})
+    with pytest.raises(FileNotFoundError):
+        publish_json_if_absent(tmp_path / "absent" / "x.json", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+WRITE_PAST_FILE_SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    from hpcpilot.atomicfile import publish_json_if_absent, write_json
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    writer = write_json if sys.argv[2] == "write_json" else publish_json_if_absent
+    try:
+        writer(sys.argv[1], {"rows": list(range(100000))})
+    except OSError as error:
+        print("OSError", error.errno)
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("writer", ["write_json", "publish_json_if_absent"])
+def test_a_disk_write_failure_leaves_no_temp_file(tmp_path, writer):
+    target = tmp_path / ("old.json" if writer == "write_json" else "new.json")
+    if writer == "write_json":
+        write_json(target, ORIGINAL)
+    result = subprocess.run([sys.executable, "-c", WRITE_PAST_FILE_SIZE_LIMIT, str(target), writer],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("OSError"), result.stderr
+    assert temp_files(tmp_path) == []
+    if writer == "write_json":
+        assert read_json(target) == ORIGINAL
+    else:
+        assert not target.exists()
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+def write_with_atomic_writer_binary(path: Path, content: dict) -> None:
+    with atomic_writer(path) as handle:
+        handle.write(json.dumps(content).encode())
+
+
+@pytest.mark.parametrize("write", [write_json, publish_json_if_absent, write_with_atomic_writer_binary])
+def test_created_files_are_not_world_writable_even_with_umask_0(tmp_path, open_umask, write):
+    path = tmp_path / "declared.json"
+    write(path, {})
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert not mode & stat.S_IWOTH and not mode & stat.S_IWGRP, oct(mode)
+    assert mode & stat.S_IROTH  # Harvester, another user, must read it
+
+
+def test_a_replaced_world_writable_file_is_no_longer_world_writable(published):
+    published.chmod(0o666)
+    write_json(published, {"jobStatus": "finished"})
+    assert not published.stat().st_mode & stat.S_IWOTH
+
+
+# -- readers never see partial content -------------------------------------------------------
+
+
+READER = textwrap.dedent("""
+    import json, sys
+    path, reads = sys.argv[1], int(sys.argv[2])
+    versions = set()
+    for _ in range(reads):
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            content = json.loads(data)
+        except ValueError:
+            sys.exit(f"partial read: {len(data)} bytes that do not parse")
+        if set(content["rows"]) != {content["version"]}:
+            sys.exit("a mix of two versions")
+        versions.add(content["version"])
+    print(len(versions))
+""")
+
+
+def big_document(version: int) -> dict:
+    return {"version": version, "rows": [version] * (40_000 + 3_000 * (version % 5))}
+
+
+def write_with_atomic_writer(path: Path, content: dict) -> None:
+    with atomic_writer(path, "w", fsync=False) as handle:
+        json.dump(content, handle)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("writer", [lambda p, c: write_json(p, c, fsync=False), write_with_atomic_writer],
+                         ids=["write_json", "atomic_writer"])
+def test_a_reader_process_never_sees_a_partial_file(tmp_path, writer):
+    path = tmp_path / "big.json"
+    writer(path, big_document(0))
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), "300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    version = 0
+    try:
+        while reader.poll() is None and version < 100_000:
+            version += 1
+            writer(path, big_document(version))
+        stdout, stderr = reader.communicate(timeout=120)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    assert reader.returncode == 0, stderr
+    assert int(stdout) > 1, "the reader saw a single version: the test did not overlap reads and writes"
+    assert temp_files(tmp_path) == []

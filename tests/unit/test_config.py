@@ -1,0 +1,226 @@
+"""Configuration (hpcpilot.config): defaults < YAML < HPCPILOT_* environment < command line."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.config import Config, ConfigError, HarvesterFiles, environment_overrides, load_config
+
+
+def yaml_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def config_error(**kwargs) -> str:
+    kwargs.setdefault("environ", {})
+    with pytest.raises(ConfigError) as caught:
+        load_config(**kwargs)
+    return str(caught.value)
+
+
+# -- defaults and the protocol file names ---------------------------------------------------
+
+
+def test_without_any_source_the_defaults_apply():
+    assert load_config(environ={}) == Config()
+
+
+def test_default_file_names_are_those_of_the_protocol():
+    files = Config().files
+    assert (files.worker_pandaids, files.job_spec, files.job_spec_format) == (
+        "worker_pandaids.json", "HPCJobs.json", "json")
+    assert (files.worker_attributes, files.job_report, files.event_status) == (
+        "worker_attributes.json", "jobReport.json", "event_status.dump.json")
+    assert (files.heartbeat, files.kill_worker, files.request_jobs, files.request_events, files.event_ranges) == (
+        "worker_heartbeat.json", "kill_worker.json", "worker_requestjob.json", "worker_requestevents.json",
+        "JobsEventRanges.json")
+    assert files.pool_file_catalog == "PoolFileCatalog_H.xml"
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().stagein_mode = "link"  # type: ignore[misc]
+
+
+# -- priority --------------------------------------------------------------------------------
+
+
+def test_each_source_overrides_the_one_below(tmp_path):
+    yaml_path = yaml_file(tmp_path, "stagein_mode: link\nsite_name: from-yaml\nlog_level: WARNING\n"
+                                    "cores_per_rank: 2\n")
+    environ = {"HPCPILOT_SITE_NAME": "from-env", "HPCPILOT_LOG_LEVEL": "ERROR", "HPCPILOT_CORES_PER_RANK": "4"}
+    config = load_config(yaml_path, environ, cli={"cores_per_rank": 8})
+    assert config.progress_interval == Config().progress_interval  # default
+    assert config.stagein_mode == "link"  # YAML over default
+    assert (config.site_name, config.log_level) == ("from-env", "ERROR")  # environment over YAML
+    assert config.cores_per_rank == 8  # command line over environment
+
+
+def test_a_none_on_the_command_line_means_not_given():
+    config = load_config(environ={"HPCPILOT_CORES_PER_RANK": "4"}, cli={"cores_per_rank": None, "site_name": None})
+    assert config.cores_per_rank == 4
+    assert config.site_name == ""
+
+
+def test_the_yaml_file_may_come_from_hpcpilot_config(tmp_path):
+    path = yaml_file(tmp_path, "site_name: titan\n")
+    assert load_config(environ={"HPCPILOT_CONFIG": str(path)}).site_name == "titan"
+
+
+def test_an_explicit_yaml_file_wins_over_hpcpilot_config(tmp_path):
+    explicit = yaml_file(tmp_path, "site_name: explicit\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("site_name: other\n")
+    assert load_config(explicit, environ={"HPCPILOT_CONFIG": str(other)}).site_name == "explicit"
+
+
+def test_a_base_config_sits_below_every_source(tmp_path):
+    base = Config(site_name="nersc", stagein_mode="link")
+    assert load_config(environ={}, base=base) == base
+    assert load_config(environ={"HPCPILOT_SITE_NAME": "bnl"}, base=base) == Config(site_name="bnl", stagein_mode="link")
+
+
+# -- sections and nesting ---------------------------------------------------------------------
+
+
+def test_nested_environment_variables_reach_the_files_section():
+    environ = {"HPCPILOT_FILES__JOB_SPEC": "pandaJobData.out", "HPCPILOT_FILES__JOB_SPEC_FORMAT": "cgi"}
+    files = load_config(environ=environ).files
+    assert (files.job_spec, files.job_spec_format) == ("pandaJobData.out", "cgi")
+    assert files.worker_pandaids == HarvesterFiles().worker_pandaids  # the rest keeps its defaults
+
+
+def test_environment_overrides_nest_on_double_underscores():
+    assert environment_overrides({"HPCPILOT_FILES__JOB_SPEC": "x", "HPCPILOT_CORES_PER_RANK": "2",
+                                  "OTHER": "y"}) == {"files": {"job_spec": "x"}, "cores_per_rank": "2"}
+
+
+def test_a_yaml_section_changes_only_what_it_names(tmp_path):
+    path = yaml_file(tmp_path, "files:\n  job_spec: pandaJobData.out\n  event_status: es.json\n")
+    files = load_config(path, environ={"HPCPILOT_FILES__EVENT_STATUS": "env.json"}).files
+    assert (files.job_spec, files.event_status, files.heartbeat) == ("pandaJobData.out", "env.json",
+                                                                     "worker_heartbeat.json")
+
+
+def test_a_command_line_section_overrides_the_environment():
+    config = load_config(environ={"HPCPILOT_FILES__JOB_SPEC": "env.out"}, cli={"files": {"job_spec": "cli.out"}})
+    assert config.files.job_spec == "cli.out"
+
+
+def test_variables_the_pilot_sets_for_payloads_are_not_settings(tmp_path):
+    environ = {name: "x" for name in ("HPCPILOT_RANK", "HPCPILOT_EVENT_CHANNEL", "HPCPILOT_JOB_DIR",
+                                      "HPCPILOT_SCRATCH")}
+    assert load_config(environ=environ) == Config()
+
+
+# -- conversions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [("1", True), ("yes", True), ("TRUE", True), ("on", True),
+                                            ("0", False), ("no", False), ("False", False), ("off", False)])
+def test_yes_no_words_from_the_environment(text, expected):
+    assert load_config(environ={"HPCPILOT_KEEP_SCRATCH": text}).keep_scratch is expected
+
+
+def test_strings_from_the_environment_become_typed_values():
+    environ = {"HPCPILOT_ACCESS_POINT": "/gpfs/ap/1", "HPCPILOT_CORES_PER_RANK": "16",
+               "HPCPILOT_PROGRESS_INTERVAL": "2.5"}
+    config = load_config(environ=environ)
+    assert config.access_point == Path("/gpfs/ap/1") and isinstance(config.access_point, Path)
+    assert config.cores_per_rank == 16
+    assert config.progress_interval == 2.5
+
+
+def test_yaml_values_keep_their_types(tmp_path):
+    path = yaml_file(tmp_path, "keep_scratch: true\nprogress_interval: 5\nscratch: /dev/shm\n")
+    config = load_config(path, environ={})
+    assert config.keep_scratch is True
+    assert config.progress_interval == 5.0
+    assert config.scratch == Path("/dev/shm")
+
+
+# -- bad values and unknown settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable, value, setting", [
+    ("HPCPILOT_CORES_PER_RANK", "many", "cores_per_rank"),
+    ("HPCPILOT_CORES_PER_RANK", "0", "cores_per_rank"),
+    ("HPCPILOT_CORES_PER_RANK", "-2", "cores_per_rank"),
+    ("HPCPILOT_KEEP_SCRATCH", "maybe", "keep_scratch"),
+    ("HPCPILOT_PROGRESS_INTERVAL", "soon", "progress_interval"),
+    ("HPCPILOT_PROGRESS_INTERVAL", "0", "progress_interval"),
+    ("HPCPILOT_PROGRESS_INTERVAL", "-1", "progress_interval"),
+    ("HPCPILOT_STAGEIN_MODE", "teleport", "stagein_mode"),
+    ("HPCPILOT_FILES__JOB_SPEC_FORMAT", "xml", "job_spec_format"),
+    ("HPCPILOT_FILES", "HPCJobs.json", "files"),
+])
+def test_a_bad_value_is_a_config_error_naming_the_setting(variable, value, setting):
+    assert setting in config_error(environ={variable: value})
+
+
+@pytest.mark.parametrize("cli, setting", [({"cores_per_rank": "x"}, "cores_per_rank"),
+                                          ({"stagein_mode": "ftp"}, "stagein_mode"),
+                                          ({"files": "x"}, "files")])
+def test_a_bad_command_line_value_is_a_config_error(cli, setting):
+    assert setting in config_error(cli=cli)
+
+
+def test_a_bad_yaml_value_is_a_config_error(tmp_path):
+    message = config_error(yaml_file=yaml_file(tmp_path, "cores_per_rank: [1, 2]\n"))
+    assert "cores_per_rank" in message and "site.yaml" in message
+
+
+@pytest.mark.parametrize("source", ["yaml", "environment", "cli", "nested environment", "nested yaml"])
+def test_unknown_settings_are_rejected_by_name(tmp_path, source):
+    kwargs = {
+        "yaml": {"yaml_file": yaml_file(tmp_path, "cores_per_node: 4\n")},
+        "environment": {"environ": {"HPCPILOT_CORES_PER_NODE": "4"}},
+        "cli": {"cli": {"cores_per_node": 4}},
+        "nested environment": {"environ": {"HPCPILOT_FILES__JOBSPEC": "x"}},
+        "nested yaml": {"yaml_file": yaml_file(tmp_path, "files:\n  jobspec: x\n")},
+    }[source]
+    message = config_error(**kwargs)
+    assert "cores_per_node" in message or "jobspec" in message
+    assert "unknown setting" in message
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "key: [unclosed\n", "a: b: c\n"])
+def test_a_yaml_file_that_is_not_a_mapping_is_a_config_error(tmp_path, text):
+    assert "site.yaml" in config_error(yaml_file=yaml_file(tmp_path, text))
+
+
+def test_a_missing_yaml_file_is_a_config_error(tmp_path):
+    assert "absent.yaml" in config_error(yaml_file=tmp_path / "absent.yaml")
+
+
+def test_an_empty_yaml_file_means_defaults(tmp_path):
+    assert load_config(yaml_file(tmp_path, ""), environ={}) == Config()
+
+
+def test_a_null_for_a_required_setting_is_a_config_error(tmp_path):
+    assert "progress_interval" in config_error(yaml_file=yaml_file(tmp_path, "progress_interval:\n"))
+
+
+@pytest.mark.parametrize("source", ["environment", "yaml"])
+def test_a_mapping_or_list_for_a_text_setting_is_a_config_error(tmp_path, source):
+    if source == "environment":
+        config_error(environ={"HPCPILOT_LOG_LEVEL__X": "1"})
+    else:
+        config_error(yaml_file=yaml_file(tmp_path, "site_name: [a, b]\n"))
+
+
+@pytest.mark.parametrize("value", ["2.5", "true"])
+def test_a_non_integer_yaml_value_for_an_integer_setting_is_a_config_error(tmp_path, value):
+    config_error(yaml_file=yaml_file(tmp_path, f"cores_per_rank: {value}\n"))
+
+
+def test_an_unknown_log_level_is_a_config_error():
+    assert "log_level" in config_error(environ={"HPCPILOT_LOG_LEVEL": "LOUD"})
+
+
+def test_a_progress_interval_of_nan_is_a_config_error():
+    assert "progress_interval" in config_error(environ={"HPCPILOT_PROGRESS_INTERVAL": "nan"})

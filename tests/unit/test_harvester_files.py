@@ -1,0 +1,556 @@
+"""The Harvester shared-file protocol (hpcpilot.harvester) on access points laid out like Harvester does.
+
+Reading: ManyToOne / OneToOne layouts, JSON and cgi spec formats, every way a
+job or a worker can be broken. Writing: the declaration files and the
+never-overwrite hand-off of ``event_status.dump.json`` (PROTOCOL.md section 2).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.atomicfile import TEMP_PREFIX
+from hpcpilot.config import HarvesterFiles
+from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
+from hpcpilot.harvester import AccessPoint, EventStatusPublisher
+from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
+
+FILES = HarvesterFiles()
+CGI_FILES = HarvesterFiles(job_spec="pandaJobData.out", job_spec_format="cgi")
+TRICKY_ARGS = "--preExec 'a=1&b=2' --x \"%20 + ; #\" --url=https://h/p?q=1&r=ü"
+
+
+def definitions(*pandaids: int) -> dict[int, dict]:
+    return {p: job_definition(p, "run.sh", f"--job {p}") for p in pandaids}
+
+
+def read(root: Path, files: HarvesterFiles = FILES) -> list[JobSpec | InvalidJob]:
+    return AccessPoint(root, files).read_jobs()
+
+
+def spec_path(root: Path, pandaid: int, files: HarvesterFiles = FILES) -> Path:
+    return root / str(pandaid) / files.job_spec
+
+
+def leftover_temp_files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+# -- running a check as an unprivileged user -------------------------------------
+# Root reads everything, so permission tests drop to 'nobody' in a forked child.
+
+
+def unprivileged_outcome(check: Callable[[], object], timeout: float = 30.0) -> str:
+    """Run ``check`` in a forked child (as 'nobody' when we are root); its repr or 'raised Type: message'."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        status = 0
+        try:
+            os.close(reader)
+            _drop_privileges()
+            try:
+                outcome = repr(check())
+            except BaseException as error:  # report whatever escapes, that is the point
+                outcome = f"raised {type(error).__name__}: {error}"
+            os.write(writer, outcome.encode())
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writer)
+    try:
+        ready, _, _ = select.select([reader], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the unprivileged check did not finish in {timeout} s")
+        chunks = []
+        while chunk := os.read(reader, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+
+
+def _drop_privileges() -> None:
+    if os.geteuid() != 0:
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+
+
+@pytest.fixture
+def world_tmp():
+    """A directory 'nobody' can traverse (pytest's tmp_path lives under a 0700 directory)."""
+    directory = Path(tempfile.mkdtemp(prefix="hpcpilot-test-"))
+    directory.chmod(0o755)
+    yield directory
+    directory.chmod(0o755)
+    for parent, subdirectories, _ in os.walk(directory):  # top-down: unlock before descending
+        for name in subdirectories:
+            os.chmod(os.path.join(parent, name), 0o755)
+    shutil.rmtree(directory)
+
+
+# -- reading: layouts and formats ---------------------------------------------------
+
+
+def test_many_to_one_reads_every_job_in_the_listed_order(tmp_path):
+    defs = definitions(1003, 1001, 1002)
+    root = write_access_point(tmp_path / "ap", defs)
+    access_point = AccessPoint(root, FILES)
+    assert access_point.many_to_one
+    assert access_point.job_dir(1001) == root / "1001"
+    jobs = access_point.read_jobs()
+    assert [job.pandaid for job in jobs] == [1003, 1001, 1002]
+    assert jobs == [parse_job(defs[p]) for p in (1003, 1001, 1002)]
+
+
+def test_many_to_one_layout_links_inputs_and_catalogues_them(tmp_path):
+    payload = {"EVNT.pool.root.1": b"event data", "EVNT.pool.root.2": b""}
+    defs = {1001: with_outputs(with_inputs(job_definition(1001, "sim.sh"), payload), ["HITS.root"])}
+    root = write_access_point(tmp_path / "ap", defs, inputs={1001: payload})
+    (job,) = read(root)
+    assert isinstance(job, JobSpec)
+    assert [(f.lfn, f.fsize) for f in job.inputs] == [("EVNT.pool.root.1", 10), ("EVNT.pool.root.2", 0)]
+    for name, data in payload.items():
+        link = root / "1001" / name
+        assert link.is_symlink() and link.read_bytes() == data
+    catalogue = ElementTree.parse(root / "1001" / FILES.pool_file_catalog).getroot()
+    entries = {f.find("logical/lfn").get("name"): f.get("ID") for f in catalogue.iter("File")}
+    assert entries == {"EVNT.pool.root.1": "1001-guid-0", "EVNT.pool.root.2": "1001-guid-1"}
+
+
+def test_many_to_one_cgi_format_reads_the_same_jobs_as_json(tmp_path):
+    defs = {p: job_definition(p, "run.sh", TRICKY_ARGS, jobsetID="NULL") for p in (2001, 2002)}
+    root = write_access_point(tmp_path / "ap", defs, files=CGI_FILES)
+    text = spec_path(root, 2001, CGI_FILES).read_text()
+    assert not text.lstrip().startswith("{") and "PandaID=2001" in text
+    jobs = read(root, CGI_FILES)
+    assert jobs == [parse_job(defs[2001]), parse_job(defs[2002])]
+    assert jobs[0].job_pars == TRICKY_ARGS
+
+
+@pytest.mark.parametrize("files", [FILES, CGI_FILES], ids=["json", "cgi"])
+def test_one_to_one_reads_the_job_at_the_top(tmp_path, files):
+    defs = definitions(3001)
+    root = write_access_point(tmp_path / "ap", defs, files=files, many_to_one=False)
+    access_point = AccessPoint(root, files)
+    assert not access_point.many_to_one
+    assert access_point.job_dir(3001) == root.absolute()
+    assert access_point.read_jobs() == [parse_job(defs[3001])]
+
+
+def test_one_to_one_spec_with_several_definitions_gives_every_job(tmp_path):
+    defs = definitions(3001, 3002)
+    (tmp_path / FILES.job_spec).write_text(json.dumps({str(p): d for p, d in defs.items()}))
+    assert read(tmp_path) == [parse_job(defs[3001]), parse_job(defs[3002])]
+
+
+def test_a_bare_definition_without_the_pandaid_key_is_read(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_text(json.dumps(job_definition(1001, "run.sh")))
+    assert read(root) == [parse_job(job_definition(1001, "run.sh"))]
+
+
+def test_file_names_are_taken_from_the_settings(tmp_path):
+    files = HarvesterFiles(worker_pandaids="ids.json", job_spec="pandaJobData.out")
+    root = write_access_point(tmp_path / "ap", definitions(1001), files=files)
+    assert (root / "ids.json").exists() and spec_path(root, 1001, files).exists()
+    assert [job.pandaid for job in read(root, files)] == [1001]
+    assert not AccessPoint(root, FILES).many_to_one  # the default names find nothing there
+
+
+# -- reading: broken jobs become InvalidJob, never dropped ----------------------------
+
+
+def test_a_missing_job_directory_is_1103_and_the_other_jobs_still_run(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001, 1002))
+    shutil.rmtree(root / "1001")
+    missing, present = read(root)
+    assert missing == InvalidJob(1001, ErrorCode.NO_SUCH_FILE, missing.diag)
+    assert missing.code == 1103 and FILES.job_spec in missing.diag
+    assert isinstance(present, JobSpec) and present.pandaid == 1002
+
+
+def test_a_missing_spec_file_is_1103(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).unlink()
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, 1103)
+
+
+@pytest.mark.parametrize("content", ['{"1001": {"PandaID": "1001",', "", "not json", "{'1001': {}}"])
+def test_corrupt_json_is_an_invalid_job(tmp_path, content):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_text(content)
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+    assert "JSON" in job.diag
+
+
+@pytest.mark.parametrize("content", ["[]", '"text"', "42", "null", '{"1001": "run.sh"}', '{"1001": null}'])
+def test_json_that_is_not_a_definition_is_an_invalid_job(tmp_path, content):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_text(content)
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+
+
+def test_a_cgi_spec_read_as_json_is_an_invalid_job(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001), files=CGI_FILES)
+    (job,) = read(root, HarvesterFiles(job_spec=CGI_FILES.job_spec))
+    assert isinstance(job, InvalidJob) and job.pandaid == 1001
+
+
+def test_a_spec_that_is_not_utf8_is_1303(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_bytes(b'{"1001": {"PandaID": "\xff\xfe"}}')
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.FILE_HANDLING)
+
+
+def test_a_spec_that_is_a_directory_is_1303(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).unlink()
+    spec_path(root, 1001).mkdir()
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, 1303)
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_spec_is_1303(world_tmp):
+    root = write_access_point(world_tmp / "ap", definitions(1001))
+    spec_path(root, 1001).chmod(0)
+    outcome = unprivileged_outcome(lambda: [(j.pandaid, int(j.code)) for j in read(root)])
+    assert outcome == "[(1001, 1303)]"
+
+
+def test_an_invalid_definition_keeps_its_pandaid_and_code(tmp_path):
+    defs = definitions(1001, 1002)
+    defs[1001]["inFiles"] = "../../etc/passwd"
+    root = write_access_point(tmp_path / "ap", defs)
+    bad, good = read(root)
+    assert isinstance(bad, InvalidJob) and (bad.pandaid, bad.code) == (1001, ErrorCode.BAD_FILE_NAME)
+    assert isinstance(good, JobSpec)
+
+
+@pytest.mark.parametrize("files", [FILES, CGI_FILES], ids=["json", "cgi"])
+def test_a_pandaid_field_that_differs_from_its_key_is_an_invalid_job(tmp_path, files):
+    defs = definitions(1001)
+    defs[1001]["PandaID"] = "1002"
+    root = write_access_point(tmp_path / "ap", defs, files=files)
+    (job,) = read(root, files)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+    assert "PandaID" in job.diag
+
+
+def test_a_definition_for_another_job_in_a_job_directory_is_an_invalid_job(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_text(json.dumps({"1002": job_definition(1002, "run.sh")}))
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+
+
+def test_a_job_directory_without_its_own_definition_is_an_invalid_job(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    others = {str(p): job_definition(p, "run.sh") for p in (1002, 1003)}
+    spec_path(root, 1001).write_text(json.dumps(others))
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+
+
+def test_one_to_one_key_and_field_mismatch_is_an_invalid_job(tmp_path):
+    (tmp_path / FILES.job_spec).write_text(json.dumps({"3001": job_definition(3002, "run.sh")}))
+    (job,) = read(tmp_path)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (3001, ErrorCode.GENERAL)
+
+
+def test_a_cgi_definition_without_pandaid_is_an_invalid_job(tmp_path):
+    defs = definitions(1001)
+    del defs[1001]["PandaID"]
+    root = write_access_point(tmp_path / "ap", defs, files=CGI_FILES)
+    (job,) = read(root, CGI_FILES)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.GENERAL)
+
+
+@pytest.mark.timeout(60)
+def test_deeply_nested_json_is_an_invalid_job(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    spec_path(root, 1001).write_text("[" * 100_000)
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and job.pandaid == 1001
+
+
+# -- reading: worker_pandaids.json and the access point itself -------------------------
+
+
+def test_duplicate_pandaids_run_once_each_in_first_seen_order(tmp_path, caplog):
+    root = write_access_point(tmp_path / "ap", definitions(1001, 1002))
+    (root / FILES.worker_pandaids).write_text("[1002, 1001, 1002, 1001, 1001]")
+    assert [job.pandaid for job in read(root)] == [1002, 1001]
+    assert "more than once" in caplog.text
+
+
+def test_pandaids_may_be_strings(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    (root / FILES.worker_pandaids).write_text('["1001"]')
+    assert [job.pandaid for job in read(root)] == [1001]
+
+
+def test_an_empty_pandaid_list_is_no_jobs(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    (root / FILES.worker_pandaids).write_text("[]")
+    with pytest.raises(WorkerError) as caught:
+        read(root)
+    assert caught.value.exit_code == ExitCode.NO_JOBS == 82
+
+
+@pytest.mark.parametrize("content", ["", "[1001,", '["abc"]', "[1.5]", "[null]", "42", "[-1]"])
+def test_a_malformed_pandaid_list_is_a_worker_error(tmp_path, content):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    (root / FILES.worker_pandaids).write_text(content)
+    with pytest.raises(WorkerError) as caught:
+        read(root)
+    assert caught.value.exit_code == ExitCode.MISSING_INPUT
+    assert FILES.worker_pandaids in str(caught.value)
+
+
+@pytest.mark.parametrize("content", ['"1001"', '{"1001": {}}'])
+def test_a_pandaid_file_that_is_not_a_list_is_a_worker_error(tmp_path, content):
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    (root / FILES.worker_pandaids).write_text(content)
+    with pytest.raises(WorkerError):
+        read(root)
+
+
+def test_an_access_point_without_any_job_file_is_no_jobs(tmp_path):
+    with pytest.raises(WorkerError) as caught:
+        read(tmp_path)
+    assert caught.value.exit_code == ExitCode.NO_JOBS
+
+
+def test_an_empty_one_to_one_spec_is_no_jobs(tmp_path):
+    (tmp_path / FILES.job_spec).write_text("{}")
+    with pytest.raises(WorkerError) as caught:
+        read(tmp_path)
+    assert caught.value.exit_code == ExitCode.NO_JOBS
+
+
+def test_a_missing_access_point_is_a_worker_error(tmp_path):
+    with pytest.raises(WorkerError) as caught:
+        read(tmp_path / "nowhere")
+    assert caught.value.exit_code == ExitCode.MISSING_INPUT
+
+
+def test_an_access_point_that_is_a_file_is_a_worker_error(tmp_path):
+    (tmp_path / "ap").write_text("")
+    with pytest.raises(WorkerError):
+        read(tmp_path / "ap")
+
+
+@pytest.mark.timeout(60)
+def test_an_unprivileged_reader_reads_a_readable_access_point(world_tmp):
+    root = write_access_point(world_tmp / "ap", definitions(1001))
+    assert unprivileged_outcome(lambda: [j.pandaid for j in read(root)]) == "[1001]"
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_pandaid_list_is_a_worker_error(world_tmp):
+    root = write_access_point(world_tmp / "ap", definitions(1001))
+    (root / FILES.worker_pandaids).chmod(0)
+    outcome = unprivileged_outcome(lambda: read(root))
+    assert outcome.startswith("raised WorkerError") and FILES.worker_pandaids in outcome
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("locked", ["access point", "its parent"])
+def test_an_unreadable_access_point_is_a_worker_error(world_tmp, locked):
+    root = write_access_point(world_tmp / "parent" / "ap", definitions(1001))
+    (root if locked == "access point" else root.parent).chmod(0)
+
+    def check():
+        try:
+            return read(root)
+        except WorkerError as error:
+            return f"WorkerError {int(error.exit_code)}"
+
+    assert unprivileged_outcome(check) == repr(f"WorkerError {int(ExitCode.MISSING_INPUT)}")
+
+
+# -- writing declarations -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("many_to_one", [True, False], ids=["ManyToOne", "OneToOne"])
+def test_declarations_land_where_harvester_reads_them(tmp_path, many_to_one):
+    root = write_access_point(tmp_path / "ap", definitions(1001), many_to_one=many_to_one)
+    access_point = AccessPoint(root, FILES)
+    job_dir = root / "1001" if many_to_one else root
+    attributes = {"jobStatus": "finished", "pilotErrorCode": 0, "node": "nid001", "startTime": "2024-01-01 00:00:00"}
+    report = {"exitCode": 0, "executor": [{"name": "sim"}]}
+    access_point.write_attributes(1001, attributes)
+    access_point.write_job_report(1001, report)
+    access_point.write_summary({"jobs": 1})
+    assert json.loads((job_dir / "worker_attributes.json").read_text()) == attributes
+    assert json.loads((job_dir / "jobReport.json").read_text()) == report
+    assert json.loads((root / FILES.summary).read_text()) == {"jobs": 1}
+    assert leftover_temp_files(root) == []
+
+
+def test_attributes_are_rewritten_whole(tmp_path):
+    access_point = AccessPoint(write_access_point(tmp_path / "ap", definitions(1001)), FILES)
+    access_point.write_attributes(1001, {"jobStatus": "running", "node": "n1"})
+    access_point.write_attributes(1001, {"jobStatus": "finished"})
+    assert json.loads(access_point.path(1001, FILES.worker_attributes).read_text()) == {"jobStatus": "finished"}
+
+
+def test_declaration_file_names_are_taken_from_the_settings(tmp_path):
+    files = HarvesterFiles(worker_attributes="attrs.json", job_report="report.json", summary="sum.json",
+                           heartbeat="beat.json")
+    root = write_access_point(tmp_path / "ap", definitions(1001), files=files)
+    access_point = AccessPoint(root, files)
+    access_point.write_attributes(1001, {"jobStatus": "failed"})
+    access_point.write_job_report(1001, {})
+    access_point.write_summary({})
+    access_point.touch_heartbeat()
+    assert {p.name for p in (root / "1001").iterdir()} >= {"attrs.json", "report.json"}
+    assert {p.name for p in root.iterdir()} >= {"sum.json", "beat.json"}
+
+
+def test_the_heartbeat_is_refreshed(tmp_path):
+    access_point = AccessPoint(write_access_point(tmp_path / "ap", definitions(1001)), FILES)
+    heartbeat = access_point.root / "worker_heartbeat.json"
+    access_point.touch_heartbeat()
+    json.loads(heartbeat.read_text())
+    os.utime(heartbeat, (1_000_000, 1_000_000))
+    access_point.touch_heartbeat()
+    assert heartbeat.stat().st_mtime > 1_000_000
+
+
+# -- event_status.dump.json: the never-overwrite hand-off --------------------------------
+
+
+OUTPUT = {"type": "output", "path": "/ap/1001/out.root", "fsize": 1234, "chksum": "0a1b2c3d", "guid": "u-1"}
+LOG_ENTRY = {"type": "log", "path": "/ap/1001/log.1001.job.log.tgz", "fsize": 99, "chksum": "00000001", "guid": "u-2"}
+EVENT = {"eventRangeID": "T-J-F-11-20", "eventStatus": "failed"}
+
+
+def dump_of(access_point: AccessPoint, pandaid: int) -> Path:
+    return access_point.path(pandaid, "event_status.dump.json")
+
+
+def harvester_takes(dump: Path) -> dict:
+    """What Harvester does: rename the dump to ``.read``, then read it."""
+    taken = dump.with_name(dump.name + ".read")
+    dump.rename(taken)
+    return json.loads(taken.read_text())
+
+
+@pytest.fixture
+def access_point(tmp_path) -> AccessPoint:
+    return AccessPoint(write_access_point(tmp_path / "ap", definitions(1001, 1002)), FILES)
+
+
+def test_a_declaration_is_keyed_by_the_pandaid_string(access_point):
+    publisher = EventStatusPublisher(access_point)
+    assert publisher.declare(1001, [OUTPUT, LOG_ENTRY]) is True
+    dump = dump_of(access_point, 1001)
+    assert dump.parent == access_point.root / "1001"
+    content = json.loads(dump.read_text())
+    assert content == {"1001": [OUTPUT, LOG_ENTRY]}
+    assert all("filetype" not in entry for entry in content["1001"])
+    assert publisher.waiting == set()
+    assert leftover_temp_files(access_point.root) == []
+
+
+def test_one_to_one_declares_at_the_top(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(3001), many_to_one=False)
+    access_point = AccessPoint(root, FILES)
+    assert EventStatusPublisher(access_point).declare(3001, [OUTPUT])
+    assert json.loads((root / "event_status.dump.json").read_text()) == {"3001": [OUTPUT]}
+
+
+def test_an_unconsumed_dump_is_never_overwritten(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    dump = dump_of(access_point, 1001)
+    before = dump.read_bytes()
+    assert publisher.declare(1001, [LOG_ENTRY]) is False
+    assert publisher.flush() == 1
+    assert dump.read_bytes() == before
+    assert publisher.waiting == {1001}
+
+
+def test_journaled_entries_are_published_once_harvester_took_the_dump(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.declare(1001, [LOG_ENTRY])
+    publisher.declare(1001, [EVENT])
+    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [OUTPUT]}
+    assert publisher.flush() == 0
+    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [LOG_ENTRY, EVENT]}
+    assert publisher.waiting == set()
+    assert publisher.flush() == 0
+    assert not dump_of(access_point, 1001).exists()  # nothing is handed over twice
+
+
+def test_a_new_declaration_carries_the_journaled_entries(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.declare(1001, [EVENT])
+    harvester_takes(dump_of(access_point, 1001))
+    assert publisher.declare(1001, [LOG_ENTRY]) is True
+    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [EVENT, LOG_ENTRY]}
+    assert publisher.waiting == set()
+
+
+def test_the_journal_survives_a_restart(access_point):
+    EventStatusPublisher(access_point).declare(1001, [OUTPUT])
+    EventStatusPublisher(access_point).declare(1001, [LOG_ENTRY])  # blocked: journaled
+    restarted = EventStatusPublisher(AccessPoint(access_point.root, FILES))
+    assert restarted.waiting == {1001}
+    assert restarted.flush() == 1  # still not taken
+    harvester_takes(dump_of(access_point, 1001))
+    assert restarted.flush() == 0
+    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [LOG_ENTRY]}
+    assert EventStatusPublisher(access_point).waiting == set()
+
+
+def test_a_blocked_job_does_not_hold_back_another(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.declare(1001, [EVENT])
+    assert publisher.declare(1002, [LOG_ENTRY]) is True
+    assert json.loads(dump_of(access_point, 1002).read_text()) == {"1002": [LOG_ENTRY]}
+    assert publisher.waiting == {1001}
+
+
+def test_the_journal_is_hidden_from_harvester(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.declare(1001, [EVENT])
+    job_files = {p.name for p in (access_point.root / "1001").iterdir()}
+    assert job_files == {FILES.job_spec, FILES.pool_file_catalog, "event_status.dump.json"}
+    assert access_point.state_dir.name.startswith(".")
+
+
+def test_a_temp_file_left_in_the_journal_does_not_break_a_restart(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.declare(1001, [EVENT])
+    (publisher.journal_dir / f"{TEMP_PREFIX}k3j2l1.1001.json").write_text("[")
+    assert EventStatusPublisher(access_point).waiting == {1001}
