@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, logsetup
+from .batchscript import add_batch_script_arguments, run_batch_script
 from .config import STAGEIN_MODES, ConfigError, load_config
 from .errors import ExitCode
 from .mpi import run_or_abort, world
+from .sites import run_sites
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="copy inputs to scratch (default), symlink them, or let the payload read in place")
     parser.add_argument("--progress-interval", type=float, metavar="SECONDS",
                         help="how often rank 0 logs a progress line (default 30)")
+    parser.add_argument("--site", metavar="NAME",
+                        help="site plugin for scratch, payload setup, containers (default: the one detected, "
+                             "else generic); see 'hpcpilot sites'")
     parser.add_argument("--lifetime", type=float, metavar="SECONDS",
                         help="the pilot's lifetime; the batch job's end time (Slurm, PBS, Cobalt) also counts, "
                              "less a safety margin (lifetime_margin, default 180 s)")
@@ -67,17 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, metavar="DIR", help="where to write it (default: ./hpcpilot-demo-<time>)")
     demo.add_argument("--jobs", type=int, default=16, metavar="N", help="number of jobs (default 16)")
     _add_run_options(demo)
+    add_batch_script_arguments(commands.add_parser(
+        "batch-script", help="print a batch script (or Harvester template) that runs the pilot at a site"))
+    commands.add_parser("sites", help="list the site plugins; * marks the one detected here",
+                        description="List the site plugins registered under the entry point group hpcpilot.sites.")
     return parser
 
 
 def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     names = ("access_point", "scratch", "cores_per_rank", "keep_scratch", "stagein_mode",
              "progress_interval", "log_level", "lifetime")
-    return {name: getattr(args, name, None) for name in names}
+    return {**{name: getattr(args, name, None) for name in names}, "site_name": getattr(args, "site", None)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "batch-script":
+        return run_batch_script(args)
+    if args.command == "sites":
+        return run_sites(args)
     comm = world(force_mpi=args.mpi)
     try:
         config = load_config(args.config, cli=_cli_settings(args))

@@ -21,11 +21,11 @@ STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
 
 
-def payload_environment(job: JobSpec, cores: int, rank: int, scratch: Path, job_dir: Path,
-                        base: Mapping[str, str], extra: Mapping[str, str] = {}) -> dict[str, str]:
-    """The payload's environment: the pilot's, plus the job's identity and core count."""
+def payload_environment(job: JobSpec, rank: int, scratch: Path, job_dir: Path,
+                        base: Mapping[str, str], site_variables: Mapping[str, str]) -> dict[str, str]:
+    """The payload's environment: the pilot's, the site's (core counts included), the job's identity."""
     env = dict(base)
-    env.update(extra)
+    env.update(site_variables)
     env.update({
         "PANDAID": str(job.pandaid),
         "PandaID": str(job.pandaid),
@@ -33,9 +33,6 @@ def payload_environment(job: JobSpec, cores: int, rank: int, scratch: Path, job_
         "HPCPILOT_SCRATCH": str(scratch),
         "HPCPILOT_JOB_DIR": str(job_dir),
         TOKEN_ENV: new_token(),
-        "ATHENA_PROC_NUMBER": str(cores),
-        "ATHENA_CORE_NUMBER": str(cores),
-        "OMP_NUM_THREADS": str(cores),
         "TMPDIR": str(scratch),
     })
     return env
@@ -74,8 +71,9 @@ class Payload:
         return self.tree.kill(grace)
 
 
-def shell_argv(job: JobSpec) -> list[str]:
-    return ["bash", "-c", job.command]
+def shell_line(job: JobSpec, setup_lines: list[str]) -> str:
+    """The site's setup lines, then the job's own command line."""
+    return "\n".join([*setup_lines, job.command])
 
 
 def launch(argv: list[str], cwd: Path, env: dict[str, str]) -> Payload:

@@ -308,8 +308,9 @@ class Site:
 
     def batch_template(self) -> str:
         """Text of this site's batch script template (Harvester placeholders + hpcpilot_* ones)."""
-        plugin_dir = self.data.plugin_dir or Path(__file__).parent
-        return (plugin_dir / self.data.batch_template).read_text()
+        if self.data.plugin_dir is None:
+            raise SitePluginError(f"site {self.name}: no plugin directory holds its {self.data.batch_template}")
+        return (self.data.plugin_dir / self.data.batch_template).read_text()
 
     def signal_margin_seconds(self) -> int:
         """How long before the walltime limit the pilot is told to wrap up (SIGUSR1)."""
@@ -450,7 +451,7 @@ def _environment_with_hostname(environ: Mapping[str, str] | None) -> Mapping[str
     """os.environ with HOSTNAME filled in when the shell did not export it."""
     if environ is not None:
         return environ
-    return {"HOSTNAME": socket.getfqdn(), **os.environ}
+    return {"HOSTNAME": socket.gethostname(), **os.environ}
 
 
 def detected_sites(environ: Mapping[str, str]) -> list[Site]:
@@ -468,7 +469,7 @@ def select_site(name: str | None = None, environ: Mapping[str, str] | None = Non
     if matching:
         log.info("site %s detected from the environment", matching[0].name)
         return matching[0]
-    return load_site(GENERIC_SITE) if GENERIC_SITE in list_sites() else Site(SiteData(name=GENERIC_SITE))
+    return load_site(GENERIC_SITE)
 
 
 def sites_report(environ: Mapping[str, str] | None = None) -> list[str]:

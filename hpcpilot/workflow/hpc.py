@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ExitCode, WorkerError
+from ..errors import ExitCode, PilotError, WorkerError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import JobResult, invalid_job_attributes
@@ -23,6 +22,7 @@ from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
 from ..mpi import local_rank_count
+from ..sites import Site, select_site
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .progress import Collector, Reporter
@@ -110,8 +110,11 @@ def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankC
     router = JobLogRouter(rank)
     logging.getLogger("hpcpilot").addHandler(router)
     monitor = Monitor(config.limits, kill=lambda run: terminate_in_background(run, config.limits.kill_grace))
-    return RankContext(config, access_point, EventStatusPublisher(access_point), rank,
-                       socket.gethostname(), scratch_base(config, access_point), router, monitor)
+    site = select_site(config.site_name or None)
+    if rank == 0:
+        log.info("site %s: %s", site.name, site.describe())
+    return RankContext(config, access_point, EventStatusPublisher(access_point), rank, socket.gethostname(),
+                       scratch_base(config, site, access_point), router, monitor, site)
 
 
 def default_cores_per_rank(comm: Any) -> int:
@@ -119,16 +122,14 @@ def default_cores_per_rank(comm: Any) -> int:
     return max(1, len(os.sched_getaffinity(0)) // local_rank_count(comm))
 
 
-def scratch_base(config: Config, access_point: AccessPoint) -> Path:
-    """Node-local storage: --scratch, else $TMPDIR, else the system temp dir; shared FS as last resort."""
-    candidates = [config.scratch, os.environ.get("TMPDIR"), tempfile.gettempdir()]
-    for candidate in filter(None, candidates):
-        base = Path(candidate) / f"hpcpilot-{os.getpid()}"
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            return base
-        except OSError as error:
-            log.warning("scratch candidate %s unusable: %s", candidate, error.strerror)
+def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
+    """Node-local storage as the site chooses it (--scratch first); the shared filesystem as last resort."""
+    try:
+        base = site.choose_scratch(config.scratch, os.environ) / f"hpcpilot-{os.getpid()}"
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    except (OSError, PilotError) as error:
+        log.warning("node-local scratch unusable: %s", error)
     fallback = access_point.state_dir / "scratch"
     log.warning("no node-local scratch could be created; using the shared filesystem at %s", fallback)
     fallback.mkdir(parents=True, exist_ok=True)

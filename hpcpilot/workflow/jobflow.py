@@ -19,12 +19,14 @@ from typing import Any, Iterator
 from .. import payload, staging
 from ..atomicfile import read_json
 from ..config import Config
+from ..container import wrap_command
 from ..errors import ErrorCode, PilotError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import Monitor
+from ..sites import Site
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class RankContext:
     scratch_base: Path
     log_router: JobLogRouter
     monitor: Monitor
+    site: Site
 
 
 @contextmanager
@@ -91,11 +94,11 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
     job_log = JobLog(log, run.pandaid)
     run.status = JobStatus.RUNNING
     declare_state(ctx, run)
-    env = payload.payload_environment(run.spec, run.cores, ctx.rank, run.scratch,
-                                      ctx.access_point.job_dir(run.pandaid), os.environ)
+    env = payload.payload_environment(run.spec, ctx.rank, run.scratch, ctx.access_point.job_dir(run.pandaid),
+                                      os.environ, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):
         job_log.info("payload: %s", run.spec.command)
-        run.process = payload.launch(payload.shell_argv(run.spec), run.scratch, env)
+        run.process = payload.launch(payload_argv(ctx, run, env), run.scratch, env)
         watch = ctx.monitor.watch(run)
         if run.failed:  # a stop came while it was being launched
             run.process.terminate(ctx.config.limits.kill_grace)
@@ -110,6 +113,14 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         error = payload.exit_error(exit)
         if error:
             raise error
+
+
+def payload_argv(ctx: RankContext, run: JobRun, env: dict[str, str]) -> list[str]:
+    """``bash -c`` the site's setup and the job's command line, inside the job's container if it names one."""
+    line = payload.shell_line(run.spec, ctx.site.setup_lines())
+    if run.spec.container_name:
+        return wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
+    return ["bash", "-c", line]
 
 
 def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:

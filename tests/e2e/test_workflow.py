@@ -129,7 +129,7 @@ def test_payload_report_environment_and_parallel_slots(tmp_path: Path) -> None:
     windows = []
     for pandaid in definitions:
         report = json.loads((ap / str(pandaid) / "jobReport.json").read_text())
-        assert report == {"pandaid": str(pandaid), "rank": "0", "cores": "1", "omp": "1"}
+        assert report == {"pandaid": str(pandaid), "rank": "0", "cores": "", "omp": "1"}
         start, stop = map(float, (ap / str(pandaid) / "times.txt").read_text().split())
         windows.append((start, stop))
     assert max(start for start, _ in windows) < min(stop for _, stop in windows), "payloads did not overlap"
@@ -217,3 +217,23 @@ def test_log_lines_carry_rank_and_host(catalogue_ap: Path) -> None:
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert lines and all("[0@" in line or "[1@" in line for line in lines if " INFO " in line)
     assert any("progress:" in line for line in lines)
+
+
+@pytest.mark.timeout(120)
+def test_site_plugin_supplies_scratch_and_environment(tmp_path: Path) -> None:
+    """--site bnl under mpiexec -n 2: scratch under the node-local $TMPDIR, the site's variables set."""
+    script = ('echo "{\\"scratch\\": \\"$HPCPILOT_SCRATCH\\", \\"alrb\\": \\"$ATLAS_LOCAL_ROOT_BASE\\", '
+              '\\"proc\\": \\"$ATHENA_PROC_NUMBER\\"}" > jobReport.json')
+    definitions = {p: job_definition(p, "bash", f"-c '{script}'", coreCount=2) for p in (1101, 1102)}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    node_local = tmp_path / "node-local-ssd"
+    node_local.mkdir()
+    run = run_pilot(ap, "mpi2", "--site", "bnl", "--cores-per-rank", "2",
+                    env={"TMPDIR": str(node_local), "HPCPILOT_LIMITS__MIN_FREE_SPACE_MB": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "site bnl" in run.stderr
+    for pandaid in definitions:
+        report = json.loads((ap / str(pandaid) / "jobReport.json").read_text())
+        assert Path(report["scratch"]).is_relative_to(node_local)
+        assert report["alrb"] == "/cvmfs/atlas.cern.ch/repo/ATLASLocalRootBase"
+        assert report["proc"] == "2"

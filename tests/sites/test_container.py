@@ -1,0 +1,178 @@
+"""Wrapping a payload in the job's container with the site's runtime.
+
+The argv of every runtime is pinned; the runtime search runs over a real
+PATH directory; and, where podman works on this machine (Debian's podman +
+runc, as root), one payload really runs in a container built here from a
+few host binaries, with the scratch directory bound as working directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.container import RUNTIMES, container_command, find_runtime, wrap_command
+from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.sites import Site, SiteData, load_site
+
+SCRATCH = Path("/tmp/scratch/job-4711")
+COMMAND = "Sim_tf.py --inputEVNTFile EVNT.pool.root.1"
+
+
+def _site(*runtimes: str, options: dict | None = None) -> Site:
+    return Site(SiteData(name="containertest", container_runtimes=runtimes,
+                         container_options={key: tuple(value) for key, value in (options or {}).items()}))
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "singularity"])
+def test_apptainer_and_singularity_exec_with_scratch_bound_and_as_working_dir(runtime):
+    argv = container_command(runtime, f"/usr/bin/{runtime}", "atlas/athena:21.0.15", COMMAND, SCRATCH)
+    assert argv == [f"/usr/bin/{runtime}", "exec", "--bind", f"{SCRATCH}:{SCRATCH}", "--pwd", str(SCRATCH),
+                    "docker://atlas/athena:21.0.15", "/bin/bash", "-c", COMMAND]
+
+
+def test_apptainer_keeps_paths_and_transports_as_given():
+    unpacked = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/atlas/athena:21.0.15"
+    assert unpacked in container_command("apptainer", "apptainer", unpacked, "true", SCRATCH)
+    assert "oras://reg/img:1" in container_command("apptainer", "apptainer", "oras://reg/img:1", "true", SCRATCH)
+
+
+def test_shifter_uses_image_volume_and_workdir():
+    argv = container_command("shifter", "shifter", "docker://atlas/athena:21.0.15", COMMAND, SCRATCH)
+    assert argv == ["shifter", "--image=docker:atlas/athena:21.0.15", f"--volume={SCRATCH}:{SCRATCH}",
+                    f"--workdir={SCRATCH}", "--", "/bin/bash", "-c", COMMAND]
+
+
+def test_shifter_refuses_an_image_path_with_a_setup_error():
+    with pytest.raises(PilotError) as error:
+        container_command("shifter", "shifter", "/cvmfs/unpacked.cern.ch/x", "true", SCRATCH)
+    assert error.value.code == ErrorCode.SETUP_FAILED
+
+
+@pytest.mark.parametrize("runtime", ["podman-hpc", "podman"])
+def test_podman_runs_with_volume_workdir_and_the_payload_environment(runtime):
+    argv = container_command(runtime, runtime, "docker://atlas/athena:21.0.15", COMMAND, SCRATCH,
+                             options=["--gpu"], env_names=["OMP_NUM_THREADS", "ATHENA_CORE_NUMBER"])
+    assert argv == [runtime, "run", "--rm", "--volume", f"{SCRATCH}:{SCRATCH}", "--workdir", str(SCRATCH),
+                    "--env", "ATHENA_CORE_NUMBER", "--env", "OMP_NUM_THREADS", "--gpu",
+                    "atlas/athena:21.0.15", "/bin/bash", "-c", COMMAND]
+
+
+def test_podman_runs_an_unpacked_directory_as_root_filesystem():
+    argv = container_command("podman", "podman", "/cvmfs/unpacked.cern.ch/img", "true", SCRATCH)
+    assert argv[-5:] == ["--rootfs", "/cvmfs/unpacked.cern.ch/img", "/bin/bash", "-c", "true"]
+
+
+def test_every_known_runtime_builds_a_command():
+    for runtime in RUNTIMES:
+        assert container_command(runtime, runtime, "busybox", "true", SCRATCH)[-3:] == ["/bin/bash", "-c", "true"]
+
+
+def _executable(directory: Path, name: str) -> Path:
+    path = directory / name
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_first_installed_runtime_of_the_site_is_used(tmp_path):
+    singularity = _executable(tmp_path, "singularity")
+    site = _site("apptainer", "singularity", options={"singularity": ["--contain"]})
+    assert find_runtime(site, str(tmp_path)) == ("singularity", str(singularity))
+    argv = wrap_command(site, "atlas/athena:21.0.15", "true", SCRATCH, search_path=str(tmp_path))
+    assert argv[:2] == [str(singularity), "exec"] and "--contain" in argv
+
+
+def test_nersc_prefers_podman_hpc_over_shifter(tmp_path):
+    _executable(tmp_path, "shifter")
+    podman_hpc = _executable(tmp_path, "podman-hpc")
+    assert find_runtime(load_site("nersc"), str(tmp_path)) == ("podman-hpc", str(podman_hpc))
+
+
+def test_no_runtime_installed_is_a_setup_error_naming_site_and_runtimes(tmp_path):
+    with pytest.raises(PilotError) as error:
+        wrap_command(load_site("bnl"), "atlas/athena:21.0.15", "true", SCRATCH, search_path=str(tmp_path))
+    assert error.value.code == ErrorCode.SETUP_FAILED
+    assert "site bnl" in error.value.diag and "apptainer, singularity" in error.value.diag
+
+
+def test_site_without_runtimes_says_so():
+    with pytest.raises(PilotError, match="offers no container runtime"):
+        wrap_command(_site(), "atlas/athena:21.0.15", "true", SCRATCH, search_path="")
+
+
+# -- one real container run ---------------------------------------------------
+
+HOST_PROGRAMS = ("/bin/bash", "/bin/sh", "/bin/cat", "/bin/pwd", "/usr/bin/env")
+
+
+def _copy_with_libraries(program: str, root: Path) -> None:
+    ldd = subprocess.run(["ldd", program], capture_output=True, text=True, timeout=30)
+    libraries = [word for word in ldd.stdout.split() if word.startswith("/")]
+    for path in [program, *libraries]:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(path), target)
+
+
+def _podman_environment(tmp_path: Path, run_root: Path) -> dict[str, str]:
+    """Private image storage, and runc with modest ulimits (crun cannot set them in this sandbox)."""
+    storage = tmp_path / "storage.conf"
+    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path}/graph"\nrunroot = "{run_root}"\n')
+    containers = tmp_path / "containers.conf"
+    containers.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                          '[engine]\nruntime = "runc"\n')
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(storage), "CONTAINERS_CONF": str(containers)}
+
+
+@pytest.fixture
+def podman_image(tmp_path):
+    """(image name, environment for podman): a tiny image made from host binaries."""
+    if not shutil.which("podman") or not shutil.which("runc"):
+        pytest.skip("podman and runc are not installed (apt-get install podman runc)")
+    root = tmp_path / "rootfs"
+    for program in HOST_PROGRAMS:
+        _copy_with_libraries(program, root)
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    # conmon's attach socket lives under the run root: keep its path short (108-byte socket path limit).
+    run_root = Path(tempfile.mkdtemp(prefix="podrun", dir="/tmp"))
+    try:
+        environment = _podman_environment(tmp_path, run_root)
+        imported = subprocess.run(["podman", "import", str(archive), "localhost/hpcpilot-test:1"],
+                                  capture_output=True, text=True, env=environment, timeout=120)
+        if imported.returncode != 0:
+            pytest.skip(f"podman cannot import images here: {imported.stderr.strip()}")
+        yield "localhost/hpcpilot-test:1", environment
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+
+
+@pytest.mark.timeout(180)
+def test_payload_really_runs_in_a_podman_container_in_its_scratch_dir(tmp_path, podman_image):
+    image, environment = podman_image
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "input.txt").write_text("event data\n")
+    site = _site("podman")
+    command = 'cat input.txt > output.txt; pwd >> output.txt; echo "cores=$OMP_NUM_THREADS" >> output.txt'
+    argv = wrap_command(site, image, command, scratch, env_names=["OMP_NUM_THREADS"])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                            env={**environment, "OMP_NUM_THREADS": "4"})
+    assert result.returncode == 0, result.stderr
+    assert (scratch / "output.txt").read_text() == f"event data\n{scratch}\ncores=4\n"
+
+
+@pytest.mark.timeout(180)
+def test_payload_exit_code_comes_back_through_podman(tmp_path, podman_image):
+    image, environment = podman_image
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    argv = wrap_command(_site("podman"), image, "exit 65", scratch)
+    assert subprocess.run(argv, capture_output=True, env=environment, timeout=120).returncode == 65
