@@ -49,6 +49,12 @@ class BatchRequest:
     walltime_seconds: int
     access_point: str
     ranks_per_node: int = 1
+    cores_per_node: int | None = None  # None: the site's own
+
+
+def request_cores_per_node(site: Site, request: BatchRequest) -> int:
+    """The request's cores per node: its own override, else the site's."""
+    return site.cores_per_node() if request.cores_per_node is None else request.cores_per_node
 
 
 def parse_walltime(walltime: str) -> int:
@@ -65,7 +71,7 @@ def parse_walltime(walltime: str) -> int:
 
 def harvester_values(site: Site, request: BatchRequest) -> dict[str, object]:
     """The placeholder values Harvester would compute for ``request`` (its submitters' rules)."""
-    cores_per_node = site.cores_per_node()
+    cores_per_node = request_cores_per_node(site, request)
     return {
         "nNode": request.nodes,
         "nCorePerNode": cores_per_node,
@@ -117,16 +123,20 @@ def check_template(text: str, where: str) -> None:
 
 def _checked_request(
     site: Site, nodes: int | None, walltime: str | None, access_point: str | Path | None, ranks_per_node: int,
+    cores_per_node: int | None = None,
 ) -> BatchRequest:
     if nodes is None or nodes < 1:
         raise BatchScriptError(f"nodes {nodes!r}: must be at least 1")
     if walltime is None:
         raise BatchScriptError("walltime is required (HH:MM:SS)")
-    if ranks_per_node > site.cores_per_node():
-        raise BatchScriptError(
-            f"ranks per node {ranks_per_node}: site {site.name} has only {site.cores_per_node()} cores per node"
-        )
-    return BatchRequest(nodes, parse_walltime(walltime), _checked_access_point(access_point), ranks_per_node)
+    if cores_per_node is not None and cores_per_node < 1:
+        raise BatchScriptError(f"cores per node {cores_per_node}: must be at least 1")
+    request = BatchRequest(nodes, parse_walltime(walltime), _checked_access_point(access_point), ranks_per_node,
+                           cores_per_node)
+    cores = request_cores_per_node(site, request)
+    if ranks_per_node > cores:
+        raise BatchScriptError(f"ranks per node {ranks_per_node}: site {site.name} has only {cores} cores per node")
+    return request
 
 
 def _checked_access_point(access_point: str | Path | None) -> str:
@@ -150,13 +160,16 @@ def render_batch_script(
     extra_args: Sequence[str] = (),
     extra_directives: Sequence[str] = (),
     signal_margin: int | None = None,
+    cores_per_node: int | None = None,
 ) -> str:
     """A complete batch script for ``site``'s scheduler and launcher.
 
     ``extra_args`` go on the ``hpcpilot run`` line; ``extra_directives`` are
-    added as scheduler directives (e.g. ``--account=X``). With
+    added as scheduler directives (e.g. ``--account=X``); ``cores_per_node``
+    overrides the site's (a smaller partition, a test cluster). With
     ``harvester_template`` the result keeps Harvester's placeholders and
-    ``nodes``, ``walltime`` and ``access_point`` are ignored (may be None).
+    ``nodes``, ``walltime``, ``access_point`` and ``cores_per_node`` are
+    ignored (may be None): Harvester fills in ``{nCorePerNode}`` itself.
     """
     if ranks_per_node < 1:
         raise BatchScriptError(f"ranks per node {ranks_per_node}: must be at least 1")
@@ -169,7 +182,7 @@ def render_batch_script(
             **{key: "{" + key + "}" for key in HARVESTER_PLACEHOLDERS},
         }
     else:
-        request = _checked_request(site, nodes, walltime, access_point, ranks_per_node)
+        request = _checked_request(site, nodes, walltime, access_point, ranks_per_node, cores_per_node)
         values = {**pieces, **harvester_values(site, request)}
     try:
         return template.format_map(values)
@@ -187,6 +200,8 @@ def add_batch_script_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--walltime", help="HH:MM:SS (not needed with --harvester-template)")
     parser.add_argument("--access-point", help="absolute path of the access point (not needed with --harvester-template)")
     parser.add_argument("--ranks-per-node", type=int, default=1, help="pilot ranks per node (default 1)")
+    parser.add_argument("--cores-per-node", type=int, metavar="N",
+                        help="cores per node, instead of the site's (not used with --harvester-template)")
     parser.add_argument("--harvester-template", action="store_true",
                         help="write Harvester placeholders ({nNode}, {accessPoint}, ...) instead of values")
     parser.add_argument("--directive", action="append", default=[], metavar="TEXT",
@@ -205,7 +220,7 @@ def run_batch_script(args: argparse.Namespace) -> int:
             site, args.nodes, args.walltime, args.access_point,
             ranks_per_node=args.ranks_per_node, harvester_template=args.harvester_template,
             extra_args=shlex.split(args.pilot_args), extra_directives=args.directive,
-            signal_margin=args.signal_margin,
+            signal_margin=args.signal_margin, cores_per_node=args.cores_per_node,
         )
     except (BatchScriptError, SitePluginError) as error:
         print(f"hpcpilot batch-script: {error}", file=sys.stderr)

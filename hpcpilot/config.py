@@ -44,6 +44,7 @@ class HarvesterFiles:
     pool_file_catalog: str = "PoolFileCatalog_H.xml"
     summary: str = "hpcpilot_summary.json"
     state_dir: str = ".hpcpilot"
+    pending_declarations: str = ".hpcpilot-pending.json"  # in each job directory: staged dump entries
     stop_file: str = "hpcpilot_stop"  # its existence asks the pilot for a graceful stop
 
 

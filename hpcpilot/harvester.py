@@ -128,6 +128,14 @@ class AccessPoint:
 
     # -- writing -----------------------------------------------------------
 
+    def read_attributes(self, pandaid: int) -> dict[str, Any] | None:
+        """The job's ``worker_attributes.json`` as last written, or None if there is none (or it is unreadable)."""
+        try:
+            content = read_json(self.path(pandaid, self.files.worker_attributes))
+        except (OSError, ValueError):
+            return None
+        return content if isinstance(content, dict) else None
+
     def write_attributes(self, pandaid: int, attributes: dict[str, Any]) -> None:
         write_json(self.path(pandaid, self.files.worker_attributes), attributes)
 
@@ -167,62 +175,96 @@ def _parse_or_invalid(key: Any, raw: Any) -> JobSpec | InvalidJob:
 class EventStatusPublisher:
     """Declares entries in ``event_status.dump.json`` without ever replacing an unconsumed file.
 
-    Harvester renames the dump away when it reads it. Entries that cannot be
-    published yet wait in a journal under the state directory, which
-    survives a crash; :meth:`flush` publishes them once the file is free.
+    Entries are first *staged* in a hidden journal file in the job directory
+    (durable, already in the dump's format); *publishing* hard-links that
+    journal to the dump name, which fails while Harvester has not yet
+    renamed the previous dump away. A job's entries are staged before its
+    final state is written and published after it, so after a crash a
+    final job's entries are still there to publish, and a job run again
+    never has stale entries published.
     """
 
     def __init__(self, access_point: AccessPoint):
         self.access_point = access_point
-        self.journal_dir = access_point.state_dir / "pending"
-        self._waiting = {int(p.stem) for p in _listdir(self.journal_dir) if _is_journal(p)}
+        self._waiting: set[int] = set()
+
+    def stage(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> None:
+        """Record ``entries`` durably, after any still unpublished ones."""
+        pending = self._journal(pandaid) + list(entries)
+        write_json(self.journal_path(pandaid), {str(pandaid): pending})
+        self._waiting.add(pandaid)
+
+    def publish(self, pandaid: int) -> bool:
+        """Make the staged entries visible to Harvester if the dump is free; True when none wait."""
+        if pandaid not in self._waiting:
+            return True
+        journal, dump = self.journal_path(pandaid), self._dump(pandaid)
+        try:
+            os.link(journal, dump)
+        except FileExistsError:
+            if not _same_file(journal, dump):
+                return False
+        except FileNotFoundError:  # published and cleared already
+            pass
+        self.discard(pandaid)
+        return True
 
     def declare(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> bool:
-        """Declare ``entries`` for a job; True if Harvester can see them now."""
-        pending = self._journal(pandaid) + list(entries)
-        if self._publish(pandaid, pending):
-            self._forget(pandaid)
-            return True
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self._journal_path(pandaid), pending)
-        self._waiting.add(pandaid)
-        return False
+        """Stage and publish; True if Harvester can see the entries now."""
+        self.stage(pandaid, entries)
+        return self.publish(pandaid)
 
     def flush(self) -> int:
         """Publish whatever waits and can go now; returns how many jobs still wait."""
         for pandaid in sorted(self._waiting):
-            if self._publish(pandaid, self._journal(pandaid)):
-                self._forget(pandaid)
+            self.publish(pandaid)
         return len(self._waiting)
 
-    def _forget(self, pandaid: int) -> None:
-        if pandaid in self._waiting:
-            self._journal_path(pandaid).unlink(missing_ok=True)
-            self._waiting.discard(pandaid)
+    def adopt(self, pandaids: Iterable[int]) -> None:
+        """Take over journals an earlier run left (for jobs that reached their final state)."""
+        for pandaid in pandaids:
+            journal = self.journal_path(pandaid)
+            if not journal.exists():
+                continue
+            if any(_same_file(journal, dump) for dump in self._dumps_seen(pandaid)):
+                journal.unlink(missing_ok=True)  # published just before a crash
+            else:
+                self._waiting.add(pandaid)
+
+    def discard(self, pandaid: int) -> None:
+        """Forget a job's unpublished entries (it will run again)."""
+        self.journal_path(pandaid).unlink(missing_ok=True)
+        self._waiting.discard(pandaid)
 
     @property
     def waiting(self) -> set[int]:
         return set(self._waiting)
 
-    def _publish(self, pandaid: int, entries: list[dict[str, Any]]) -> bool:
-        dump = self.access_point.path(pandaid, self.access_point.files.event_status)
-        return publish_json_if_absent(dump, {str(pandaid): entries})
+    def journal_path(self, pandaid: int) -> Path:
+        return self.access_point.path(pandaid, self.access_point.files.pending_declarations)
 
-    def _journal_path(self, pandaid: int) -> Path:
-        return self.journal_dir / f"{pandaid}.json"
+    def _dump(self, pandaid: int) -> Path:
+        return self.access_point.path(pandaid, self.access_point.files.event_status)
+
+    def _dumps_seen(self, pandaid: int) -> list[Path]:
+        """The dump and the copies Harvester renamed it to (``.read``, ``.read.<time>``)."""
+        dump = self._dump(pandaid)
+        return [dump, *dump.parent.glob(dump.name + ".read*")]
 
     def _journal(self, pandaid: int) -> list[dict[str, Any]]:
         if pandaid not in self._waiting:
             return []
         try:
-            return list(read_json(self._journal_path(pandaid)))
+            return list(read_json(self.journal_path(pandaid)).get(str(pandaid), []))
         except FileNotFoundError:
             return []
 
 
-def _is_journal(path: Path) -> bool:
-    """A journal is <PandaID>.json; anything else (a writer's leftover temp file) is not."""
-    return path.suffix == ".json" and re.fullmatch(r"[0-9]+", path.stem) is not None
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _exists(path: Path) -> bool:
@@ -232,9 +274,3 @@ def _exists(path: Path) -> bool:
     except OSError:
         return False
 
-
-def _listdir(directory: Path) -> list[Path]:
-    try:
-        return list(directory.iterdir())
-    except FileNotFoundError:
-        return []

@@ -25,6 +25,7 @@ class JobStatus(str, Enum):
     FAILED = "failed"
 
 
+FINAL_STATES = (JobStatus.FINISHED.value, JobStatus.FAILED.value)
 PHASES = ("getjob", "stagein", "payload", "stageout", "setup")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import stat
 import tarfile
 import uuid
 from pathlib import Path
@@ -34,6 +36,7 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
 
 def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str) -> int:
     """Bring every input of ``job`` into ``scratch``; returns the bytes verified."""
+    _check_space_for_inputs(job, scratch, mode)
     total = 0
     for spec in job.inputs:
         source = _replica(spec, job_dir)
@@ -45,18 +48,39 @@ def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str) -> int:
 def _replica(spec: FileSpec, job_dir: Path) -> Path:
     """Where Harvester put the input: ``inFilePaths``, else the LFN entry in the job directory."""
     source = Path(spec.source_path) if spec.source_path else Path(spec.lfn)
+    if not source.is_absolute() and ".." in source.parts:
+        raise PilotError(ErrorCode.BAD_FILE_NAME, f"input {spec.lfn}: relative replica path {spec.source_path!r} "
+                         "leads out of the job directory")
     source = source if source.is_absolute() else job_dir / source
-    if not source.exists():
-        raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} not found at {source}")
+    try:
+        mode = source.stat().st_mode
+    except FileNotFoundError:
+        raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} not found at {source}") from None
+    except OSError as error:
+        raise PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {spec.lfn} from {source}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        # A directory fails to read; a FIFO or device would block or never end: refuse them all.
+        raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} at {source} is not a regular file")
     return source
+
+
+def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
+    """Refuse before copying what cannot fit, rather than fill the disk the other jobs share."""
+    if mode != "copy":
+        return
+    needed = sum(spec.fsize or 0 for spec in job.inputs)
+    free = shutil.disk_usage(scratch).free
+    if needed > free:
+        names = ", ".join(spec.lfn for spec in job.inputs)
+        raise PilotError(ErrorCode.NO_LOCAL_SPACE, f"not enough space in scratch {scratch} for inputs {names}: "
+                         f"{needed} bytes declared, {free} bytes free")
 
 
 def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str) -> int:
     want_md5 = spec.checksum is not None and spec.checksum.kind == "md5"
     try:
         if mode == "copy":
-            with open(target, "xb") as handle:
-                running = copy_with_checksum(source, handle, want_md5)
+            running = _copy_in(source, target, want_md5)
         else:
             target.symlink_to(source.resolve())
             running = None if mode == "direct" else file_checksum(source, want_md5)
@@ -65,6 +89,16 @@ def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str) -> int:
     size = running.size if running else source.stat().st_size
     _verify_input(spec, size, running)
     return size
+
+
+def _copy_in(source: Path, target: Path, want_md5: bool) -> RunningChecksum:
+    """Copy and checksum; a partial copy is removed at once, so a full disk frees up for the other jobs."""
+    try:
+        with open(target, "xb") as handle:
+            return copy_with_checksum(source, handle, want_md5)
+    except OSError:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def _stagein_error(spec: FileSpec, source: Path, error: OSError) -> PilotError:
@@ -96,11 +130,29 @@ def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
 
 def inside_scratch(scratch: Path, name: str) -> Path:
     """The real path of ``scratch/name``, refusing a symlink that leads out of scratch."""
+    check_scratch_is_ours(scratch)
     path = scratch / name
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(Path(os.path.realpath(scratch))):
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is a symlink to {real}, outside scratch; not followed")
+    if _is_special(real):  # opening a FIFO nobody writes to would block the pilot for ever
+        raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is not a regular file (FIFO, socket or device)")
     return real
+
+
+def _is_special(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_scratch_is_ours(scratch: Path) -> None:
+    """The payload may have replaced its scratch directory by a symlink to somewhere else: never follow it."""
+    if scratch.is_symlink() or not scratch.is_dir():
+        raise PilotError(ErrorCode.FILE_HANDLING, f"scratch directory {scratch} was replaced by the payload "
+                         "(it is no longer a directory of the pilot's); nothing in it is used")
 
 
 def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path) -> list[dict[str, Any]]:
@@ -134,13 +186,37 @@ def write_log_tarball(job: JobSpec, scratch: Path, job_dir: Path, members: Itera
     assert job.log is not None
     target = job_dir / job.log.lfn
     folder = f"log.{job.pandaid}"
+    packable = _regular_members(scratch, members)
     try:
         with atomic_writer(target) as handle:
             writer = ChecksummingWriter(handle)
             with tarfile.open(fileobj=writer, mode="w|gz") as tar:
-                for name in members:
-                    if (scratch / name).is_file() or (scratch / name).is_symlink():
-                        tar.add(scratch / name, arcname=f"{folder}/{name}", recursive=False)
+                for name in packable:
+                    tar.add(scratch / name, arcname=f"{folder}/{name}", recursive=False)
     except (OSError, tarfile.TarError) as error:
         raise PilotError(ErrorCode.LOG_TARBALL_FAILED, f"cannot write log tarball {target.name}: {error}") from None
     return declaration("log", target, writer.checksum, job.log.guid)
+
+
+def _regular_members(scratch: Path, members: Iterable[str]) -> list[str]:
+    """Members that are regular files of scratch itself: a payload's symlink, FIFO or device is skipped.
+
+    The tarball goes out to storage: a symlink in it would carry a host path,
+    and following it would carry the host file's content.
+    """
+    try:
+        check_scratch_is_ours(scratch)
+    except PilotError as error:
+        log.warning("log tarball left empty: %s", error.diag)
+        return []
+    packable = []
+    for name in members:
+        try:
+            mode = os.lstat(scratch / name).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
+            packable.append(name)
+        else:
+            log.warning("%s in scratch is not a regular file; left out of the log tarball", name)
+    return packable

@@ -27,6 +27,7 @@ from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .progress import Collector, Reporter
 from .rank import RankRunner, terminate_in_background
+from .resume import EARLIER_RUN, split_declared
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,12 @@ def run_worker(config: Config, comm: Any) -> int:
     """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
     started = time.time()
     access_point = AccessPoint(config.access_point, config.files)
-    share, failed_early, total, status = _distribute(access_point, comm)
+    share, already_declared, total, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status
     ctx = _rank_context(config, access_point, comm.rank)
+    if comm.rank == 0:  # what an earlier run staged for jobs it declared final
+        ctx.publisher.adopt(result.pandaid for result in already_declared if result.rank == EARLIER_RUN)
     cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
@@ -48,15 +51,16 @@ def run_worker(config: Config, comm: Any) -> int:
     signals = SignalWatch(comm.rank).install()
     ctx.monitor.start()
     try:
-        results, stop = _run_share(ctx, share, cores, deadline, signals, comm, failed_early, total)
+        results, stop = _run_share(ctx, share, cores, deadline, signals, comm, already_declared, total)
     finally:
         ctx.monitor.stop()
         signals.restore()
     _remove_scratch_base(ctx)
     waiting = ctx.publisher.flush()
     if waiting:
-        log.warning("%d job(s) keep output declarations in %s: Harvester has not yet taken "
-                    "%s; a later run publishes them", waiting, ctx.publisher.journal_dir, config.files.event_status)
+        log.warning("%d job(s) keep output declarations staged in %s: Harvester has not yet taken the "
+                    "previous %s; running the pilot again on this access point publishes them",
+                    waiting, config.files.pending_declarations, config.files.event_status)
     exit_code = _finish(access_point, results, comm.size, started, stop) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)
 
@@ -72,12 +76,12 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[list[JobSpec], li
 
     Returns this rank's share, the jobs declared failed at once, the total (on rank 0) and the status.
     """
-    shares, failed_early, total, status = None, [], 0, ExitCode.SUCCESS
+    shares, already_declared, total, status = None, [], 0, ExitCode.SUCCESS
     if comm.rank == 0:
         try:
-            jobs = access_point.read_jobs()
-            total = len(jobs)
-            failed_early = [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
+            jobs, already_declared = split_declared(access_point, access_point.read_jobs())
+            total = len(jobs) + len(already_declared)
+            already_declared += [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
             shares = balanced_shares([job for job in jobs if isinstance(job, JobSpec)], comm.size)
         except WorkerError as error:
             log.error("%s", error)
@@ -85,7 +89,7 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[list[JobSpec], li
     status = comm.bcast(status, root=0)
     if status != ExitCode.SUCCESS:
         return [], [], 0, status
-    return comm.scatter(shares, root=0), failed_early, total, status
+    return comm.scatter(shares, root=0), already_declared, total, status
 
 
 def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:
@@ -137,10 +141,10 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
 
 
 def _run_share(ctx: RankContext, share: list[JobSpec], cores: int, deadline: Deadline, signals: SignalWatch,
-               comm: Any, failed_early: list[JobResult], total: int) -> tuple[list[JobResult], StopRequest | None]:
+               comm: Any, already_declared: list[JobResult], total: int) -> tuple[list[JobResult], StopRequest | None]:
     """Run this rank's jobs under a supervisor; rank 0 also collects everyone's results."""
     if comm.rank == 0:
-        collector = Collector(comm, total, failed_early, ctx.config.progress_interval)
+        collector = Collector(comm, total, already_declared, ctx.config.progress_interval)
         runner = RankRunner(ctx, share, cores, deadline, collector.add, collector.note_started)
         supervisor = Supervisor(ctx, comm, deadline, signals, runner.stop)
         runner.run(tick=lambda: (collector.poll(), supervisor.tick()))

@@ -210,11 +210,12 @@ def declare_state(ctx: RankContext, run: JobRun) -> None:
 
 
 def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
-    """jobReport, the output and log entries, then the final state last: Harvester acts on it."""
+    """jobReport and the staged file entries, then the final state (the commit point), then publication."""
     ctx.access_point.write_job_report(run.pandaid, report)
     if run.declared_files:
-        ctx.publisher.declare(run.pandaid, run.declared_files)
+        ctx.publisher.stage(run.pandaid, run.declared_files)
     declare_state(ctx, run)
+    ctx.publisher.publish(run.pandaid)
 
 
 def clean_scratch(ctx: RankContext, run: JobRun) -> None:

@@ -192,8 +192,8 @@ def test_unconsumed_event_status_is_not_overwritten(tmp_path: Path) -> None:
     run = run_pilot(ap)
     assert run.returncode == 0
     assert json.loads(earlier.read_text()) == {"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}
-    journal = json.loads((ap / ".hpcpilot" / "pending" / "901.json").read_text())
-    assert {entry["type"] for entry in journal} == {"output", "log"}
+    journal = json.loads((ap / "901" / ".hpcpilot-pending.json").read_text())
+    assert {entry["type"] for entry in journal["901"]} == {"output", "log"}
     assert "Harvester has not yet taken" in run.stderr
 
 

@@ -522,6 +522,7 @@ def test_the_journal_survives_a_restart(access_point):
     EventStatusPublisher(access_point).declare(1001, [OUTPUT])
     EventStatusPublisher(access_point).declare(1001, [LOG_ENTRY])  # blocked: journaled
     restarted = EventStatusPublisher(AccessPoint(access_point.root, FILES))
+    restarted.adopt([1001, 1002])
     assert restarted.waiting == {1001}
     assert restarted.flush() == 1  # still not taken
     harvester_takes(dump_of(access_point, 1001))
@@ -543,14 +544,26 @@ def test_the_journal_is_hidden_from_harvester(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
     publisher.declare(1001, [EVENT])
-    job_files = {p.name for p in (access_point.root / "1001").iterdir()}
+    job_files = {p.name for p in (access_point.root / "1001").iterdir() if not p.name.startswith(".")}
     assert job_files == {FILES.job_spec, FILES.pool_file_catalog, "event_status.dump.json"}
-    assert access_point.state_dir.name.startswith(".")
+    assert publisher.journal_path(1001).name.startswith(".")
 
 
-def test_a_temp_file_left_in_the_journal_does_not_break_a_restart(access_point):
+def test_a_temp_file_left_beside_the_journal_does_not_break_a_restart(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
     publisher.declare(1001, [EVENT])
-    (publisher.journal_dir / f"{TEMP_PREFIX}k3j2l1.1001.json").write_text("[")
-    assert EventStatusPublisher(access_point).waiting == {1001}
+    (access_point.root / "1001" / f"{TEMP_PREFIX}k3j2l1.1001.json").write_text("[")
+    restarted = EventStatusPublisher(access_point)
+    restarted.adopt([1001])
+    assert restarted.waiting == {1001}
+
+
+def test_a_journal_published_just_before_a_crash_is_not_published_again(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.stage(1001, [OUTPUT])
+    os.link(publisher.journal_path(1001), dump_of(access_point, 1001))  # crash before the journal is cleared
+    harvester_takes(dump_of(access_point, 1001))
+    restarted = EventStatusPublisher(access_point)
+    restarted.adopt([1001])
+    assert restarted.waiting == set() and not publisher.journal_path(1001).exists()

@@ -1,0 +1,51 @@
+"""Running the pilot again on an access point an earlier run left half done.
+
+Jobs that an earlier run declared final (``finished`` or ``failed``) are not
+run again: their staged entries are published when the dump is free. Jobs it
+left ``starting`` or ``running`` lose what that run staged and run again.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..atomicfile import TEMP_PREFIX
+from ..harvester import READ_THREADS, AccessPoint, EventStatusPublisher
+from ..jobs import InvalidJob, JobSpec
+from ..jobstate import FINAL_STATES, JobResult
+
+log = logging.getLogger(__name__)
+
+EARLIER_RUN = -1  # the rank recorded for jobs an earlier run declared
+
+
+def split_declared(access_point: AccessPoint, jobs: list[JobSpec | InvalidJob]
+                   ) -> tuple[list[JobSpec | InvalidJob], list[JobResult]]:
+    """(jobs to run, results of jobs an earlier run already declared final)."""
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        states = list(pool.map(lambda job: access_point.read_attributes(job.pandaid), jobs))
+    to_run, declared = [], []
+    for job, attributes in zip(jobs, states):
+        if attributes and attributes.get("jobStatus") in FINAL_STATES:
+            declared.append(_earlier_result(job.pandaid, attributes))
+        else:
+            if attributes is not None:
+                _forget_interrupted(access_point, job.pandaid)
+            to_run.append(job)
+    if declared:
+        log.info("resuming: %d job(s) already declared by an earlier run are not run again", len(declared))
+    return to_run, declared
+
+
+def _earlier_result(pandaid: int, attributes: dict[str, Any]) -> JobResult:
+    return JobResult(pandaid, attributes["jobStatus"], int(attributes.get("pilotErrorCode", 0) or 0),
+                     str(attributes.get("pilotErrorDiag", "")), EARLIER_RUN, str(attributes.get("node", "")))
+
+
+def _forget_interrupted(access_point: AccessPoint, pandaid: int) -> None:
+    """An interrupted attempt's staged entries and temp files must not outlive it."""
+    log.info("job %d: an earlier run left it unfinished; running it again", pandaid)
+    EventStatusPublisher(access_point).discard(pandaid)
+    for leftover in access_point.job_dir(pandaid).glob(TEMP_PREFIX + "*"):
+        leftover.unlink(missing_ok=True)
