@@ -237,3 +237,25 @@ def test_site_plugin_supplies_scratch_and_environment(tmp_path: Path) -> None:
         assert Path(report["scratch"]).is_relative_to(node_local)
         assert report["alrb"] == "/cvmfs/atlas.cern.ch/repo/ATLASLocalRootBase"
         assert report["proc"] == "2"
+
+
+@pytest.mark.timeout(120)
+def test_a_second_run_resumes_without_running_declared_jobs_again(tmp_path: Path) -> None:
+    definitions, inputs = {}, {}
+    for pandaid in (1201, 1202, 1203):
+        definitions[pandaid], inputs[pandaid] = copy_job(pandaid)
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    first = run_pilot(ap)
+    assert first.returncode == 0
+    # As if the allocation ended: job 1202 was left running with a half-staged declaration.
+    (ap / "1202" / "worker_attributes.json").write_text('{"jobStatus": "running"}')
+    (ap / "1202" / ".hpcpilot-pending.json").write_text('{"1202": [{"type": "output", "path": "/stale"}]}')
+    (ap / "1202" / "event_status.dump.json").rename(ap / "1202" / "event_status.dump.json.read")
+    finished_before = (ap / "1201" / "worker_attributes.json").read_bytes()
+    second = run_pilot(ap)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (ap / "1201" / "worker_attributes.json").read_bytes() == finished_before
+    assert second.attributes(1202)["jobStatus"] == "finished"
+    assert "/stale" not in (ap / "1202" / "event_status.dump.json").read_text()
+    assert "already declared by an earlier run" in second.stderr
+    assert {job["rank"] for job in second.summary()["jobs"] if job["pandaid"] != 1202} == {-1}
