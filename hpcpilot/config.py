@@ -45,6 +45,7 @@ class HarvesterFiles:
     summary: str = "hpcpilot_summary.json"
     state_dir: str = ".hpcpilot"
     pending_declarations: str = ".hpcpilot-pending.json"  # in each job directory: staged dump entries
+    received_ranges: str = ".hpcpilot-ranges.jsonl"  # in an event service job's directory: ranges received
     stop_file: str = "hpcpilot_stop"  # its existence asks the pilot for a graceful stop
 
 
@@ -79,6 +80,8 @@ class Config:
     lifetime_margin: float = 180.0  # stop this long before the end
     stop_bound: float = 45.0  # a graceful stop completes within this
     heartbeat_interval: float = 60.0
+    event_wait_timeout: float = 600.0  # event service: give up waiting for Harvester's ranges after this
+    payload_restarts: int = 3  # event service: restarts of a crashed payload per rank
     files: HarvesterFiles = field(default_factory=HarvesterFiles)
     limits: Limits = field(default_factory=Limits)
 

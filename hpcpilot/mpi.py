@@ -79,6 +79,13 @@ def any_source() -> int:
     return MPI.ANY_SOURCE
 
 
+def new_status() -> Any:
+    """An MPI.Status to learn the source of a message received from any rank."""
+    from mpi4py import MPI
+
+    return MPI.Status()
+
+
 def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
     """Run ``main``; an exception escaping it ends every rank, so none hangs in a collective."""
     try:

@@ -57,6 +57,12 @@ class Payload:
     def pid(self) -> int:
         return self.process.pid
 
+    def has_exited(self) -> bool:
+        """True once the payload has ended; it is left for :meth:`wait` to reap."""
+        if self.process.returncode is not None:
+            return True
+        return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
     def wait(self) -> PayloadExit:
         """Wait for the payload and collect the CPU time of it and the children it waited for."""
         _, status, usage = os.wait4(self.process.pid, 0)

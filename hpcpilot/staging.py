@@ -52,6 +52,11 @@ def _replica(spec: FileSpec, job_dir: Path) -> Path:
         raise PilotError(ErrorCode.BAD_FILE_NAME, f"input {spec.lfn}: relative replica path {spec.source_path!r} "
                          "leads out of the job directory")
     source = source if source.is_absolute() else job_dir / source
+    _check_regular_replica(spec, source)
+    return source
+
+
+def _check_regular_replica(spec: FileSpec, source: Path) -> None:
     try:
         mode = source.stat().st_mode
     except FileNotFoundError:
@@ -61,7 +66,6 @@ def _replica(spec: FileSpec, job_dir: Path) -> Path:
     if not stat.S_ISREG(mode):
         # A directory fails to read; a FIFO or device would block or never end: refuse them all.
         raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} at {source} is not a regular file")
-    return source
 
 
 def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:

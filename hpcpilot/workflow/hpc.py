@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,52 +17,78 @@ from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobs import InvalidJob, JobSpec
-from ..jobstate import JobResult, invalid_job_attributes
+from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
 from ..mpi import local_rank_count
 from ..sites import Site, select_site
 from ..stopping import SignalWatch, StopRequest
+from . import jobflow
+from .eventservice import run_event_service_job
 from .jobflow import RankContext
 from .progress import Collector, Reporter
-from .rank import RankRunner, terminate_in_background
+from .jobflow import terminate_in_background
+from .rank import RankRunner
 from .resume import EARLIER_RUN, split_declared
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class WorkPlan:
+    """What rank 0 decided: this rank's share, the event service jobs (run by all ranks together),
+    the jobs already declared (invalid, or final from an earlier run), and the total."""
+
+    share: list[JobSpec] = field(default_factory=list)
+    event_jobs: list[JobSpec] = field(default_factory=list)
+    already_declared: list[JobResult] = field(default_factory=list)
+    total: int = 0
+
+
 def run_worker(config: Config, comm: Any) -> int:
     """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
     started = time.time()
     access_point = AccessPoint(config.access_point, config.files)
-    share, already_declared, total, status = _distribute(access_point, comm)
+    plan, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status
     ctx = _rank_context(config, access_point, comm.rank)
-    if comm.rank == 0:  # what an earlier run staged for jobs it declared final
-        ctx.publisher.adopt(result.pandaid for result in already_declared if result.rank == EARLIER_RUN)
+    if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
+        ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared if result.rank == EARLIER_RUN),
+                             *(job.pandaid for job in plan.event_jobs)])
     cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
-                 total, comm.size, cores, ctx.scratch_base)
+                 plan.total, comm.size, cores, ctx.scratch_base)
     signals = SignalWatch(comm.rank).install()
     ctx.monitor.start()
     try:
-        results, stop = _run_share(ctx, share, cores, deadline, signals, comm, already_declared, total)
+        supervisor = Supervisor(ctx, comm, deadline, signals)
+        results = _run_share(ctx, plan, cores, deadline, supervisor, comm)
+        results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)
     finally:
         ctx.monitor.stop()
         signals.restore()
-    _remove_scratch_base(ctx)
+    _wrap_up(ctx)
+    exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
+    return comm.bcast(exit_code, root=0)
+
+
+def _wrap_up(ctx: RankContext) -> None:
+    """Publish what can be, say what must wait, remove this rank's scratch root."""
     waiting = ctx.publisher.flush()
     if waiting:
         log.warning("%d job(s) keep output declarations staged in %s: Harvester has not yet taken the "
                     "previous %s; running the pilot again on this access point publishes them",
-                    waiting, config.files.pending_declarations, config.files.event_status)
-    exit_code = _finish(access_point, results, comm.size, started, stop) if comm.rank == 0 else None
-    return comm.bcast(exit_code, root=0)
+                    waiting, ctx.config.files.pending_declarations, ctx.config.files.event_status)
+    if not ctx.config.keep_scratch:
+        try:
+            ctx.scratch_base.rmdir()
+        except OSError:
+            pass
 
 
 def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
@@ -71,25 +97,26 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
     return comm.bcast(deadline, root=0)
 
 
-def _distribute(access_point: AccessPoint, comm: Any) -> tuple[list[JobSpec], list[JobResult], int, int]:
-    """Rank 0 reads and validates; invalid jobs are declared at once; valid ones are scattered.
-
-    Returns this rank's share, the jobs declared failed at once, the total (on rank 0) and the status.
-    """
-    shares, already_declared, total, status = None, [], 0, ExitCode.SUCCESS
+def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
+    """Rank 0 reads and validates; invalid jobs are declared at once; valid ones are scattered."""
+    shares, plan, status = None, WorkPlan(), ExitCode.SUCCESS
     if comm.rank == 0:
         try:
-            jobs, already_declared = split_declared(access_point, access_point.read_jobs())
-            total = len(jobs) + len(already_declared)
-            already_declared += [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
-            shares = balanced_shares([job for job in jobs if isinstance(job, JobSpec)], comm.size)
+            jobs, plan.already_declared = split_declared(access_point, access_point.read_jobs())
+            plan.total = len(jobs) + len(plan.already_declared)
+            plan.already_declared += [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
+            valid = [job for job in jobs if isinstance(job, JobSpec)]
+            plan.event_jobs = [job for job in valid if job.event_service]
+            shares = balanced_shares([job for job in valid if not job.event_service], comm.size)
         except WorkerError as error:
             log.error("%s", error)
             status = error.exit_code
     status = comm.bcast(status, root=0)
     if status != ExitCode.SUCCESS:
-        return [], [], 0, status
-    return comm.scatter(shares, root=0), already_declared, total, status
+        return plan, status
+    plan.share = comm.scatter(shares, root=0)
+    plan.event_jobs = comm.bcast(plan.event_jobs, root=0)
+    return plan, status
 
 
 def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:
@@ -140,32 +167,44 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
     return fallback
 
 
-def _run_share(ctx: RankContext, share: list[JobSpec], cores: int, deadline: Deadline, signals: SignalWatch,
-               comm: Any, already_declared: list[JobResult], total: int) -> tuple[list[JobResult], StopRequest | None]:
-    """Run this rank's jobs under a supervisor; rank 0 also collects everyone's results."""
+def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline, supervisor: Supervisor,
+               comm: Any) -> list[JobResult]:
+    """Run this rank's jobs; rank 0 also collects everyone's results and learns of every stop."""
     if comm.rank == 0:
-        collector = Collector(comm, total, already_declared, ctx.config.progress_interval)
-        runner = RankRunner(ctx, share, cores, deadline, collector.add, collector.note_started)
-        supervisor = Supervisor(ctx, comm, deadline, signals, runner.stop)
+        collector = Collector(comm, plan.total, plan.already_declared, ctx.config.progress_interval)
+        runner = RankRunner(ctx, plan.share, cores, deadline, collector.add, collector.note_started)
+        supervisor.on_stop = runner.stop
         runner.run(tick=lambda: (collector.poll(), supervisor.tick()))
         results = collector.wait_for_all(tick=supervisor.tick)
         for request in collector.stop_requests:
             supervisor.adopt(request)
-        return results, supervisor.stop_request
+        return results
     reporter = Reporter(comm)
-    runner = RankRunner(ctx, share, cores, deadline, reporter.send_result, reporter.send_started)
-    supervisor = Supervisor(ctx, comm, deadline, signals, runner.stop)
+    runner = RankRunner(ctx, plan.share, cores, deadline, reporter.send_result, reporter.send_started)
+    supervisor.on_stop = runner.stop
     runner.run(tick=supervisor.tick)
     reporter.close(supervisor.stop_request)
-    return [], supervisor.stop_request
+    return []
 
 
-def _remove_scratch_base(ctx: RankContext) -> None:
-    if not ctx.config.keep_scratch:
-        try:
-            ctx.scratch_base.rmdir()
-        except OSError:
-            pass
+def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, supervisor: Supervisor,
+                    comm: Any) -> list[JobResult]:
+    """Event service jobs, one after the other, each on every rank; skipped alike on all ranks once stopping."""
+    results = []
+    for job in jobs:
+        supervisor.adopt(comm.bcast(supervisor.stop_request, root=0))
+        if supervisor.stop_request is not None:
+            run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
+            if comm.rank == 0:
+                run.fail(PilotError(supervisor.stop_request.code, f"not started: {supervisor.stop_request.reason}"))
+                jobflow.abandon(ctx, run)
+                results.append(JobResult.of_run(run))
+            continue
+        run = run_event_service_job(ctx, comm, job, cores, supervisor.tick,
+                                    lambda handler: setattr(supervisor, "on_stop", handler))
+        if comm.rank == 0:
+            results.append(JobResult.of_run(run))
+    return results
 
 
 def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, started: float,

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,14 +61,15 @@ def timed(run: JobRun, phase: str) -> Iterator[None]:
         run.seconds[phase] += time.monotonic() - started
 
 
-def begin(ctx: RankContext, run: JobRun) -> None:
+def begin(ctx: RankContext, run: JobRun, declare: bool = True) -> None:
     """Scratch directory, job log, and the ``starting`` declaration."""
     job_log = JobLog(log, run.pandaid)
     with timed(run, "setup"):
         run.scratch = make_scratch(ctx, run.pandaid)
         ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
         job_log.info("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
-        declare_state(ctx, run)
+        if declare:
+            declare_state(ctx, run)
 
 
 def make_scratch(ctx: RankContext, pandaid: int) -> Path:
@@ -143,7 +145,7 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
     job_log = JobLog(log, run.pandaid)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
-        if not run.failed:
+        if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
             with recorded(run, job_log):
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
         report = job_report(run)
@@ -222,6 +224,13 @@ def clean_scratch(ctx: RankContext, run: JobRun) -> None:
     if run.scratch is None or ctx.config.keep_scratch:
         return
     shutil.rmtree(run.scratch, ignore_errors=True)
+
+
+def terminate_in_background(run: JobRun, grace: float) -> None:
+    """End a payload's process tree without blocking the caller for the grace period."""
+    process = run.process
+    if process is not None:
+        threading.Thread(target=process.terminate, args=(grace,), name=f"kill-{run.pandaid}", daemon=True).start()
 
 
 @contextmanager

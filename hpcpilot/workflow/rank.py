@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -99,7 +98,7 @@ class RankRunner:
             self._terminate(run)
 
     def _terminate(self, run: JobRun) -> None:
-        terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3))
+        jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3))
 
     def _advance(self, phase: str, run: JobRun) -> None:
         if phase == "stagein":
@@ -131,13 +130,6 @@ class RankRunner:
                 _declare_after_crash(self.ctx, run)
         finally:
             self.events.put((phase, run))
-
-
-def terminate_in_background(run: JobRun, grace: float) -> None:
-    """End a payload's process tree without blocking the caller for the grace period."""
-    process = run.process
-    if process is not None:
-        threading.Thread(target=process.terminate, args=(grace,), name=f"kill-{run.pandaid}", daemon=True).start()
 
 
 def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:

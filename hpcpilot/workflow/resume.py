@@ -2,7 +2,9 @@
 
 Jobs that an earlier run declared final (``finished`` or ``failed``) are not
 run again: their staged entries are published when the dump is free. Jobs it
-left ``starting`` or ``running`` lose what that run staged and run again.
+left ``starting`` or ``running`` lose what that run staged and run again;
+except event service jobs, whose staged entries are finished ranges: those
+are kept, published, and their ranges not processed again.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def split_declared(access_point: AccessPoint, jobs: list[JobSpec | InvalidJob]
         if attributes and attributes.get("jobStatus") in FINAL_STATES:
             declared.append(_earlier_result(job.pandaid, attributes))
         else:
-            if attributes is not None:
+            if attributes is not None and not getattr(job, "event_service", False):
                 _forget_interrupted(access_point, job.pandaid)
             to_run.append(job)
     if declared:

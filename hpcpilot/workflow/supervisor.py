@@ -22,12 +22,12 @@ FLUSH_INTERVAL = 10.0
 
 class Supervisor:
     def __init__(self, ctx: RankContext, comm: Any, deadline: Deadline, signals: SignalWatch,
-                 on_stop: Callable[[StopRequest], None]):
+                 on_stop: Callable[[StopRequest], None] = lambda request: None):
         self.ctx = ctx
         self.comm = comm
         self.deadline = deadline
         self.signals = signals
-        self.on_stop = on_stop
+        self.on_stop = on_stop  # what stops the current work; each phase sets its own
         self.stop_request: StopRequest | None = None
         self._sent: list[Any] = []  # pending isend requests keep their buffers alive
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}

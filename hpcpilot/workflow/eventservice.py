@@ -1,0 +1,405 @@
+"""Event service jobs: every rank runs a payload on the ranges of one job; rank 0 hands them out.
+
+Rank 0 reads ranges from Harvester (``JobsEventRanges.json``, asking through
+``worker_requestevents.json``) and gives one to whichever payload asks next,
+its own included, so a slow rank never holds up the others. Each rank copies
+a finished range's output to the job directory and tells rank 0, which
+declares it in ``event_status.dump.json`` within a fraction of a second.
+A killed allocation loses only the ranges in flight: an earlier run's
+declared ranges are not handed out again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import payload, staging
+from ..atomicfile import atomic_writer, read_json
+from ..checksums import copy_with_checksum
+from ..errors import ErrorCode, PilotError
+from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
+from ..eventservice.declarations import failed_entries
+from ..jobs import JobSpec
+from ..jobstate import JobRun
+from ..logsetup import JobLog
+from ..mpi import any_source, new_status
+from ..stopping import StopRequest
+from . import jobflow
+from .jobflow import RankContext
+
+log = logging.getLogger(__name__)
+
+TAG_WANT, TAG_RANGE, TAG_ENTRIES, TAG_DONE = 31, 32, 33, 34
+TICK_SECONDS = 0.02
+DECLARE_EVERY = 0.2  # seconds: how long finished ranges may wait to be declared together
+FEED_POLL_SECONDS = 0.5
+WAIT = object()  # "no range yet, ask again later"
+
+
+@dataclass
+class RankOutcome:
+    """What one rank did for the job, sent to rank 0 when it is done."""
+
+    rank: int
+    finished: int = 0
+    failed: int = 0
+    events: int = 0
+    error: PilotError | None = None
+    handed_out: int = 0
+
+
+# -- rank 0: the source of ranges and the declarer ------------------------------------------------------------
+
+
+class RangeSource:
+    """Ranges of one job from Harvester's files, minus those an earlier run already declared.
+
+    Every range received is also kept in a journal in the job directory:
+    Harvester's answer file holds only its latest answer, so after a kill the
+    ranges received but not finished would otherwise be lost to the rerun.
+    """
+
+    def __init__(self, ctx: RankContext, job: JobSpec, batch: int):
+        self.feed = RangeFeed(ctx.access_point.root, ctx.config.files, job.pandaid, job.task_id or "NULL",
+                              job.jobset_id or "NULL", batch=batch)
+        self.journal = ctx.access_point.path(job.pandaid, ctx.config.files.received_ranges)
+        declared = declared_range_ids(ctx, job.pandaid)
+        self.ranges: deque[EventRange] = deque(r for r in _read_range_journal(self.journal)
+                                               if r.eventRangeID not in declared)
+        self.known = declared | {r.eventRangeID for r in self.ranges}
+        self.started = time.monotonic()
+        self.wait_timeout = ctx.config.event_wait_timeout
+        self.next_poll = 0.0
+        self.handed_out = 0
+
+    def take(self) -> Any:
+        """A range, None when there will be no more, or WAIT."""
+        if not self.ranges and time.monotonic() >= self.next_poll:
+            self.next_poll = time.monotonic() + FEED_POLL_SECONDS
+            self._receive([r for r in self.feed.new_ranges() if r.eventRangeID not in self.known])
+        if self.ranges:
+            self.handed_out += 1
+            return self.ranges.popleft()
+        if self.feed.exhausted or time.monotonic() - self.started > self.wait_timeout:
+            return None
+        return WAIT
+
+
+    def _receive(self, ranges: list[EventRange]) -> None:
+        if ranges:
+            with open(self.journal, "a", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps(r.to_dict()) + "\n" for r in ranges))
+            self.known.update(r.eventRangeID for r in ranges)
+            self.ranges.extend(ranges)
+
+
+def _read_range_journal(path: Path) -> list[EventRange]:
+    """Ranges an earlier run received; a line torn by a kill is skipped."""
+    ranges = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            ranges.append(EventRange.from_dict(json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return ranges
+
+
+def declared_range_ids(ctx: RankContext, pandaid: int) -> set[str]:
+    """Range IDs in the dump, in what Harvester took, and staged: never to be processed again."""
+    dump = ctx.access_point.path(pandaid, ctx.config.files.event_status)
+    files = [dump, *dump.parent.glob(dump.name + ".read*"), ctx.publisher.journal_path(pandaid)]
+    found = set()
+    for path in files:
+        try:
+            content = read_json(path)
+        except (OSError, ValueError):
+            continue
+        for entries in content.values() if isinstance(content, dict) else []:
+            found.update(e.get("eventRangeID") for e in entries if isinstance(e, dict) and e.get("eventRangeID"))
+    return found
+
+
+class Dispatcher:
+    """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
+
+    def __init__(self, ctx: RankContext, comm: Any, job: JobSpec, local_give: Callable[[Any], None]):
+        self.ctx, self.comm, self.job = ctx, comm, job
+        self.source = RangeSource(ctx, job, batch=max(8, 4 * comm.size))
+        self.local_give = local_give
+        self.wants: deque[int] = deque()
+        self.pending_entries: list[dict] = []
+        self.last_declared = time.monotonic()
+        self.outcomes: dict[int, RankOutcome] = {}
+        self.stopping = False
+        self._sent: list[Any] = []
+
+    def want(self, rank: int) -> None:
+        self.wants.append(rank)
+
+    def add_entries(self, entries: list[dict]) -> None:
+        self.pending_entries.extend(entries)
+
+    def serve(self) -> None:
+        self._receive()
+        while self.wants:
+            answer = None if self.stopping else self.source.take()
+            if answer is WAIT:
+                break
+            self._give(self.wants.popleft(), answer)
+        if self.pending_entries and time.monotonic() - self.last_declared >= DECLARE_EVERY:
+            self.declare_pending()
+
+    def declare_pending(self) -> None:
+        if self.pending_entries:
+            self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
+            self.ctx.publisher.publish(self.job.pandaid)
+            self.pending_entries = []
+        self.last_declared = time.monotonic()
+
+    def all_done(self) -> bool:
+        return len(self.outcomes) == self.comm.size
+
+    def _give(self, rank: int, answer: EventRange | None) -> None:
+        if rank == 0:
+            self.local_give(answer)
+        else:
+            self._sent.append(self.comm.isend(answer, dest=rank, tag=TAG_RANGE))
+
+    def _receive(self) -> None:
+        if self.comm.size == 1:
+            return
+        for tag, handle in ((TAG_WANT, lambda rank, _: self.want(rank)),
+                            (TAG_ENTRIES, lambda rank, entries: self.add_entries(entries)),
+                            (TAG_DONE, lambda rank, outcome: self.outcomes.__setitem__(rank, outcome))):
+            while self.comm.iprobe(source=any_source(), tag=tag):
+                status = new_status()
+                message = self.comm.recv(source=any_source(), tag=tag, status=status)
+                handle(status.Get_source(), message)
+
+
+# -- every rank: its payload and its channel ------------------------------------------------------------------
+
+
+@dataclass
+class RankEventWork:
+    """One rank's payload for the job, fed through an event channel; driven by the rank's main loop."""
+
+    ctx: RankContext
+    run: JobRun
+    ask: Callable[[], None]
+    report_entries: Callable[[list[dict]], None]
+    outcome: RankOutcome = field(init=False)
+    replies: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    wants: "queue.Queue[None]" = field(default_factory=queue.Queue)
+    restarts: int = 0
+    done: bool = False
+    process: Any = None
+
+    def __post_init__(self) -> None:
+        self.outcome = RankOutcome(self.ctx.rank)
+        self.job_log = JobLog(log, self.run.pandaid)
+
+    def start(self) -> None:
+        declares = self.ctx.rank == 0  # one rank speaks for the job
+        jobflow.begin(self.ctx, self.run, declare=declares)
+        jobflow.stage_in(self.ctx, self.run)
+        if self.run.failed:
+            raise self.run.error
+        self.channel = EventChannel(self._provide, socket_path=self.run.scratch / "channel").start()
+        self.run.status = jobflow.JobStatus.RUNNING
+        if declares:
+            jobflow.declare_state(self.ctx, self.run)
+        self._launch()
+
+    def give(self, answer: EventRange | None) -> None:
+        self.replies.put(answer)
+
+    def step(self) -> None:
+        while not self.wants.empty():
+            self.wants.get()
+            self.ask()
+        entries = []
+        while not self.channel.results.empty():
+            entries += self._entries_for(self.channel.results.get())
+        if entries:
+            self.report_entries(entries)
+        if self.process is not None and self.process.has_exited() and self.channel.results.empty():
+            self._payload_ended()
+
+    def stop(self, request: StopRequest) -> None:
+        """Graceful stop: no more ranges; the payload ends; what is in flight is declared failed."""
+        self.outcome.error = self.outcome.error or PilotError(request.code, f"stopped: {request.reason}")
+        self.channel.no_more_ranges()
+        self.replies.put(None)
+        jobflow.terminate_in_background(self.run, self.ctx.config.limits.kill_grace)
+
+    def _provide(self) -> EventRange | None:  # called on the channel's thread
+        self.wants.put(None)
+        return self.replies.get()
+
+    def _launch(self) -> None:
+        env = payload.payload_environment(self.run.spec, self.ctx.rank, self.run.scratch,
+                                          self.ctx.access_point.job_dir(self.run.pandaid), os.environ,
+                                          {**self.ctx.site.payload_environment(self.run.cores),
+                                           **self.channel.environment()})
+        self.job_log.info("payload: %s (event service, channel %s)", self.run.spec.command, self.channel.address)
+        self.process = payload.launch(jobflow.payload_argv(self.ctx, self.run, env), self.run.scratch, env)
+        self.run.process = self.process
+
+    def _entries_for(self, result: Any) -> list[dict]:
+        if isinstance(result, RangeFinished):
+            try:
+                entry = self._stage_out(result)
+            except PilotError as error:
+                self.job_log.error("range %s: %s", result.range_id, error.diag)
+                return self._failed([result.range_id])
+            self.outcome.finished += 1
+            self.outcome.events += result.event_range.lastEvent - result.event_range.startEvent + 1
+            return [entry]
+        if isinstance(result, RangeFailed):
+            self.job_log.warning("range %s failed in the payload: %s %s", result.range_id, result.code, result.message)
+            return self._failed([result.range_id])
+        if isinstance(result, RangesLost):
+            self.job_log.warning("ranges lost (%s): %s", result.reason, ", ".join(result.range_ids))
+            return self._failed(list(result.range_ids))
+        return []
+
+    def _failed(self, range_ids: list[str]) -> list[dict]:
+        self.outcome.failed += len(range_ids)
+        return failed_entries(range_ids)
+
+    def _stage_out(self, result: RangeFinished) -> dict:
+        """Copy the range's output to the job directory, checksummed in passing."""
+        name = os.path.basename(result.output_path)
+        source = staging.inside_scratch(self.run.scratch, os.path.relpath(
+            Path(result.output_path) if os.path.isabs(result.output_path) else self.run.scratch / result.output_path,
+            self.run.scratch))
+        target = self.ctx.access_point.job_dir(self.run.pandaid) / name
+        try:
+            with atomic_writer(target, fsync=False) as handle:
+                running = copy_with_checksum(source, handle)
+        except OSError as error:
+            raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
+        return {"type": "es_output", "path": str(target), "fsize": running.size, "chksum": running.adler32,
+                "eventRangeID": result.range_id, "eventStatus": "finished"}
+
+    def _payload_ended(self) -> None:
+        exit = self.process.wait()
+        self.run.cpu_seconds += exit.cpu_seconds
+        self.process.terminate(self.ctx.config.limits.kill_grace)  # what it left behind
+        self.process = self.run.process = None
+        if exit.returncode == 0 and self.channel.exhausted or self.outcome.error is not None:
+            return self._finish()
+        self.restarts += 1
+        self.job_log.error("payload ended with %d before the ranges ran out (restart %d of %d)",
+                           exit.returncode, self.restarts, self.ctx.config.payload_restarts)
+        if self.restarts > self.ctx.config.payload_restarts:
+            self.outcome.error = PilotError(ErrorCode.ES_FATAL, f"payload failed {self.restarts} times, last with "
+                                            f"exit code {exit.returncode}; no more restarts")
+            return self._finish()
+        self._launch()
+
+    def _finish(self) -> None:
+        self.channel.stop()
+        entries = []
+        while not self.channel.results.empty():
+            entries += self._entries_for(self.channel.results.get())
+        if entries:
+            self.report_entries(entries)
+        self.done = True
+
+
+# -- the job, on every rank ------------------------------------------------------------------------------------
+
+
+def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
+                          tick: Callable[[], None], set_stop_handler: Callable[[Callable], None]) -> JobRun:
+    """All ranks process the ranges of ``job``; rank 0 declares them and then the job."""
+    run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
+    dispatcher: Dispatcher | None = None
+    sent: list[Any] = []
+
+    def ask() -> None:
+        if dispatcher is not None:
+            dispatcher.want(0)
+        else:
+            sent.append(comm.isend(None, dest=0, tag=TAG_WANT))
+
+    def report_entries(entries: list[dict]) -> None:
+        if dispatcher is not None:
+            dispatcher.add_entries(entries)
+        else:
+            sent.append(comm.isend(entries, dest=0, tag=TAG_ENTRIES))
+
+    work = RankEventWork(ctx, run, ask, report_entries)
+    if ctx.rank == 0:
+        dispatcher = Dispatcher(ctx, comm, job, work.give)
+    set_stop_handler(lambda request: _stop(work, dispatcher, request))
+    _start(work)
+    with jobflow.timed(run, "payload"):
+        while not work.done:
+            if dispatcher is not None:
+                dispatcher.serve()
+            elif comm.iprobe(source=0, tag=TAG_RANGE):
+                work.give(comm.recv(source=0, tag=TAG_RANGE))
+            work.step()
+            tick()
+            time.sleep(TICK_SECONDS)
+    if dispatcher is None:
+        comm.send(work.outcome, dest=0, tag=TAG_DONE)
+        for request in sent:
+            request.wait()
+    else:
+        dispatcher.outcomes[0] = work.outcome
+        while not dispatcher.all_done():
+            dispatcher.serve()
+            tick()
+            time.sleep(TICK_SECONDS)
+        dispatcher.declare_pending()
+        _declare_job(ctx, work, dispatcher)
+    jobflow.clean_scratch(ctx, run)
+    return run
+
+
+def _start(work: RankEventWork) -> None:
+    try:
+        work.start()
+    except PilotError as error:
+        work.job_log.error("cannot start: %s", error.diag)
+        work.outcome.error = error
+        work.done = True
+
+
+def _stop(work: RankEventWork, dispatcher: Dispatcher | None, request: StopRequest) -> None:
+    if dispatcher is not None:
+        dispatcher.stopping = True
+    if not work.done:
+        work.stop(request)
+
+
+def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) -> None:
+    """The job's final state from every rank's outcome: finished unless no events came or a rank failed."""
+    run, outcomes = work.run, list(dispatcher.outcomes.values())
+    errors = [o.error for o in outcomes if o.error is not None]
+    finished = sum(o.finished for o in outcomes)
+    if errors:
+        run.fail(errors[0])
+    elif dispatcher.source.handed_out == 0:
+        run.fail(PilotError(ErrorCode.ES_NO_EVENTS, "no event ranges received from Harvester"))
+    n_events = sum(o.events for o in outcomes)
+    run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished,
+                                nEventRangesFailed=sum(o.failed for o in outcomes))
+    jobflow.stage_out(ctx, run)
+    log.info("job %d: %d event ranges finished (%d events), %d failed, on %d ranks",
+             run.pandaid, finished, n_events, run.extra_attributes["nEventRangesFailed"], len(outcomes))

@@ -1,0 +1,202 @@
+"""Event service end to end under mpiexec: ranks share one job's ranges; every range is declared once."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import psutil
+import pytest
+from fake_harvester import FakeHarvester
+
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from hpcpilot.eventservice.reference_payload import HEADER, event_summary
+from tests.e2e.conftest import run_pilot
+
+PANDAID = 7001
+DUMP = "event_status.dump.json"
+FAST = {"HPCPILOT_EVENT_WAIT_TIMEOUT": "20", "HPCPILOT_LIMITS__KILL_GRACE": "1"}
+
+
+def ranges(count: int, size: int = 5) -> list[dict]:
+    return [{"eventRangeID": f"99-7-{PANDAID}-{i}-1", "startEvent": i * size + 1, "lastEvent": (i + 1) * size,
+             "LFN": "EVNT.01.pool.root", "GUID": "guid-01", "scope": "mc"} for i in range(count)]
+
+
+def es_worker(tmp_path: Path, payload_args: str = "", preplaced: list[dict] | None = None) -> Path:
+    definition = job_definition(PANDAID, sys.executable, f"-m hpcpilot.eventservice.reference_payload {payload_args}",
+                                eventService="True")
+    ap = write_access_point(tmp_path / "ap", {PANDAID: definition}, many_to_one=False)
+    if preplaced is not None:
+        (ap / "JobsEventRanges.json").write_text(json.dumps({str(PANDAID): preplaced}))
+    return ap
+
+
+class DumpConsumer(threading.Thread):
+    """Harvester's other half: takes each dump (rename to .read.<n>) and keeps its entries."""
+
+    def __init__(self, ap: Path):
+        super().__init__(daemon=True)
+        self.ap, self.entries, self.count = ap, [], 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.1):
+            self.take()
+
+    def take(self) -> None:
+        dump = self.ap / DUMP
+        if dump.exists():
+            self.count += 1
+            taken = dump.rename(self.ap / f"{DUMP}.read.{self.count}")
+            self.entries += json.loads(taken.read_text())[str(PANDAID)]
+
+    def finish(self) -> list[dict]:
+        self.stopped.set()
+        self.join()
+        self.take()
+        return self.entries
+
+
+def expected_output(event_range: dict) -> bytes:
+    lines = [event_summary(n) for n in range(event_range["startEvent"], event_range["lastEvent"] + 1)]
+    return (HEADER + "".join(lines)).encode()
+
+
+def range_entries(entries: list[dict]) -> dict[str, list[dict]]:
+    by_range: dict[str, list[dict]] = {}
+    for entry in entries:
+        if "eventRangeID" in entry:
+            by_range.setdefault(entry["eventRangeID"], []).append(entry)
+    return by_range
+
+
+def assert_finished_output(entry: dict, event_range: dict) -> None:
+    data = Path(entry["path"]).read_bytes()
+    assert entry["type"] == "es_output" and entry["eventStatus"] == "finished"
+    assert (entry["fsize"], entry["chksum"]) == (len(data), f"{zlib.adler32(data) & 0xFFFFFFFF:08x}")
+    assert data == expected_output(event_range)
+
+
+def run_es(ap: Path, launch: str, serving: list[dict], env: dict | None = None):
+    with FakeHarvester(ap, serving, interval=0.05):
+        consumer = DumpConsumer(ap)
+        consumer.start()
+        run = run_pilot(ap, launch, env={**FAST, **(env or {})})
+        return run, consumer.finish()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("launch", ["mpi2", "mpi4"])
+def test_every_range_is_declared_once_with_its_output(tmp_path: Path, launch: str) -> None:
+    all_ranges = ranges(60)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    run, entries = run_es(ap, launch, serving=[])
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    for event_range in all_ranges:
+        (entry,) = by_range[event_range["eventRangeID"]]
+        assert_finished_output(entry, event_range)
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 300, 60)
+    assert [e["type"] for e in entries if "eventRangeID" not in e] == ["log"]
+    ranks = {line.split("[")[1].split("@")[0] for line in run.stderr.splitlines() if "payload: " in line}
+    assert len(ranks) == int(launch[-1]), "every rank runs a payload"
+
+
+@pytest.mark.timeout(180)
+def test_ranges_arrive_through_the_request_files_while_the_worker_runs(tmp_path: Path) -> None:
+    all_ranges = ranges(40)
+    ap = es_worker(tmp_path)
+    with FakeHarvester(ap, all_ranges, interval=0.05, write_pause=0.01) as harvester:
+        consumer = DumpConsumer(ap)
+        consumer.start()
+        run = run_pilot(ap, "mpi2", env=FAST)
+        entries = consumer.finish()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(harvester.requests) >= 2 and all(str(PANDAID) in r for r in harvester.requests)
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert all(len(found) == 1 and found[0]["eventStatus"] == "finished" for found in by_range.values())
+
+
+@pytest.mark.timeout(180)
+def test_a_range_the_payload_fails_is_declared_failed(tmp_path: Path) -> None:
+    all_ranges = ranges(12)
+    failing = all_ranges[3]["eventRangeID"]
+    ap = es_worker(tmp_path, f"--fail-range {failing}", preplaced=all_ranges)
+    run, entries = run_es(ap, "mpi2", serving=[])
+    by_range = range_entries(entries)
+    assert by_range[failing] == [{"eventRangeID": failing, "eventStatus": "failed"}]
+    assert sum(e[0]["eventStatus"] == "finished" for e in by_range.values()) == 11
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
+    assert run.attributes(PANDAID)["nEventRangesFailed"] == 1
+
+
+@pytest.mark.timeout(180)
+def test_a_payload_crash_fails_only_the_range_in_flight_and_the_payload_restarts(tmp_path: Path) -> None:
+    all_ranges = ranges(24)
+    ap = es_worker(tmp_path, "--crash-after 4", preplaced=all_ranges)
+    run, entries = run_es(ap, "mpi2", serving=[], env={"HPCPILOT_PAYLOAD_RESTARTS": "20"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+    failed = [rid for rid, found in by_range.items() if found[0]["eventStatus"] == "failed"]
+    finished = len(by_range) - len(failed)
+    assert failed and finished >= 4 * len(failed)  # one range lost per crash, four done before it
+    assert "restart" in run.stderr
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp_path: Path) -> None:
+    all_ranges = ranges(80)
+    ap = es_worker(tmp_path, "--work-ms 60", preplaced=all_ranges)
+    consumer = DumpConsumer(ap)
+    consumer.start()
+    command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, **FAST})
+    _wait_for(lambda: consumer.entries or (ap / DUMP).exists(), timeout=60)
+    time.sleep(random.uniform(0.0, 1.5))  # then kill at a random moment of the run
+    victims = [worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(0.3)
+    declared = range_entries(consumer.entries + _entries_in(ap / DUMP) + _entries_in(ap / ".hpcpilot-pending.json"))
+    assert declared, "nothing was declared before the kill"
+    by_id = {r["eventRangeID"]: r for r in all_ranges}
+    for range_id, found in declared.items():
+        assert len(found) == 1
+        assert_finished_output(found[0], by_id[range_id])
+    with FakeHarvester(ap, [], interval=0.05):
+        rerun = run_pilot(ap, "mpi2", env=FAST)
+    entries = consumer.finish()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(by_id), "every range declared after the rerun"
+    assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the worker declared nothing"
+        time.sleep(0.05)
+
+
+def _entries_in(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())[str(PANDAID)]
+    except (OSError, ValueError):
+        return []
