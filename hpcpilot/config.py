@@ -82,6 +82,7 @@ class Config:
     heartbeat_interval: float = 60.0
     event_wait_timeout: float = 600.0  # event service: give up waiting for Harvester's ranges after this
     payload_restarts: int = 3  # event service: restarts of a crashed payload per rank
+    secret_keys: str = ""  # comma-separated job fields whose values are redacted, besides pilotSecrets
     files: HarvesterFiles = field(default_factory=HarvesterFiles)
     limits: Limits = field(default_factory=Limits)
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from .atomicfile import publish_json_if_absent, read_json, write_json
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
-from .jobs import InvalidJob, JobSpec, parse_job, parse_pandaid
+from .jobs import SECRET_KEYS, InvalidJob, JobSpec, parse_job, parse_pandaid
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ READ_THREADS = 8
 class AccessPoint:
     """One worker's access point directory, as Harvester lays it out."""
 
-    def __init__(self, root: Path, files: HarvesterFiles):
+    def __init__(self, root: Path, files: HarvesterFiles, secret_keys: tuple[str, ...] = SECRET_KEYS):
         self.root = Path(root).absolute()
         self.files = files
+        self.secret_keys = secret_keys
         self.many_to_one = _exists(self.root / files.worker_pandaids)
 
     @property
@@ -103,7 +104,7 @@ class AccessPoint:
             return [InvalidJob(expected or 0, error.code, error.diag)]
         if expected is not None:
             definitions = {expected: definitions.get(str(expected), _only(definitions))}
-        return [_parse_or_invalid(key, raw) for key, raw in definitions.items()]
+        return [_parse_or_invalid(key, raw, self.secret_keys) for key, raw in definitions.items()]
 
     def _load_definitions(self, spec: Path) -> dict[Any, Any]:
         """The spec file as {PandaID string: definition}."""
@@ -155,7 +156,7 @@ def _only(definitions: dict[Any, Any]) -> Any:
     return next(iter(definitions.values())) if len(definitions) == 1 else None
 
 
-def _parse_or_invalid(key: Any, raw: Any) -> JobSpec | InvalidJob:
+def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...]) -> JobSpec | InvalidJob:
     try:
         pandaid = parse_pandaid(key)
     except JobDefinitionError as error:
@@ -163,7 +164,7 @@ def _parse_or_invalid(key: Any, raw: Any) -> JobSpec | InvalidJob:
     if raw is None:
         return InvalidJob(pandaid, ErrorCode.GENERAL, f"no definition for PandaID {pandaid} in the job spec file")
     try:
-        job = parse_job(raw)
+        job = parse_job(raw, secret_keys)
     except JobDefinitionError as error:
         return InvalidJob(pandaid, error.code, error.diag)
     if job.pandaid != pandaid:

@@ -7,6 +7,7 @@ Every problem raises :class:`JobDefinitionError` naming the field.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -56,6 +57,7 @@ class JobSpec:
     inputs: tuple[FileSpec, ...] = ()
     outputs: tuple[FileSpec, ...] = ()
     log: FileSpec | None = None
+    secrets: tuple[str, ...] = ()  # values never to appear in logs, reports or the log tarball
 
     @property
     def command(self) -> str:
@@ -193,7 +195,34 @@ def parse_pandaid(value: Any) -> int:
     return int(text)
 
 
-def parse_job(raw: Mapping[str, Any]) -> JobSpec:
+SECRET_KEYS = ("pilotSecrets",)
+MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary text
+
+
+def secret_values(raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The values of secret fields, and every string inside one that holds JSON."""
+    found: list[str] = []
+    for key in keys:
+        _collect_strings(raw.get(key), found)
+    return tuple(sorted({v for v in found if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
+
+
+def _collect_strings(value: Any, found: list[str]) -> None:
+    if isinstance(value, str):
+        found.append(value)
+        try:
+            _collect_strings(json.loads(value), found) if value.strip()[:1] in "{[" else None
+        except ValueError:
+            pass
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_strings(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_strings(item, found)
+
+
+def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS) -> JobSpec:
     """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError."""
     if not isinstance(raw, Mapping):
         raise JobDefinitionError(ErrorCode.GENERAL, f"job definition is a {type(raw).__name__}, not an object")
@@ -220,4 +249,5 @@ def parse_job(raw: Mapping[str, Any]) -> JobSpec:
         inputs=_inputs(raw),
         outputs=_outputs(raw, log.lfn),
         log=log,
+        secrets=secret_values(raw, secret_keys),
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ErrorCode, PilotError
 from .jobs import InvalidJob, JobSpec
+from .logsetup import redact
 
 
 class JobStatus(str, Enum):
@@ -77,7 +78,7 @@ def worker_attributes(run: JobRun) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "jobStatus": run.status.value,
         "pilotErrorCode": int(code),
-        "pilotErrorDiag": run.error.diag if run.error else "",
+        "pilotErrorDiag": redact(run.error.diag, run.spec.secrets) if run.error else "",
         "node": run.node,
         "coreCount": run.cores,
         "attemptNr": run.spec.attempt_nr,

@@ -63,11 +63,26 @@ class JobLogRouter(logging.Handler):
             handle.flush()
 
 
-class JobLog(logging.LoggerAdapter):
-    """A logger whose records name the job, so the router files them under it."""
+REDACTED = "***"
 
-    def __init__(self, logger: logging.Logger, pandaid: int):
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+class JobLog(logging.LoggerAdapter):
+    """A logger whose records name the job (so the router files them under it), its secrets redacted."""
+
+    def __init__(self, logger: logging.Logger, pandaid: int, secrets: tuple[str, ...] = ()):
         super().__init__(logger, {"pandaid": pandaid})
+        self.secrets = secrets
+
+    def log(self, level, msg, *args, **kwargs):
+        if self.secrets and self.isEnabledFor(level):
+            msg, args = redact(str(msg) % args if args else str(msg), self.secrets), ()
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg, kwargs):
         kwargs["extra"] = self.extra

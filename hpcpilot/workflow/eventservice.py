@@ -28,7 +28,6 @@ from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, Ran
 from ..eventservice.declarations import failed_entries
 from ..jobs import JobSpec
 from ..jobstate import JobRun
-from ..logsetup import JobLog
 from ..mpi import any_source, new_status
 from ..stopping import StopRequest
 from . import jobflow
@@ -208,7 +207,7 @@ class RankEventWork:
 
     def __post_init__(self) -> None:
         self.outcome = RankOutcome(self.ctx.rank)
-        self.job_log = JobLog(log, self.run.pandaid)
+        self.job_log = jobflow.job_logger(self.run)
 
     def start(self) -> None:
         declares = self.ctx.rank == 0  # one rank speaks for the job

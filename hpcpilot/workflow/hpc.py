@@ -16,7 +16,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
 from ..harvester import AccessPoint, EventStatusPublisher
-from ..jobs import InvalidJob, JobSpec
+from ..jobs import SECRET_KEYS, InvalidJob, JobSpec
 from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
@@ -50,7 +50,8 @@ class WorkPlan:
 def run_worker(config: Config, comm: Any) -> int:
     """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
     started = time.time()
-    access_point = AccessPoint(config.access_point, config.files)
+    secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
+    access_point = AccessPoint(config.access_point, config.files, secret_keys)
     plan, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status

@@ -24,7 +24,7 @@ from ..container import wrap_command
 from ..errors import ErrorCode, PilotError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
-from ..logsetup import JobLog, JobLogRouter
+from ..logsetup import REDACTED, JobLog, JobLogRouter, redact
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import Monitor
 from ..sites import Site
@@ -35,6 +35,10 @@ PILOT_LOG_NAME = "pilot.log"
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
 MAX_LOGFILE_REPORT_CHARS = 10_000
+
+
+def job_logger(run: JobRun) -> JobLog:
+    return JobLog(log, run.pandaid, run.spec.secrets)
 
 
 @dataclass
@@ -63,7 +67,7 @@ def timed(run: JobRun, phase: str) -> Iterator[None]:
 
 def begin(ctx: RankContext, run: JobRun, declare: bool = True) -> None:
     """Scratch directory, job log, and the ``starting`` declaration."""
-    job_log = JobLog(log, run.pandaid)
+    job_log = job_logger(run)
     with timed(run, "setup"):
         run.scratch = make_scratch(ctx, run.pandaid)
         ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
@@ -85,7 +89,7 @@ def make_scratch(ctx: RankContext, pandaid: int) -> Path:
 
 
 def stage_in(ctx: RankContext, run: JobRun) -> None:
-    job_log = JobLog(log, run.pandaid)
+    job_log = job_logger(run)
     mode = staging.stagein_mode(run.spec, ctx.config.stagein_mode)
     with timed(run, "stagein"), recorded(run, job_log):
         size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode)
@@ -93,7 +97,7 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
 
 
 def run_payload(ctx: RankContext, run: JobRun) -> None:
-    job_log = JobLog(log, run.pandaid)
+    job_log = job_logger(run)
     run.status = JobStatus.RUNNING
     declare_state(ctx, run)
     env = payload.payload_environment(run.spec, ctx.rank, run.scratch, ctx.access_point.job_dir(run.pandaid),
@@ -142,7 +146,7 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
     """Outputs (if the job succeeded so far), job report, log tarball; then the final declaration."""
     if run.scratch is None:
         return abandon(ctx, run)
-    job_log = JobLog(log, run.pandaid)
+    job_log = job_logger(run)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
         if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
@@ -155,6 +159,7 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
                      run.error.diag if run.error else "")
         ctx.log_router.close_job(run.pandaid)
+        redact_files(run.scratch, [payload.STDOUT_NAME, payload.STDERR_NAME], run.spec.secrets)
         with recorded(run, job_log):
             run.declared_files.append(staging.write_log_tarball(
                 run.spec, run.scratch, job_dir, _log_members(run)))
@@ -175,10 +180,14 @@ def job_report(run: JobRun) -> Any:
     except (OSError, ValueError, PilotError):
         report = None
     if isinstance(report, dict):
-        return _trim_logfile_reports(report)
+        return _redacted(_trim_logfile_reports(report), run.spec.secrets)
     code = run.error.code if run.error else ErrorCode.OK
-    return {"exitCode": int(code), "exitMsg": run.error.diag if run.error else "OK",
+    return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
+
+
+def _redacted(report: dict, secrets: tuple[str, ...]) -> dict:
+    return json.loads(redact(json.dumps(report), secrets)) if secrets else report
 
 
 def _trim_logfile_reports(report: dict) -> dict:
@@ -194,6 +203,24 @@ def _write_report_in_scratch(run: JobRun, report: Any) -> None:
     if path.is_symlink():
         path.unlink()
     path.write_text(json.dumps(report))
+
+
+def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> None:
+    """Blank the job's secrets in files that go into the log tarball (line by line: stdout can be large)."""
+    if not secrets:
+        return
+    encoded = [(secret.encode(), REDACTED.encode()) for secret in secrets]
+    for name in names:
+        path = scratch / name
+        if not path.is_file() or path.is_symlink():
+            continue
+        redacted = path.with_name(path.name + ".redacted")
+        with open(path, "rb") as source, open(redacted, "wb") as target:
+            for line in source:
+                for secret, mask in encoded:
+                    line = line.replace(secret, mask)
+                target.write(line)
+        os.replace(redacted, path)
 
 
 def directory_size(path: Path) -> int:

@@ -259,3 +259,20 @@ def test_a_second_run_resumes_without_running_declared_jobs_again(tmp_path: Path
     assert "/stale" not in (ap / "1202" / "event_status.dump.json").read_text()
     assert "already declared by an earlier run" in second.stderr
     assert {job["rank"] for job in second.summary()["jobs"] if job["pandaid"] != 1202} == {-1}
+
+
+@pytest.mark.timeout(120)
+def test_secrets_never_reach_logs_reports_or_the_log_tarball(tmp_path: Path) -> None:
+    secret, token = "s3cr3t-value-42", "tok-9f8e7d6c"
+    command = f"-c 'echo using {secret} and {token}; echo {secret} >&2; echo \"{{\\\"t\\\": \\\"{token}\\\"}}\" > jobReport.json; exit 3'"
+    definition = job_definition(1301, "bash", command, pilotSecrets=json.dumps({"s3": {"key": secret}}),
+                                myToken=token)
+    ap = write_access_point(tmp_path / "ap", {1301: definition})
+    run = run_pilot(ap, "grid", env={"HPCPILOT_SECRET_KEYS": "myToken"})
+    assert run.attributes(1301)["pilotErrorCode"] == 1305
+    log_entry = next(e for e in run.declared(1301) if e["type"] == "log")
+    members = tarball_members(Path(log_entry["path"]))
+    exposed = [run.stderr.encode(), (ap / "1301" / "jobReport.json").read_bytes(), *members.values(),
+               (ap / "1301" / "worker_attributes.json").read_bytes()]
+    assert not any(secret.encode() in text or token.encode() in text for text in exposed)
+    assert b"using *** and ***" in members["payload.stdout"]
