@@ -44,6 +44,11 @@ class AccessPoint:
     def job_dir(self, pandaid: int) -> Path:
         return self.root / str(pandaid) if self.many_to_one else self.root
 
+    def job_dir_is_inside(self, pandaid: int) -> bool:
+        """False for a job directory that is a symlink leading out of the access point."""
+        job_dir = self.job_dir(pandaid)
+        return not job_dir.is_symlink() or job_dir.resolve().is_relative_to(self.root.resolve())
+
     def path(self, pandaid: int, name: str) -> Path:
         return self.job_dir(pandaid) / name
 
@@ -93,6 +98,9 @@ class AccessPoint:
         return unique
 
     def _read_job_dir(self, pandaid: int) -> JobSpec | InvalidJob:
+        if not self.job_dir_is_inside(pandaid):
+            return InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a symlink "
+                              f"to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
         spec = self.path(pandaid, self.files.job_spec)
         jobs = self._read_spec_file(spec, expected=pandaid)
         return jobs[0]

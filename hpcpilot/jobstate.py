@@ -53,6 +53,7 @@ class JobRun:
     work_dir_bytes: int = 0
     extra_attributes: dict[str, Any] = field(default_factory=dict)
     process: Any = None  # the running Payload, while there is one
+    declared: bool = False  # its final state reached Harvester's files
 
     @property
     def pandaid(self) -> int:
@@ -127,6 +128,7 @@ class JobResult:
     stagein_s: float = 0.0
     payload_s: float = 0.0
     stageout_s: float = 0.0
+    declared: bool = True  # False: Harvester cannot see this job's outcome
 
     @classmethod
     def of_run(cls, run: JobRun) -> "JobResult":
@@ -134,8 +136,9 @@ class JobResult:
             run.pandaid, run.status.value, int(run.error.code) if run.error else 0,
             run.error.diag if run.error else "", run.rank, run.node,
             round(run.seconds["stagein"], 3), round(run.seconds["payload"], 3), round(run.seconds["stageout"], 3),
+            run.declared,
         )
 
     @classmethod
-    def of_invalid(cls, job: InvalidJob, rank: int, host: str) -> "JobResult":
-        return cls(job.pandaid, JobStatus.FAILED.value, int(job.code), job.diag, rank, host)
+    def of_invalid(cls, job: InvalidJob, rank: int, host: str, declared: bool) -> "JobResult":
+        return cls(job.pandaid, JobStatus.FAILED.value, int(job.code), job.diag, rank, host, declared=declared)

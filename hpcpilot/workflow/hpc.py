@@ -129,13 +129,16 @@ def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:
 def _declare_invalid(access_point: AccessPoint, job: InvalidJob) -> JobResult:
     log.error("job %d: invalid definition, declared failed: %d %s", job.pandaid, job.code, job.diag)
     host = socket.gethostname()
+    declared = access_point.job_dir_is_inside(job.pandaid)
     try:
-        access_point.job_dir(job.pandaid).mkdir(parents=True, exist_ok=True)
-        access_point.write_attributes(job.pandaid, invalid_job_attributes(job, host))
-        access_point.write_job_report(job.pandaid, {"exitCode": int(job.code), "exitMsg": job.diag})
+        if declared:
+            access_point.job_dir(job.pandaid).mkdir(mode=0o755, parents=True, exist_ok=True)
+            access_point.write_attributes(job.pandaid, invalid_job_attributes(job, host))
+            access_point.write_job_report(job.pandaid, {"exitCode": int(job.code), "exitMsg": job.diag})
     except OSError as error:
         log.error("job %d: cannot declare it failed: %s", job.pandaid, error)
-    return JobResult.of_invalid(job, 0, host)
+        declared = False
+    return JobResult.of_invalid(job, 0, host, declared)
 
 
 def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankContext:
@@ -158,7 +161,7 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
     """Node-local storage as the site chooses it (--scratch first); the shared filesystem as last resort."""
     try:
         base = site.choose_scratch(config.scratch, os.environ) / f"hpcpilot-{os.getpid()}"
-        base.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
         return base
     except (OSError, PilotError) as error:
         log.warning("node-local scratch unusable: %s", error)
@@ -215,6 +218,7 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
         "ranks": ranks, "elapsed_s": round(elapsed, 3), "stopped": stop.reason if stop else None,
         "finished": sum(r.status == "finished" for r in results),
         "failed": sum(r.status == "failed" for r in results),
+        "undeclared": sum(not r.declared for r in results),
         "jobs": [asdict(r) for r in sorted(results, key=lambda r: r.pandaid)],
     }
     access_point.write_summary(summary)
@@ -223,6 +227,11 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
     if stop is not None:
         log.warning("stopped early (%s): exit code %d", stop.reason, stop.exit_code)
         return stop.exit_code
+    undeclared = [r.pandaid for r in results if not r.declared]
+    if undeclared:
+        log.error("%d job(s) could not be declared in the access point (%s): exit code %d",
+                  len(undeclared), ", ".join(map(str, undeclared[:10])), ExitCode.SITE_PROBLEM)
+        return ExitCode.SITE_PROBLEM
     return ExitCode.SUCCESS
 
 

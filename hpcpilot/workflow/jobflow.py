@@ -73,7 +73,8 @@ def begin(ctx: RankContext, run: JobRun, declare: bool = True) -> None:
         ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
         job_log.info("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
         if declare:
-            declare_state(ctx, run)
+            with recorded(run, job_log):
+                declare_state(ctx, run)
 
 
 def make_scratch(ctx: RankContext, pandaid: int) -> Path:
@@ -146,6 +147,13 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
     """Outputs (if the job succeeded so far), job report, log tarball; then the final declaration."""
     if run.scratch is None:
         return abandon(ctx, run)
+    try:
+        _stage_out_and_declare(ctx, run)
+    finally:
+        clean_scratch(ctx, run)
+
+
+def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
     job_log = job_logger(run)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
@@ -153,7 +161,8 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
             with recorded(run, job_log):
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
         report = job_report(run)
-        _write_report_in_scratch(run, report)
+        with recorded(run, job_log):
+            _write_report_in_scratch(run, report)
         run.work_dir_bytes = directory_size(run.scratch)
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
@@ -166,7 +175,6 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
         if run.error and run.status is JobStatus.FINISHED:
             run.status = JobStatus.FAILED
     declare_final(ctx, run, report)
-    clean_scratch(ctx, run)
 
 
 def _log_members(run: JobRun) -> list[str]:
@@ -198,11 +206,19 @@ def _trim_logfile_reports(report: dict) -> dict:
 
 
 def _write_report_in_scratch(run: JobRun, report: Any) -> None:
-    """Put the report that Harvester gets into the log tarball too (never through a payload symlink)."""
+    """Put the report that Harvester gets into the log tarball too.
+
+    Never through what the payload left under that name (a symlink, a FIFO)
+    nor into a scratch it replaced: the old entry is removed, a new file made.
+    """
+    staging.check_scratch_is_ours(run.scratch)
     path = run.scratch / PAYLOAD_REPORT_NAME
-    if path.is_symlink():
-        path.unlink()
-    path.write_text(json.dumps(report))
+    try:
+        path.unlink(missing_ok=True)
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(report))
+    except OSError as error:
+        raise PilotError(ErrorCode.FILE_HANDLING, f"cannot write the job report into scratch: {error}") from None
 
 
 def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> None:
@@ -235,22 +251,34 @@ def directory_size(path: Path) -> int:
 
 
 def declare_state(ctx: RankContext, run: JobRun) -> None:
-    ctx.access_point.write_attributes(run.pandaid, worker_attributes(run))
+    try:
+        ctx.access_point.write_attributes(run.pandaid, worker_attributes(run))
+    except OSError as error:
+        raise PilotError(ErrorCode.FILE_HANDLING, f"cannot declare the job in "
+                         f"{ctx.access_point.job_dir(run.pandaid)}: {error.strerror}") from None
 
 
 def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
     """jobReport and the staged file entries, then the final state (the commit point), then publication."""
-    ctx.access_point.write_job_report(run.pandaid, report)
-    if run.declared_files:
-        ctx.publisher.stage(run.pandaid, run.declared_files)
-    declare_state(ctx, run)
-    ctx.publisher.publish(run.pandaid)
+    try:
+        ctx.access_point.write_job_report(run.pandaid, report)
+        if run.declared_files:
+            ctx.publisher.stage(run.pandaid, run.declared_files)
+        declare_state(ctx, run)
+        ctx.publisher.publish(run.pandaid)
+        run.declared = True
+    except (OSError, PilotError) as error:
+        job_logger(run).error("cannot declare its final state, Harvester will not see it: %s",
+                              getattr(error, "diag", error))
 
 
 def clean_scratch(ctx: RankContext, run: JobRun) -> None:
     if run.scratch is None or ctx.config.keep_scratch:
         return
-    shutil.rmtree(run.scratch, ignore_errors=True)
+    if run.scratch.is_symlink():  # the payload replaced it: remove the link, never what it points to
+        run.scratch.unlink()
+    else:
+        shutil.rmtree(run.scratch, ignore_errors=True)
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:

@@ -134,7 +134,8 @@ class RankRunner:
 
 def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:
     jobflow.begin(ctx, run)
-    jobflow.stage_in(ctx, run)
+    if not run.failed:
+        jobflow.stage_in(ctx, run)
 
 
 def _declare_after_crash(ctx: RankContext, run: JobRun) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -27,6 +28,8 @@ POLL_INTERVAL = 1.0
 # Budget pytest-timeout must allow on top of a test's own work, because the
 # session fixture starting the cluster counts against the first test's timeout.
 STARTUP_ALLOWANCE = START_TIMEOUT
+# Variables that would change what sbatch exports to the job (default: the whole environment).
+EXPORT_CONTROLS = ("SBATCH_EXPORT", "SLURM_EXPORT_ENV")
 TERMINAL_STATES = frozenset(
     {
         "BOOT_FAIL",
@@ -168,17 +171,26 @@ def _job_forgotten(job_id: str) -> bool:
     return listed.returncode != 0 and "invalid job id" in listed.stderr.lower()
 
 
-def sbatch_and_wait(script_path: Path | str, cwd: Path | str, timeout: float) -> tuple[str, str]:
+def sbatch_and_wait(
+    script_path: Path | str,
+    cwd: Path | str,
+    timeout: float,
+    sbatch_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
     """Submit a batch script and wait until Slurm is done with it.
 
+    ``sbatch_args`` go before the script (e.g. ``-D <dir>``); ``env`` is the
+    submitting environment, which sbatch hands to the job (default: ours).
     Returns ``(job_id, state)`` with the final ``JobState`` (COMPLETED, FAILED,
     TIMEOUT, CANCELLED, ...), or ``UNKNOWN`` if slurmctld already forgot the job.
     The exit code is in ``slurm_job_record(job_id)["ExitCode"]`` ("code:signal").
     On timeout the job is cancelled and TimeoutError raised.
     """
     submitted = subprocess.run(
-        ["sbatch", "--parsable", str(script_path)],
+        ["sbatch", "--parsable", *sbatch_args, str(script_path)],
         cwd=cwd,
+        env=None if env is None else dict(env),
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,
@@ -200,3 +212,64 @@ def sbatch_and_wait(script_path: Path | str, cwd: Path | str, timeout: float) ->
         time.sleep(POLL_INTERVAL)
     subprocess.run(["scancel", job_id], timeout=COMMAND_TIMEOUT, check=False)
     raise TimeoutError(f"Slurm job {job_id} not finished after {timeout}s (last state {last_state})")
+
+
+def pilot_bin_dir(scratch: Path) -> Path:
+    """A directory whose ``hpcpilot`` runs under this test's interpreter (``sys.executable``).
+
+    That is the interpreter's own bin directory when its console script is
+    there (pip install), else ``scratch/bin`` with a small wrapper.
+    """
+    interpreter_bin = Path(sys.executable).parent
+    if os.access(interpreter_bin / "hpcpilot", os.X_OK):
+        return interpreter_bin
+    wrapper_dir = scratch / "bin"
+    wrapper_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = wrapper_dir / "hpcpilot"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hpcpilot "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper_dir
+
+
+def batch_environment(scratch: Path, **settings: str) -> dict[str, str]:
+    """The submitting environment for a pilot job: ours, with this interpreter's hpcpilot first on PATH.
+
+    sbatch exports the whole submitting environment to the job unless told
+    otherwise; the variables that tell it otherwise are removed. ``settings``
+    are added (e.g. ``HPCPILOT_LIFETIME_MARGIN="10"``).
+    """
+    environment = {k: v for k, v in os.environ.items() if k not in EXPORT_CONTROLS}
+    environment["PATH"] = os.pathsep.join([str(pilot_bin_dir(scratch)), environment.get("PATH", "")])
+    environment.update(settings)
+    return environment
+
+
+def _queued_jobs_under(directory: Path) -> list[str]:
+    """Ids of queued jobs whose working directory is ``directory`` or below it."""
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--format", "%i|%Z"],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    jobs = []
+    for line in listed.stdout.splitlines():
+        job_id, _, work_dir = line.partition("|")
+        if work_dir and Path(work_dir).is_relative_to(directory):
+            jobs.append(job_id.strip())
+    return jobs
+
+
+@pytest.fixture
+def jobs_cancelled_after(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``; at teardown every Slurm job working under it is cancelled and waited for."""
+    yield tmp_path
+    leftovers = _queued_jobs_under(tmp_path)
+    if not leftovers:
+        return
+    log.warning("cancelling Slurm jobs left behind: %s", leftovers)
+    subprocess.run(["scancel", *leftovers], timeout=COMMAND_TIMEOUT, check=False)
+    deadline = time.monotonic() + 60
+    while any(_job_in_queue(job_id) for job_id in leftovers) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)

@@ -1,0 +1,265 @@
+"""One injected fault per job: it ends with its PanDA code and a readable diagnostic, the others finish.
+
+Every run is the real ``mpiexec -n 2 python -m hpcpilot run`` on an access
+point laid out as Harvester lays it, with three good jobs beside the faulty one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+
+from ..e2e.conftest import run_pilot
+from .conftest import (GOOD_IDS, WITHOUT_DAC_OVERRIDE, assert_bystanders_finished, assert_failed_with, copy_job,
+                       run_pilot_under, with_bystanders)
+
+FAULTY = 4242
+REPLICAS = "ap-replicas"  # where write_access_point puts Harvester's replicas, beside the access point
+
+
+def worker(tmp_path: Path, faulty: dict | None = None, faulty_inputs: dict | None = None) -> Path:
+    """An access point with the faulty job (if any) first and the good jobs after it."""
+    definitions, inputs = ({FAULTY: faulty}, {FAULTY: faulty_inputs or {}}) if faulty else ({}, {})
+    return write_access_point(tmp_path / "ap", *with_bystanders(definitions, inputs))
+
+
+def replica(tmp_path: Path, lfn: str) -> Path:
+    return tmp_path / REPLICAS / str(FAULTY) / lfn
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_missing_input(tmp_path: Path) -> None:
+    definition, _ = copy_job(FAULTY)
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1099, f"in.{FAULTY}", "not found")
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_unreadable_input_replica(tmp_path: Path) -> None:
+    """A mode-000 replica, read by a pilot that (though uid 0) lacks the capabilities to ignore modes."""
+    definition, data = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, data)
+    replica(tmp_path, f"in.{FAULTY}").chmod(0)
+    run = run_pilot_under(WITHOUT_DAC_OVERRIDE, ap)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1099, f"in.{FAULTY}", "Permission denied")
+    assert_bystanders_finished(run)
+
+
+def _make_dangling(path: Path) -> None:
+    path.unlink()
+
+
+def _make_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _make_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("make, words", [
+    (_make_dangling, ("not found",)),
+    (_make_directory, ("not a regular file",)),
+    (_make_fifo, ("not a regular file",)),  # opening a FIFO without a writer would block for ever
+], ids=["dangling-symlink", "directory", "fifo"])
+def test_input_replica_that_is_not_a_file(tmp_path: Path, make, words: tuple[str, ...]) -> None:
+    definition, data = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, data)
+    make(replica(tmp_path, f"in.{FAULTY}"))
+    run = run_pilot(ap, "mpi2", timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1099, f"in.{FAULTY}", *words)
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["copy", "link"])
+def test_input_size_mismatch(tmp_path: Path, mode: str) -> None:
+    definition, data = copy_job(FAULTY)
+    definition["fsize"] = str(len(data[f"in.{FAULTY}"]) + 1)
+    run = run_pilot(worker(tmp_path, definition, data), "mpi2", "--stagein-mode", mode)
+    assert_failed_with(run, FAULTY, 1099, f"in.{FAULTY}", "size", definition["fsize"])
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind, code", [("ad", 1171), ("md", 1145)])
+def test_input_corrupted_after_declaration(tmp_path: Path, kind: str, code: int) -> None:
+    """The replica has the declared size but one byte differs from what the checksum was taken of."""
+    definition, data = copy_job(FAULTY)
+    if kind == "md":
+        import hashlib
+        definition["checksum"] = "md:" + hashlib.md5(data[f"in.{FAULTY}"]).hexdigest()
+    ap = worker(tmp_path, definition, data)
+    path = replica(tmp_path, f"in.{FAULTY}")
+    path.write_bytes(b"X" + path.read_bytes()[1:])
+    run = run_pilot(ap, "mpi2")
+    attributes = assert_failed_with(run, FAULTY, code, f"in.{FAULTY}", "differs from declared")
+    assert {"ad": "adler32", "md": "md5"}[kind] in attributes["pilotErrorDiag"]
+    assert_bystanders_finished(run)
+
+
+# -- full disks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_scratch_too_small_for_declared_inputs(tmp_path: Path, small_tmpfs: Path) -> None:
+    """Declared sizes that cannot fit are refused before a byte is copied, so the other jobs keep their space."""
+    definition, data = copy_job(FAULTY, size=2 * 1024 * 1024)
+    run = run_pilot(worker(tmp_path, definition, data), "mpi2", "--scratch", str(small_tmpfs))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1098, f"in.{FAULTY}", "space")
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_scratch_fills_up_during_stagein(tmp_path: Path, small_tmpfs: Path) -> None:
+    """No declared size to check beforehand: the copy itself meets ENOSPC; the partial copy is removed."""
+    definition, data = copy_job(FAULTY, size=2 * 1024 * 1024)
+    definition["fsize"] = "NULL"
+    definition["checksum"] = "NULL"
+    ap = write_access_point(tmp_path / "ap", {FAULTY: definition}, {FAULTY: data})
+    run = run_pilot(ap, "grid", "--scratch", str(small_tmpfs), "--keep-scratch")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1098, f"in.{FAULTY}", "No space left")
+    assert not list(small_tmpfs.glob(f"*/job-{FAULTY}-*/in.{FAULTY}")), "the partial input copy was left behind"
+
+
+@pytest.mark.timeout(120)
+def test_job_directory_fills_up_during_stageout(tmp_path: Path, tmpfs_at) -> None:
+    """The job directory is a 1 MiB filesystem and the output 2 MB: 1137, yet the job is declared."""
+    job_dir = tmpfs_at(tmp_path / "ap" / str(FAULTY))
+    definition = with_outputs(job_definition(FAULTY, "head", "-c 2000000 /dev/zero > big.out"), ["big.out"])
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1137, "big.out", "No space left")
+    assert not (job_dir / "big.out").exists()
+    assert [entry["type"] for entry in run.declared(FAULTY)] == ["log"]
+    assert json.loads((job_dir / "jobReport.json").read_text())["exitCode"] == 1137
+    assert not [p.name for p in job_dir.iterdir() if p.name.startswith(".hpcpilot-tmp-")]
+    assert_bystanders_finished(run)
+
+
+# -- a read-only job directory ------------------------------------------------------------------------
+
+
+def _read_only_worker(tmp_path: Path, read_only_bind) -> tuple[Path, Path]:
+    definition, data = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, data)
+    read_only_bind(ap / str(FAULTY))
+    return ap, tmp_path / "scratch"
+
+
+@pytest.mark.timeout(120)
+def test_read_only_job_directory_does_not_stop_the_others(tmp_path: Path, read_only_bind) -> None:
+    ap, scratch = _read_only_worker(tmp_path, read_only_bind)
+    run = run_pilot(ap, "mpi2", "--scratch", str(scratch))
+    assert run.returncode != 70, run.stderr[-3000:]
+    assert_bystanders_finished(run)
+    assert not (ap / str(FAULTY) / "worker_attributes.json").exists()
+    assert any(str(FAULTY) in line and "Read-only file system" in line for line in run.stderr.splitlines())
+    (row,) = [job for job in run.summary()["jobs"] if job["pandaid"] == FAULTY]
+    assert row["status"] == "failed" and row["code"] != 0
+
+
+@pytest.mark.timeout(120)
+def test_read_only_job_directory_is_reported_by_the_exit_code(tmp_path: Path, read_only_bind) -> None:
+    ap, scratch = _read_only_worker(tmp_path, read_only_bind)
+    run = run_pilot(ap, "mpi2", "--scratch", str(scratch))
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert any(f"job {FAULTY}: cannot declare" in line for line in run.stderr.splitlines()), run.stderr[-3000:]
+    assert not list(scratch.glob(f"*/job-{FAULTY}-*")), "scratch of the undeclared job left behind"
+    assert run.returncode == 64, f"exit {run.returncode}: some job could not be declared (site problem)"
+
+
+# -- payloads -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_payload_killed_by_sigsegv(tmp_path: Path) -> None:
+    """A real segmentation fault (a NULL read), not a kill -SEGV."""
+    definition = job_definition(FAULTY, sys.executable, '-c "import ctypes; ctypes.string_at(0)"')
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1203, "SIGSEGV")
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transformation, exit_code, reason", [
+    ("./run.sh", 126, "not executable"),
+    ("no-such-program-hpcpilot", 127, "not found"),
+])
+def test_payload_that_cannot_run(tmp_path: Path, transformation: str, exit_code: int, reason: str) -> None:
+    """``run.sh`` is a staged input: copied into scratch without an execute bit (root cannot exec it either)."""
+    definition = with_inputs(job_definition(FAULTY, transformation), {"run.sh": b"#!/bin/sh\necho hi\n"})
+    run = run_pilot(worker(tmp_path, definition, {"run.sh": b"#!/bin/sh\necho hi\n"}), "mpi2")
+    attributes = assert_failed_with(run, FAULTY, 1305, str(exit_code), reason)
+    assert attributes["transExitCode"] == exit_code
+    assert_bystanders_finished(run)
+
+
+# -- the access point itself --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("content", ['{"4242": {"PandaID": "4242", "transfor', "", "\x00\xff garbage"],
+                         ids=["truncated", "empty", "binary"])
+def test_corrupted_job_spec_file(tmp_path: Path, content: str) -> None:
+    definition, _ = copy_job(FAULTY)
+    ap = worker(tmp_path, definition)
+    (ap / str(FAULTY) / "HPCJobs.json").write_bytes(content.encode("latin-1"))
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(FAULTY)
+    assert attributes["jobStatus"] == "failed" and attributes["pilotErrorCode"] in (1008, 1303), attributes
+    assert "HPCJobs.json" in attributes["pilotErrorDiag"]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_listed_job_directory_missing(tmp_path: Path) -> None:
+    ap = worker(tmp_path)
+    (ap / "worker_pandaids.json").write_text(json.dumps([FAULTY, *GOOD_IDS]))
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1103, "HPCJobs.json", "does not exist")
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_duplicate_pandaids_run_once(tmp_path: Path) -> None:
+    ap = worker(tmp_path)
+    (ap / "worker_pandaids.json").write_text(json.dumps([GOOD_IDS[0], *GOOD_IDS, GOOD_IDS[1]]))
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(job["pandaid"] for job in run.summary()["jobs"]) == sorted(GOOD_IDS)
+    assert "more than once" in run.stderr
+    assert_bystanders_finished(run)
+    assert len(run.declared(GOOD_IDS[0])) == 2  # one output, one log: not declared twice
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("layout", ["bare-directory", "empty-list"])
+def test_empty_access_point(tmp_path: Path, layout: str) -> None:
+    ap = tmp_path / "ap"
+    ap.mkdir()
+    if layout == "empty-list":
+        (ap / "worker_pandaids.json").write_text("[]")
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 82, run.stderr[-3000:]
+    assert "no jobs" in run.stderr

@@ -1,0 +1,311 @@
+"""Hostile input: names, payload-made symlinks and special files, a symlinked job directory,
+file modes, and secrets. The pilot reads and writes only in scratch and in the job's own directory,
+publishes nothing it did not make from there, and never echoes a secret.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+
+from ..e2e.conftest import run_pilot
+from .conftest import (GOOD_IDS, WITH_UMASK_000, assert_bystanders_finished, assert_failed_with, copy_job,
+                       run_pilot_under, with_bystanders)
+
+HOSTILE = 6666
+DECOY = b"DECOY-CONTENT-never-to-be-published"
+SHADOW_MARK = b"root:"  # the first bytes of /etc/shadow
+
+
+def worker(tmp_path: Path, hostile: dict, hostile_inputs: dict | None = None) -> Path:
+    return write_access_point(tmp_path / "ap", *with_bystanders({HOSTILE: hostile}, {HOSTILE: hostile_inputs or {}}))
+
+
+def decoy_dir(tmp_path: Path) -> Path:
+    """A directory outside scratch and the access point, holding a file nobody may publish."""
+    path = tmp_path / "elsewhere"
+    path.mkdir(exist_ok=True)
+    (path / "decoy.txt").write_bytes(DECOY)
+    return path
+
+
+def published_bytes(ap: Path) -> bytes:
+    """Every byte the pilot left for Harvester: each file of the access point and each tarball member."""
+    chunks = []
+    for path in ap.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            chunks.append(path.read_bytes())
+            if path.name.endswith(".tgz"):
+                chunks.extend(_tarball_contents(path))
+    return b"\n".join(chunks)
+
+
+def _tarball_contents(path: Path) -> list[bytes]:
+    with tarfile.open(path) as tar:
+        return [tar.extractfile(m).read() if m.isfile() else m.linkname.encode() for m in tar.getmembers()]
+
+
+def log_tarball_members(run, pandaid: int) -> list[tarfile.TarInfo]:
+    entry = next(e for e in run.declared(pandaid) if e["type"] == "log")
+    with tarfile.open(entry["path"]) as tar:
+        return tar.getmembers()
+
+
+def files_outside(tmp_path: Path) -> set[Path]:
+    """Everything under tmp_path except the access point and scratch, to see what a run adds elsewhere."""
+    skip = (tmp_path / "ap", tmp_path / "scratch")
+    return {p for p in tmp_path.rglob("*") if not any(p == s or s in p.parents for s in skip)}
+
+
+# -- names from the job definition -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("field, value", [
+    ("inFiles", "../in.6666"),
+    ("inFiles", "/etc/shadow"),
+    ("outFiles", "../../escaped.out,log.6666.job.log.tgz"),
+    ("outFiles", "/tmp/hpcpilot-escaped.out,log.6666.job.log.tgz"),
+    ("logFile", "../escaped.log.tgz"),
+    ("logFile", "/tmp/hpcpilot-escaped.log.tgz"),
+], ids=["in-dotdot", "in-absolute", "out-dotdot", "out-absolute", "log-dotdot", "log-absolute"])
+def test_path_names_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    definition, data = copy_job(HOSTILE)
+    definition[field] = value
+    if field == "logFile":
+        definition["outFiles"] = f"out.{HOSTILE},{value}"
+    ap = worker(tmp_path, definition, data)
+    before = files_outside(tmp_path)
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, HOSTILE, 1371, field, value.split(",")[0])
+    assert files_outside(tmp_path) == before
+    assert not Path("/tmp/hpcpilot-escaped.out").exists() and not Path("/tmp/hpcpilot-escaped.log.tgz").exists()
+    assert SHADOW_MARK not in published_bytes(ap)
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_relative_replica_path_may_not_leave_the_job_directory(tmp_path: Path) -> None:
+    """``inFilePaths`` is Harvester's: absolute, or relative inside the job directory, never ``../``."""
+    definition, data = copy_job(HOSTILE)
+    decoy_dir(tmp_path)
+    definition["inFilePaths"] = "../../elsewhere/decoy.txt"
+    definition["fsize"] = str(len(DECOY))
+    definition["checksum"] = "NULL"
+    run = run_pilot(worker(tmp_path, definition, data), "mpi2")
+    assert_failed_with(run, HOSTILE, 1371, "../../elsewhere/decoy.txt", "leads out of the job directory")
+    assert DECOY not in published_bytes(run.access_point)
+    assert_bystanders_finished(run)
+
+
+# -- what the payload leaves in scratch --------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["payload.stdout", "payload.stderr", "pilot.log", "jobReport.json"])
+@pytest.mark.parametrize("target", ["/etc/shadow", "decoy"])
+def test_payload_symlinks_in_log_files_are_not_followed(tmp_path: Path, name: str, target: str) -> None:
+    decoy = decoy_dir(tmp_path) / "decoy.txt"
+    target = str(decoy) if target == "decoy" else target
+    definition = job_definition(HOSTILE, "ln", f"-sf {target} {name}")
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    published = published_bytes(run.access_point)
+    assert SHADOW_MARK not in published and DECOY not in published
+    assert all(member.isfile() for member in log_tarball_members(run, HOSTILE)), "a link went into the tarball"
+    assert json.loads((run.job_dir(HOSTILE) / "jobReport.json").read_text())["pilot"]["pandaid"] == HOSTILE
+    assert (tmp_path / "elsewhere" / "decoy.txt").read_bytes() == DECOY
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", ["/etc/shadow", "decoy", "../../../elsewhere/decoy.txt"])
+def test_output_symlink_out_of_scratch_is_refused(tmp_path: Path, target: str) -> None:
+    """The relative target climbs from <scratch>/hpcpilot-<pid>/job-<PandaID>-<random>/ to the decoy."""
+    decoy = decoy_dir(tmp_path) / "decoy.txt"
+    target = str(decoy) if target == "decoy" else target
+    definition = with_outputs(job_definition(HOSTILE, "ln", f"-s {target} result.out"), ["result.out"])
+    run = run_pilot(worker(tmp_path, definition), "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert str(decoy) in run.attributes(HOSTILE)["pilotErrorDiag"] or target == "/etc/shadow"
+    assert_failed_with(run, HOSTILE, 1303, "result.out", "outside scratch")
+    assert not (run.job_dir(HOSTILE) / "result.out").exists()
+    published = published_bytes(run.access_point)
+    assert SHADOW_MARK not in published and DECOY not in published
+    assert_bystanders_finished(run)
+
+
+REPLACE_SCRATCH = 'cd / && rm -rf "$HPCPILOT_SCRATCH" && ln -s {decoy} "$HPCPILOT_SCRATCH"'
+
+
+def _scratch_replacing_job(tmp_path: Path) -> tuple[Path, Path]:
+    """The payload swaps its own scratch directory for a symlink to a directory that holds its 'outputs'."""
+    decoy = decoy_dir(tmp_path)
+    for name in ("result.out", "payload.stdout", "pilot.log"):
+        (decoy / name).write_bytes(DECOY)
+    definition = with_outputs(job_definition(HOSTILE, "bash", f"-c '{REPLACE_SCRATCH.format(decoy=decoy)}'"),
+                              ["result.out"])
+    return worker(tmp_path, definition), decoy
+
+
+@pytest.mark.timeout(120)
+def test_payload_replacing_its_scratch_by_a_symlink_publishes_nothing_from_there(tmp_path: Path) -> None:
+    ap, decoy = _scratch_replacing_job(tmp_path)
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, HOSTILE, 1303, "replaced")
+    assert DECOY not in published_bytes(ap)
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_payload_replacing_its_scratch_by_a_symlink_gets_nothing_written_there(tmp_path: Path) -> None:
+    ap, decoy = _scratch_replacing_job(tmp_path)
+    before = {p.name for p in decoy.iterdir()}
+    run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert {p.name for p in decoy.iterdir()} - before == set()
+    assert all((decoy / name).read_bytes() == DECOY for name in before if name != "decoy.txt")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", [
+    "jobReport.json",
+    "payload.stdout", "result.out"])
+def test_payload_fifo_does_not_hang_the_pilot(tmp_path: Path, name: str) -> None:
+    """A FIFO nobody writes to: opening it for reading would block the stage-out for ever."""
+    definition = with_outputs(job_definition(HOSTILE, "bash", f"-c 'rm -f {name}; mkfifo {name}'"), ["result.out"])
+    run = run_pilot(worker(tmp_path, definition), "mpi2", "--scratch", str(tmp_path / "scratch"), timeout=30)
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(HOSTILE)
+    assert attributes["jobStatus"] == "failed" and attributes["pilotErrorCode"] in (1165, 1303), attributes
+    assert_bystanders_finished(run)
+
+
+# -- the job directory itself -----------------------------------------------------------------------
+
+
+def _symlinked_job_dir(tmp_path: Path, inside: bool) -> tuple[Path, Path]:
+    """Job HOSTILE's directory is laid out elsewhere, and ``ap/<PandaID>`` is a symlink to it."""
+    definition, data = copy_job(HOSTILE)
+    ap = worker(tmp_path, definition, data)
+    real = (ap / ".harvester-jobs" if inside else tmp_path / "elsewhere-jobs") / str(HOSTILE)
+    real.parent.mkdir()
+    shutil.move(ap / str(HOSTILE), real)
+    (ap / str(HOSTILE)).symlink_to(real, target_is_directory=True)
+    return ap, real
+
+
+@pytest.mark.timeout(120)
+def test_job_directory_symlinked_inside_the_access_point_is_used(tmp_path: Path) -> None:
+    ap, real = _symlinked_job_dir(tmp_path, inside=True)
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert (real / f"out.{HOSTILE}").exists()
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_job_directory_symlinked_out_of_the_access_point_is_refused(tmp_path: Path) -> None:
+    ap, real = _symlinked_job_dir(tmp_path, inside=False)
+    before = sorted(p.name for p in real.iterdir())
+    run = run_pilot(ap, "mpi2")
+    assert_bystanders_finished(run)
+    assert sorted(p.name for p in real.iterdir()) == before, "the pilot wrote outside the access point"
+    (row,) = [job for job in run.summary()["jobs"] if job["pandaid"] == HOSTILE]
+    assert (row["status"], row["code"]) == ("failed", 1303) and "symlink" in row["diag"], row
+    assert run.returncode == 64, "a job that cannot be declared is a site problem"
+
+
+# -- file modes -------------------------------------------------------------------------------------
+
+
+def _world_writable_after_run(tmp_path: Path, listed_without_directory: list[int]) -> dict[str, str]:
+    """Run under umask 000, so only modes the pilot sets itself keep what it creates private."""
+    definitions, inputs = with_bystanders({}, {})
+    definitions[HOSTILE] = job_definition(HOSTILE, "false")
+    definitions[HOSTILE + 1] = job_definition(HOSTILE + 1, "true", coreCount="many")  # declared invalid
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    (ap / "worker_pandaids.json").write_text(json.dumps([*definitions, *listed_without_directory]))
+    unconsumed = {str(GOOD_IDS[0]): [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}
+    (ap / str(GOOD_IDS[0]) / "event_status.dump.json").write_text(json.dumps(unconsumed))  # a journal is kept
+    before = set(ap.rglob("*"))
+    run = run_pilot_under(WITH_UMASK_000, ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    created = set(ap.rglob("*")) - before
+    assert {ap / "hpcpilot_summary.json", ap / str(HOSTILE + 1) / "worker_attributes.json"} <= created
+    return {str(p.relative_to(ap)): oct(p.lstat().st_mode) for p in created
+            if not p.is_symlink() and p.lstat().st_mode & stat.S_IWOTH}
+
+
+@pytest.mark.timeout(120)
+def test_nothing_the_pilot_creates_in_the_access_point_is_world_writable(tmp_path: Path) -> None:
+    assert not _world_writable_after_run(tmp_path, [])
+
+
+@pytest.mark.timeout(120)
+def test_job_directory_the_pilot_creates_is_not_world_writable(tmp_path: Path) -> None:
+    assert not _world_writable_after_run(tmp_path, [HOSTILE + 2])
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-value"
+TOKEN = "t0ken-9f8e7d6c"
+
+
+def _leaks(run, pandaid: int, secrets: tuple[str, ...]) -> dict[str, list[str]]:
+    """Where each secret shows: the pilot's output, its per-job log, jobReport.json, the Harvester files."""
+    places = {"stderr": run.stderr, "stdout": run.stdout}
+    job_dir = run.job_dir(pandaid)
+    for name in ("jobReport.json", "worker_attributes.json"):
+        if (job_dir / name).exists():
+            places[name] = (job_dir / name).read_text()
+    places["hpcpilot_summary.json"] = (run.access_point / "hpcpilot_summary.json").read_text()
+    if (job_dir / "event_status.dump.json").exists():
+        entry = next(e for e in run.declared(pandaid) if e["type"] == "log")
+        with tarfile.open(entry["path"]) as tar:
+            for member in tar.getmembers():
+                places["tarball:" + member.name] = tar.extractfile(member).read().decode(errors="replace")
+    return {secret: [where for where, text in places.items() if secret in text] for secret in secrets
+            if any(secret in text for text in places.values())}
+
+
+@pytest.mark.timeout(120)
+def test_pilot_secrets_field_is_never_echoed(tmp_path: Path) -> None:
+    """The value of ``pilotSecrets`` is in the definition only: not logged even at DEBUG, valid job or not."""
+    definitions, inputs = with_bystanders({}, {})
+    definitions[HOSTILE] = job_definition(HOSTILE, "false", pilotSecrets=SECRET)
+    definitions[HOSTILE + 1] = job_definition(HOSTILE + 1, "true", coreCount="x", pilotSecrets=SECRET)
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    run = run_pilot(ap, "mpi2", "--log-level", "DEBUG")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not _leaks(run, HOSTILE, (SECRET,))
+    assert not _leaks(run, HOSTILE + 1, (SECRET,))
+
+
+@pytest.mark.timeout(120)
+def test_pilot_secrets_value_is_redacted_where_the_payload_uses_it(tmp_path: Path) -> None:
+    """A command line that carries the secret is logged, and the payload's own report repeats it."""
+    script = {"report.sh": b'printf \'{"exitCode": 0, "argv": "%s"}\' "$*" > jobReport.json\n'}
+    definition = with_inputs(job_definition(HOSTILE, "bash", f"report.sh --key {SECRET}", pilotSecrets=SECRET), script)
+    run = run_pilot(worker(tmp_path, definition, script), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((run.job_dir(HOSTILE) / "jobReport.json").read_text())["exitCode"] == 0
+    assert not _leaks(run, HOSTILE, (SECRET,))
+
+
+@pytest.mark.timeout(120)
+def test_configured_secret_keys_are_redacted(tmp_path: Path) -> None:
+    definition = job_definition(HOSTILE, "echo", f"token={TOKEN}", myToken=TOKEN, pilotSecrets=SECRET)
+    run = run_pilot(worker(tmp_path, definition), "mpi2", "--log-level", "DEBUG",
+                    env={"HPCPILOT_SECRET_KEYS": "myToken"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert not _leaks(run, HOSTILE, (TOKEN, SECRET))
