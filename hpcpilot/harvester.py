@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomicfile import publish_json_if_absent, read_json, write_json
+from .atomicfile import read_json, write_json
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import SECRET_KEYS, InvalidJob, JobSpec, parse_job, parse_pandaid

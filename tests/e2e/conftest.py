@@ -46,19 +46,24 @@ class PilotRun:
 
 
 def run_pilot(access_point: Path, launch: str = "grid", *options: str, env: dict | None = None,
-              timeout: float = RUN_TIMEOUT) -> PilotRun:
-    """Run ``hpcpilot run`` for real; the whole launcher tree is killed if it overruns."""
-    command = [*LAUNCHES[launch], sys.executable, "-m", "hpcpilot", "run", "--access-point", str(access_point),
-               "--progress-interval", "1", *options]
+              timeout: float = RUN_TIMEOUT, prefix: tuple[str, ...] = ()) -> PilotRun:
+    """Run ``hpcpilot run`` for real (``prefix``, e.g. setpriv, in front); killed whole if it overruns."""
+    command = [*prefix, *LAUNCHES[launch], sys.executable, "-m", "hpcpilot", "run",
+               "--access-point", str(access_point), "--progress-interval", "1", *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})}, start_new_session=True)
+    stdout, stderr = communicate_or_kill(process, timeout, f"hpcpilot under {launch}")
+    return PilotRun(process.returncode, stdout, stderr, access_point)
+
+
+def communicate_or_kill(process: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    """The process's output; if it overruns, its whole session is killed and the test fails."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"hpcpilot overran {timeout} s under {launch}:\n{stderr[-4000:]}")
-    return PilotRun(process.returncode, stdout, stderr, access_point)
+        _, stderr = process.communicate()
+        pytest.fail(f"{what} overran {timeout} s:\n{(stderr or '')[-4000:]}")
 
 
 def adler32_of(data: bytes) -> str:

@@ -125,7 +125,7 @@ def test_payload_report_environment_and_parallel_slots(tmp_path: Path) -> None:
     definitions = {p: with_outputs(job_definition(p, "bash", f"-c '{script}'"), ["times.txt"])
                    for p in range(401, 405)}
     ap = write_access_point(tmp_path / "ap", definitions)
-    run = run_pilot(ap, "grid", "--cores-per-rank", "4")
+    assert run_pilot(ap, "grid", "--cores-per-rank", "4").returncode == 0
     windows = []
     for pandaid in definitions:
         report = json.loads((ap / str(pandaid) / "jobReport.json").read_text())

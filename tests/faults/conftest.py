@@ -5,10 +5,7 @@ pilot without root's file-permission override for an unreadable file.
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +13,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs
 
-from ..e2e.conftest import LAUNCHES, RUN_TIMEOUT, PilotRun
+from ..e2e.conftest import RUN_TIMEOUT, PilotRun, run_pilot
 
 GOOD_IDS = (9001, 9002, 9003)  # the bystanders every faulty worker also holds
 
@@ -63,17 +60,7 @@ def assert_failed_with(run: PilotRun, pandaid: int, code: int, *diag_words: str)
 def run_pilot_under(prefix: list[str], access_point: Path, launch: str = "mpi2", *options: str,
                     env: dict | None = None, timeout: float = RUN_TIMEOUT) -> PilotRun:
     """``run_pilot`` with ``prefix`` (setpriv, a umask shell...) in front of the launcher."""
-    command = [*prefix, *LAUNCHES[launch], sys.executable, "-m", "hpcpilot", "run",
-               "--access-point", str(access_point), "--progress-interval", "1", *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"hpcpilot overran {timeout} s:\n{stderr[-4000:]}")
-    return PilotRun(process.returncode, stdout, stderr, access_point)
+    return run_pilot(access_point, launch, *options, env=env, timeout=timeout, prefix=tuple(prefix))
 
 
 def _mount(*args: str) -> None:

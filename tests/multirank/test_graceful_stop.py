@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from tests.e2e.conftest import communicate_or_kill
 
 STOP_BOUND = 45
 LONG_SLEEP = f"{299 + random.random():.9f}"  # unique, to find this run's payloads among the machine's processes
@@ -29,12 +30,7 @@ def start_pilot(ap: Path, ranks: int, *options: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"pilot did not stop within {timeout} s:\n{stderr[-3000:]}")
+    _, stderr = communicate_or_kill(process, timeout, "the stopping pilot")
     return process.returncode, stderr
 
 
