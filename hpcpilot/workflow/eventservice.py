@@ -36,10 +36,11 @@ from .jobflow import RankContext
 log = logging.getLogger(__name__)
 
 TAG_WANT, TAG_RANGE, TAG_ENTRIES, TAG_DONE = 31, 32, 33, 34
-TICK_SECONDS = 0.02
+TICK_SECONDS = 0.01
 DECLARE_EVERY = 0.2  # seconds: how long finished ranges may wait to be declared together
 FEED_POLL_SECONDS = 0.5
 WAIT = object()  # "no range yet, ask again later"
+PREFETCH = 8  # ranges a rank holds ready, so its payload never waits for a round trip to rank 0
 
 
 @dataclass
@@ -199,8 +200,9 @@ class RankEventWork:
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
     outcome: RankOutcome = field(init=False)
-    replies: "queue.Queue[Any]" = field(default_factory=queue.Queue)
-    wants: "queue.Queue[None]" = field(default_factory=queue.Queue)
+    ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
+    asked: int = 0  # requests to rank 0 not answered yet
+    no_more: bool = False
     restarts: int = 0
     done: bool = False
     process: Any = None
@@ -222,11 +224,13 @@ class RankEventWork:
         self._launch()
 
     def give(self, answer: EventRange | None) -> None:
-        self.replies.put(answer)
+        self.asked -= 1
+        self.no_more = self.no_more or answer is None
+        self.ranges.put(answer)
 
     def step(self) -> None:
-        while not self.wants.empty():
-            self.wants.get()
+        while not self.no_more and self.asked + self.ranges.qsize() < PREFETCH:
+            self.asked += 1
             self.ask()
         entries = []
         while not self.channel.results.empty():
@@ -240,12 +244,11 @@ class RankEventWork:
         """Graceful stop: no more ranges; the payload ends; what is in flight is declared failed."""
         self.outcome.error = self.outcome.error or PilotError(request.code, f"stopped: {request.reason}")
         self.channel.no_more_ranges()
-        self.replies.put(None)
+        self.ranges.put(None)
         jobflow.terminate_in_background(self.run, self.ctx.config.limits.kill_grace)
 
     def _provide(self) -> EventRange | None:  # called on the channel's thread
-        self.wants.put(None)
-        return self.replies.get()
+        return self.ranges.get()
 
     def _launch(self) -> None:
         env = payload.payload_environment(self.run.spec, self.ctx.rank, self.run.scratch,
