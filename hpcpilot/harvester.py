@@ -144,8 +144,9 @@ class AccessPoint:
             return None
         return content if isinstance(content, dict) else None
 
-    def write_attributes(self, pandaid: int, attributes: dict[str, Any]) -> None:
-        write_json(self.path(pandaid, self.files.worker_attributes), attributes)
+    def write_attributes(self, pandaid: int, attributes: dict[str, Any], durable: bool = True) -> None:
+        """``durable=False`` skips the fsync: for passing states, which a crash may lose harmlessly."""
+        write_json(self.path(pandaid, self.files.worker_attributes), attributes, fsync=durable)
 
     def write_job_report(self, pandaid: int, report: Any) -> None:
         write_json(self.path(pandaid, self.files.job_report), report)

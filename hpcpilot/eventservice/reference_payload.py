@@ -50,8 +50,8 @@ def process(event_range: EventRange, directory: Path, work_ms: float) -> Path:
     started = time.perf_counter()
     path = output_path(event_range, directory)
     lines = [event_summary(n) for n in range(event_range.startEvent, event_range.lastEvent + 1)]
-    with atomic_writer(path, mode="w", fsync=False) as handle:
-        handle.write(HEADER + "".join(lines))
+    with atomic_writer(path, fsync=False) as handle:
+        handle.write((HEADER + "".join(lines)).encode())
     _busy(work_ms / 1000.0 - (time.perf_counter() - started), seed=event_range.startEvent)
     return path
 

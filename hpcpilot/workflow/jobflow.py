@@ -252,7 +252,7 @@ def directory_size(path: Path) -> int:
 
 def declare_state(ctx: RankContext, run: JobRun) -> None:
     try:
-        ctx.access_point.write_attributes(run.pandaid, worker_attributes(run))
+        ctx.access_point.write_attributes(run.pandaid, worker_attributes(run), durable=run.end_time is not None)
     except OSError as error:
         raise PilotError(ErrorCode.FILE_HANDLING, f"cannot declare the job in "
                          f"{ctx.access_point.job_dir(run.pandaid)}: {error.strerror}") from None
