@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import sys
@@ -85,7 +86,19 @@ def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {**{name: getattr(args, name, None) for name in names}, "site_name": getattr(args, "site", None)}
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(count: int = 2) -> None:
+    """glibc gives each thread a heap arena of its own; the pilot's job threads would multiply its RSS."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, count)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     if args.command == "batch-script":
         return run_batch_script(args)
