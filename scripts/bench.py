@@ -17,6 +17,10 @@ Six measurements, each against a baseline measured in the same run:
               an idle rank that imported the same code.
 6. monitor    CPU cost of monitoring sleeping payloads at the default
               intervals, against the same process without the monitor.
+7. eventservice  ranges of trivial work through the whole pilot on 4 ranks
+              (reference payload, pre-placed ranges), against the reference
+              payload fed by a bare event channel in one process; and the
+              delay from a range's output to its declaration.
 
 Every timing is wall-clock of the whole command (start-up included) unless
 the row says otherwise. Files are read once before timing, so every
@@ -75,12 +79,13 @@ class Sizes:
     monitor_window: float  # seconds the real monitor thread runs
     monitor_passes: int  # passes per check kind for the amortised estimate
     repeats: int  # best-of for the short measurements
+    event_ranges: int = 10_000  # event service: ranges of trivial work on 4 ranks
 
 
 SIZES = {
     "full": Sizes(2000, 64, 1024 * MIB, 200, (1000, 10_000, 100_000), (1, 2, 8), 64, 125.0, 20, 2),
-    "quick": Sizes(300, 64, 128 * MIB, 40, (1000, 3000, 10_000), (1, 2, 8), 64, 8.0, 5, 1),
-    "tiny": Sizes(8, 8, 4 * MIB, 3, (20, 40, 80), (1, 2, 8), 4, 1.0, 2, 1),
+    "quick": Sizes(300, 64, 128 * MIB, 40, (1000, 3000, 10_000), (1, 2, 8), 64, 8.0, 5, 1, 2000),
+    "tiny": Sizes(8, 8, 4 * MIB, 3, (20, 40, 80), (1, 2, 8), 4, 1.0, 2, 1, 40),
 }
 
 
@@ -825,6 +830,103 @@ def measure_monitor(sizes: Sizes, work: Path) -> list[Row]:
     ]
 
 
+# ---------------------------------------------------------------- event service
+
+ES_PANDAID = 7_000_001
+
+
+def event_ranges(count: int) -> list[dict[str, Any]]:
+    return [{"eventRangeID": f"1-1-{ES_PANDAID}-{i}-1", "startEvent": i + 1, "lastEvent": i + 1,
+             "LFN": "EVNT.pool.root", "GUID": "guid", "scope": "bench"} for i in range(count)]
+
+
+def write_es_access_point(root: Path, ranges: list[dict[str, Any]]) -> Path:
+    """An event service job with a worker of its own (OneToOne) and every range pre-placed."""
+    from hpcpilot.accesspoint_writer import job_definition, write_access_point
+
+    definition = job_definition(ES_PANDAID, sys.executable, "-m hpcpilot.eventservice.reference_payload",
+                                eventService="True")
+    access_point = write_access_point(root, {ES_PANDAID: definition}, many_to_one=False)
+    (access_point / "JobsEventRanges.json").write_text(json.dumps({str(ES_PANDAID): ranges}))
+    return access_point
+
+
+class HarvesterSide(threading.Thread):
+    """Harvester with nothing more to give: answers requests with [] and takes each dump, noting when."""
+
+    def __init__(self, access_point: Path):
+        super().__init__(daemon=True)
+        self.access_point = access_point
+        self.seen: dict[str, float] = {}  # range id -> when its declaration was first visible
+        self.outputs: dict[str, str] = {}
+        self.stopped = threading.Event()
+        self.taken = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            self.answer_request()
+            self.take_dump()
+
+    def answer_request(self) -> None:
+        request = self.access_point / "worker_requestevents.json"
+        if request.exists():
+            (self.access_point / "JobsEventRanges.json").write_text(json.dumps({str(ES_PANDAID): []}))
+            request.unlink()
+
+    def take_dump(self) -> None:
+        dump = self.access_point / "event_status.dump.json"
+        if not dump.exists():
+            return
+        self.taken += 1
+        taken = dump.rename(dump.with_name(f"{dump.name}.read.{self.taken}"))
+        now = time.time()
+        for entry in json.loads(taken.read_text()).get(str(ES_PANDAID), []):
+            if entry.get("eventStatus") == "finished":
+                self.seen.setdefault(entry["eventRangeID"], now)
+                self.outputs[entry["eventRangeID"]] = entry["path"]
+
+    def delays(self) -> list[float]:
+        """Seconds from each range's output (its mtime) to its declaration being visible."""
+        return sorted(self.seen[rid] - os.stat(path).st_mtime for rid, path in self.outputs.items())
+
+
+def bare_channel_seconds(ranges: list[dict[str, Any]], work: Path) -> float:
+    """The reference payload fed by an EventChannel in this process: no MPI, no staging, no declarations."""
+    from hpcpilot.eventservice import EventChannel, EventRange
+
+    queue_of_ranges = [EventRange.from_dict(r) for r in ranges]
+    work.mkdir(parents=True, exist_ok=True)
+    channel = EventChannel(lambda: queue_of_ranges.pop() if queue_of_ranges else None).start()
+    try:
+        argv = [sys.executable, "-m", "hpcpilot.eventservice.reference_payload"]
+        return run_timed(argv, cwd=work, env={**os.environ, **channel.environment()}).seconds
+    finally:
+        channel.stop()
+
+
+def measure_eventservice(sizes: Sizes, work: Path) -> list[Row]:
+    ranges = event_ranges(sizes.event_ranges)
+    access_point = write_es_access_point(work / "ap", ranges)
+    harvester = HarvesterSide(access_point)
+    harvester.start()
+    seconds = run_timed(pilot_argv(4, access_point, work / "scratch", 1)).seconds
+    harvester.stopped.set()
+    harvester.join()
+    harvester.take_dump()
+    if len(harvester.seen) != len(ranges):
+        raise RuntimeError(f"{len(harvester.seen)} of {len(ranges)} ranges declared finished")
+    bare = bare_channel_seconds(ranges, work / "bare")
+    rate, bare_rate, delays = len(ranges) / seconds, len(ranges) / bare, harvester.delays()
+    note = f"{len(ranges)} ranges, start-up included; median delay {delays[len(delays) // 2]:.3f} s"
+    return [
+        compared("eventsvc", "pilot 4 ranks, reference payload", rate, "ranges/s",
+                 "bare channel, 1 payload", bare_rate, note=note),
+        Row("eventsvc", "pilot 4 ranks, ranges/s target", rate, "ranges/s", target=">= 500", met=rate >= 500),
+        Row("eventsvc", "range output -> declaration, max", delays[-1], "s", target="< 1 s", met=delays[-1] < 1.0,
+            note="as Harvester sees it, polling every 0.02 s"),
+    ]
+
+
 # ---------------------------------------------------------------- main
 
 MEASUREMENTS: dict[str, Callable[[Sizes, Path], list[Row]]] = {
@@ -833,6 +935,7 @@ MEASUREMENTS: dict[str, Callable[[Sizes, Path], list[Row]]] = {
     "fsops": measure_fsops,
     "startup": measure_startup,
     "monitor": measure_monitor,
+    "eventservice": measure_eventservice,
 }
 
 

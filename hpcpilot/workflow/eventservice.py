@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import payload, staging
-from ..atomicfile import atomic_writer, read_json
+from ..atomicfile import FILE_MODE, RawWriter, read_json
 from ..checksums import copy_with_checksum
 from ..errors import ErrorCode, PilotError
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
@@ -228,11 +228,17 @@ class RankEventWork:
         self.no_more = self.no_more or answer is None
         self.ranges.put(answer)
 
-    def step(self) -> None:
+    def step(self, wait: float = 0.0) -> None:
+        """Ask for ranges to keep PREFETCH at hand, hand on results (waiting up to ``wait`` s for one)."""
         while not self.no_more and self.asked + self.ranges.qsize() < PREFETCH:
             self.asked += 1
             self.ask()
         entries = []
+        try:
+            entries += self._entries_for(self.channel.results.get(timeout=wait) if wait else
+                                         self.channel.results.get_nowait())
+        except queue.Empty:
+            pass
         while not self.channel.results.empty():
             entries += self._entries_for(self.channel.results.get())
         if entries:
@@ -282,15 +288,23 @@ class RankEventWork:
         return failed_entries(range_ids)
 
     def _stage_out(self, result: RangeFinished) -> dict:
-        """Copy the range's output to the job directory, checksummed in passing."""
+        """Copy the range's output to the job directory, checksummed in passing.
+
+        Written straight under its final name, without a temp file and rename:
+        nobody reads it before it is declared, and a range not declared is
+        processed again (its output rewritten) by a rerun.
+        """
         name = os.path.basename(result.output_path)
         source = staging.inside_scratch(self.run.scratch, os.path.relpath(
             Path(result.output_path) if os.path.isabs(result.output_path) else self.run.scratch / result.output_path,
             self.run.scratch))
         target = self.ctx.access_point.job_dir(self.run.pandaid) / name
         try:
-            with atomic_writer(target, fsync=False) as handle:
-                running = copy_with_checksum(source, handle)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            try:
+                running = copy_with_checksum(source, RawWriter(fd))
+            finally:
+                os.close(fd)
         except OSError as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return {"type": "es_output", "path": str(target), "fsize": running.size, "chksum": running.adler32,
@@ -353,11 +367,10 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         while not work.done:
             if dispatcher is not None:
                 dispatcher.serve()
-            elif comm.iprobe(source=0, tag=TAG_RANGE):
+            while dispatcher is None and comm.iprobe(source=0, tag=TAG_RANGE):
                 work.give(comm.recv(source=0, tag=TAG_RANGE))
-            work.step()
+            work.step(wait=TICK_SECONDS)  # wakes as soon as the payload reports a range
             tick()
-            time.sleep(TICK_SECONDS)
     if dispatcher is None:
         comm.send(work.outcome, dest=0, tag=TAG_DONE)
         for request in sent:
