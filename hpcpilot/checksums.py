@@ -1,14 +1,35 @@
-"""adler32 and md5 of files, computed while the bytes pass (copy and check in one read)."""
+"""adler32 and md5 of files, computed while the bytes pass.
+
+Two ways to copy and check: ``copy_with_checksum`` reads into Python and
+writes what it summed (any target object); the kernel copies
+(``copy_files_with_checksums``, ``copy_into_with_checksum``) let a copier
+thread move the bytes with ``copy_file_range`` (``sendfile``, then read and
+write, where the filesystems refuse it) while the calling thread checksums
+each copied range right behind it. ``copy_file_range`` and ``zlib.adler32``
+both release the GIL, so on two cores the copy and the checksum overlap.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import os
+import queue
+import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 from .jobs import Checksum
 
+log = logging.getLogger(__name__)
+
 CHUNK_SIZE = 4 * 1024 * 1024
+KERNEL_CHUNK_SIZE = 4 * 1024 * 1024  # one hand-over from the copier to the checksummer
+_LOOKAHEAD = 16  # hand-overs the copier may run ahead of the checksummer
+# What copy_file_range / sendfile answer when the pair of filesystems (or the kernel) does not support them.
+_UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF})
 
 
 class RunningChecksum:
@@ -74,3 +95,276 @@ class ChecksummingWriter:
 def matches(running: RunningChecksum, expected: Checksum | None) -> bool:
     return expected is None or running.value(expected.kind) == expected.value
 
+
+
+# ---------------------------------------------------------------- kernel copies
+
+
+class KernelCopy:
+    """Copies from one descriptor to another at their file positions, by the fastest call the kernel accepts."""
+
+    def __init__(self, source_fd: int, target_fd: int):
+        self._source, self._target = source_fd, target_fd
+        self._expected = os.fstat(source_fd).st_size
+        self._methods = [self._copy_file_range, self._sendfile, self._read_write]
+        self._buffer: bytearray | None = None
+        self.copied = 0
+
+    def chunk(self, count: int) -> int:
+        """Copy up to ``count`` bytes; 0 at the end of the source."""
+        while True:
+            try:
+                done = self._methods[0](count)
+            except OSError as error:
+                if error.errno not in _UNSUPPORTED or len(self._methods) == 1:
+                    raise
+                self._fall_back(error.strerror)
+                continue
+            if done == 0 and self.copied < self._expected and len(self._methods) > 1:
+                self._fall_back("no progress before the end")  # some filesystems answer 0 rather than an error
+                continue
+            self.copied += done
+            return done
+
+    def _fall_back(self, why: str) -> None:
+        log.debug("%s refused (%s); falling back to %s", self._methods[0].__name__, why, self._methods[1].__name__)
+        self._methods.pop(0)
+
+    def _copy_file_range(self, count: int) -> int:
+        return os.copy_file_range(self._source, self._target, count)
+
+    def _sendfile(self, count: int) -> int:
+        return os.sendfile(self._target, self._source, None, count)
+
+    def _read_write(self, count: int) -> int:
+        if self._buffer is None or len(self._buffer) < count:
+            self._buffer = bytearray(count)
+        view = memoryview(self._buffer)[:count]
+        done = os.readv(self._source, [view])
+        written = 0
+        while written < done:
+            written += os.write(self._target, view[written:done])
+        return done
+
+
+def checksum_range(fd: int, offset: int, count: int, running: RunningChecksum, buffer: bytearray) -> None:
+    """Feed bytes ``offset`` .. ``offset + count`` of ``fd`` to ``running`` (by pread: fd's offset stays)."""
+    view = memoryview(buffer)
+    while count:
+        done = os.preadv(fd, [view[:min(count, len(buffer))]], offset)
+        if done == 0:
+            raise OSError(errno.EIO, f"{count} copied bytes at offset {offset} could not be read back")
+        running.update(view[:done])
+        offset, count = offset + done, count - done
+
+
+@dataclass(frozen=True)
+class CopyOrder:
+    """One file for ``copy_files_with_checksums``: ``target`` must not exist yet."""
+
+    source: Path
+    target: Path
+    want_md5: bool = False
+
+
+class CopyFailed(Exception):
+    """Copying ``order`` failed with ``error``; the partial target, if any, has been removed."""
+
+    def __init__(self, order: CopyOrder, error: OSError):
+        super().__init__(f"cannot copy {order.source} to {order.target}: {error}")
+        self.order, self.error = order, error
+
+
+@dataclass
+class _Started:
+    """The copier created ``order.target``; ``read_fd`` (the checksummer's to close) reads it back."""
+
+    order: CopyOrder
+    read_fd: int
+
+
+@dataclass
+class _Copied:
+    offset: int
+    count: int
+
+
+@dataclass
+class _Finished:
+    order: CopyOrder
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def copy_files_with_checksums(orders: Iterable[CopyOrder]) -> Iterator[RunningChecksum]:
+    """Copy every order's source to its new target; yield, in order, each target's checksum.
+
+    The copier thread copies by kernel calls and runs at most a few chunks
+    ahead; this generator checksums each range of the *target* once it has
+    been copied, so the sum is of the bytes that landed. An error (from the
+    copy as ``CopyFailed``, or raised by ``orders`` itself) is raised at its
+    place in the order, after every earlier file was yielded. When the
+    consumer stops early, the targets it was not given are removed.
+    """
+    messages: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
+    stop = threading.Event()
+    copier = threading.Thread(target=_copier, args=(iter(orders), messages, stop), name="checksummed-copy", daemon=True)
+    copier.start()
+    buffer = bytearray(KERNEL_CHUNK_SIZE)
+    reading: _Started | None = None
+    running = RunningChecksum()
+    message: object = "not yet"
+    try:
+        while (message := messages.get()) is not None:
+            if isinstance(message, _Started):
+                reading, running = message, RunningChecksum(message.order.want_md5)
+            elif isinstance(message, _Copied):
+                assert reading is not None
+                checksum_range(reading.read_fd, message.offset, message.count, running, buffer)
+            elif isinstance(message, _Finished):
+                assert reading is not None
+                os.close(reading.read_fd)
+                reading = None
+                yield running
+            else:
+                raise message.error
+    finally:
+        stop.set()
+        if message is not None:  # the copier has not ended yet
+            _abandon(messages, reading)
+        copier.join()
+
+
+def _abandon(messages: queue.Queue, reading: _Started | None) -> None:
+    """Let the copier end; remove the targets nobody verified (the partial one the copier removes itself)."""
+    while True:
+        if reading is not None:
+            os.close(reading.read_fd)
+            reading.order.target.unlink(missing_ok=True)
+            reading = None
+        message = messages.get()
+        if message is None:
+            return
+        if isinstance(message, _Started):
+            reading = message
+
+
+class _Stopped(Exception):
+    """The checksummer gave up: the copier stops after its current chunk."""
+
+
+def _copier(orders: Iterator[CopyOrder], messages: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for order in orders:  # the iterator may raise (a replica that is not there): in order, like a copy error
+            if stop.is_set():
+                break
+            _copy_one(order, messages, stop)
+    except _Stopped:
+        pass
+    except BaseException as error:  # handed to the checksummer, which raises it in its own thread
+        messages.put(_Failed(error))
+    finally:
+        messages.put(None)
+
+
+def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) -> None:
+    try:
+        source_fd = os.open(order.source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise CopyFailed(order, error) from None
+    try:
+        target_fd = os.open(order.target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        os.close(source_fd)
+        raise CopyFailed(order, error) from None
+    try:
+        messages.put(_Started(order, os.dup(target_fd)))
+        _copy_chunks(KernelCopy(source_fd, target_fd), messages, stop)
+    except BaseException as error:
+        order.target.unlink(missing_ok=True)  # a partial copy goes at once: a full disk frees up for the others
+        if isinstance(error, OSError):
+            raise CopyFailed(order, error) from None
+        raise
+    finally:
+        os.close(source_fd)
+        os.close(target_fd)
+    messages.put(_Finished(order))
+
+
+def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event) -> None:
+    while not stop.is_set():
+        offset = copy.copied
+        count = copy.chunk(KERNEL_CHUNK_SIZE)
+        if count == 0:
+            return
+        messages.put(_Copied(offset, count))
+    raise _Stopped()
+
+
+def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False) -> RunningChecksum:
+    """Copy ``source`` (a file nobody else writes) into ``target_fd`` by kernel calls, checksumming the source.
+
+    The sum is read from the source right behind the copy; if the source
+    changed meanwhile, the copy is redone through Python, where the bytes
+    summed and the bytes written are the same by construction.
+    """
+    with open(source, "rb", buffering=0) as handle:
+        before = _identity(handle.fileno())
+        running = _kernel_copy_checksumming_source(handle.fileno(), target_fd, want_md5)
+        if _identity(handle.fileno()) == before:
+            return running
+    log.warning("%s changed while it was copied; copying it again", source)
+    os.ftruncate(target_fd, 0)
+    os.lseek(target_fd, 0, os.SEEK_SET)
+    return copy_with_checksum(source, _FdWriter(target_fd), want_md5)
+
+
+def _identity(fd: int) -> tuple[int, int, int]:
+    status = os.fstat(fd)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool) -> RunningChecksum:
+    ranges: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def copy_all() -> None:
+        try:
+            _copy_chunks(KernelCopy(source_fd, target_fd), ranges, stop)
+        except _Stopped:
+            pass
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            ranges.put(None)
+
+    copier = threading.Thread(target=copy_all, name="checksummed-copy", daemon=True)
+    copier.start()
+    running, buffer = RunningChecksum(want_md5), bytearray(KERNEL_CHUNK_SIZE)
+    copied: object = "not yet"
+    try:
+        while (copied := ranges.get()) is not None:
+            checksum_range(source_fd, copied.offset, copied.count, running, buffer)
+    finally:
+        stop.set()
+        while copied is not None:
+            copied = ranges.get()
+        copier.join()
+    if failure:
+        raise failure[0]
+    return running
+
+
+class _FdWriter:
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return len(data)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import locale
 import os
+import stat
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +24,12 @@ from .jobs import SECRET_KEYS, InvalidJob, JobSpec, parse_job, parse_pandaid
 
 log = logging.getLogger(__name__)
 
+_TEXT_ENCODING = locale.getpreferredencoding(False)  # what Path.read_text decodes with
+
 # Overlaps the metadata latency of a shared filesystem when reading many job files.
 READ_THREADS = 8
+READ_CHUNK = 256  # job directories per thread pool task
+_READ_SIZE = 1 << 16
 
 
 class AccessPoint:
@@ -34,6 +40,7 @@ class AccessPoint:
         self.files = files
         self.secret_keys = secret_keys
         self.many_to_one = _exists(self.root / files.worker_pandaids)
+        self._root_text = str(self.root)
 
     @property
     def state_dir(self) -> Path:
@@ -55,11 +62,17 @@ class AccessPoint:
 
     def read_jobs(self) -> list[JobSpec | InvalidJob]:
         """Every job of this worker, each parsed or marked invalid with its code."""
+        return self.read_jobs_noting_attributes()[0]
+
+    def read_jobs_noting_attributes(self) -> tuple[list[JobSpec | InvalidJob], set[int]]:
+        """Every job, and the PandaIDs whose ``worker_attributes.json`` exists (an earlier run's).
+
+        Both come from one pass over the job directories, so that a fresh access
+        point needs no second pass to learn that no job was run before.
+        """
         self._check_readable()
         if self.many_to_one:
-            pandaids = self._read_pandaids()
-            with ThreadPoolExecutor(READ_THREADS) as pool:
-                return list(pool.map(self._read_job_dir, pandaids))
+            return self._read_job_dirs_in_pool(self._read_pandaids())
         spec = self.root / self.files.job_spec
         if not spec.exists():
             raise WorkerError(ExitCode.NO_JOBS, f"no jobs in {self.root}: neither "
@@ -67,7 +80,23 @@ class AccessPoint:
         jobs = self._read_spec_file(spec, expected=None)
         if not jobs:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
-        return jobs
+        attributes = _exists(self.root / self.files.worker_attributes)
+        return jobs, {job.pandaid for job in jobs} if attributes else set()
+
+    def _read_job_dirs_in_pool(self, pandaids: list[int]) -> tuple[list[JobSpec | InvalidJob], set[int]]:
+        """Threads overlap the metadata latency of a shared filesystem; each takes a chunk of job
+        directories, as one task per job costs more in scheduling than a local read."""
+        chunks = [pandaids[start:start + READ_CHUNK] for start in range(0, len(pandaids), READ_CHUNK)]
+        if len(chunks) == 1:
+            read = [self._read_job_dirs(chunks[0])]
+        else:
+            with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
+                read = list(pool.map(self._read_job_dirs, chunks))
+        jobs = [job for chunk in read for job, _ in chunk]
+        return jobs, {job.pandaid for chunk in read for job, attributes in chunk if attributes}
+
+    def _read_job_dirs(self, pandaids: list[int]) -> list[tuple[JobSpec | InvalidJob, bool]]:
+        return [self._read_job_dir(pandaid) for pandaid in pandaids]
 
     def _check_readable(self) -> None:
         try:
@@ -96,15 +125,18 @@ class AccessPoint:
             raise WorkerError(ExitCode.NO_JOBS, f"{path} lists no jobs")
         return unique
 
-    def _read_job_dir(self, pandaid: int) -> JobSpec | InvalidJob:
-        if not self.job_dir_is_inside(pandaid):
-            return InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a symlink "
-                              f"to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
-        spec = self.path(pandaid, self.files.job_spec)
+    def _read_job_dir(self, pandaid: int) -> tuple[JobSpec | InvalidJob, bool]:
+        """The job, and whether its directory holds worker_attributes.json."""
+        job_dir = os.path.join(self._root_text, str(pandaid))
+        if _is_symlink(job_dir) and not self.job_dir_is_inside(pandaid):
+            invalid = InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a "
+                                 f"symlink to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
+            return invalid, False
+        spec = os.path.join(job_dir, self.files.job_spec)
         jobs = self._read_spec_file(spec, expected=pandaid)
-        return jobs[0]
+        return jobs[0], _exists_text(os.path.join(job_dir, self.files.worker_attributes))
 
-    def _read_spec_file(self, spec: Path, expected: int | None) -> list[JobSpec | InvalidJob]:
+    def _read_spec_file(self, spec: Path | str, expected: int | None) -> list[JobSpec | InvalidJob]:
         try:
             definitions = self._load_definitions(spec)
         except JobDefinitionError as error:
@@ -113,10 +145,10 @@ class AccessPoint:
             definitions = {expected: definitions.get(str(expected), _only(definitions))}
         return [_parse_or_invalid(key, raw, self.secret_keys) for key, raw in definitions.items()]
 
-    def _load_definitions(self, spec: Path) -> dict[Any, Any]:
+    def _load_definitions(self, spec: Path | str) -> dict[Any, Any]:
         """The spec file as {PandaID string: definition}."""
         try:
-            text = spec.read_text()
+            text = _read_text(os.fspath(spec))
         except FileNotFoundError:
             raise JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist") from None
         except (OSError, UnicodeDecodeError) as error:
@@ -127,9 +159,9 @@ class AccessPoint:
         try:
             content = json.loads(text)
         except (ValueError, RecursionError) as error:
-            raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} is not valid JSON: {error}") from None
+            raise JobDefinitionError(ErrorCode.GENERAL, f"{os.path.basename(spec)} is not valid JSON: {error}") from None
         if not isinstance(content, dict):
-            raise JobDefinitionError(ErrorCode.GENERAL, f"{spec.name} must hold a JSON object")
+            raise JobDefinitionError(ErrorCode.GENERAL, f"{os.path.basename(spec)} must hold a JSON object")
         if "PandaID" in content:  # a bare definition rather than {PandaID: definition}
             return {str(content["PandaID"]): content}
         return content
@@ -274,6 +306,42 @@ def _same_file(first: Path, second: Path) -> bool:
         return os.path.samefile(first, second)
     except OSError:
         return False
+
+
+def _read_text(path: str) -> str:
+    """What ``Path.read_text`` returns, without the layers of a buffered text file (read many times over)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = _read_all(fd, path)
+    finally:
+        os.close(fd)
+    text = data.decode(_TEXT_ENCODING)
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text  # universal newlines
+
+
+def _read_all(fd: int, path: str) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+    except OSError as error:  # named like open() names it: the file, not the descriptor
+        raise type(error)(error.errno, error.strerror, path) from None
+    return b"".join(chunks)
+
+
+def _is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _exists_text(path: str) -> bool:
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _exists(path: Path) -> bool:

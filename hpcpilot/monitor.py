@@ -3,6 +3,9 @@
 Each check runs at its own interval (``Limits``). A payload over a limit gets
 its job error first (the first error is the one declared), then its whole
 process tree is terminated: SIGTERM, and SIGKILL after the grace period.
+
+The same thread also sweeps for processes that finished payloads left behind
+outside their process group (every ``SWEEP_INTERVAL`` s, and once in ``stop``).
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from .errors import ErrorCode, PilotError
 from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
+from .proctree import LeftoverSweep, ProcStat, read_proc_table
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+SWEEP_INTERVAL = 30.0  # leftovers may hold a core this long; a sweep reads every environment of our uid
 
 
 @dataclass
@@ -41,9 +46,12 @@ class Watch:
 class Monitor:
     """Watches every running payload of a rank from one background thread."""
 
-    def __init__(self, limits: Limits, kill: Callable[[JobRun], None]):
+    def __init__(self, limits: Limits, kill: Callable[[JobRun], None], sweep_interval: float = SWEEP_INTERVAL):
         self.limits = limits
         self.kill = kill
+        self.sweep_interval = sweep_interval
+        self._leftovers = LeftoverSweep()
+        self._next_sweep = time.monotonic() + sweep_interval
         self._watches: dict[int, Watch] = {}
         self._guard = threading.Lock()
         self._stopped = threading.Event()
@@ -54,8 +62,11 @@ class Monitor:
         return self
 
     def stop(self) -> None:
+        """Stop the thread, then sweep once more: no leftover may outlive the pilot."""
         self._stopped.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.sweep_leftovers()
 
     def watch(self, run: JobRun) -> Watch:
         watch = Watch(run, series=MemorySeries(run.scratch / TIMESERIES_NAME, start_time=time.time()))
@@ -66,17 +77,29 @@ class Monitor:
         return watch
 
     def unwatch(self, run: JobRun) -> Watch | None:
+        """Stop watching a payload that ended; later sweeps end what it left outside its group."""
+        if run.process is not None:
+            self._leftovers.add(run.process.tree.token)
         with self._guard:
             return self._watches.pop(run.pandaid, None)
+
+    def sweep_leftovers(self) -> list[int]:
+        """End what finished payloads left behind now; the pids that needed SIGKILL."""
+        killed = self._leftovers.sweep(self.limits.kill_grace)
+        if killed:
+            log.warning("processes left behind by finished payloads needed SIGKILL: %s", killed)
+        return killed
 
     def check_now(self) -> None:
         """One pass over every payload (the thread calls this each check_interval)."""
         with self._guard:
             watches = list(self._watches.values())
         now = time.monotonic()
+        # One read of /proc serves every payload's memory sample in this pass.
+        table = read_proc_table() if any(now >= watch.due["memory"] for watch in watches) else None
         for watch in watches:
             if not watch.run.failed:
-                self._check(watch, now)
+                self._check(watch, now, table)
 
     def _intervals(self) -> dict[str, float]:
         return {"memory": self.limits.memory_interval, "disk": self.limits.disk_interval,
@@ -86,11 +109,17 @@ class Monitor:
         while not self._stopped.wait(self.limits.check_interval):
             try:
                 self.check_now()
+                self._sweep_if_due()
             except Exception:  # monitoring must outlive any one odd payload
                 log.exception("monitor pass failed")
 
-    def _check(self, watch: Watch, now: float) -> None:
-        checks = {"memory": self._memory, "disk": self._disk, "looping": self._looping}
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() >= self._next_sweep:
+            self.sweep_leftovers()  # blocks up to kill_grace only if a leftover ignores SIGTERM
+            self._next_sweep = time.monotonic() + self.sweep_interval
+
+    def _check(self, watch: Watch, now: float, table: dict[int, ProcStat] | None = None) -> None:
+        checks = {"memory": lambda watched: self._memory(watched, table), "disk": self._disk, "looping": self._looping}
         error = self._walltime(watch)
         for name, check in checks.items():
             if error is None and now >= watch.due[name]:
@@ -114,11 +143,11 @@ class Monitor:
             return int(run.spec.min_ram_mb * self.limits.memory_grace * 1024)
         return None
 
-    def _memory(self, watch: Watch) -> PilotError | None:
+    def _memory(self, watch: Watch, table: dict[int, ProcStat] | None) -> PilotError | None:
         process = watch.run.process
         if process is None or watch.series is None:
             return None
-        watch.series.add(process.tree.sample())
+        watch.series.add(process.tree.sample(table))
         limit = self.memory_limit_kb(watch.run)
         used = watch.series.last.pss or watch.series.last.rss
         if limit and used > limit:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Callable, Mapping
 
@@ -47,8 +48,35 @@ class SerialComm:
     def barrier(self) -> None:
         pass
 
+    def Ibarrier(self) -> "CompletedRequest":
+        return CompletedRequest()
+
     def Abort(self, errorcode: int = 1) -> None:
         os._exit(errorcode)
+
+
+class CompletedRequest:
+    """The request of a non-blocking collective on one rank: complete at once."""
+
+    def Test(self) -> bool:
+        return True
+
+    def Wait(self) -> None:
+        pass
+
+
+IDLE_POLL_S = 0.01
+
+
+def wait_idly(comm: Any, interval: float = IDLE_POLL_S) -> None:
+    """A barrier during which waiting ranks sleep.
+
+    MPICH's blocking collectives busy-poll: ranks waiting for rank 0 to
+    read the job definitions would take the cores rank 0 needs.
+    """
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(interval)
 
 
 def world(force_mpi: bool = False) -> Any:

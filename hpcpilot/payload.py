@@ -72,9 +72,18 @@ class Payload:
     def terminate(self, grace: float) -> list[int]:
         """SIGTERM to every process of the payload, SIGKILL to those left after ``grace`` seconds.
 
-        Also ends what a finished payload left behind (children that outlived it).
+        Also ends what a finished payload left behind (children that outlived it),
+        searching every environment of our uid for its token: thorough but costly.
         """
         return self.tree.kill(grace)
+
+    def end_leftovers(self, grace: float) -> list[int]:
+        """After :meth:`wait`: end what the payload left in its process group, cheaply.
+
+        Processes that left the group are for a ``LeftoverSweep`` to end
+        (``Monitor.unwatch`` hands the payload's token to the monitor's).
+        """
+        return self.tree.end_leftovers(grace)
 
 
 def shell_line(job: JobSpec, setup_lines: list[str]) -> str:

@@ -9,9 +9,14 @@ token ``HPCPILOT_JOB_TOKEN=<token>`` in its environment. Its members are:
   left the session and were reparented to the pilot or to init);
 - every member seen before that still runs, and their descendants.
 
-Parent pids, groups and sessions come from one pass over ``/proc/*/stat``;
-environments are read only when a member has vanished (it may have left
-orphans behind) or at kill time, and each process at most once.
+Parent pids, groups and sessions come from one pass over ``/proc/*/stat``
+(a monitor pass shares one such table among all payloads); environments are
+read only when a member has vanished (it may have left orphans behind) or at
+kill time, and each process at most once.
+
+Once a payload has exited, what it left in its process group is ended at once
+(``ProcessTree.end_leftovers``, cheap when the group is empty); what left the
+group is found by its token in a ``LeftoverSweep`` over all finished payloads.
 """
 from __future__ import annotations
 
@@ -22,10 +27,9 @@ import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Collection, Iterable
-
-import psutil
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class ProcStat:
     session: int
     start_ticks: int
     zombie: bool
+    vsize: int = 0  # bytes
 
     @property
     def key(self) -> tuple[int, int]:
@@ -74,9 +79,32 @@ class ProcStat:
         return (self.pid, self.start_ticks)
 
 
-def read_proc_table() -> dict[int, ProcStat]:
+class ProcTable(dict[int, ProcStat]):
+    """Pid -> ProcStat of every process present at one moment (zombies included).
+
+    Indexed by parent and by session on first use, so that many payload
+    trees can share one table without each scanning all of it.
+    """
+
+    @cached_property
+    def children(self) -> dict[int, list[int]]:
+        return _index(self.values(), lambda stat: stat.ppid)
+
+    @cached_property
+    def sessions(self) -> dict[int, list[int]]:
+        return _index(self.values(), lambda stat: stat.session)
+
+
+def _index(stats: Iterable[ProcStat], key: Callable[[ProcStat], int]) -> dict[int, list[int]]:
+    index: dict[int, list[int]] = {}
+    for stat in stats:
+        index.setdefault(key(stat), []).append(stat.pid)
+    return index
+
+
+def read_proc_table() -> ProcTable:
     """One pass over ``/proc``: every process now present (zombies included)."""
-    table = {}
+    table = ProcTable()
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             stat = _read_stat(int(entry.name))
@@ -87,14 +115,33 @@ def read_proc_table() -> dict[int, ProcStat]:
 
 def _read_stat(pid: int) -> ProcStat | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
+        raw = _read_small(f"/proc/{pid}/stat")
     except OSError:
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rindex(b")") + 2:].split()
     return ProcStat(pid=pid, ppid=int(rest[1]), pgrp=int(rest[2]), session=int(rest[3]),
-                    start_ticks=int(rest[19]), zombie=rest[0] in (b"Z", b"X"))
+                    start_ticks=int(rest[19]), zombie=rest[0] in (b"Z", b"X"), vsize=int(rest[20]))
+
+
+def _read_small(path: str) -> bytes:
+    """One read of a small /proc file: os.open/os.read costs a third less than open()."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(handle, 4096)
+    finally:
+        os.close(handle)
+
+
+def _read_all(path: str) -> bytes:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(handle, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(handle, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(handle)
 
 
 def reap_orphans(known_roots: Collection[int]) -> list[int]:
@@ -152,8 +199,8 @@ class IoCounters:
         return IoCounters(*(max(a, b) for a, b in zip(_values(self), _values(other))))
 
 
-def _values(counters: IoCounters) -> tuple[int, ...]:
-    return tuple(getattr(counters, field.name) for field in fields(counters))
+def _values(counters: IoCounters) -> tuple[int, int, int, int]:
+    return (counters.rchar, counters.wchar, counters.read_bytes, counters.write_bytes)
 
 
 @dataclass
@@ -191,7 +238,7 @@ class IoLedger:
         best = counters if known is None else known.counters.maximum(counters)
         self._records[stat.key] = _IoRecord(best, stat.ppid)
 
-    def settle(self, table: dict[int, ProcStat], live_members: Collection[int]) -> None:
+    def settle(self, table: ProcTable, live_members: Collection[int]) -> None:
         """Account for processes that are gone from ``/proc`` (reaped)."""
         for key in [key for key in self._records if _is_gone(key, table)]:
             gone = self._records.pop(key)
@@ -206,7 +253,7 @@ class IoLedger:
         return self._highest
 
 
-def _is_gone(key: tuple[int, int], table: dict[int, ProcStat]) -> bool:
+def _is_gone(key: tuple[int, int], table: ProcTable) -> bool:
     stat = table.get(key[0])
     return stat is None or stat.start_ticks != key[1]
 
@@ -220,29 +267,30 @@ class ProcessTree:
 
     def __init__(self, root_pid: int, token: str, session_id: int | None = None) -> None:
         self.root_pid = root_pid
+        self.token = token
         self._token_entry = f"{TOKEN_ENV}={token}\0".encode()
         self._session = _payload_session(root_pid) if session_id is None else session_id
         self._members: dict[tuple[int, int], ProcStat] = {}
         self._without_token: set[tuple[int, int]] = set()
-        self._handles: dict[tuple[int, int], psutil.Process] = {}
         self._io = IoLedger()
-        self._table: dict[int, ProcStat] = {}
+        self._table = ProcTable()
         self._uid = os.getuid()
         self._lock = threading.RLock()
 
     # ---- membership -------------------------------------------------------
 
-    def pids(self, scan_environ: bool = False) -> set[int]:
+    def pids(self, scan_environ: bool = False, table: ProcTable | None = None) -> set[int]:
         """Pids of the live members now (zombies excluded).
 
         ``scan_environ`` forces a search for the token in every environment
-        of our uid; it happens anyway when a member has vanished.
+        of our uid; it happens anyway when a member has vanished. ``table``
+        (from ``read_proc_table``) saves reading ``/proc`` again.
         """
         with self._lock:
-            return set(self._refresh(scan_environ))
+            return set(self._refresh(scan_environ, table))
 
-    def _refresh(self, scan_environ: bool) -> dict[int, ProcStat]:
-        table = self._table = read_proc_table()
+    def _refresh(self, scan_environ: bool, table: ProcTable | None = None) -> dict[int, ProcStat]:
+        table = self._table = read_proc_table() if table is None else table
         seeds = self._seeds(table)
         if scan_environ or self._lost_members(table):
             seeds |= self._token_holders(table, exclude=seeds)
@@ -253,22 +301,22 @@ class ProcessTree:
         self._forget_gone(table)
         return members
 
-    def _lost_members(self, table: dict[int, ProcStat]) -> bool:
+    def _lost_members(self, table: ProcTable) -> bool:
         """True if the root or a known member died: it may have left unseen orphans."""
         root = table.get(self.root_pid)
         if root is None or root.zombie:
             return True
         return any(_is_gone(key, table) or table[key[0]].zombie for key in self._members)
 
-    def _seeds(self, table: dict[int, ProcStat]) -> set[int]:
+    def _seeds(self, table: ProcTable) -> set[int]:
         seeds = {key[0] for key in self._members if not _is_gone(key, table)}
         if self.root_pid in table:
             seeds.add(self.root_pid)
         if self._session is not None:
-            seeds |= {stat.pid for stat in table.values() if stat.session == self._session}
+            seeds.update(table.sessions.get(self._session, ()))
         return seeds
 
-    def _token_holders(self, table: dict[int, ProcStat], exclude: set[int]) -> set[int]:
+    def _token_holders(self, table: ProcTable, exclude: set[int]) -> set[int]:
         holders = set()
         for stat in table.values():
             if stat.pid in exclude or stat.zombie or stat.key in self._without_token:
@@ -280,29 +328,20 @@ class ProcessTree:
         return holders
 
     def _carries_token(self, pid: int) -> bool:
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != self._uid:
-                return False
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:
-            return False
+        environ = _environ_of(pid, self._uid)
         return environ.startswith(self._token_entry) or b"\0" + self._token_entry in environ
 
-    def _reap_member_zombies(self, table: dict[int, ProcStat]) -> None:
+    def _reap_member_zombies(self, table: ProcTable) -> None:
         """Reap payload processes reparented to us (subreaper); never the root (Popen's)."""
-        me = os.getpid()
-        for stat in table.values():
-            if (stat.zombie and stat.ppid == me and stat.pid != self.root_pid
-                    and (stat.key in self._members or self._in_session(stat))):
+        for stat in _zombie_children(table):
+            if stat.pid != self.root_pid and (stat.key in self._members or self._in_session(stat)):
                 _reap(stat.pid)
 
     def _in_session(self, stat: ProcStat) -> bool:
         return self._session is not None and stat.session == self._session
 
-    def _forget_gone(self, table: dict[int, ProcStat]) -> None:
+    def _forget_gone(self, table: ProcTable) -> None:
         self._without_token = {key for key in self._without_token if not _is_gone(key, table)}
-        self._handles = {key: proc for key, proc in self._handles.items() if key in self._members}
 
     # ---- killing ----------------------------------------------------------
 
@@ -313,44 +352,42 @@ class ProcessTree:
         during the grace period included.
         """
         with self._lock:
-            members = self._refresh(scan_environ=True)
-            if not members:
-                return []
-            _signal_members(members.values(), signal.SIGTERM)
-            _signal_members(members.values(), signal.SIGCONT)  # a stopped process cannot handle TERM
-            if self._wait_until_empty(grace, poll):
-                return []
-            return self._kill_survivors()
+            return end_processes(lambda: self._refresh(scan_environ=True), grace, poll,
+                                 f"payload {self.root_pid}")
 
-    def _wait_until_empty(self, grace: float, poll: float) -> bool:
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not self._refresh(scan_environ=True):
-                return True
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-        return not self._refresh(scan_environ=True)
+    def end_leftovers(self, grace: float) -> list[int]:
+        """After the payload exited: end what it left in its process group.
 
-    def _kill_survivors(self) -> list[int]:
-        killed: set[int] = set()
-        for _ in range(KILL_ROUNDS):
-            survivors = self._refresh(scan_environ=True)
-            if not survivors:
-                break
-            _signal_members(survivors.values(), signal.SIGKILL)
-            killed.update(survivors)
-            time.sleep(KILL_ROUND_PAUSE)
-        remaining = self._refresh(scan_environ=True)
-        if remaining:  # e.g. stuck in uninterruptible I/O; the caller may try again later
-            log.warning("payload %d: members survive SIGKILL: %s", self.root_pid, sorted(remaining))
-        log.info("payload %d: SIGKILL sent to %s", self.root_pid, sorted(killed))
-        return sorted(killed)
+        The common case, an empty group, costs one system call. Processes that
+        left the group (setsid) are not looked for here: the token search that
+        finds them reads every environment of our uid, so ``LeftoverSweep``
+        does it for all finished payloads at once.
+        """
+        if self._group_is_empty():
+            return []
+        return self.kill(grace)
+
+    def _group_is_empty(self) -> bool:
+        if self._session is None:  # the root shares the pilot's group: no cheap test
+            return False
+        try:
+            os.killpg(self._session, 0)  # the session leader's group: the payload started it
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # someone is in it
+            return False
+        return False
 
     # ---- sampling ---------------------------------------------------------
 
-    def sample(self) -> TreeSample:
-        """Summed memory (kB) and I/O (bytes) of the live members now."""
+    def sample(self, table: ProcTable | None = None) -> TreeSample:
+        """Summed memory (kB) and I/O (bytes) of the live members now.
+
+        Pass ``table`` (from ``read_proc_table``) to share one read of
+        ``/proc`` among the trees of many payloads.
+        """
         with self._lock:
-            members = self._refresh(scan_environ=False)
+            members = self._refresh(scan_environ=False, table=table)
             self._io.settle(self._table, members)
             memory = [m for m in map(self._measure, members.values()) if m is not None]
             io = self._io.total()
@@ -363,18 +400,119 @@ class ProcessTree:
     def _measure(self, stat: ProcStat) -> _Memory | None:
         """Memory of one process in bytes, recording its I/O; None if it vanished."""
         try:
-            proc = self._handle(stat)
-            memory = _memory_of(proc)
-            self._io.record(stat, _io_of(proc))
-        except (psutil.NoSuchProcess, ProcessLookupError):
+            memory = _memory_of(stat)
+            self._io.record(stat, _io_of(stat.pid))
+        except (FileNotFoundError, ProcessLookupError):
             return None
         return memory
 
-    def _handle(self, stat: ProcStat) -> psutil.Process:
-        proc = self._handles.get(stat.key)
-        if proc is None:
-            proc = self._handles[stat.key] = psutil.Process(stat.pid)
-        return proc
+
+class LeftoverSweep:
+    """Ends what finished payloads left behind outside their process group.
+
+    Such processes are known only by the token in their environment. Reading
+    every environment of our uid after each payload would cost milliseconds
+    per job, so tokens of finished payloads are collected here and searched
+    for together, every so often and once at the end. Each process's
+    environment is read once (its token is remembered while it lives).
+    """
+
+    def __init__(self) -> None:
+        self._finished: set[bytes] = set()
+        self._token_of: dict[tuple[int, int], bytes | None] = {}
+        self._uid = os.getuid()
+        self._lock = threading.Lock()
+
+    def add(self, token: str) -> None:
+        """Look out for processes of this finished payload from the next sweep on."""
+        with self._lock:
+            self._finished.add(token.encode())
+
+    def sweep(self, grace: float, poll: float = 0.1) -> list[int]:
+        """SIGTERM every leftover, SIGKILL those alive after ``grace``; pids that needed SIGKILL."""
+        with self._lock:
+            if not self._finished:
+                return []
+            return end_processes(self._leftovers, grace, poll, "finished payloads")
+
+    def _leftovers(self) -> dict[int, ProcStat]:
+        table = read_proc_table()
+        self._token_of = {key: token for key, token in self._token_of.items() if not _is_gone(key, table)}
+        holders = {stat.pid for stat in table.values() if not stat.zombie and self._is_leftover(stat)}
+        self._reap_leftover_zombies(table)
+        return {pid: table[pid] for pid in _with_descendants(holders, table)
+                if not table[pid].zombie and _may_signal(pid)}
+
+    def _is_leftover(self, stat: ProcStat) -> bool:
+        if stat.key not in self._token_of:
+            self._token_of[stat.key] = _token_in(_environ_of(stat.pid, self._uid))
+        return self._token_of[stat.key] in self._finished
+
+    def _reap_leftover_zombies(self, table: ProcTable) -> None:
+        """Leftovers reparented to the pilot (subreaper) are ours to reap."""
+        for stat in _zombie_children(table):
+            if self._token_of.get(stat.key) in self._finished:
+                _reap(stat.pid)
+
+
+def end_processes(find: Callable[[], dict[int, ProcStat]], grace: float, poll: float, what: str) -> list[int]:
+    """SIGTERM what ``find`` returns, wait up to ``grace`` s for it to be empty, SIGKILL the rest.
+
+    ``find`` is called again and again, so processes born meanwhile are ended
+    too. Returns the pids that needed SIGKILL.
+    """
+    members = find()
+    if not members:
+        return []
+    _signal_members(members.values(), signal.SIGTERM)
+    _signal_members(members.values(), signal.SIGCONT)  # a stopped process cannot handle TERM
+    if _wait_until_empty(find, grace, poll):
+        return []
+    return _kill_survivors(find, what)
+
+
+def _wait_until_empty(find: Callable[[], dict[int, ProcStat]], grace: float, poll: float) -> bool:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not find():
+            return True
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return not find()
+
+
+def _kill_survivors(find: Callable[[], dict[int, ProcStat]], what: str) -> list[int]:
+    killed: set[int] = set()
+    for _ in range(KILL_ROUNDS):
+        survivors = find()
+        if not survivors:
+            break
+        _signal_members(survivors.values(), signal.SIGKILL)
+        killed.update(survivors)
+        time.sleep(KILL_ROUND_PAUSE)
+    remaining = find()
+    if remaining:  # e.g. stuck in uninterruptible I/O; the caller may try again later
+        log.warning("%s: processes survive SIGKILL: %s", what, sorted(remaining))
+    log.info("%s: SIGKILL sent to %s", what, sorted(killed))
+    return sorted(killed)
+
+
+def _environ_of(pid: int, uid: int) -> bytes:
+    """The environment block of a process of ``uid``; empty if not ours, gone or unreadable."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != uid:
+            return b""
+        return _read_all(f"/proc/{pid}/environ")
+    except OSError:
+        return b""
+
+
+def _token_in(environ: bytes) -> bytes | None:
+    """The payload token in an environment block, if it has one."""
+    prefix = f"{TOKEN_ENV}=".encode()
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):]
+    return None
 
 
 def _payload_session(root_pid: int) -> int | None:
@@ -386,17 +524,19 @@ def _payload_session(root_pid: int) -> int | None:
     return session if session == root_pid and session != os.getsid(0) else None
 
 
-def _with_descendants(seeds: Iterable[int], table: dict[int, ProcStat]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in table.values():
-        children.setdefault(stat.ppid, []).append(stat.pid)
+def _with_descendants(seeds: Iterable[int], table: ProcTable) -> set[int]:
     found, todo = set(), [pid for pid in seeds if pid in table]
     while todo:
         pid = todo.pop()
         if pid not in found:
             found.add(pid)
-            todo.extend(children.get(pid, ()))
+            todo.extend(table.children.get(pid, ()))
     return found
+
+
+def _zombie_children(table: ProcTable) -> list[ProcStat]:
+    """Zombies this process may reap."""
+    return [table[pid] for pid in table.children.get(os.getpid(), ()) if table[pid].zombie]
 
 
 def _may_signal(pid: int) -> bool:
@@ -421,20 +561,35 @@ def _send(sender: Callable[[int, int], None], target: int, signum: int) -> None:
         log.warning("cannot send signal %d to %d: %s", signum, target, exc)
 
 
-def _memory_of(proc: psutil.Process) -> _Memory:
+def _memory_of(stat: ProcStat) -> _Memory:
+    """From smaps_rollup (one read, unlike smaps); vms from the table's stat."""
     try:
-        full = proc.memory_full_info()
-        return _Memory(rss=full.rss, pss=full.pss, vms=full.vms, swap=full.swap)
-    except psutil.AccessDenied:
-        # Without smaps access, rss bounds pss from above: safer for a memory limit.
-        basic = proc.memory_info()
-        return _Memory(rss=basic.rss, pss=basic.rss, vms=basic.vms, swap=0)
+        kb = _kb_fields(_read_all(f"/proc/{stat.pid}/smaps_rollup"))
+    except PermissionError:
+        kb = {}
+    if "Rss" not in kb:  # not ours, or a kernel without smaps_rollup
+        # rss bounds pss from above: safer for a memory limit.
+        rss = int(_read_small(f"/proc/{stat.pid}/statm").split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return _Memory(rss=rss, pss=rss, vms=stat.vsize, swap=0)
+    return _Memory(rss=kb["Rss"] * 1024, pss=kb.get("Pss", kb["Rss"]) * 1024, vms=stat.vsize,
+                   swap=kb.get("Swap", 0) * 1024)
 
 
-def _io_of(proc: psutil.Process) -> IoCounters:
+def _kb_fields(text: bytes) -> dict[str, int]:
+    """``Name:   123 kB`` lines as {name: 123}; the header line of smaps_rollup is skipped."""
+    found = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(b":")
+        if rest.endswith(b"kB"):
+            found[name.decode()] = int(rest[:-2])
+    return found
+
+
+def _io_of(pid: int) -> IoCounters:
     try:
-        io = proc.io_counters()
-    except psutil.AccessDenied:
+        text = _read_small(f"/proc/{pid}/io")
+    except PermissionError:
         return IoCounters()
-    return IoCounters(rchar=io.read_chars, wchar=io.write_chars,
-                      read_bytes=io.read_bytes, write_bytes=io.write_bytes)
+    values = {name: int(value) for name, _, value in (line.partition(b": ") for line in text.splitlines())}
+    return IoCounters(rchar=values.get(b"rchar", 0), wchar=values.get(b"wchar", 0),
+                      read_bytes=values.get(b"read_bytes", 0), write_bytes=values.get(b"write_bytes", 0))

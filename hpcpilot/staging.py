@@ -1,8 +1,8 @@
 """Stage-in to node-local scratch and stage-out back to the job directory, checksummed in passing.
 
-Stage-in modes: ``copy`` (bytes copied, size and checksum verified in the
-same read), ``link`` (a symlink to the replica, whose checksum is verified
-by reading it once) and ``direct`` (the payload reads the replica in place
+Stage-in modes: ``copy`` (the kernel copies; the size and checksum of each
+copy are verified by reading it back right behind the copier), ``link`` (a
+symlink to the replica, whose checksum is verified by reading it once) and ``direct`` (the payload reads the replica in place
 through a symlink; only its size is verified, as reading it would defeat
 remote I/O). Stage-out publishes each file atomically with its size and
 adler32, and never follows a symlink out of scratch.
@@ -16,11 +16,13 @@ import shutil
 import stat
 import tarfile
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable
 
 from .atomicfile import atomic_writer
-from .checksums import ChecksummingWriter, RunningChecksum, copy_with_checksum, file_checksum, matches
+from .checksums import (ChecksummingWriter, CopyFailed, CopyOrder, RunningChecksum, copy_files_with_checksums,
+                        copy_into_with_checksum, file_checksum, matches)
 from .errors import ErrorCode, PilotError
 from .jobs import FileSpec, JobSpec
 
@@ -37,12 +39,36 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
 def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str) -> int:
     """Bring every input of ``job`` into ``scratch``; returns the bytes verified."""
     _check_space_for_inputs(job, scratch, mode)
-    total = 0
-    for spec in job.inputs:
-        source = _replica(spec, job_dir)
-        total += _stage_file(spec, source, scratch / spec.lfn, mode)
+    if mode == "copy":
+        total = _copy_inputs(job, job_dir, scratch)
+    else:
+        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode) for spec in job.inputs)
     _write_pool_file_catalog(job, scratch)
     return total
+
+
+def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
+    """Copy the inputs in order, each verified as it lands while the kernel copies the next ones.
+
+    The replicas are resolved (and refused) one by one as the copy reaches
+    them, and the first failure in input order is the one reported, as if
+    the files were copied one after the other.
+    """
+    orders = (CopyOrder(_replica(spec, job_dir), scratch / spec.lfn, _wants_md5(spec)) for spec in job.inputs)
+    total = 0
+    with closing(copy_files_with_checksums(orders)) as copied:
+        for spec in job.inputs:
+            try:
+                running = next(copied)
+            except CopyFailed as failure:
+                raise _stagein_error(spec, failure.order.source, failure.error) from None
+            _verify_input(spec, running.size, running)
+            total += running.size
+    return total
+
+
+def _wants_md5(spec: FileSpec) -> bool:
+    return spec.checksum is not None and spec.checksum.kind == "md5"
 
 
 def _replica(spec: FileSpec, job_dir: Path) -> Path:
@@ -81,28 +107,15 @@ def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
 
 
 def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str) -> int:
-    want_md5 = spec.checksum is not None and spec.checksum.kind == "md5"
+    """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``)."""
     try:
-        if mode == "copy":
-            running = _copy_in(source, target, want_md5)
-        else:
-            target.symlink_to(source.resolve())
-            running = None if mode == "direct" else file_checksum(source, want_md5)
+        target.symlink_to(source.resolve())
+        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec))
     except OSError as error:
         raise _stagein_error(spec, source, error) from None
     size = running.size if running else source.stat().st_size
     _verify_input(spec, size, running)
     return size
-
-
-def _copy_in(source: Path, target: Path, want_md5: bool) -> RunningChecksum:
-    """Copy and checksum; a partial copy is removed at once, so a full disk frees up for the other jobs."""
-    try:
-        with open(target, "xb") as handle:
-            return copy_with_checksum(source, handle, want_md5)
-    except OSError:
-        target.unlink(missing_ok=True)
-        raise
 
 
 def _stagein_error(spec: FileSpec, source: Path, error: OSError) -> PilotError:
@@ -173,7 +186,8 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, A
     target = job_dir / spec.lfn
     try:
         with atomic_writer(target) as handle:
-            running = copy_with_checksum(source, handle)
+            # The source in scratch is ours: its sum is the sum of the bytes published.
+            running = copy_into_with_checksum(source, handle.fd)
     except OSError as error:
         raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
     return declaration("output", target, running, spec.guid)

@@ -5,13 +5,15 @@ from the access point: they get them through MPI only.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
@@ -21,7 +23,7 @@ from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
-from ..mpi import local_rank_count
+from ..mpi import local_rank_count, wait_idly
 from ..sites import Site, select_site
 from ..stopping import SignalWatch, StopRequest
 from . import jobflow
@@ -101,23 +103,50 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
 def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
     """Rank 0 reads and validates; invalid jobs are declared at once; valid ones are scattered."""
     shares, plan, status = None, WorkPlan(), ExitCode.SUCCESS
-    if comm.rank == 0:
-        try:
-            jobs, plan.already_declared = split_declared(access_point, access_point.read_jobs())
-            plan.total = len(jobs) + len(plan.already_declared)
-            plan.already_declared += [_declare_invalid(access_point, job) for job in jobs if isinstance(job, InvalidJob)]
-            valid = [job for job in jobs if isinstance(job, JobSpec)]
-            plan.event_jobs = [job for job in valid if job.event_service]
-            shares = balanced_shares([job for job in valid if not job.event_service], comm.size)
-        except WorkerError as error:
-            log.error("%s", error)
-            status = error.exit_code
-    status = comm.bcast(status, root=0)
-    if status != ExitCode.SUCCESS:
-        return plan, status
-    plan.share = comm.scatter(shares, root=0)
-    plan.event_jobs = comm.bcast(plan.event_jobs, root=0)
+    with _collector_paused():
+        if comm.rank == 0:
+            try:
+                jobs, plan.already_declared = _read_undeclared(access_point)
+                plan.total = len(jobs) + len(plan.already_declared)
+                plan.already_declared += [_declare_invalid(access_point, job) for job in jobs
+                                          if isinstance(job, InvalidJob)]
+                valid = [job for job in jobs if isinstance(job, JobSpec)]
+                plan.event_jobs = [job for job in valid if job.event_service]
+                shares = balanced_shares([job for job in valid if not job.event_service], comm.size)
+            except WorkerError as error:
+                log.error("%s", error)
+                status = error.exit_code
+        wait_idly(comm)  # the other ranks sleep while rank 0 reads
+        status = comm.bcast(status, root=0)
+        if status != ExitCode.SUCCESS:
+            return plan, status
+        plan.share = comm.scatter(shares, root=0)
+        plan.event_jobs = comm.bcast(plan.event_jobs, root=0)
     return plan, status
+
+
+def _read_undeclared(access_point: AccessPoint) -> tuple[list[JobSpec | InvalidJob], list[JobResult]]:
+    """(jobs to run, results of jobs an earlier run declared): only jobs with a worker_attributes.json
+    can have been declared, and the read pass notes which those are (none on a fresh access point)."""
+    jobs, with_attributes = access_point.read_jobs_noting_attributes()
+    if not with_attributes:
+        return jobs, []
+    to_run, declared = split_declared(access_point, [job for job in jobs if job.pandaid in with_attributes])
+    kept = {id(job) for job in to_run}
+    return [job for job in jobs if job.pandaid not in with_attributes or id(job) in kept], declared
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while tens of thousands of job specs are made and unpickled: they hold no
+    cycles, yet each collection would walk them all again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:

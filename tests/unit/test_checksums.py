@@ -1,11 +1,15 @@
 """adler32 / md5 while bytes pass (hpcpilot.checksums), against zlib and hashlib."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import subprocess
 import tarfile
+import threading
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +147,173 @@ def test_matches_compares_with_the_declared_kind(tmp_path):
     assert not matches(running, Checksum("adler32", "024d0128"))
     assert matches(running, Checksum("md5", "900150983cd24fb0d6963f7d28e17f72"))
     assert not matches(running, Checksum("md5", "0" * 32))
+
+
+# -- kernel copies (copy_file_range / sendfile / read-write, checksummed behind the copier) -------------------
+
+def _orders(tmp_path, sizes, want_md5=False):
+    """Sources of the given sizes in ``src/``, targets to be created in ``dst/``."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    orders, contents = [], []
+    for index, size in enumerate(sizes):
+        data = random_bytes(size)
+        source = tmp_path / "src" / f"f{index}"
+        source.write_bytes(data)
+        orders.append(checksums.CopyOrder(source, tmp_path / "dst" / f"f{index}", want_md5))
+        contents.append(data)
+    return orders, contents
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunk", [7, 4096, 4 * 1024 * 1024])
+def test_kernel_copies_are_exact_and_summed(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(checksums, "KERNEL_CHUNK_SIZE", chunk)
+    orders, contents = _orders(tmp_path, [0, 1, 6, 7, 8, 13, 14, 100_000], want_md5=True)
+    results = list(checksums.copy_files_with_checksums(orders))
+    assert len(results) == len(orders)
+    for order, data, running in zip(orders, contents, results):
+        assert order.target.read_bytes() == data
+        assert (running.size, running.adler32, running.md5) == (len(data), zlib_adler32(data),
+                                                                hashlib.md5(data).hexdigest())
+
+
+@pytest.mark.timeout(60)
+def test_kernel_copy_of_files_larger_than_a_chunk(tmp_path):
+    orders, contents = _orders(tmp_path, [2 * checksums.KERNEL_CHUNK_SIZE + 12345, checksums.KERNEL_CHUNK_SIZE])
+    for order, data, running in zip(orders, contents, checksums.copy_files_with_checksums(orders)):
+        assert order.target.read_bytes() == data
+        assert (running.size, running.adler32) == (len(data), zlib_adler32(data))
+
+
+@pytest.mark.timeout(60)
+def test_kernel_copy_error_comes_in_order_and_later_files_are_not_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "KERNEL_CHUNK_SIZE", 1000)
+    orders, contents = _orders(tmp_path, [5000, 5000, 5000, 5000])
+    orders[2].source.unlink()
+    copied = checksums.copy_files_with_checksums(orders)
+    assert next(copied).adler32 == zlib_adler32(contents[0])
+    assert next(copied).adler32 == zlib_adler32(contents[1])
+    with pytest.raises(checksums.CopyFailed) as failure:
+        next(copied)
+    assert failure.value.order == orders[2]
+    assert isinstance(failure.value.error, FileNotFoundError)
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["f0", "f1"]
+
+
+@pytest.mark.timeout(60)
+def test_an_error_raised_by_the_orders_comes_at_its_place(tmp_path):
+    orders, contents = _orders(tmp_path, [3000, 3000])
+
+    def resolved():
+        yield orders[0]
+        raise LookupError("replica of the second file is not there")
+
+    copied = checksums.copy_files_with_checksums(resolved())
+    assert next(copied).adler32 == zlib_adler32(contents[0])
+    with pytest.raises(LookupError, match="second file"):
+        next(copied)
+
+
+@pytest.mark.timeout(60)
+def test_stopping_early_removes_the_targets_not_handed_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "KERNEL_CHUNK_SIZE", 4096)
+    orders, contents = _orders(tmp_path, [50_000] * 8)
+    threads_before = threading.active_count()
+    copied = checksums.copy_files_with_checksums(orders)
+    next(copied)
+    copied.close()
+    assert [p.name for p in (tmp_path / "dst").iterdir()] == ["f0"]
+    assert (tmp_path / "dst" / "f0").read_bytes() == contents[0]
+    assert threading.active_count() == threads_before  # the copier has ended
+
+
+@pytest.mark.timeout(60)
+def test_an_existing_target_is_refused_and_kept(tmp_path):
+    orders, _ = _orders(tmp_path, [100])
+    orders[0].target.write_bytes(b"already here")
+    with pytest.raises(checksums.CopyFailed) as failure:
+        list(checksums.copy_files_with_checksums(orders))
+    assert isinstance(failure.value.error, FileExistsError)
+    assert orders[0].target.read_bytes() == b"already here"
+
+
+@pytest.mark.timeout(60)
+def test_kernel_copy_across_filesystems(tmp_path):
+    """tmpfs to the test directory: copy_file_range may refuse (EXDEV), the fallback copies."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    data = random_bytes(3 * 1024 * 1024 + 5)
+    source = shm / f"hpcpilot-test-{os.getpid()}"
+    source.write_bytes(data)
+    try:
+        order = checksums.CopyOrder(source, tmp_path / "copy")
+        (running,) = checksums.copy_files_with_checksums([order])
+    finally:
+        source.unlink()
+    assert order.target.read_bytes() == data and running.adler32 == zlib_adler32(data)
+
+
+@pytest.mark.timeout(60)
+def test_full_disk_removes_the_partial_copy(tmp_path):
+    """A real 1 MiB tmpfs as target: ENOSPC comes back as CopyFailed and nothing half-copied is left."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        source = tmp_path / "big"
+        source.write_bytes(random_bytes(3 * 1024 * 1024))
+        order = checksums.CopyOrder(source, mount_point / "big")
+        with pytest.raises(checksums.CopyFailed) as failure:
+            list(checksums.copy_files_with_checksums([order]))
+        assert failure.value.error.errno == errno.ENOSPC
+        assert list(mount_point.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024 * 1024 + 3])
+def test_copy_into_a_descriptor_sums_the_bytes_published(tmp_path, size):
+    data = random_bytes(size)
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(data)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        running = checksums.copy_into_with_checksum(source, fd, want_md5=True)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == data
+    assert (running.size, running.adler32, running.md5) == (size, zlib_adler32(data), hashlib.md5(data).hexdigest())
+
+
+@pytest.mark.timeout(60)
+def test_copy_into_a_descriptor_of_a_source_growing_meanwhile(tmp_path, monkeypatch):
+    """Whatever the copy catches of a file being appended to, the sum is the sum of what was published."""
+    monkeypatch.setattr(checksums, "KERNEL_CHUNK_SIZE", 4096)
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(random_bytes(2 * 1024 * 1024))
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(source, "ab", buffering=0) as handle:
+            while not stop.is_set():
+                handle.write(random_bytes(1000))
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            running = checksums.copy_into_with_checksum(source, fd)
+        finally:
+            os.close(fd)
+    finally:
+        stop.set()
+        writer.join()
+    published = target.read_bytes()
+    assert (running.size, running.adler32) == (len(published), zlib_adler32(published))
