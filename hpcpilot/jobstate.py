@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ErrorCode, PilotError
 from .jobs import InvalidJob, JobSpec
-from .logsetup import redact
+from .redaction import redact
 
 
 class JobStatus(str, Enum):

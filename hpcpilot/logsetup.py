@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .redaction import redact
+
 FORMAT = "%(asctime)s [%(rank)s@%(host)s] %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -61,15 +63,6 @@ class JobLogRouter(logging.Handler):
         if handle is not None:
             handle.write(self.format(record) + "\n")
             handle.flush()
-
-
-REDACTED = "***"
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 class JobLog(logging.LoggerAdapter):

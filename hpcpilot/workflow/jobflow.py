@@ -5,7 +5,6 @@ instead of raising, so a job always reaches its final declaration.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,13 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import payload, staging
-from ..atomicfile import read_json
 from ..config import Config
 from ..container import wrap_command
 from ..errors import ErrorCode, PilotError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
-from ..logsetup import REDACTED, JobLog, JobLogRouter, redact
+from ..redaction import redact_files
+from ..jobreport import PAYLOAD_REPORT_NAME, job_report, write_report_in_scratch
+from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import Monitor
 from ..sites import Site
@@ -32,9 +32,6 @@ from ..sites import Site
 log = logging.getLogger(__name__)
 
 PILOT_LOG_NAME = "pilot.log"
-PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
-# A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
-MAX_LOGFILE_REPORT_CHARS = 10_000
 
 
 def job_logger(run: JobRun) -> JobLog:
@@ -162,7 +159,7 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
         report = job_report(run)
         with recorded(run, job_log):
-            _write_report_in_scratch(run, report)
+            write_report_in_scratch(run, report)
         run.work_dir_bytes = directory_size(run.scratch)
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
@@ -179,64 +176,6 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
 
 def _log_members(run: JobRun) -> list[str]:
     return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME]
-
-
-def job_report(run: JobRun) -> Any:
-    """The payload's own report from scratch, trimmed; else a minimal one."""
-    try:
-        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME)) if run.scratch else None
-    except (OSError, ValueError, PilotError):
-        report = None
-    if isinstance(report, dict):
-        return _redacted(_trim_logfile_reports(report), run.spec.secrets)
-    code = run.error.code if run.error else ErrorCode.OK
-    return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
-            "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
-
-
-def _redacted(report: dict, secrets: tuple[str, ...]) -> dict:
-    return json.loads(redact(json.dumps(report), secrets)) if secrets else report
-
-
-def _trim_logfile_reports(report: dict) -> dict:
-    for executor in report.get("executor", []) or []:
-        if isinstance(executor, dict) and len(json.dumps(executor.get("logfileReport", ""))) > MAX_LOGFILE_REPORT_CHARS:
-            executor["logfileReport"] = {}
-    return report
-
-
-def _write_report_in_scratch(run: JobRun, report: Any) -> None:
-    """Put the report that Harvester gets into the log tarball too.
-
-    Never through what the payload left under that name (a symlink, a FIFO)
-    nor into a scratch it replaced: the old entry is removed, a new file made.
-    """
-    staging.check_scratch_is_ours(run.scratch)
-    path = run.scratch / PAYLOAD_REPORT_NAME
-    try:
-        path.unlink(missing_ok=True)
-        with open(path, "x", encoding="utf-8") as handle:
-            handle.write(json.dumps(report))
-    except OSError as error:
-        raise PilotError(ErrorCode.FILE_HANDLING, f"cannot write the job report into scratch: {error}") from None
-
-
-def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> None:
-    """Blank the job's secrets in files that go into the log tarball (line by line: stdout can be large)."""
-    if not secrets:
-        return
-    encoded = [(secret.encode(), REDACTED.encode()) for secret in secrets]
-    for name in names:
-        path = scratch / name
-        if not path.is_file() or path.is_symlink():
-            continue
-        redacted = path.with_name(path.name + ".redacted")
-        with open(path, "rb") as source, open(redacted, "wb") as target:
-            for line in source:
-                for secret, mask in encoded:
-                    line = line.replace(secret, mask)
-                target.write(line)
-        os.replace(redacted, path)
 
 
 def directory_size(path: Path) -> int:
