@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import communicate_or_kill
+
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 TIMEOUT = 480  # about 30 s alone; generous for a loaded machine
 
@@ -38,8 +40,11 @@ EXPECTED_ROWS = [
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     work = tmp_path_factory.mktemp("bench")
     report = work / "bench.json"
-    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--json", str(report), "--workdir", str(work)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    argv = [sys.executable, str(BENCH), "--tiny", "--json", str(report), "--workdir", str(work)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # on a timeout, its MPI ranks are killed with it
+    stdout, stderr = communicate_or_kill(process, TIMEOUT, "bench.py --tiny")
+    done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
     return done, json.loads(report.read_text()) if report.exists() else {}, work
 
 
