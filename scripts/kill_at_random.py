@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(problems), f"\nseed {seed}", file=sys.stderr)
                 return 1
         worker = start_worker(ap)
-        _, stderr = worker.communicate(timeout=RUN_TIMEOUT)
+        try:
+            _, stderr = worker.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            kill_everything(worker, ap)
+            raise
         harvester.stopped.set()
         harvester.join()
         problems = check_final(ap, harvester) + ([f"final run exited {worker.returncode}: {stderr[-2000:]}"]
