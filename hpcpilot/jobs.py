@@ -22,28 +22,14 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; int64 range
 _NULL_WORDS = frozenset(("", "NULL", "None"))
 
 
-class _PickledAsValues:
-    """Pickles a frozen dataclass as its field values alone, not a dict of names and values:
-    rank 0 pickles every job of the worker to scatter them, so this halves that cost."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _from_values, (type(self), tuple(vars(self).values()))  # __init__ set them in field order
-
-
-def _from_values(cls: type, values: tuple[Any, ...]) -> Any:
-    spec = object.__new__(cls)
-    vars(spec).update(zip(cls.__dataclass_fields__, values))  # type: ignore[attr-defined]
-    return spec
-
-
 @dataclass(frozen=True)
-class Checksum(_PickledAsValues):
+class Checksum:
     kind: str  # "adler32" or "md5"
     value: str  # lower-case hex digits, no prefix
 
 
 @dataclass(frozen=True)
-class FileSpec(_PickledAsValues):
+class FileSpec:
     lfn: str
     guid: str = ""
     fsize: int | None = None
@@ -54,7 +40,7 @@ class FileSpec(_PickledAsValues):
 
 
 @dataclass(frozen=True)
-class JobSpec(_PickledAsValues):
+class JobSpec:
     pandaid: int
     transformation: str
     job_pars: str = ""
@@ -128,7 +114,10 @@ def _flag(raw: Mapping[str, Any], field: str, default: bool) -> bool:
 
 
 def _file_list(raw: Mapping[str, Any], field: str) -> list[str]:
-    value = raw.get(field)
+    return _split_list(raw.get(field))
+
+
+def _split_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -140,7 +129,7 @@ def _file_list(raw: Mapping[str, Any], field: str) -> list[str]:
 
 def _aligned(raw: Mapping[str, Any], field: str, count: int) -> list[str]:
     """A per-file field stretched to ``count`` entries: empty, given once, or aligned."""
-    values = _file_list(raw, field)
+    values = _split_list(raw.get(field))
     if not values:
         return [""] * count
     if len(values) == 1:
@@ -230,6 +219,8 @@ def secret_values(raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, .
 
 
 def _collect_strings(value: Any, found: list[str]) -> None:
+    if value is None:  # the common case: no such field
+        return
     if isinstance(value, str):
         found.append(value)
         try:
@@ -246,7 +237,7 @@ def _collect_strings(value: Any, found: list[str]) -> None:
 
 def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS) -> JobSpec:
     """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError."""
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict skips the slower ABC check
         raise JobDefinitionError(ErrorCode.GENERAL, f"job definition is a {type(raw).__name__}, not an object")
     pandaid = parse_pandaid(raw.get("PandaID"))
     transformation = _text(raw, "transformation")
