@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import payload, staging
-from ..atomicfile import FILE_MODE, RawWriter, read_json
-from ..checksums import copy_with_checksum
+from ..atomicfile import FILE_MODE, read_json
+from ..checksums import copy_into_with_checksum
 from ..errors import ErrorCode, PilotError
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
 from ..eventservice.declarations import failed_entries
@@ -302,7 +302,7 @@ class RankEventWork:
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
             try:
-                running = copy_with_checksum(source, RawWriter(fd))
+                running = copy_into_with_checksum(source, fd)
             finally:
                 os.close(fd)
         except OSError as error:
