@@ -22,7 +22,7 @@ from .errors import ErrorCode, PilotError
 from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
-from .proctree import LeftoverSweep, ProcStat, read_proc_table
+from .proctree import LeftoverSweep, ProcTable, read_proc_table
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,11 @@ class Monitor:
         now = time.monotonic()
         # One read of /proc serves every payload's memory sample in this pass.
         table = read_proc_table() if any(now >= watch.due["memory"] for watch in watches) else None
+        checks = {"memory": lambda watch: self._memory(watch, table), "disk": self._disk, "looping": self._looping}
+        intervals = self._intervals()
         for watch in watches:
             if not watch.run.failed:
-                self._check(watch, now, table)
+                self._check(watch, now, checks, intervals)
 
     def _intervals(self) -> dict[str, float]:
         return {"memory": self.limits.memory_interval, "disk": self.limits.disk_interval,
@@ -118,12 +120,12 @@ class Monitor:
             self.sweep_leftovers()  # blocks up to kill_grace only if a leftover ignores SIGTERM
             self._next_sweep = time.monotonic() + self.sweep_interval
 
-    def _check(self, watch: Watch, now: float, table: dict[int, ProcStat] | None = None) -> None:
-        checks = {"memory": lambda watched: self._memory(watched, table), "disk": self._disk, "looping": self._looping}
+    def _check(self, watch: Watch, now: float, checks: dict[str, Callable[[Watch], PilotError | None]],
+               intervals: dict[str, float]) -> None:
         error = self._walltime(watch)
         for name, check in checks.items():
             if error is None and now >= watch.due[name]:
-                watch.due[name] = now + self._intervals()[name]
+                watch.due[name] = now + intervals[name]
                 error = check(watch)
         if error is not None:
             log.error("job %d: %s", watch.run.pandaid, error.diag)
@@ -143,7 +145,7 @@ class Monitor:
             return int(run.spec.min_ram_mb * self.limits.memory_grace * 1024)
         return None
 
-    def _memory(self, watch: Watch, table: dict[int, ProcStat] | None) -> PilotError | None:
+    def _memory(self, watch: Watch, table: ProcTable | None) -> PilotError | None:
         process = watch.run.process
         if process is None or watch.series is None:
             return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import secrets
 import signal
 import threading
@@ -37,6 +38,9 @@ TOKEN_ENV = "HPCPILOT_JOB_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
 KILL_ROUNDS = 20
 KILL_ROUND_PAUSE = 0.05
+# One summed block (Linux >= 4.14) instead of one block per mapping: same fields, far cheaper.
+SMAPS = "smaps_rollup" if os.path.exists("/proc/self/smaps_rollup") else "smaps"
+MEMORY_LINE = re.compile(rb"^(Rss|Pss|Swap):\s+(\d+) kB", re.MULTILINE)
 
 
 def new_token() -> str:
@@ -225,7 +229,7 @@ class IoLedger:
     The counters of an exited process are lost, except that the kernel adds
     them to its parent's when the parent reaps it. So a vanished process
     still counts unless its parent is a live member (whose own counters now
-    include it); the total is also kept monotonic against races.
+    include it, or will); the total is also kept monotonic against races.
     """
 
     def __init__(self) -> None:
@@ -245,10 +249,16 @@ class IoLedger:
             if gone.ppid not in live_members:
                 self._finished = self._finished + gone.counters
 
-    def total(self) -> IoCounters:
+    def total(self, measured: Collection[tuple[int, int]], live_members: Collection[int]) -> IoCounters:
+        """The total now; ``measured`` are the keys whose counters were just read.
+
+        A record not read now (exited meanwhile) whose parent is a live member
+        is left out: the parent may have reaped it, and then counts it itself.
+        """
         current = self._finished
-        for record in self._records.values():
-            current = current + record.counters
+        for key, record in self._records.items():
+            if key in measured or record.ppid not in live_members:
+                current = current + record.counters
         self._highest = self._highest.maximum(current)
         return self._highest
 
@@ -359,9 +369,9 @@ class ProcessTree:
         """After the payload exited: end what it left in its process group.
 
         The common case, an empty group, costs one system call. Processes that
-        left the group (setsid) are not looked for here: the token search that
-        finds them reads every environment of our uid, so ``LeftoverSweep``
-        does it for all finished payloads at once.
+        left the group (setsid, setpgid) are not looked for here: the token
+        search that finds them reads every environment of our uid, so
+        ``LeftoverSweep`` does it for all finished payloads at once.
         """
         if self._group_is_empty():
             return []
@@ -389,8 +399,12 @@ class ProcessTree:
         with self._lock:
             members = self._refresh(scan_environ=False, table=table)
             self._io.settle(self._table, members)
-            memory = [m for m in map(self._measure, members.values()) if m is not None]
-            io = self._io.total()
+            # Parents before children (a child starts after its parent): a child reaped
+            # between the two reads is then not counted twice, in itself and in its parent.
+            in_order = sorted(members.values(), key=lambda stat: stat.start_ticks)
+            measured = {stat.key: usage for stat in in_order if (usage := self._measure(stat)) is not None}
+            io = self._io.total(measured, members)
+        memory = list(measured.values())
         return TreeSample(
             time=time.time(), nprocs=len(memory),
             rss=sum(m.rss for m in memory) // 1024, pss=sum(m.pss for m in memory) // 1024,
@@ -562,12 +576,12 @@ def _send(sender: Callable[[int, int], None], target: int, signum: int) -> None:
 
 
 def _memory_of(stat: ProcStat) -> _Memory:
-    """From smaps_rollup (one read, unlike smaps); vms from the table's stat."""
+    """Memory of one process in bytes; vms comes from the table's stat."""
     try:
-        kb = _kb_fields(_read_all(f"/proc/{stat.pid}/smaps_rollup"))
+        kb = _kb_fields(_read_all(f"/proc/{stat.pid}/{SMAPS}"))
     except PermissionError:
         kb = {}
-    if "Rss" not in kb:  # not ours, or a kernel without smaps_rollup
+    if "Rss" not in kb:  # not ours to read, or a zombie
         # rss bounds pss from above: safer for a memory limit.
         rss = int(_read_small(f"/proc/{stat.pid}/statm").split()[1]) * os.sysconf("SC_PAGE_SIZE")
         return _Memory(rss=rss, pss=rss, vms=stat.vsize, swap=0)
@@ -576,12 +590,10 @@ def _memory_of(stat: ProcStat) -> _Memory:
 
 
 def _kb_fields(text: bytes) -> dict[str, int]:
-    """``Name:   123 kB`` lines as {name: 123}; the header line of smaps_rollup is skipped."""
-    found = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(b":")
-        if rest.endswith(b"kB"):
-            found[name.decode()] = int(rest[:-2])
+    """The ``Rss:``, ``Pss:`` and ``Swap:`` lines in kB, summed (over all mappings of smaps)."""
+    found: dict[str, int] = {}
+    for name, value in MEMORY_LINE.findall(text):
+        found[name.decode()] = found.get(name.decode(), 0) + int(value)
     return found
 
 

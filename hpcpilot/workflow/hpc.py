@@ -51,6 +51,14 @@ class WorkPlan:
 
 def run_worker(config: Config, comm: Any) -> int:
     """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
+    signals = SignalWatch(comm.rank).install()  # from the start: a stop signal is never fatal
+    try:
+        return _run_worker(config, comm, signals)
+    finally:
+        signals.restore()
+
+
+def _run_worker(config: Config, comm: Any, signals: SignalWatch) -> int:
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
     access_point = AccessPoint(config.access_point, config.files, secret_keys)
@@ -66,15 +74,13 @@ def run_worker(config: Config, comm: Any) -> int:
     if comm.rank == 0:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
                  plan.total, comm.size, cores, ctx.scratch_base)
-    signals = SignalWatch(comm.rank).install()
     ctx.monitor.start()
     try:
         supervisor = Supervisor(ctx, comm, deadline, signals)
         results = _run_share(ctx, plan, cores, deadline, supervisor, comm)
         results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)
     finally:
-        ctx.monitor.stop()
-        signals.restore()
+        ctx.monitor.stop()  # also ends what finished payloads left behind
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)

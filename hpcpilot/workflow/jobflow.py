@@ -128,8 +128,12 @@ def payload_argv(ctx: RankContext, run: JobRun, env: dict[str, str]) -> list[str
 
 
 def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:
-    """Children that outlive the payload would hold cores and files: end them too."""
-    killed = run.process.terminate(ctx.config.limits.kill_grace)
+    """Children that outlive the payload would hold cores and files: end them too.
+
+    Those still in its process group now; those that left it at the monitor's
+    next sweep of finished payloads (``Monitor.unwatch`` registered it).
+    """
+    killed = run.process.end_leftovers(ctx.config.limits.kill_grace)
     if killed:
         job_log.warning("processes left behind by the payload needed SIGKILL: %s", killed)
 

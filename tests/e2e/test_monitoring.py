@@ -37,8 +37,8 @@ def limit_cases() -> dict[int, dict]:
         LOOPING: job_definition(LOOPING, "sleep", f"60 # {MARK}"),
         STDOUT: job_definition(STDOUT, "bash", f"-c 'head -c 3000000 /dev/zero; {busy(60)}'"),
         IGNORES_TERM: job_definition(IGNORES_TERM, "bash", f"-c 'trap \"\" TERM; {busy(60)}'", maxWalltime=2),
-        ORPHAN: with_outputs(job_definition(ORPHAN, "bash", f"-c '(setsid sleep 120 {MARK} &); echo ok > out.txt'"),
-                             ["out.txt"]),
+        ORPHAN: with_outputs(job_definition(
+            ORPHAN, "bash", f"-c '(setsid bash -c \"sleep 120; : {MARK}\" &); echo ok > out.txt'"), ["out.txt"]),
         NORMAL: with_outputs(job_definition(NORMAL, "bash", f"-c '{busy(4)}; echo done > out.txt'"), ["out.txt"]),
     }
 

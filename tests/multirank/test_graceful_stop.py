@@ -35,18 +35,20 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
 
 
 def rank_processes(launcher: subprocess.Popen) -> list[psutil.Process]:
+    """The ranks: the launcher's proxies' children (not a payload caught between fork and exec)."""
     return [p for p in psutil.Process(launcher.pid).children(recursive=True)
-            if "hpcpilot" in " ".join(p.cmdline()) and "python" in p.name()]
+            if p.parent() and p.parent().name().startswith("hydra_pmi_proxy")]
 
 
-def wait_until_running(ap: Path, count: int, timeout: float = 60) -> None:
+def wait_until_running(ap: Path, ranks: int, timeout: float = 60) -> None:
+    """Until every rank runs a payload (jobs are dealt round-robin: rank r has JOBS[r::ranks])."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = [_status(ap, pandaid) for pandaid in JOBS]
-        if states.count("running") >= count:
+        if all("running" in states[rank::ranks] for rank in range(ranks)):
             return
         time.sleep(0.2)
-    pytest.fail(f"payloads never started: {states}")
+    pytest.fail(f"payloads never started on every rank: {states}")
 
 
 def _status(ap: Path, pandaid: int) -> str | None:

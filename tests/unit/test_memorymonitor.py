@@ -1,4 +1,5 @@
-"""MemorySeries: summary keys and units, the prmon-like time series, the summary file."""
+"""MemorySeries: summary keys and units, the prmon-like time series, the summary file;
+the Monitor's memory pass over many payloads and its sweep for what finished payloads left behind."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,18 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
+from hpcpilot.accesspoint_writer import job_definition
+from hpcpilot.config import Limits
+from hpcpilot.jobs import parse_job
+from hpcpilot.jobstate import JobRun
 from hpcpilot.memorymonitor import (
     SUMMARY_NAME, TIMESERIES_COLUMNS, TIMESERIES_NAME, MemorySeries,
 )
+from hpcpilot.monitor import Monitor
+from hpcpilot.payload import launch
 from hpcpilot.proctree import TOKEN_ENV, ProcessTree, TreeSample, new_token
 
 MEMORY_KEYS = ["maxRSS", "maxVMEM", "maxSWAP", "maxPSS", "avgRSS", "avgVMEM", "avgSWAP", "avgPSS"]
@@ -116,3 +124,99 @@ def test_series_of_a_real_payload(tmp_path):
     finally:
         tree.kill(grace=0.0)
         popen.wait(timeout=10)
+
+
+# ---- the Monitor ---------------------------------------------------------------
+
+
+ESCAPE = ("setsid bash -c 'echo $$ > escaped.tmp && mv escaped.tmp escaped; exec sleep 60' & "
+          "while [ ! -e escaped ]; do sleep 0.02; done")
+
+
+@pytest.fixture
+def start_payload(tmp_path):
+    """Payloads launched as the workflow does (own session, token); all ended afterwards."""
+    runs = []
+
+    def start(command: str) -> JobRun:
+        pandaid = len(runs) + 1
+        scratch = tmp_path / f"job-{pandaid}"
+        scratch.mkdir()
+        run = JobRun(parse_job(job_definition(pandaid, command)), 0, "test", 1, scratch=scratch)
+        run.process = launch(["bash", "-c", command], scratch, {**os.environ, TOKEN_ENV: new_token()})
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.process.terminate(grace=0.0)
+        if run.process.process.returncode is None:
+            run.process.wait()
+
+
+def escaped_pid(run: JobRun, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while not (run.scratch / "escaped").exists():
+        assert time.monotonic() < deadline, "payload did not start its escapee"
+        time.sleep(0.02)
+    return int((run.scratch / "escaped").read_text())
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_one_memory_pass_samples_every_payload(start_payload):
+    runs = [start_payload("sleep 60 & sleep 60 & touch ready; wait") for _ in range(4)]
+    for run in runs:
+        while not (run.scratch / "ready").exists():
+            time.sleep(0.02)
+    monitor = Monitor(Limits(), kill=lambda run: None)
+    watches = [monitor.watch(run) for run in runs]
+    for watch in watches:
+        watch.due["memory"] = 0.0
+    monitor.check_now()
+    assert [watch.series.count for watch in watches] == [1, 1, 1, 1]
+    assert all(watch.series.last.nprocs == 3 and watch.series.last.rss > 0 for watch in watches)
+
+
+@pytest.mark.timeout(60)
+def test_stop_ends_what_unwatched_payloads_left_behind(start_payload):
+    monitor = Monitor(Limits(check_interval=0.1), kill=lambda run: None, sweep_interval=3600).start()
+    run = start_payload(ESCAPE)
+    monitor.watch(run)
+    escaped = escaped_pid(run)
+    run.process.wait()
+    monitor.unwatch(run)
+    assert run.process.end_leftovers(grace=1.0) == []
+    assert not is_gone(escaped)  # not found at once: it left the payload's group
+    monitor.stop()
+    wait_until_gone(escaped)
+
+
+@pytest.mark.timeout(60)
+def test_periodic_sweep_ends_leftovers_while_payloads_run(start_payload):
+    monitor = Monitor(Limits(check_interval=0.1), kill=lambda run: None, sweep_interval=0.2).start()
+    try:
+        running = start_payload("sleep 60")
+        monitor.watch(running)
+        finished = start_payload(ESCAPE)
+        monitor.watch(finished)
+        escaped = escaped_pid(finished)
+        finished.process.wait()
+        monitor.unwatch(finished)
+        wait_until_gone(escaped)
+        assert not running.process.has_exited()
+    finally:
+        monitor.stop()

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from hpcpilot.proctree import (
-    TOKEN_ENV, ProcessTree, TreeSample, become_subreaper, new_token, reap_orphans,
+    TOKEN_ENV, LeftoverSweep, ProcessTree, TreeSample, become_subreaper, new_token, read_proc_table,
+    reap_orphans,
 )
 
 MB = 1024 * 1024
@@ -266,3 +267,76 @@ def test_measure_sample_cost_of_64_processes(launch):
     per_sample = (time.perf_counter() - started) / rounds
     print(f"\none sample of a 64-process tree: {per_sample * 1000:.1f} ms "
           f"({len(psutil.pids())} processes on the node)")
+
+
+# ---- one /proc table shared by many trees ----------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_trees_sharing_one_table_see_what_they_see_alone(launch):
+    first = launch("sleep 60 & sleep 60 & touch ready; wait")
+    second = launch("sleep 60")
+    first.wait_for("ready")
+    wait_until(lambda: len(first.tree.pids()) == 3)
+    table = read_proc_table()
+    assert first.tree.pids(table=table) == first.tree.pids()
+    assert second.tree.pids(table=table) == second.tree.pids() != set()
+    assert first.tree.pids(table=table).isdisjoint(second.tree.pids(table=table))
+    shared = first.tree.sample(table)
+    assert shared.nprocs == 3 and shared.rss > 0 and shared.vms >= shared.rss
+
+
+# ---- leftovers of finished payloads ------------------------------------------
+
+
+ESCAPE = ("setsid bash -c '" + write_pid("escaped") + "; exec sleep 60' & "
+          "while [ ! -e escaped ]; do sleep 0.02; done")
+
+
+@pytest.mark.timeout(30)
+def test_end_leftovers_ends_what_stayed_in_the_group(launch):
+    payload = launch("sleep 60 & " + write_pid("child", "$!") + "; exit 0")
+    child = payload.pid_from("child")
+    assert payload.popen.wait(timeout=10) == 0
+    assert payload.tree.end_leftovers(grace=5.0) == []
+    wait_until(lambda: is_gone(child))
+
+
+@pytest.mark.timeout(30)
+def test_end_leftovers_leaves_escapees_to_the_sweep(launch):
+    payload = launch(ESCAPE)
+    escaped = payload.pid_from("escaped")
+    assert payload.popen.wait(timeout=10) == 0
+    assert payload.tree.end_leftovers(grace=5.0) == []
+    assert not is_gone(escaped)  # it left the group: only its token tells
+    sweep = LeftoverSweep()
+    sweep.add(payload.token)
+    assert sweep.sweep(grace=5.0) == []  # sleep honours SIGTERM
+    wait_until(lambda: is_gone(escaped))
+
+
+@pytest.mark.timeout(30)
+def test_sweep_ends_only_leftovers_of_finished_payloads(launch):
+    finished, running = launch(ESCAPE), launch("sleep 60 & " + write_pid("child", "$!") + "; wait")
+    escaped, child = finished.pid_from("escaped"), running.pid_from("child")
+    finished.popen.wait(timeout=10)
+    sweep = LeftoverSweep()
+    assert sweep.sweep(grace=1.0) == []  # nothing registered: nothing swept
+    sweep.add(finished.token)
+    sweep.sweep(grace=5.0)
+    wait_until(lambda: is_gone(escaped))
+    assert not is_gone(child) and running.popen.poll() is None
+
+
+@pytest.mark.timeout(30)
+def test_sweep_kills_leftover_ignoring_sigterm_and_its_children(launch):
+    payload = launch("setsid bash -c 'trap \"\" TERM; sleep 60 & " + write_pid("grandchild", "$!") + "; "
+                     + write_pid("escaped") + "; wait' & while [ ! -e escaped ]; do sleep 0.02; done")
+    escaped, grandchild = payload.pid_from("escaped"), payload.pid_from("grandchild")
+    payload.popen.wait(timeout=10)
+    sweep = LeftoverSweep()
+    sweep.add(payload.token)
+    started = time.monotonic()
+    assert escaped in sweep.sweep(grace=0.5)
+    assert time.monotonic() - started >= 0.5
+    wait_until(lambda: is_gone(escaped) and is_gone(grandchild))
