@@ -276,3 +276,12 @@ def test_secrets_never_reach_logs_reports_or_the_log_tarball(tmp_path: Path) -> 
                (ap / "1301" / "worker_attributes.json").read_bytes()]
     assert not any(secret.encode() in text or token.encode() in text for text in exposed)
     assert b"using *** and ***" in members["payload.stdout"]
+
+
+@pytest.mark.timeout(120)
+def test_rank_zero_keeps_the_heartbeat_while_jobs_run(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {1401: job_definition(1401, "sleep", "2.5")})
+    run = run_pilot(ap, "mpi2", env={"HPCPILOT_HEARTBEAT_INTERVAL": "0.5"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    beat = json.loads((ap / "worker_heartbeat.json").read_text())
+    assert beat["time"] >= (ap / "1401" / "worker_attributes.json").stat().st_mtime - 1.0  # fresh at the end
