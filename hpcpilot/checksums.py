@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from .atomicfile import RawWriter
 from .jobs import Checksum
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
     log.warning("%s changed while it was copied; copying it again", source)
     os.ftruncate(target_fd, 0)
     os.lseek(target_fd, 0, os.SEEK_SET)
-    return copy_with_checksum(source, _FdWriter(target_fd), want_md5)
+    return copy_with_checksum(source, RawWriter(target_fd), want_md5)
 
 
 def _identity(fd: int) -> tuple[int, int, int]:
@@ -371,14 +372,3 @@ def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: b
     if failure:
         raise failure[0]
     return running
-
-
-class _FdWriter:
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def write(self, data: bytes | memoryview) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        return len(data)

@@ -168,7 +168,7 @@ class Monitor:
             return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "
                               f"{self.limits.max_stdout_mb} MB after {watch.elapsed():.0f} s")
         limit_mb = watch.run.spec.max_disk_mb
-        used = _tree_size(scratch) if limit_mb else 0
+        used = tree_size(scratch) if limit_mb else 0
         if limit_mb and used > limit_mb * MB:
             return PilotError(ErrorCode.WORKDIR_TOO_LARGE, f"work directory {_mb(used)} exceeded maxDiskCount "
                               f"{limit_mb} MB after {watch.elapsed():.0f} s")
@@ -196,7 +196,8 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes in the files under ``path`` (symlinks count as themselves)."""
     return sum(entry.st_size for entry in _lstats(path))
 
 

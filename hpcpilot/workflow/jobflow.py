@@ -26,7 +26,7 @@ from ..redaction import redact_files
 from ..jobreport import PAYLOAD_REPORT_NAME, job_report, write_report_in_scratch
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
-from ..monitor import Monitor
+from ..monitor import Monitor, tree_size
 from ..sites import Site
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
         report = job_report(run)
         with recorded(run, job_log):
             write_report_in_scratch(run, report)
-        run.work_dir_bytes = directory_size(run.scratch)
+        run.work_dir_bytes = tree_size(run.scratch)
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
                      run.error.diag if run.error else "")
@@ -180,17 +180,6 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
 
 def _log_members(run: JobRun) -> list[str]:
     return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME]
-
-
-def directory_size(path: Path) -> int:
-    total = 0
-    for root, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def declare_state(ctx: RankContext, run: JobRun) -> None:
