@@ -9,7 +9,7 @@ again. After ``--kills`` kills it runs to completion, and every job must
 be declared exactly once.
 
 Checked after every kill:
-- every JSON file in the access point parses;
+- every JSON file in the access point parses (the pilot's hidden temp files aside);
 - every job declared finished has outputs whose bytes match the declared fsize/chksum;
 - no temp file is visible under a name Harvester reads.
 
@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.atomicfile import TEMP_PREFIX
 
 JOBS = 40
 RUN_TIMEOUT = 300
@@ -99,7 +100,8 @@ def _belongs_to(process: psutil.Process, ap: Path) -> bool:
 
 
 def check_after_kill(ap: Path, harvester: Harvester) -> list[str]:
-    problems = [f"{path}: does not parse" for path in ap.rglob("*.json*") if not _parses(path)]
+    problems = [f"{path}: does not parse" for path in ap.rglob("*.json*")
+                if not path.name.startswith(TEMP_PREFIX) and not _parses(path)]
     for job_dir in (d for d in ap.iterdir() if d.is_dir() and d.name.isdigit()):
         problems += _check_job(job_dir, harvester.handed_over.get(int(job_dir.name), []))
     return problems

@@ -87,8 +87,11 @@ def _run_worker(config: Config, comm: Any, signals: SignalWatch) -> int:
 
 
 def _wrap_up(ctx: RankContext) -> None:
-    """Publish what can be, say what must wait, remove this rank's scratch root."""
-    waiting = ctx.publisher.flush()
+    """Publish what can be (giving Harvester a moment to take a dump still there), say what must wait,
+    remove this rank's scratch root."""
+    give_up = time.monotonic() + ctx.config.final_flush_wait
+    while (waiting := ctx.publisher.flush()) and time.monotonic() < give_up:
+        time.sleep(0.2)
     if waiting:
         log.warning("%d job(s) keep output declarations staged in %s: Harvester has not yet taken the "
                     "previous %s; running the pilot again on this access point publishes them",

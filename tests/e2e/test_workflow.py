@@ -189,7 +189,7 @@ def test_unconsumed_event_status_is_not_overwritten(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {901: definition}, {901: data})
     earlier = ap / "901" / "event_status.dump.json"
     earlier.write_text('{"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}')
-    run = run_pilot(ap)
+    run = run_pilot(ap, env={"HPCPILOT_FINAL_FLUSH_WAIT": "1"})
     assert run.returncode == 0
     assert json.loads(earlier.read_text()) == {"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}
     journal = json.loads((ap / "901" / ".hpcpilot-pending.json").read_text())
