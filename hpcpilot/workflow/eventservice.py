@@ -24,6 +24,7 @@ from .. import payload, staging
 from ..atomicfile import FILE_MODE, read_json
 from ..checksums import copy_into_with_checksum
 from ..errors import ErrorCode, PilotError
+from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
 from ..eventservice.declarations import failed_entries
 from ..jobs import JobSpec
@@ -98,6 +99,13 @@ class RangeSource:
                 handle.write("".join(json.dumps(r.to_dict()) + "\n" for r in ranges))
             self.known.update(r.eventRangeID for r in ranges)
             self.ranges.extend(ranges)
+
+
+def _socket_path(scratch: Path) -> Path | None:
+    """The channel's socket in the job's scratch; None (a private temp dir) where that path is too
+    long for a UNIX socket address."""
+    path = scratch / "channel"
+    return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
 def _read_range_journal(path: Path) -> list[EventRange]:
@@ -217,7 +225,7 @@ class RankEventWork:
         jobflow.stage_in(self.ctx, self.run)
         if self.run.failed:
             raise self.run.error
-        self.channel = EventChannel(self._provide, socket_path=self.run.scratch / "channel").start()
+        self.channel = EventChannel(self._provide, socket_path=_socket_path(self.run.scratch)).start()
         self.run.status = jobflow.JobStatus.RUNNING
         if declares:
             jobflow.declare_state(self.ctx, self.run)
@@ -390,10 +398,16 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
 def _start(work: RankEventWork) -> None:
     try:
         work.start()
+    except OSError as error:  # e.g. the event channel's socket
+        _start_failed(work, PilotError(ErrorCode.SETUP_FAILED, f"cannot start the event service payload: {error}"))
     except PilotError as error:
-        work.job_log.error("cannot start: %s", error.diag)
-        work.outcome.error = error
-        work.done = True
+        _start_failed(work, error)
+
+
+def _start_failed(work: RankEventWork, error: PilotError) -> None:
+    work.job_log.error("cannot start: %s", error.diag)
+    work.outcome.error = error
+    work.done = True
 
 
 def _stop(work: RankEventWork, dispatcher: Dispatcher | None, request: StopRequest) -> None:
