@@ -8,13 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..checksums import file_checksum
+from ..checksums import RunningChecksum, file_checksum
 
 
-def finished_entry(range_id: str, staged_output: Path, guid: str | None = None) -> dict[str, Any]:
-    """A finished range whose output sits at ``staged_output`` (where Harvester stages it out from)."""
+def finished_entry(range_id: str, staged_output: Path, guid: str | None = None,
+                   checksum: RunningChecksum | None = None) -> dict[str, Any]:
+    """A finished range whose output sits at ``staged_output`` (where Harvester stages it out from).
+
+    ``checksum``: the one taken while the output was copied there; without it the file is read again.
+    """
     path = Path(staged_output).absolute()
-    checksum = file_checksum(path)
+    checksum = checksum or file_checksum(path)
     entry: dict[str, Any] = {"type": "es_output", "path": str(path), "fsize": checksum.size,
                              "chksum": checksum.adler32, "eventRangeID": range_id, "eventStatus": "finished"}
     if guid:

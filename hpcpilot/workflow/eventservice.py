@@ -26,7 +26,7 @@ from ..checksums import copy_into_with_checksum
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
-from ..eventservice.declarations import failed_entries
+from ..eventservice.declarations import failed_entries, finished_entry
 from ..jobs import JobSpec
 from ..jobstate import JobRun
 from ..mpi import any_source, new_status
@@ -315,8 +315,7 @@ class RankEventWork:
                 os.close(fd)
         except OSError as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
-        return {"type": "es_output", "path": str(target), "fsize": running.size, "chksum": running.adler32,
-                "eventRangeID": result.range_id, "eventStatus": "finished"}
+        return finished_entry(result.range_id, target, checksum=running)
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()
