@@ -17,10 +17,12 @@ import mmap
 import os
 import queue
 import threading
+import stat
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from .atomicfile import RawWriter
 from .jobs import Checksum
@@ -31,6 +33,7 @@ CHUNK_SIZE = 4 * 1024 * 1024
 KERNEL_CHUNK_SIZE = 4 * 1024 * 1024  # one hand-over from the copier to the checksummer
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the pages in with the mapping, not one by one
 _LOOKAHEAD = 16  # hand-overs the copier may run ahead of the checksummer
+READ_BACK_MIN = 64 * 1024  # the smallest buffer for reading a copy back (a file may grow while it is copied)
 # What copy_file_range / sendfile answer when the pair of filesystems (or the kernel) does not support them.
 _UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF})
 
@@ -81,18 +84,33 @@ def file_checksum(path: Path, want_md5: bool = False) -> RunningChecksum:
 
 
 class ChecksummingWriter:
-    """A write-only file wrapper that checksums what passes through (for tarballs)."""
+    """A write-only file wrapper that checksums what passes through (for tarballs).
 
-    def __init__(self, target: BinaryIO):
+    Small writes gather in a buffer: a small tarball reaches the file in one
+    write. ``flush`` once the last byte is in.
+    """
+
+    def __init__(self, target: BinaryIO, buffer_size: int = CHUNK_SIZE):
         self._target = target
+        self._buffer = bytearray()
+        self._buffer_size = buffer_size
         self.checksum = RunningChecksum()
 
     def write(self, data: bytes) -> int:
         self.checksum.update(data)
-        return self._target.write(data)
+        self._buffer += data
+        if len(self._buffer) >= self._buffer_size:
+            self._write_buffer()
+        return len(data)
 
     def flush(self) -> None:
+        self._write_buffer()
         self._target.flush()
+
+    def _write_buffer(self) -> None:
+        if self._buffer:
+            self._target.write(self._buffer)
+            self._buffer = bytearray()
 
 
 def matches(running: RunningChecksum, expected: Checksum | None) -> bool:
@@ -106,9 +124,9 @@ def matches(running: RunningChecksum, expected: Checksum | None) -> bool:
 class KernelCopy:
     """Copies from one descriptor to another at their file positions, by the fastest call the kernel accepts."""
 
-    def __init__(self, source_fd: int, target_fd: int):
+    def __init__(self, source_fd: int, target_fd: int, source_size: int | None = None):
         self._source, self._target = source_fd, target_fd
-        self._expected = os.fstat(source_fd).st_size
+        self._expected = os.fstat(source_fd).st_size if source_size is None else source_size
         self._methods = [self._copy_file_range, self._sendfile, self._read_write]
         self._buffer: bytearray | None = None
         self.copied = 0
@@ -215,7 +233,7 @@ class _Failed:
     error: BaseException
 
 
-def copy_files_with_checksums(orders: Iterable[CopyOrder]) -> Iterator[RunningChecksum]:
+def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = True) -> Iterator[RunningChecksum]:
     """Copy every order's source to its new target; yield, in order, each target's checksum.
 
     The copier thread copies by kernel calls and runs at most a few chunks
@@ -224,11 +242,11 @@ def copy_files_with_checksums(orders: Iterable[CopyOrder]) -> Iterator[RunningCh
     copy as ``CopyFailed``, or raised by ``orders`` itself) is raised at its
     place in the order, after every earlier file was yielded. When the
     consumer stops early, the targets it was not given are removed.
+    ``in_thread=False`` copies everything first, then checksums: for small
+    files, where a thread costs more than the overlap gains.
     """
-    messages: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
     stop = threading.Event()
-    copier = threading.Thread(target=_copier, args=(iter(orders), messages, stop), name="checksummed-copy", daemon=True)
-    copier.start()
+    messages, copier = _start_copier(_copier, (iter(orders),), stop, in_thread)
     reading: _Started | None = None
     running = RunningChecksum()
     message: object = "not yet"
@@ -250,7 +268,34 @@ def copy_files_with_checksums(orders: Iterable[CopyOrder]) -> Iterator[RunningCh
         stop.set()
         if message is not None:  # the copier has not ended yet
             _abandon(messages, reading)
-        copier.join()
+        if copier is not None:
+            copier.join()
+
+
+class _Replay:
+    """The copier's messages in order, when it ran to the end before the checksummer starts."""
+
+    def __init__(self) -> None:
+        self._messages: deque = deque()
+
+    def put(self, message: object) -> None:
+        self._messages.append(message)
+
+    def get(self) -> object:
+        return self._messages.popleft()
+
+
+def _start_copier(copier: Callable[..., None], args: tuple, stop: threading.Event,
+                  in_thread: bool) -> tuple[Any, threading.Thread | None]:
+    """The copier running in its own thread (a bounded queue between them), or already run to its end."""
+    if not in_thread:
+        replay = _Replay()
+        copier(*args, replay, stop)
+        return replay, None
+    messages: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
+    thread = threading.Thread(target=copier, args=(*args, messages, stop), name="checksummed-copy", daemon=True)
+    thread.start()
+    return messages, thread
 
 
 def _abandon(messages: queue.Queue, reading: _Started | None) -> None:
@@ -286,10 +331,7 @@ def _copier(orders: Iterator[CopyOrder], messages: queue.Queue, stop: threading.
 
 
 def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) -> None:
-    try:
-        source_fd = os.open(order.source, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        raise CopyFailed(order, error) from None
+    source_fd, size = _open_regular(order)
     try:
         target_fd = os.open(order.target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as error:
@@ -297,7 +339,7 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
         raise CopyFailed(order, error) from None
     try:
         messages.put(_Started(order, os.dup(target_fd)))
-        _copy_chunks(KernelCopy(source_fd, target_fd), messages, stop)
+        _copy_chunks(KernelCopy(source_fd, target_fd, size), messages, stop)
     except BaseException as error:
         order.target.unlink(missing_ok=True)  # a partial copy goes at once: a full disk frees up for the others
         if isinstance(error, OSError):
@@ -307,6 +349,24 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
         os.close(source_fd)
         os.close(target_fd)
     messages.put(_Finished(order))
+
+
+def _open_regular(order: CopyOrder) -> tuple[int, int]:
+    """The source opened for reading, and its size; a directory, FIFO or device is refused (opening a FIFO
+    does not block)."""
+    try:
+        fd = os.open(order.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise CopyFailed(order, error) from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        raise CopyFailed(order, NotRegularFile(errno.EINVAL, "not a regular file", str(order.source)))
+    return fd, status.st_size
+
+
+class NotRegularFile(OSError):
+    """A copy source that is a directory, FIFO, socket or device."""
 
 
 def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event) -> None:
@@ -343,11 +403,10 @@ def _identity(fd: int) -> tuple[int, int, int]:
 
 
 def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool) -> RunningChecksum:
-    ranges: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
     stop = threading.Event()
     failure: list[BaseException] = []
 
-    def copy_all() -> None:
+    def copy_all(ranges: Any, stop: threading.Event) -> None:
         try:
             _copy_chunks(KernelCopy(source_fd, target_fd), ranges, stop)
         except _Stopped:
@@ -357,9 +416,9 @@ def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: b
         finally:
             ranges.put(None)
 
-    copier = threading.Thread(target=copy_all, name="checksummed-copy", daemon=True)
-    copier.start()
-    running, buffer = RunningChecksum(want_md5), bytearray(KERNEL_CHUNK_SIZE)
+    size = os.fstat(source_fd).st_size
+    ranges, copier = _start_copier(copy_all, (), stop, in_thread=size > KERNEL_CHUNK_SIZE)  # one chunk: no overlap
+    running, buffer = RunningChecksum(want_md5), bytearray(min(KERNEL_CHUNK_SIZE, max(size, READ_BACK_MIN)))
     copied: object = "not yet"
     try:
         while (copied := ranges.get()) is not None:
@@ -368,7 +427,8 @@ def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: b
         stop.set()
         while copied is not None:
             copied = ranges.get()
-        copier.join()
+        if copier is not None:
+            copier.join()
     if failure:
         raise failure[0]
     return running

@@ -80,6 +80,7 @@ class Config:
     lifetime_margin: float = 180.0  # stop this long before the end
     stop_bound: float = 45.0  # a graceful stop completes within this
     heartbeat_interval: float = 60.0
+    declare_running_after: float = 60.0  # a payload running this long is declared running (0: at its start)
     final_flush_wait: float = 10.0  # at the end, how long to wait for Harvester to take a dump still there
     event_wait_timeout: float = 600.0  # event service: give up waiting for Harvester's ranges after this
     payload_restarts: int = 3  # event service: restarts of a crashed payload per rank

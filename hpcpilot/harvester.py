@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomicfile import read_json, write_json
+from .atomicfile import json_bytes, read_json, rename_no_replace, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import SECRET_KEYS, InvalidJob, JobSpec, parse_job, parse_pandaid
@@ -217,12 +217,12 @@ class EventStatusPublisher:
     """Declares entries in ``event_status.dump.json`` without ever replacing an unconsumed file.
 
     Entries are first *staged* in a hidden journal file in the job directory
-    (durable, already in the dump's format); *publishing* hard-links that
-    journal to the dump name, which fails while Harvester has not yet
-    renamed the previous dump away. A job's entries are staged before its
-    final state is written and published after it, so after a crash a
-    final job's entries are still there to publish, and a job run again
-    never has stale entries published.
+    (durable, already in the dump's format); *publishing* renames that
+    journal to the dump name without replacing one, which fails while
+    Harvester has not yet renamed the previous dump away. A job's entries
+    are staged before its final state is written and published after it, so
+    after a crash a final job's entries are still there to publish, and a
+    job run again never has stale entries published.
     """
 
     def __init__(self, access_point: AccessPoint):
@@ -231,8 +231,14 @@ class EventStatusPublisher:
 
     def stage(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> None:
         """Record ``entries`` durably, after any still unpublished ones."""
-        pending = self._journal(pandaid) + list(entries)
-        write_json(self.journal_path(pandaid), {str(pandaid): pending})
+        journal = self.journal_path(pandaid)
+        content = {str(pandaid): self._journal(pandaid) + list(entries)}
+        try:  # the usual case, no journal yet: open and write, as nothing reads it before it is complete
+            if pandaid in self._waiting:
+                raise FileExistsError
+            write_new(journal, json_bytes(content))
+        except FileExistsError:  # adding to unpublished entries, or replacing a stale journal of an earlier run
+            write_json(journal, content)
         self._waiting.add(pandaid)
 
     def publish(self, pandaid: int) -> bool:
@@ -241,13 +247,14 @@ class EventStatusPublisher:
             return True
         journal, dump = self.journal_path(pandaid), self._dump(pandaid)
         try:
-            os.link(journal, dump)
+            rename_no_replace(journal, dump)
         except FileExistsError:
             if not _same_file(journal, dump):
                 return False
+            journal.unlink(missing_ok=True)  # linked by the fallback, which then stopped short
         except FileNotFoundError:  # published and cleared already
             pass
-        self.discard(pandaid)
+        self._waiting.discard(pandaid)
         return True
 
     def declare(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> bool:

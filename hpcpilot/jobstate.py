@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -54,6 +55,7 @@ class JobRun:
     extra_attributes: dict[str, Any] = field(default_factory=dict)
     process: Any = None  # the running Payload, while there is one
     declared: bool = False  # its final state reached Harvester's files
+    declaring: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one write at a time
 
     @property
     def pandaid(self) -> int:

@@ -9,11 +9,13 @@ import logging
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .redaction import redact
 
 FORMAT = "%(asctime)s [%(rank)s@%(host)s] %(levelname)-7s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class _RankFilter(logging.Filter):
@@ -32,7 +34,7 @@ def configure(rank: int, level: str = "INFO") -> None:
     """Send the pilot's log to stderr, each line marked with this rank and host."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RankFilter(rank))
-    handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -43,8 +45,9 @@ class JobLogRouter(logging.Handler):
 
     def __init__(self, rank: int):
         super().__init__(logging.DEBUG)
+        self._rank, self._host = rank, socket.gethostname()
         self.addFilter(_RankFilter(rank))
-        self.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+        self.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         self._files: dict[int, object] = {}
         self._guard = threading.Lock()
 
@@ -59,18 +62,38 @@ class JobLogRouter(logging.Handler):
             handle.close()
 
     def emit(self, record: logging.LogRecord) -> None:
-        handle = self._files.get(getattr(record, "pandaid", None))
+        self._write(getattr(record, "pandaid", None), self.format(record))
+
+    def write_detail(self, pandaid: int, logger: str, text: str) -> None:
+        """A line for the job's own log only, formatted as a record would be, without making one."""
+        stamp = time.strftime(DATE_FORMAT)
+        self._write(pandaid, f"{stamp} [{self._rank}@{self._host}] INFO    {logger}: {text}")
+
+    def _write(self, pandaid: int | None, line: str) -> None:
+        handle = self._files.get(pandaid)
         if handle is not None:
-            handle.write(self.format(record) + "\n")
+            handle.write(line + "\n")
             handle.flush()
 
 
 class JobLog(logging.LoggerAdapter):
     """A logger whose records name the job (so the router files them under it), its secrets redacted."""
 
-    def __init__(self, logger: logging.Logger, pandaid: int, secrets: tuple[str, ...] = ()):
+    def __init__(self, logger: logging.Logger, pandaid: int, secrets: tuple[str, ...] = (),
+                 router: JobLogRouter | None = None):
         super().__init__(logger, {"pandaid": pandaid})
         self.secrets = secrets
+        self.router = router
+
+    def detail(self, msg: str, *args: object) -> None:
+        """A step of the job worth its own log but not the pilot's (one line per job per step adds up):
+        into the job's log file only, unless the pilot logs at DEBUG."""
+        if self.router is None or self.logger.isEnabledFor(logging.DEBUG):
+            self.debug(msg, *args)
+            return
+        text = msg % args if args else msg
+        self.router.write_detail(self.extra["pandaid"], self.logger.name,
+                                 self.process(redact(text, self.secrets) if self.secrets else text, {})[0])
 
     def log(self, level, msg, *args, **kwargs):
         if self.secrets and self.isEnabledFor(level):

@@ -38,6 +38,8 @@ class Watch:
     started: float = field(default_factory=time.monotonic)
     series: MemorySeries | None = None
     due: dict[str, float] = field(default_factory=dict)
+    announce: Callable[[], None] | None = None  # called once, when the payload has run announce_after seconds
+    announce_at: float = float("inf")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -68,9 +70,12 @@ class Monitor:
             self._thread.join()
         self.sweep_leftovers()
 
-    def watch(self, run: JobRun) -> Watch:
+    def watch(self, run: JobRun, announce: Callable[[], None] | None = None, announce_after: float = 0.0) -> Watch:
+        """Watch ``run``'s payload; ``announce`` is called once if it still runs after ``announce_after`` s."""
         watch = Watch(run, series=MemorySeries(run.scratch / TIMESERIES_NAME, start_time=time.time()))
         now = time.monotonic()
+        if announce is not None and announce_after > 0:
+            watch.announce, watch.announce_at = announce, now + announce_after
         watch.due = {name: now + interval for name, interval in self._intervals().items()}
         with self._guard:
             self._watches[run.pandaid] = watch
@@ -102,6 +107,9 @@ class Monitor:
         for watch in watches:
             if not watch.run.failed:
                 self._check(watch, now, checks, intervals)
+            if watch.announce is not None and now >= watch.announce_at:
+                announce, watch.announce = watch.announce, None
+                announce()
 
     def _intervals(self) -> dict[str, float]:
         return {"memory": self.limits.memory_interval, "disk": self.limits.disk_interval,

@@ -6,7 +6,9 @@ session of its own so that its whole process tree can be signalled.
 """
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -84,6 +86,12 @@ class Payload:
         (``Monitor.unwatch`` hands the payload's token to the monitor's).
         """
         return self.tree.end_leftovers(grace)
+
+
+@functools.cache
+def bash() -> str:
+    """bash by its full path: found once, not searched along PATH by every launch."""
+    return shutil.which("bash") or "bash"
 
 
 def shell_line(job: JobSpec, setup_lines: list[str]) -> str:

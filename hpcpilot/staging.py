@@ -14,17 +14,17 @@ import logging
 import os
 import shutil
 import stat
-import tarfile
 import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomicfile import atomic_writer
-from .checksums import (ChecksummingWriter, CopyFailed, CopyOrder, RunningChecksum, copy_files_with_checksums,
-                        copy_into_with_checksum, file_checksum, matches)
+from .atomicfile import declared_later
+from .checksums import (KERNEL_CHUNK_SIZE, ChecksummingWriter, CopyFailed, CopyOrder, NotRegularFile,
+                        RunningChecksum, copy_files_with_checksums, copy_into_with_checksum, file_checksum, matches)
 from .errors import ErrorCode, PilotError
 from .jobs import FileSpec, JobSpec
+from .logtarball import write_tarball
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
     them, and the first failure in input order is the one reported, as if
     the files were copied one after the other.
     """
-    orders = (CopyOrder(_replica(spec, job_dir), scratch / spec.lfn, _wants_md5(spec)) for spec in job.inputs)
+    orders = (CopyOrder(_replica_path(spec, job_dir), scratch / spec.lfn, _wants_md5(spec)) for spec in job.inputs)
     total = 0
-    with closing(copy_files_with_checksums(orders)) as copied:
+    with closing(copy_files_with_checksums(orders, in_thread=_worth_a_thread(job.inputs))) as copied:
         for spec in job.inputs:
             try:
                 running = next(copied)
@@ -67,19 +67,29 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
     return total
 
 
+def _worth_a_thread(inputs: tuple[FileSpec, ...]) -> bool:
+    """Copy and checksum overlap only when there is more than one chunk to copy."""
+    return any(spec.fsize is None for spec in inputs) or sum(spec.fsize for spec in inputs) > KERNEL_CHUNK_SIZE
+
+
 def _wants_md5(spec: FileSpec) -> bool:
     return spec.checksum is not None and spec.checksum.kind == "md5"
 
 
 def _replica(spec: FileSpec, job_dir: Path) -> Path:
+    """Where Harvester put the input, checked to be a regular file (a copy checks what it opens instead)."""
+    source = _replica_path(spec, job_dir)
+    _check_regular_replica(spec, source)
+    return source
+
+
+def _replica_path(spec: FileSpec, job_dir: Path) -> Path:
     """Where Harvester put the input: ``inFilePaths``, else the LFN entry in the job directory."""
     source = Path(spec.source_path) if spec.source_path else Path(spec.lfn)
     if not source.is_absolute() and ".." in source.parts:
         raise PilotError(ErrorCode.BAD_FILE_NAME, f"input {spec.lfn}: relative replica path {spec.source_path!r} "
                          "leads out of the job directory")
-    source = source if source.is_absolute() else job_dir / source
-    _check_regular_replica(spec, source)
-    return source
+    return source if source.is_absolute() else job_dir / source
 
 
 def _check_regular_replica(spec: FileSpec, source: Path) -> None:
@@ -91,7 +101,11 @@ def _check_regular_replica(spec: FileSpec, source: Path) -> None:
         raise PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {spec.lfn} from {source}: {error.strerror}") from None
     if not stat.S_ISREG(mode):
         # A directory fails to read; a FIFO or device would block or never end: refuse them all.
-        raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} at {source} is not a regular file")
+        raise _not_regular(spec, source)
+
+
+def _not_regular(spec: FileSpec, source: Path) -> PilotError:
+    return PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} at {source} is not a regular file")
 
 
 def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
@@ -119,6 +133,10 @@ def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str) -> int:
 
 
 def _stagein_error(spec: FileSpec, source: Path, error: OSError) -> PilotError:
+    if isinstance(error, NotRegularFile):
+        return _not_regular(spec, source)
+    if isinstance(error, FileNotFoundError) and error.filename == str(source):
+        return PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} not found at {source}")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return PilotError(ErrorCode.NO_LOCAL_SPACE, f"no space left in scratch for input {spec.lfn}: {error}")
     return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {spec.lfn} from {source}: {error.strerror}")
@@ -146,9 +164,15 @@ def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
 
 
 def inside_scratch(scratch: Path, name: str) -> Path:
-    """The real path of ``scratch/name``, refusing a symlink that leads out of scratch."""
+    """A path to ``scratch/name`` that stays in scratch: refuses a symlink out of it, and FIFOs and devices."""
     check_scratch_is_ours(scratch)
     path = scratch / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # the usual case, and no symlink to resolve
+        return path
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(Path(os.path.realpath(scratch))):
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is a symlink to {real}, outside scratch; not followed")
@@ -179,13 +203,17 @@ def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path) -> list[dict[s
 
 def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, Any]:
     source = inside_scratch(scratch, spec.lfn)
-    if not source.is_file():
+    try:
+        status = os.stat(source)
+    except FileNotFoundError:
+        status = None
+    if status is None or not stat.S_ISREG(status.st_mode):
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} was not produced")
-    if source.stat().st_size == 0:
+    if status.st_size == 0:
         raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
     target = job_dir / spec.lfn
     try:
-        with atomic_writer(target) as handle:
+        with declared_later(target) as handle:
             # The source in scratch is ours: its sum is the sum of the bytes published.
             running = copy_into_with_checksum(source, handle.fd)
     except OSError as error:
@@ -204,14 +232,13 @@ def write_log_tarball(job: JobSpec, scratch: Path, job_dir: Path, members: Itera
     assert job.log is not None
     target = job_dir / job.log.lfn
     folder = f"log.{job.pandaid}"
-    packable = _regular_members(scratch, members)
     try:
-        with atomic_writer(target) as handle:
+        with declared_later(target) as handle:
             writer = ChecksummingWriter(handle)
-            with tarfile.open(fileobj=writer, mode="w|gz") as tar:
-                for name in packable:
-                    tar.add(scratch / name, arcname=f"{folder}/{name}", recursive=False)
-    except (OSError, tarfile.TarError) as error:
+            write_tarball(writer, [(os.path.join(scratch, name), f"{folder}/{name}")
+                                   for name in _regular_members(scratch, members)])
+            writer.flush()
+    except OSError as error:
         raise PilotError(ErrorCode.LOG_TARBALL_FAILED, f"cannot write log tarball {target.name}: {error}") from None
     return declaration("log", target, writer.checksum, job.log.guid)
 

@@ -217,11 +217,11 @@ class RankEventWork:
 
     def __post_init__(self) -> None:
         self.outcome = RankOutcome(self.ctx.rank)
-        self.job_log = jobflow.job_logger(self.run)
+        self.job_log = jobflow.job_logger(self.ctx, self.run)
 
     def start(self) -> None:
         declares = self.ctx.rank == 0  # one rank speaks for the job
-        jobflow.begin(self.ctx, self.run, declare=declares)
+        jobflow.begin(self.ctx, self.run)
         jobflow.stage_in(self.ctx, self.run)
         if self.run.failed:
             raise self.run.error
@@ -266,7 +266,7 @@ class RankEventWork:
 
     def _launch(self) -> None:
         env = payload.payload_environment(self.run.spec, self.ctx.rank, self.run.scratch,
-                                          self.ctx.access_point.job_dir(self.run.pandaid), os.environ,
+                                          self.ctx.access_point.job_dir(self.run.pandaid), self.ctx.environment,
                                           {**self.ctx.site.payload_environment(self.run.cores),
                                            **self.channel.environment()})
         self.job_log.info("payload: %s (event service, channel %s)", self.run.spec.command, self.channel.address)

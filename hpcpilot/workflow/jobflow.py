@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 PILOT_LOG_NAME = "pilot.log"
 
 
-def job_logger(run: JobRun) -> JobLog:
-    return JobLog(log, run.pandaid, run.spec.secrets)
+def job_logger(ctx: RankContext, run: JobRun) -> JobLog:
+    return JobLog(log, run.pandaid, run.spec.secrets, ctx.log_router)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class RankContext:
     log_router: JobLogRouter
     monitor: Monitor
     site: Site
+    environment: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the payloads' base
 
 
 @contextmanager
@@ -62,16 +63,12 @@ def timed(run: JobRun, phase: str) -> Iterator[None]:
         run.seconds[phase] += time.monotonic() - started
 
 
-def begin(ctx: RankContext, run: JobRun, declare: bool = True) -> None:
-    """Scratch directory, job log, and the ``starting`` declaration."""
-    job_log = job_logger(run)
+def begin(ctx: RankContext, run: JobRun) -> None:
+    """Scratch directory and job log. Harvester hears of the job once its payload runs (or it ends)."""
     with timed(run, "setup"):
         run.scratch = make_scratch(ctx, run.pandaid)
         ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
-        job_log.info("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
-        if declare:
-            with recorded(run, job_log):
-                declare_state(ctx, run)
+        job_logger(ctx, run).detail("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
 
 
 def make_scratch(ctx: RankContext, pandaid: int) -> Path:
@@ -87,23 +84,25 @@ def make_scratch(ctx: RankContext, pandaid: int) -> Path:
 
 
 def stage_in(ctx: RankContext, run: JobRun) -> None:
-    job_log = job_logger(run)
+    job_log = job_logger(ctx, run)
     mode = staging.stagein_mode(run.spec, ctx.config.stagein_mode)
     with timed(run, "stagein"), recorded(run, job_log):
         size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode)
-        job_log.info("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
+        job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
 
 
 def run_payload(ctx: RankContext, run: JobRun) -> None:
-    job_log = job_logger(run)
+    job_log = job_logger(ctx, run)
     run.status = JobStatus.RUNNING
-    declare_state(ctx, run)
+    announce_after = ctx.config.declare_running_after
+    if announce_after <= 0:
+        declare_state(ctx, run)
     env = payload.payload_environment(run.spec, ctx.rank, run.scratch, ctx.access_point.job_dir(run.pandaid),
-                                      os.environ, ctx.site.payload_environment(run.cores))
+                                      ctx.environment, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):
-        job_log.info("payload: %s", run.spec.command)
+        job_log.detail("payload: %s", run.spec.command)
         run.process = payload.launch(payload_argv(ctx, run, env), run.scratch, env)
-        watch = ctx.monitor.watch(run)
+        watch = ctx.monitor.watch(run, announce=lambda: declare_running(ctx, run), announce_after=announce_after)
         if run.failed:  # a stop came while it was being launched
             run.process.terminate(ctx.config.limits.kill_grace)
         exit = run.process.wait()
@@ -113,7 +112,7 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         run.process = None
         run.cpu_seconds = exit.cpu_seconds
         run.trans_exit_code = exit.returncode
-        job_log.info("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
+        job_log.detail("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
         error = payload.exit_error(exit)
         if error:
             raise error
@@ -124,7 +123,7 @@ def payload_argv(ctx: RankContext, run: JobRun, env: dict[str, str]) -> list[str
     line = payload.shell_line(run.spec, ctx.site.setup_lines())
     if run.spec.container_name:
         return wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
-    return ["bash", "-c", line]
+    return [payload.bash(), "-c", line]
 
 
 def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:
@@ -155,7 +154,7 @@ def stage_out(ctx: RankContext, run: JobRun) -> None:
 
 
 def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
-    job_log = job_logger(run)
+    job_log = job_logger(ctx, run)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
         if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
@@ -183,6 +182,22 @@ def _log_members(run: JobRun) -> list[str]:
 
 
 def declare_state(ctx: RankContext, run: JobRun) -> None:
+    with run.declaring:
+        _write_attributes(ctx, run)
+
+
+def declare_running(ctx: RankContext, run: JobRun) -> None:
+    """The monitor's call for a payload that has run ``declare_running_after`` seconds: unless the job ended
+    meanwhile (its final state is never replaced), Harvester learns that it runs."""
+    with run.declaring:
+        if run.end_time is None:
+            try:
+                _write_attributes(ctx, run)
+            except PilotError as error:
+                job_logger(ctx, run).warning("%s", error.diag)
+
+
+def _write_attributes(ctx: RankContext, run: JobRun) -> None:
     try:
         ctx.access_point.write_attributes(run.pandaid, worker_attributes(run), durable=run.end_time is not None)
     except OSError as error:
@@ -200,7 +215,7 @@ def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
         ctx.publisher.publish(run.pandaid)
         run.declared = True
     except (OSError, PilotError) as error:
-        job_logger(run).error("cannot declare its final state, Harvester will not see it: %s",
+        job_logger(ctx, run).error("cannot declare its final state, Harvester will not see it: %s",
                               getattr(error, "diag", error))
 
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 
-from .conftest import LAUNCHES, assert_declared_file_matches, run_pilot, tarball_members
+from .conftest import LAUNCHES, assert_declared_file_matches, communicate_or_kill, run_pilot, tarball_members
 
 GOOD = [101, 102, 103, 104, 105, 106]
 FAILING_PAYLOAD, MISSING_INPUT, BAD_ADLER, BAD_MD5 = 201, 202, 203, 204
@@ -285,3 +288,40 @@ def test_rank_zero_keeps_the_heartbeat_while_jobs_run(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     beat = json.loads((ap / "worker_heartbeat.json").read_text())
     assert beat["time"] >= (ap / "1401" / "worker_attributes.json").stat().st_mtime - 1.0  # fresh at the end
+
+
+@pytest.mark.timeout(120)
+def test_a_long_payload_is_declared_running_a_short_one_only_final(tmp_path: Path) -> None:
+    """declare_running_after: Harvester hears of a payload still running after it; short jobs cost
+    no declaration but their final one."""
+    ap = write_access_point(tmp_path / "ap", {1501: job_definition(1501, "sleep", "4"),
+                                              1502: job_definition(1502, "true")})
+    command = [sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap), "--cores-per-rank", "2"]
+    env = {**os.environ, "HPCPILOT_DECLARE_RUNNING_AFTER": "1", "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.2"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    seen = {1501: set(), 1502: set()}
+    while process.poll() is None:
+        for pandaid, states in seen.items():
+            try:
+                states.add(json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"])
+            except FileNotFoundError:
+                pass
+        time.sleep(0.05)
+    _, stderr = communicate_or_kill(process, 60, "the pilot")
+    assert process.returncode == 0, stderr[-2000:]
+    assert seen[1501] == {"running", "finished"}
+    assert seen[1502] == {"finished"}
+
+
+@pytest.mark.timeout(120)
+def test_job_steps_go_to_the_jobs_own_log_and_one_line_per_job_to_the_pilots(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {1601: job_definition(1601, "echo", "hello")})
+    run = run_pilot(ap)
+    assert run.returncode == 0, run.stderr[-2000:]
+    job_lines = [line for line in run.stderr.splitlines() if "job 1601:" in line]
+    assert len(job_lines) == 1 and "finished (code 0)" in job_lines[0]
+    pilot_log = tarball_members(ap / "1601" / "log.1601.job.log.tgz")["pilot.log"].decode()
+    for step in ("scratch", "payload: echo hello", "payload ended with 0", "finished (code 0)"):
+        assert step in pilot_log, pilot_log
+    assert all("[0@" in line for line in pilot_log.splitlines())

@@ -24,7 +24,8 @@ JOBS = list(range(1, 13))
 def start_pilot(ap: Path, ranks: int, *options: str) -> subprocess.Popen:
     command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
                "--cores-per-rank", "2", "--progress-interval", "1", *options]
-    env = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3"}
+    env = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3",
+           "HPCPILOT_DECLARE_RUNNING_AFTER": "0"}  # the tests wait for every job to be declared running
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
 

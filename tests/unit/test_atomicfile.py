@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.atomicfile import TEMP_PREFIX, atomic_writer, publish_json_if_absent, read_json, write_json
+from hpcpilot.atomicfile import (TEMP_PREFIX, atomic_writer, declared_later, publish_json_if_absent, read_json,
+                                 rename_no_replace, write_json, write_new)
 
 ORIGINAL = {"jobStatus": "running"}
 
@@ -231,3 +232,54 @@ def test_a_reader_process_never_sees_a_partial_file(tmp_path, writer):
     assert reader.returncode == 0, stderr
     assert int(stdout) > 1, "the reader saw a single version: the test did not overlap reads and writes"
     assert temp_files(tmp_path) == []
+
+
+# -- files declared later, no-replace renames, new files ------------------------------------
+
+
+def test_declared_later_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
+    victim = tmp_path / "replica"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.root"
+    target.symlink_to(victim)
+    with declared_later(target) as handle:
+        handle.write(b"new output")
+    assert not target.is_symlink() and target.read_bytes() == b"new output"
+    assert victim.read_bytes() == b"precious"
+
+
+def test_declared_later_does_not_block_on_a_fifo_and_replaces_it(tmp_path):
+    target = tmp_path / "out.root"
+    os.mkfifo(target)
+    with declared_later(target) as handle:
+        handle.write(b"data")
+    assert stat.S_ISREG(target.stat().st_mode) and target.read_bytes() == b"data"
+
+
+def test_declared_later_removes_a_partial_file_on_error(tmp_path):
+    target = tmp_path / "out.root"
+    with pytest.raises(RuntimeError):
+        with declared_later(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("disk gone")
+    assert not target.exists()
+
+
+def test_rename_no_replace_moves_only_onto_a_free_name(tmp_path):
+    source, target = tmp_path / ".journal", tmp_path / "event_status.dump.json"
+    source.write_text("new")
+    target.write_text("not yet taken")
+    with pytest.raises(FileExistsError):
+        rename_no_replace(source, target)
+    assert (source.read_text(), target.read_text()) == ("new", "not yet taken")
+    target.unlink()
+    rename_no_replace(source, target)
+    assert target.read_text() == "new" and not source.exists()
+
+
+def test_write_new_never_overwrites(tmp_path):
+    path = tmp_path / ".journal"
+    write_new(path, b"first")
+    with pytest.raises(FileExistsError):
+        write_new(path, b"second")
+    assert path.read_bytes() == b"first"
