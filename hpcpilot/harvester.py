@@ -10,7 +10,6 @@ import json
 import logging
 import locale
 import os
-import stat
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -62,14 +61,6 @@ class AccessPoint:
 
     def read_jobs(self) -> list[JobSpec | InvalidJob]:
         """Every job of this worker, each parsed or marked invalid with its code."""
-        return self.read_jobs_noting_attributes()[0]
-
-    def read_jobs_noting_attributes(self) -> tuple[list[JobSpec | InvalidJob], set[int]]:
-        """Every job, and the PandaIDs whose ``worker_attributes.json`` exists (an earlier run's).
-
-        Both come from one pass over the job directories, so that a fresh access
-        point needs no second pass to learn that no job was run before.
-        """
         self._check_readable()
         if self.many_to_one:
             return self._read_job_dirs_in_pool(self._read_pandaids())
@@ -80,23 +71,42 @@ class AccessPoint:
         jobs = self._read_spec_file(spec, expected=None)
         if not jobs:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
-        attributes = _exists(self.root / self.files.worker_attributes)
-        return jobs, {job.pandaid for job in jobs} if attributes else set()
+        return jobs
 
-    def _read_job_dirs_in_pool(self, pandaids: list[int]) -> tuple[list[JobSpec | InvalidJob], set[int]]:
+    def note_run(self) -> bool:
+        """Mark the access point as run by a pilot; True if an earlier run had marked it already.
+
+        Called before anything is declared: on a fresh access point no job can
+        hold an earlier run's state, and none needs looking at.
+        """
+        try:
+            self.state_dir.mkdir(mode=0o755)
+        except FileExistsError:
+            return True
+        return False
+
+    def _read_job_dirs_in_pool(self, pandaids: list[int]) -> list[JobSpec | InvalidJob]:
         """Threads overlap the metadata latency of a shared filesystem; each takes a chunk of job
         directories, as one task per job costs more in scheduling than a local read."""
+        symlinked = self._symlinked_entries()
         chunks = [pandaids[start:start + READ_CHUNK] for start in range(0, len(pandaids), READ_CHUNK)]
         if len(chunks) == 1:
-            read = [self._read_job_dirs(chunks[0])]
+            read = [self._read_job_dirs(chunks[0], symlinked)]
         else:
             with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
-                read = list(pool.map(self._read_job_dirs, chunks))
-        jobs = [job for chunk in read for job, _ in chunk]
-        return jobs, {job.pandaid for chunk in read for job, attributes in chunk if attributes}
+                read = list(pool.map(self._read_job_dirs, chunks, [symlinked] * len(chunks)))
+        return [job for chunk in read for job in chunk]
 
-    def _read_job_dirs(self, pandaids: list[int]) -> list[tuple[JobSpec | InvalidJob, bool]]:
-        return [self._read_job_dir(pandaid) for pandaid in pandaids]
+    def _symlinked_entries(self) -> set[str]:
+        """Names at the top of the access point that are symlinks: one directory listing, no stat per job."""
+        try:
+            with os.scandir(self.root) as entries:
+                return {entry.name for entry in entries if entry.is_symlink()}
+        except OSError as error:
+            raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root}: {error}") from None
+
+    def _read_job_dirs(self, pandaids: list[int], symlinked: set[str]) -> list[JobSpec | InvalidJob]:
+        return [self._read_job_dir(pandaid, str(pandaid) in symlinked) for pandaid in pandaids]
 
     def _check_readable(self) -> None:
         try:
@@ -125,16 +135,12 @@ class AccessPoint:
             raise WorkerError(ExitCode.NO_JOBS, f"{path} lists no jobs")
         return unique
 
-    def _read_job_dir(self, pandaid: int) -> tuple[JobSpec | InvalidJob, bool]:
-        """The job, and whether its directory holds worker_attributes.json."""
-        job_dir = os.path.join(self._root_text, str(pandaid))
-        if _is_symlink(job_dir) and not self.job_dir_is_inside(pandaid):
-            invalid = InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a "
-                                 f"symlink to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
-            return invalid, False
-        spec = os.path.join(job_dir, self.files.job_spec)
-        jobs = self._read_spec_file(spec, expected=pandaid)
-        return jobs[0], _exists_text(os.path.join(job_dir, self.files.worker_attributes))
+    def _read_job_dir(self, pandaid: int, is_symlink: bool) -> JobSpec | InvalidJob:
+        if is_symlink and not self.job_dir_is_inside(pandaid):
+            return InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a "
+                              f"symlink to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
+        spec = os.path.join(self._root_text, str(pandaid), self.files.job_spec)
+        return self._read_spec_file(spec, expected=pandaid)[0]
 
     def _read_spec_file(self, spec: Path | str, expected: int | None) -> list[JobSpec | InvalidJob]:
         try:
@@ -334,21 +340,6 @@ def _read_all(fd: int, path: str) -> bytes:
     except OSError as error:  # named like open() names it: the file, not the descriptor
         raise type(error)(error.errno, error.strerror, path) from None
     return b"".join(chunks)
-
-
-def _is_symlink(path: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _exists_text(path: str) -> bool:
-    try:
-        os.stat(path)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _exists(path: Path) -> bool:

@@ -135,14 +135,12 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
 
 
 def _read_undeclared(access_point: AccessPoint) -> tuple[list[JobSpec | InvalidJob], list[JobResult]]:
-    """(jobs to run, results of jobs an earlier run declared): only jobs with a worker_attributes.json
-    can have been declared, and the read pass notes which those are (none on a fresh access point)."""
-    jobs, with_attributes = access_point.read_jobs_noting_attributes()
-    if not with_attributes:
+    """(jobs to run, results of jobs an earlier run declared): on an access point no pilot ran on
+    before, every job is to run and no job directory needs a second look."""
+    jobs = access_point.read_jobs()
+    if not access_point.note_run():
         return jobs, []
-    to_run, declared = split_declared(access_point, [job for job in jobs if job.pandaid in with_attributes])
-    kept = {id(job) for job in to_run}
-    return [job for job in jobs if job.pandaid not in with_attributes or id(job) in kept], declared
+    return split_declared(access_point, jobs)
 
 
 @contextmanager

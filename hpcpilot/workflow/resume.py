@@ -2,7 +2,7 @@
 
 Jobs that an earlier run declared final (``finished`` or ``failed``) are not
 run again: their staged entries are published when the dump is free. Jobs it
-left ``starting`` or ``running`` lose what that run staged and run again;
+left unfinished (``running``, or not declared at all) lose what that run staged and run again;
 except event service jobs, whose staged entries are finished ranges: those
 are kept, published, and their ranges not processed again.
 """
@@ -32,8 +32,8 @@ def split_declared(access_point: AccessPoint, jobs: list[JobSpec | InvalidJob]
         if attributes and attributes.get("jobStatus") in FINAL_STATES:
             declared.append(_earlier_result(job.pandaid, attributes))
         else:
-            if attributes is not None and not getattr(job, "event_service", False):
-                _forget_interrupted(access_point, job.pandaid)
+            if not getattr(job, "event_service", False):
+                _forget_interrupted(access_point, job.pandaid, started=attributes is not None)
             to_run.append(job)
     if declared:
         log.info("resuming: %d job(s) already declared by an earlier run are not run again", len(declared))
@@ -45,9 +45,11 @@ def _earlier_result(pandaid: int, attributes: dict[str, Any]) -> JobResult:
                      str(attributes.get("pilotErrorDiag", "")), EARLIER_RUN, str(attributes.get("node", "")))
 
 
-def _forget_interrupted(access_point: AccessPoint, pandaid: int) -> None:
-    """An interrupted attempt's staged entries and temp files must not outlive it."""
-    log.info("job %d: an earlier run left it unfinished; running it again", pandaid)
+def _forget_interrupted(access_point: AccessPoint, pandaid: int, started: bool) -> None:
+    """An interrupted attempt's staged entries and temp files must not outlive it (an attempt can stage
+    entries before it declares anything)."""
+    if started:
+        log.info("job %d: an earlier run left it unfinished; running it again", pandaid)
     EventStatusPublisher(access_point).discard(pandaid)
     for leftover in access_point.job_dir(pandaid).glob(TEMP_PREFIX + "*"):
         leftover.unlink(missing_ok=True)

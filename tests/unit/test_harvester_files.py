@@ -567,3 +567,23 @@ def test_a_journal_published_just_before_a_crash_is_not_published_again(access_p
     restarted = EventStatusPublisher(access_point)
     restarted.adopt([1001])
     assert restarted.waiting == set() and not publisher.journal_path(1001).exists()
+
+
+# -- resuming ---------------------------------------------------------------------------------
+
+
+def test_only_the_first_run_finds_the_access_point_fresh(access_point):
+    assert access_point.note_run() is False
+    assert access_point.note_run() is True
+    assert access_point.state_dir.name.startswith(".")  # hidden from Harvester
+
+
+def test_resuming_forgets_entries_an_attempt_staged_before_declaring_anything(access_point):
+    """An attempt killed between staging its entries and its final state left a journal and no
+    worker_attributes.json: the job runs again, and those entries are never published."""
+    from hpcpilot.workflow.resume import split_declared
+
+    EventStatusPublisher(access_point).stage(1001, [OUTPUT])
+    to_run, declared = split_declared(access_point, access_point.read_jobs())
+    assert sorted(job.pandaid for job in to_run) == [1001, 1002] and declared == []
+    assert not EventStatusPublisher(access_point).journal_path(1001).exists()
