@@ -13,13 +13,15 @@ import os
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .atomicfile import json_bytes, read_json, rename_no_replace, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
-from .jobs import SECRET_KEYS, InvalidJob, JobSpec, parse_job, parse_pandaid
+from .jobs import (SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service, parse_job,
+                   parse_pandaid)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,12 @@ class AccessPoint:
     # -- reading -----------------------------------------------------------
 
     def read_jobs(self) -> list[JobSpec | InvalidJob]:
-        """Every job of this worker, each parsed or marked invalid with its code."""
+        """Every job of this worker, each validated or marked invalid with its code."""
+        return [self.validated(item) for item in self.read_definitions()]
+
+    def read_definitions(self) -> list[RawJob | InvalidJob]:
+        """Every job definition of this worker as read, not yet validated; or invalid with its code
+        (when its file cannot be read or decoded)."""
         self._check_readable()
         if self.many_to_one:
             return self._read_job_dirs_in_pool(self._read_pandaids())
@@ -68,10 +75,16 @@ class AccessPoint:
         if not spec.exists():
             raise WorkerError(ExitCode.NO_JOBS, f"no jobs in {self.root}: neither "
                               f"{self.files.worker_pandaids} nor {self.files.job_spec} is there")
-        jobs = self._read_spec_file(spec, expected=None)
-        if not jobs:
+        definitions = self._definitions(spec, self._spec_text(spec), expected=None)
+        if not definitions:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
-        return jobs
+        return definitions
+
+    def validated(self, item: RawJob | InvalidJob) -> JobSpec | InvalidJob:
+        """A definition as a typed job, or invalid with its code and diagnostic."""
+        if isinstance(item, InvalidJob):
+            return item
+        return _parse_or_invalid(item.key, item.definition, self.secret_keys)
 
     def note_run(self) -> bool:
         """Mark the access point as run by a pilot; True if an earlier run had marked it already.
@@ -85,17 +98,17 @@ class AccessPoint:
             return True
         return False
 
-    def _read_job_dirs_in_pool(self, pandaids: list[int]) -> list[JobSpec | InvalidJob]:
-        """Threads overlap the metadata latency of a shared filesystem; each takes a chunk of job
-        directories, as one task per job costs more in scheduling than a local read."""
+    def _read_job_dirs_in_pool(self, pandaids: list[int]) -> list[RawJob | InvalidJob]:
+        """Threads read the files, overlapping the metadata latency of a shared filesystem (each takes a
+        chunk: one task per job costs more in scheduling than a local read); this thread parses them as
+        they come, for Python code in several threads would only fight over the GIL."""
         symlinked = self._symlinked_entries()
+        outside = {pandaid for pandaid in pandaids if str(pandaid) in symlinked and not self.job_dir_is_inside(pandaid)}
         chunks = [pandaids[start:start + READ_CHUNK] for start in range(0, len(pandaids), READ_CHUNK)]
-        if len(chunks) == 1:
-            read = [self._read_job_dirs(chunks[0], symlinked)]
-        else:
-            with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
-                read = list(pool.map(self._read_job_dirs, chunks, [symlinked] * len(chunks)))
-        return [job for chunk in read for job in chunk]
+        with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
+            texts = pool.map(self._read_spec_texts, chunks, [outside] * len(chunks))
+            return [self._job_from(pandaid, text) for chunk, chunk_texts in zip(chunks, texts)
+                    for pandaid, text in zip(chunk, chunk_texts)]
 
     def _symlinked_entries(self) -> set[str]:
         """Names at the top of the access point that are symlinks: one directory listing, no stat per job."""
@@ -105,8 +118,12 @@ class AccessPoint:
         except OSError as error:
             raise WorkerError(ExitCode.MISSING_INPUT, f"access point {self.root}: {error}") from None
 
-    def _read_job_dirs(self, pandaids: list[int], symlinked: set[str]) -> list[JobSpec | InvalidJob]:
-        return [self._read_job_dir(pandaid, str(pandaid) in symlinked) for pandaid in pandaids]
+    def _read_spec_texts(self, pandaids: list[int], outside: set[int]) -> list[str | JobDefinitionError | None]:
+        """Each job's spec file as text, or why it cannot be read; None for job directories outside."""
+        return [None if pandaid in outside else self._spec_text(self._spec_path(pandaid)) for pandaid in pandaids]
+
+    def _spec_path(self, pandaid: int) -> str:
+        return os.path.join(self._root_text, str(pandaid), self.files.job_spec)
 
     def _check_readable(self) -> None:
         try:
@@ -135,30 +152,36 @@ class AccessPoint:
             raise WorkerError(ExitCode.NO_JOBS, f"{path} lists no jobs")
         return unique
 
-    def _read_job_dir(self, pandaid: int, is_symlink: bool) -> JobSpec | InvalidJob:
-        if is_symlink and not self.job_dir_is_inside(pandaid):
+    def _job_from(self, pandaid: int, text: str | JobDefinitionError | None) -> RawJob | InvalidJob:
+        if text is None:
             return InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a "
                               f"symlink to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
-        spec = os.path.join(self._root_text, str(pandaid), self.files.job_spec)
-        return self._read_spec_file(spec, expected=pandaid)[0]
+        return self._definitions(self._spec_path(pandaid), text, expected=pandaid)[0]
 
-    def _read_spec_file(self, spec: Path | str, expected: int | None) -> list[JobSpec | InvalidJob]:
+    def _definitions(self, spec: Path | str, text: str | JobDefinitionError, expected: int | None
+                     ) -> list[RawJob | InvalidJob]:
         try:
-            definitions = self._load_definitions(spec)
+            if isinstance(text, JobDefinitionError):
+                raise text
+            definitions = self._definitions_in(spec, text)
         except JobDefinitionError as error:
             return [InvalidJob(expected or 0, error.code, error.diag)]
         if expected is not None:
-            definitions = {expected: definitions.get(str(expected), _only(definitions))}
-        return [_parse_or_invalid(key, raw, self.secret_keys) for key, raw in definitions.items()]
+            return [RawJob(expected, expected, definitions.get(str(expected), _only(definitions)))]
+        return [RawJob(_pandaid_or_zero(key), key, raw) for key, raw in definitions.items()]
 
-    def _load_definitions(self, spec: Path | str) -> dict[Any, Any]:
-        """The spec file as {PandaID string: definition}."""
+    @staticmethod
+    def _spec_text(spec: Path | str) -> str | JobDefinitionError:
+        """The spec file's text, or the error that says why it cannot be read (returned: threads hand it on)."""
         try:
-            text = _read_text(os.fspath(spec))
+            return _read_text(os.fspath(spec))
         except FileNotFoundError:
-            raise JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist") from None
+            return JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist")
         except (OSError, UnicodeDecodeError) as error:
-            raise JobDefinitionError(ErrorCode.FILE_HANDLING, f"cannot read job definition {spec}: {error}") from None
+            return JobDefinitionError(ErrorCode.FILE_HANDLING, f"cannot read job definition {spec}: {error}")
+
+    def _definitions_in(self, spec: Path | str, text: str) -> dict[Any, Any]:
+        """The spec file's text as {PandaID string: definition}."""
         if self.files.job_spec_format == "cgi":
             definition = dict(urllib.parse.parse_qsl(text.strip(), keep_blank_values=True))
             return {definition.get("PandaID", ""): definition}
@@ -200,6 +223,31 @@ class AccessPoint:
 def _only(definitions: dict[Any, Any]) -> Any:
     """The single definition of a one-job spec file whose key is not the expected PandaID."""
     return next(iter(definitions.values())) if len(definitions) == 1 else None
+
+
+@dataclass(frozen=True)
+class RawJob:
+    """A job definition as read from the access point; each rank validates its own share."""
+
+    pandaid: int  # as far as the file tells (0 when its key is no PandaID)
+    key: Any  # the PandaID as the spec file gives it
+    definition: Any
+
+    @property
+    def core_count(self) -> int:
+        """The cores it asks for, for dealing jobs out (an invalid value counts as 1: it fails later)."""
+        return declared_core_count(self.definition)
+
+    @property
+    def event_service(self) -> bool:
+        return isinstance(self.definition, dict) and is_event_service(self.definition)
+
+
+def _pandaid_or_zero(key: Any) -> int:
+    try:
+        return parse_pandaid(key)
+    except JobDefinitionError:
+        return 0
 
 
 def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...]) -> JobSpec | InvalidJob:

@@ -206,6 +206,18 @@ def parse_pandaid(value: Any) -> int:
     return int(text)
 
 
+def declared_core_count(raw: Mapping[str, Any]) -> int:
+    """``coreCount`` of a definition not yet validated; 1 if it has none or no valid one."""
+    try:
+        return _integer(raw, "coreCount", 1, minimum=1) if isinstance(raw, Mapping) else 1
+    except JobDefinitionError:
+        return 1
+
+
+def is_event_service(raw: Mapping[str, Any]) -> bool:
+    return _flag(raw, "eventService", False)
+
+
 SECRET_KEYS = ("pilotSecrets",)
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary text
 
@@ -258,7 +270,7 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         task_id=_text(raw, "taskID"),
         jobset_id=_text(raw, "jobsetID"),
         container_name=_text(raw, "container_name"),
-        event_service=_flag(raw, "eventService", False),
+        event_service=is_event_service(raw),
         inputs=_inputs(raw),
         outputs=_outputs(raw, log.lfn),
         log=log,

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
-from ..harvester import AccessPoint, EventStatusPublisher
+from ..harvester import AccessPoint, EventStatusPublisher, RawJob
 from ..jobs import SECRET_KEYS, InvalidJob, JobSpec
 from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
@@ -37,13 +37,15 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+SHARE_TAG = 11
+
 
 @dataclass
 class WorkPlan:
     """What rank 0 decided: this rank's share, the event service jobs (run by all ranks together),
     the jobs already declared (invalid, or final from an earlier run), and the total."""
 
-    share: list[JobSpec] = field(default_factory=list)
+    share: list[JobSpec | InvalidJob] = field(default_factory=list)  # validated by this rank
     event_jobs: list[JobSpec] = field(default_factory=list)
     already_declared: list[JobResult] = field(default_factory=list)
     total: int = 0
@@ -110,18 +112,20 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
 
 
 def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
-    """Rank 0 reads and validates; invalid jobs are declared at once; valid ones are scattered."""
+    """Rank 0 reads the definitions and scatters them; each rank validates its own share (rank 0 only
+    reads, however many ranks there are). Unreadable jobs are declared failed at once."""
     shares, plan, status = None, WorkPlan(), ExitCode.SUCCESS
     with _collector_paused():
         if comm.rank == 0:
             try:
-                jobs, plan.already_declared = _read_undeclared(access_point)
-                plan.total = len(jobs) + len(plan.already_declared)
-                plan.already_declared += [_declare_invalid(access_point, job) for job in jobs
-                                          if isinstance(job, InvalidJob)]
-                valid = [job for job in jobs if isinstance(job, JobSpec)]
-                plan.event_jobs = [job for job in valid if job.event_service]
-                shares = balanced_shares([job for job in valid if not job.event_service], comm.size)
+                definitions, plan.already_declared = _read_undeclared(access_point)
+                plan.total = len(definitions) + len(plan.already_declared)
+                readable = [item for item in definitions if isinstance(item, RawJob)]
+                event_jobs = [access_point.validated(item) for item in readable if item.event_service]
+                plan.event_jobs = [job for job in event_jobs if isinstance(job, JobSpec)]
+                plan.already_declared += [_declare_invalid(access_point, job, comm.rank) for job in
+                                          [*definitions, *event_jobs] if isinstance(job, InvalidJob)]
+                shares = balanced_shares([item for item in readable if not item.event_service], comm.size)
             except WorkerError as error:
                 log.error("%s", error)
                 status = error.exit_code
@@ -129,18 +133,30 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
         status = comm.bcast(status, root=0)
         if status != ExitCode.SUCCESS:
             return plan, status
-        plan.share = comm.scatter(shares, root=0)
+        plan.share = [access_point.validated(item) for item in _scatter_keeping_own(comm, shares)]
         plan.event_jobs = comm.bcast(plan.event_jobs, root=0)
     return plan, status
 
 
-def _read_undeclared(access_point: AccessPoint) -> tuple[list[JobSpec | InvalidJob], list[JobResult]]:
+def _scatter_keeping_own(comm: Any, shares: list[list[RawJob]] | None) -> list[RawJob]:
+    """``comm.scatter`` from rank 0, except that rank 0's own share is neither pickled nor unpickled."""
+    if comm.size == 1:
+        return shares[0]
+    if comm.rank != 0:
+        return comm.recv(source=0, tag=SHARE_TAG)
+    sent = [comm.isend(shares[rank], dest=rank, tag=SHARE_TAG) for rank in range(1, comm.size)]
+    for request in sent:
+        request.wait()
+    return shares[0]
+
+
+def _read_undeclared(access_point: AccessPoint) -> tuple[list[RawJob | InvalidJob], list[JobResult]]:
     """(jobs to run, results of jobs an earlier run declared): on an access point no pilot ran on
     before, every job is to run and no job directory needs a second look."""
-    jobs = access_point.read_jobs()
+    definitions = access_point.read_definitions()
     if not access_point.note_run():
-        return jobs, []
-    return split_declared(access_point, jobs)
+        return definitions, []
+    return split_declared(access_point, definitions)
 
 
 @contextmanager
@@ -156,13 +172,13 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def balanced_shares(jobs: list[JobSpec], ranks: int) -> list[list[JobSpec]]:
+def balanced_shares(jobs: list[RawJob], ranks: int) -> list[list[RawJob]]:
     """Deal jobs round-robin, heaviest first, so every rank gets a near-equal share of cores."""
     ordered = sorted(jobs, key=lambda job: -job.core_count)
     return [ordered[rank::ranks] for rank in range(ranks)]
 
 
-def _declare_invalid(access_point: AccessPoint, job: InvalidJob) -> JobResult:
+def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int) -> JobResult:
     log.error("job %d: invalid definition, declared failed: %d %s", job.pandaid, job.code, job.diag)
     host = socket.gethostname()
     declared = access_point.job_dir_is_inside(job.pandaid)
@@ -174,7 +190,7 @@ def _declare_invalid(access_point: AccessPoint, job: InvalidJob) -> JobResult:
     except OSError as error:
         log.error("job %d: cannot declare it failed: %s", job.pandaid, error)
         declared = False
-    return JobResult.of_invalid(job, 0, host, declared)
+    return JobResult.of_invalid(job, rank, host, declared)
 
 
 def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankContext:
@@ -210,9 +226,11 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
 def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline, supervisor: Supervisor,
                comm: Any) -> list[JobResult]:
     """Run this rank's jobs; rank 0 also collects everyone's results and learns of every stop."""
+    valid = [job for job in plan.share if isinstance(job, JobSpec)]
+    invalid = [_declare_invalid(ctx.access_point, job, comm.rank) for job in plan.share if isinstance(job, InvalidJob)]
     if comm.rank == 0:
-        collector = Collector(comm, plan.total, plan.already_declared, ctx.config.progress_interval)
-        runner = RankRunner(ctx, plan.share, cores, deadline, collector.add, collector.note_started)
+        collector = Collector(comm, plan.total, plan.already_declared + invalid, ctx.config.progress_interval)
+        runner = RankRunner(ctx, valid, cores, deadline, collector.add, collector.note_started)
         supervisor.on_stop = runner.stop
         runner.run(tick=lambda: (collector.poll(), supervisor.tick()))
         results = collector.wait_for_all(tick=supervisor.tick)
@@ -220,7 +238,9 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
             supervisor.adopt(request)
         return results
     reporter = Reporter(comm)
-    runner = RankRunner(ctx, plan.share, cores, deadline, reporter.send_result, reporter.send_started)
+    for result in invalid:
+        reporter.send_declared(result)
+    runner = RankRunner(ctx, valid, cores, deadline, reporter.send_result, reporter.send_started)
     supervisor.on_stop = runner.stop
     runner.run(tick=supervisor.tick)
     reporter.close(supervisor.stop_request)

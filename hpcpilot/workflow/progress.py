@@ -35,6 +35,10 @@ class Reporter:
     def send_result(self, result: JobResult) -> None:
         self._send(("result", result))
 
+    def send_declared(self, result: JobResult) -> None:
+        """A job declared without running (its definition was invalid)."""
+        self._send(("declared", result))
+
     def close(self, stop_request: Any = None) -> None:
         """The share is done; ``stop_request`` tells rank 0 how this rank was stopped, if it was."""
         self._send(("done", stop_request))
@@ -70,6 +74,8 @@ class Collector:
                 self.note_started(value)
             elif kind == "result":
                 self.add(value)
+            elif kind == "declared":
+                self.results.append(value)
             else:
                 self.ranks_done += 1
                 if value is not None:
