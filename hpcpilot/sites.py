@@ -147,10 +147,13 @@ def _convert_field(name: str, value: Any, where: str) -> Any:
     return value
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it
+
+
 def load_site_data(path: Path) -> SiteData:
     """Read and check a site YAML file; errors name the file and the key."""
     try:
-        content = yaml.safe_load(Path(path).read_text())
+        content = yaml.load(Path(path).read_text(), Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as error:
         raise SitePluginError(f"site data {path}: {error}") from None
     if not isinstance(content, dict) or "name" not in content:
@@ -456,7 +459,8 @@ def _environment_with_hostname(environ: Mapping[str, str] | None) -> Mapping[str
 
 def detected_sites(environ: Mapping[str, str]) -> list[Site]:
     """Every registered site whose ``detect`` matches ``environ``, in name order."""
-    sites = [load_site(name) for name in list_sites()]
+    registered = _site_entry_points()  # one scan of the installed distributions, not one per site
+    sites = [instantiate_site(registered[name]) for name in sorted(registered)]
     return [site for site in sites if site.detect(environ)]
 
 
