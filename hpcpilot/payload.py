@@ -50,7 +50,7 @@ class Payload:
     """One running payload process, started in its own session, and its whole process tree."""
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
-        with open(cwd / STDOUT_NAME, "wb") as out, open(cwd / STDERR_NAME, "wb") as err:
+        with open(cwd / STDOUT_NAME, "wb", buffering=0) as out, open(cwd / STDERR_NAME, "wb", buffering=0) as err:
             self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
         self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)

@@ -191,7 +191,11 @@ def _is_special(path: Path) -> bool:
 
 def check_scratch_is_ours(scratch: Path) -> None:
     """The payload may have replaced its scratch directory by a symlink to somewhere else: never follow it."""
-    if scratch.is_symlink() or not scratch.is_dir():
+    try:
+        ours = stat.S_ISDIR(os.lstat(scratch).st_mode)  # a directory, and not through a symlink
+    except OSError:
+        ours = False
+    if not ours:
         raise PilotError(ErrorCode.FILE_HANDLING, f"scratch directory {scratch} was replaced by the payload "
                          "(it is no longer a directory of the pilot's); nothing in it is used")
 

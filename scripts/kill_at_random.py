@@ -9,7 +9,7 @@ again. After ``--kills`` kills it runs to completion, and every job must
 be declared exactly once.
 
 Checked after every kill:
-- every JSON file in the access point parses (the pilot's hidden temp files aside);
+- every JSON file Harvester may read parses (the pilot's hidden files aside, but a final job's journal must);
 - every job declared finished has outputs whose bytes match the declared fsize/chksum;
 - no temp file is visible under a name Harvester reads.
 
@@ -33,11 +33,12 @@ from pathlib import Path
 import psutil
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
-from hpcpilot.atomicfile import TEMP_PREFIX
 
 JOBS = 40
 RUN_TIMEOUT = 300
 DUMP = "event_status.dump.json"
+JOURNAL = ".hpcpilot-pending.json"
+HIDDEN_PREFIX = ".hpcpilot"  # the pilot's own: temp files and journals
 
 
 def make_worker(root: Path) -> Path:
@@ -100,8 +101,10 @@ def _belongs_to(process: psutil.Process, ap: Path) -> bool:
 
 
 def check_after_kill(ap: Path, harvester: Harvester) -> list[str]:
+    """Files Harvester reads parse; the pilot's hidden files (temp files, journals being written) may not,
+    except the journal of a job declared final (checked in _check_job)."""
     problems = [f"{path}: does not parse" for path in ap.rglob("*.json*")
-                if not path.name.startswith(TEMP_PREFIX) and not _parses(path)]
+                if not path.name.startswith(HIDDEN_PREFIX) and not _parses(path)]
     for job_dir in (d for d in ap.iterdir() if d.is_dir() and d.name.isdigit()):
         problems += _check_job(job_dir, harvester.handed_over.get(int(job_dir.name), []))
     return problems
@@ -111,8 +114,11 @@ def _check_job(job_dir: Path, handed_over: list[dict]) -> list[str]:
     problems = [f"{p}: temp file under a Harvester name" for p in job_dir.iterdir()
                 if not p.name.startswith(".") and ("tmp" in p.name.lower())]
     attributes = _read(job_dir / "worker_attributes.json")
+    journal = job_dir / JOURNAL
+    if attributes and attributes.get("jobStatus") in ("finished", "failed") and journal.exists() and not _parses(journal):
+        problems.append(f"{journal}: the journal of a job declared final does not parse")
     if attributes and attributes.get("jobStatus") == "finished":
-        for entry in handed_over + _entries(job_dir / DUMP) + _entries(job_dir / ".hpcpilot-pending.json"):
+        for entry in handed_over + _entries(job_dir / DUMP) + _entries(journal):
             data = Path(entry["path"]).read_bytes() if Path(entry["path"]).exists() else None
             if data is None or len(data) != entry["fsize"] or f"{zlib.adler32(data) & 0xFFFFFFFF:08x}" != entry["chksum"]:
                 problems.append(f"{entry['path']}: bytes differ from the declaration")

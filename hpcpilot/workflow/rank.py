@@ -1,7 +1,7 @@
 """Running one rank's share of jobs: a pipeline of phases sharing the rank's cores.
 
-Jobs move stage-in -> payload -> stage-out, each phase a task in a thread
-pool. Payloads start only when enough of the rank's cores are free, while
+Jobs move stage-in -> payload -> stage-out, as tasks in a thread pool (a
+payload's thread goes on with its stage-out). Payloads start only when enough of the rank's cores are free, while
 the next jobs' stage-in and the last jobs' stage-out overlap them, so the
 cores wait for I/O as little as possible. Only the calling (main) thread
 touches MPI: it runs the loop below and calls ``tick`` between events.
@@ -114,10 +114,9 @@ class RankRunner:
                 self._submit("stageout", run)
             else:
                 self.ready.append(run)
-        elif phase == "payload":
+        elif phase == "payload":  # its thread goes on with the stage-out
             self.free_cores += run.cores
             self.running.pop(run.pandaid, None)
-            self._submit("stageout", run)
         else:  # stageout or abandon: the job is declared
             self.unfinished -= 1
             self.report(JobResult.of_run(run))
@@ -126,6 +125,19 @@ class RankRunner:
         self.pool.submit(self._run_phase, phase, run)
 
     def _run_phase(self, phase: str, run: JobRun) -> None:
+        """One phase in a pool thread; after a payload, its stage-out follows in the same thread (one
+        hand-over less per job), once the main thread has been told that the cores are free."""
+        try:
+            self._run_guarded(phase, run)
+        finally:
+            self.events.put((phase, run))
+        if phase == "payload":
+            try:
+                self._run_guarded("stageout", run)
+            finally:
+                self.events.put(("stageout", run))
+
+    def _run_guarded(self, phase: str, run: JobRun) -> None:
         try:
             _PHASES[phase](self.ctx, run)
         except Exception as error:  # a bug must not lose the job: it still gets declared
@@ -133,8 +145,6 @@ class RankRunner:
             run.fail(PilotError(ErrorCode.GENERAL, f"pilot error in {phase}: {error!r}"))
             if phase in ("stageout", "abandon"):
                 _declare_after_crash(self.ctx, run)
-        finally:
-            self.events.put((phase, run))
 
 
 def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:
