@@ -546,7 +546,7 @@ def measure_stagein(sizes: Sizes, work: Path) -> list[Row]:
 
 # The target counts %file, read and write; the others are shown for information (fsync is costly on Lustre/GPFS).
 COUNTED_EXTRA = ("fsync", "fdatasync", "fchmod", "getdents64", "pread64", "pwrite64", "readv", "writev",
-                 "lseek", "fstat", "close", "ftruncate")
+                 "lseek", "fstat", "close", "ftruncate", "copy_file_range", "sendfile")
 TRACE_SET = "%file,read,write," + ",".join(COUNTED_EXTRA)
 _SYSCALL_LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+([a-z0-9_]+)\((.*)$")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
