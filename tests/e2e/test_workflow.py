@@ -325,3 +325,21 @@ def test_job_steps_go_to_the_jobs_own_log_and_one_line_per_job_to_the_pilots(tmp
     for step in ("scratch", "payload: echo hello", "payload ended with 0", "finished (code 0)"):
         assert step in pilot_log, pilot_log
     assert all("[0@" in line for line in pilot_log.splitlines())
+
+
+@pytest.mark.timeout(120)
+def test_each_rank_validates_its_share_and_declares_its_invalid_jobs(tmp_path: Path) -> None:
+    definitions = {pandaid: job_definition(pandaid, "true") for pandaid in range(1701, 1707)}
+    for pandaid in (1701, 1702):  # dealt round-robin: one to each rank
+        definitions[pandaid]["transformation"] = "NULL"
+    ap = write_access_point(tmp_path / "ap", definitions)
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = run.summary()
+    assert (summary["finished"], summary["failed"]) == (4, 2)
+    invalid = {job["pandaid"]: job for job in summary["jobs"] if job["status"] == "failed"}
+    assert set(invalid) == {1701, 1702} and {job["rank"] for job in invalid.values()} == {0, 1}
+    for pandaid in invalid:
+        attributes = run.attributes(pandaid)
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1110), attributes
+        assert "transformation" in attributes["pilotErrorDiag"]
