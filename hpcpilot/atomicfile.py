@@ -1,7 +1,9 @@
 """Atomic file publication: a reader sees the old file, the new file, or none, never half of one.
 
-Every file Harvester reads goes through here: written to a hidden temp file
-in the same directory, flushed to disk, then renamed into place.
+Every file Harvester reads goes through here. The JSON files it polls are
+written to a hidden temp file in the same directory, flushed to disk, then
+renamed into place; outputs and log tarballs, which it reads only once a
+declaration names them, are written in place (``declared_later``).
 """
 from __future__ import annotations
 
