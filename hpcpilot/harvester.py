@@ -42,6 +42,7 @@ class AccessPoint:
         self.secret_keys = secret_keys
         self.many_to_one = _exists(self.root / files.worker_pandaids)
         self._root_text = str(self.root)
+        self._job_dirs: dict[int, Path] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -49,7 +50,12 @@ class AccessPoint:
         return self.root / self.files.state_dir
 
     def job_dir(self, pandaid: int) -> Path:
-        return self.root / str(pandaid) if self.many_to_one else self.root
+        if not self.many_to_one:
+            return self.root
+        job_dir = self._job_dirs.get(pandaid)
+        if job_dir is None:  # asked for several times per job: made once
+            job_dir = self._job_dirs[pandaid] = self.root / str(pandaid)
+        return job_dir
 
     def job_dir_is_inside(self, pandaid: int) -> bool:
         """False for a job directory that is a symlink leading out of the access point."""

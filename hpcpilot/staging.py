@@ -261,7 +261,7 @@ def _regular_members(scratch: Path, members: Iterable[str]) -> list[str]:
     packable = []
     for name in members:
         try:
-            mode = os.lstat(scratch / name).st_mode
+            mode = os.lstat(os.path.join(scratch, name)).st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISREG(mode):
