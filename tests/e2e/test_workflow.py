@@ -300,15 +300,21 @@ def test_a_long_payload_is_declared_running_a_short_one_only_final(tmp_path: Pat
     env = {**os.environ, "HPCPILOT_DECLARE_RUNNING_AFTER": "1", "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.2"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
-    seen = {1501: set(), 1502: set()}
-    while process.poll() is None:
+    seen: dict[int, set[str]] = {1501: set(), 1502: set()}
+
+    def look() -> None:
         for pandaid, states in seen.items():
             try:
                 states.add(json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"])
             except FileNotFoundError:
                 pass
+
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        look()
         time.sleep(0.05)
     _, stderr = communicate_or_kill(process, 60, "the pilot")
+    look()  # the final states, written just before the pilot ended
     assert process.returncode == 0, stderr[-2000:]
     assert seen[1501] == {"running", "finished"}
     assert seen[1502] == {"finished"}
