@@ -162,9 +162,7 @@ def publish_json_if_absent(path: Path, content: Any) -> bool:
         return False
     temp = temp_path(path)
     try:
-        with _created(temp) as handle:
-            handle.write(json_bytes(content))
-            os.fsync(handle.fd)
+        write_new(temp, json_bytes(content))
         os.link(temp, path)
         return True
     except FileExistsError:

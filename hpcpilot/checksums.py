@@ -18,8 +18,8 @@ import logging
 import mmap
 import os
 import queue
-import threading
 import stat
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,7 +394,7 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
     """
     with open(source, "rb", buffering=0) as handle:
         before = _identity(handle.fileno())
-        running = _kernel_copy_checksumming_source(handle.fileno(), target_fd, want_md5)
+        running = _kernel_copy_checksumming_source(handle.fileno(), target_fd, want_md5, size=before[0])
         if _identity(handle.fileno()) == before:
             return running
     log.warning("%s changed while it was copied; copying it again", source)
@@ -408,13 +408,13 @@ def _identity(fd: int) -> tuple[int, int, int]:
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
-def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool) -> RunningChecksum:
+def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool, size: int) -> RunningChecksum:
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def copy_all(ranges: Any, stop: threading.Event) -> None:
         try:
-            _copy_chunks(KernelCopy(source_fd, target_fd), ranges, stop)
+            _copy_chunks(KernelCopy(source_fd, target_fd, size), ranges, stop)
         except _Stopped:
             pass
         except BaseException as error:
@@ -422,7 +422,6 @@ def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: b
         finally:
             ranges.put(None)
 
-    size = os.fstat(source_fd).st_size
     ranges, copier = _start_copier(copy_all, (), stop, in_thread=size > KERNEL_CHUNK_SIZE)  # one chunk: no overlap
     running, buffer = RunningChecksum(want_md5), bytearray(min(KERNEL_CHUNK_SIZE, max(size, READ_BACK_MIN)))
     copied: object = "not yet"

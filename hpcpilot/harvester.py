@@ -293,11 +293,9 @@ class EventStatusPublisher:
         """Record ``entries`` durably, after any still unpublished ones."""
         journal = self.journal_path(pandaid)
         content = {str(pandaid): self._journal(pandaid) + list(entries)}
-        try:  # the usual case, no journal yet: open and write, as nothing reads it before it is complete
-            if pandaid in self._waiting:
-                raise FileExistsError
-            write_new(journal, json_bytes(content))
-        except FileExistsError:  # adding to unpublished entries, or replacing a stale journal of an earlier run
+        # The usual case, no journal yet: open and write, as nothing reads it before it is complete.
+        # Otherwise, entries are added to unpublished ones, or a stale journal of an earlier run is replaced.
+        if pandaid in self._waiting or not _written_new(journal, content):
             write_json(journal, content)
         self._waiting.add(pandaid)
 
@@ -366,6 +364,15 @@ class EventStatusPublisher:
             return list(read_json(self.journal_path(pandaid)).get(str(pandaid), []))
         except FileNotFoundError:
             return []
+
+
+def _written_new(path: Path, content: Any) -> bool:
+    """Write ``content`` as JSON to a file that does not exist yet; False if one does."""
+    try:
+        write_new(path, json_bytes(content))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _same_file(first: Path, second: Path) -> bool:

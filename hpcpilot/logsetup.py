@@ -91,14 +91,18 @@ class JobLog(logging.LoggerAdapter):
         if self.router is None or self.logger.isEnabledFor(logging.DEBUG):
             self.debug(msg, *args)
             return
-        text = msg % args if args else msg
-        self.router.write_detail(self.extra["pandaid"], self.logger.name,
-                                 self.process(redact(text, self.secrets) if self.secrets else text, {})[0])
+        line, _ = self.process(self._redacted(msg, args), {})
+        self.router.write_detail(self.extra["pandaid"], self.logger.name, line)
 
     def log(self, level, msg, *args, **kwargs):
         if self.secrets and self.isEnabledFor(level):
-            msg, args = redact(str(msg) % args if args else str(msg), self.secrets), ()
+            msg, args = self._redacted(msg, args), ()
         super().log(level, msg, *args, **kwargs)
+
+    def _redacted(self, msg: object, args: tuple) -> str:
+        """The message formatted with its arguments, the job's secrets blanked."""
+        text = str(msg) % args if args else str(msg)
+        return redact(text, self.secrets) if self.secrets else text
 
     def process(self, msg, kwargs):
         kwargs["extra"] = self.extra

@@ -36,9 +36,6 @@ class SerialComm:
     def bcast(self, value: Any, root: int = 0) -> Any:
         return value
 
-    def scatter(self, values: list[Any], root: int = 0) -> Any:
-        return values[0]
-
     def gather(self, value: Any, root: int = 0) -> list[Any]:
         return [value]
 

@@ -2,10 +2,12 @@
 
 Stage-in modes: ``copy`` (the kernel copies; the size and checksum of each
 copy are verified by reading it back right behind the copier), ``link`` (a
-symlink to the replica, whose checksum is verified by reading it once) and ``direct`` (the payload reads the replica in place
-through a symlink; only its size is verified, as reading it would defeat
-remote I/O). Stage-out publishes each file atomically with its size and
-adler32, and never follows a symlink out of scratch.
+symlink to the replica, whose checksum is verified by reading it once) and
+``direct`` (the payload reads the replica in place through a symlink; only
+its size is verified, as reading it would defeat
+remote I/O). Stage-out writes each file in the job directory under its own
+name, declared with its size and adler32 only once complete, and never
+follows a symlink out of scratch.
 """
 from __future__ import annotations
 
@@ -217,12 +219,19 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, A
         raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
     target = job_dir / spec.lfn
     try:
-        with declared_later(target) as handle:
-            # The source in scratch is ours: its sum is the sum of the bytes published.
-            running = copy_into_with_checksum(source, handle.fd)
+        running = copy_out(source, target)
     except OSError as error:
         raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
     return declaration("output", target, running, spec.guid)
+
+
+def copy_out(source: Path, target: Path, fsync: bool = True) -> RunningChecksum:
+    """Copy ``source`` from scratch to ``target`` in the job directory, to be declared once complete.
+
+    The source in scratch is ours: its sum is the sum of the bytes published.
+    """
+    with declared_later(target, fsync=fsync) as handle:
+        return copy_into_with_checksum(source, handle.fd)
 
 
 def declaration(kind: str, path: Path, running: RunningChecksum, guid: str) -> dict[str, Any]:

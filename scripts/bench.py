@@ -335,16 +335,10 @@ class PilotRun:
 RAM_DISK = Path("/dev/shm")
 
 
-@contextmanager
-def node_local_scratch(work: Path) -> Iterator[Path]:
+def node_local_scratch(work: Path) -> ContextManager[Path]:
     """Scratch where an HPC node has it: the RAM disk if there is one (Titan's and Theta's nodes had no
     other), else beside the access point."""
-    base = RAM_DISK if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK) else work
-    scratch = Path(tempfile.mkdtemp(prefix="hpcpilot-bench-scratch-", dir=base))
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return workspace(RAM_DISK if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK) else work)
 
 
 def time_pilot(work: Path, jobs: int, cores: int, label: str = "") -> PilotRun:

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import payload, staging
-from ..atomicfile import FILE_MODE, read_json
-from ..checksums import copy_into_with_checksum
+from ..atomicfile import read_json
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
@@ -308,11 +307,7 @@ class RankEventWork:
             self.run.scratch))
         target = self.ctx.access_point.job_dir(self.run.pandaid) / name
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-            try:
-                running = copy_into_with_checksum(source, fd)
-            finally:
-                os.close(fd)
+            running = staging.copy_out(source, target, fsync=False)
         except OSError as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)

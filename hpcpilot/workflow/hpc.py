@@ -161,8 +161,8 @@ def _read_undeclared(access_point: AccessPoint) -> tuple[list[RawJob | InvalidJo
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """No garbage collection while tens of thousands of job specs are made and unpickled: they hold no
-    cycles, yet each collection would walk them all again."""
+    """No garbage collection while tens of thousands of definitions are read, unpickled and validated:
+    they hold no cycles, yet each collection would walk them all again."""
     enabled = gc.isenabled()
     gc.disable()
     try:

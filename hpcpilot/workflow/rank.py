@@ -1,8 +1,9 @@
 """Running one rank's share of jobs: a pipeline of phases sharing the rank's cores.
 
 Jobs move stage-in -> payload -> stage-out, as tasks in a thread pool (a
-payload's thread goes on with its stage-out). Payloads start only when enough of the rank's cores are free, while
-the next jobs' stage-in and the last jobs' stage-out overlap them, so the
+payload's thread goes on with its stage-out). Payloads start only when
+enough of the rank's cores are free, while the next jobs' stage-in and the
+last jobs' stage-out overlap them, so the
 cores wait for I/O as little as possible. Only the calling (main) thread
 touches MPI: it runs the loop below and calls ``tick`` between events.
 """

@@ -2,9 +2,10 @@
 
 Jobs that an earlier run declared final (``finished`` or ``failed``) are not
 run again: their staged entries are published when the dump is free. Jobs it
-left unfinished (``running``, or not declared at all) lose what that run staged and run again;
-except event service jobs, whose staged entries are finished ranges: those
-are kept, published, and their ranges not processed again.
+left unfinished (``running``, or not declared at all) lose what that run
+staged and run again; except event service jobs, whose staged entries are
+finished ranges: those are kept, published, and their ranges not processed
+again.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..atomicfile import TEMP_PREFIX
-from ..harvester import READ_THREADS, AccessPoint, EventStatusPublisher
-from ..jobs import InvalidJob, JobSpec
+from ..harvester import READ_THREADS, AccessPoint, EventStatusPublisher, RawJob
+from ..jobs import InvalidJob
 from ..jobstate import FINAL_STATES, JobResult
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 EARLIER_RUN = -1  # the rank recorded for jobs an earlier run declared
 
 
-def split_declared(access_point: AccessPoint, jobs: list[JobSpec | InvalidJob]
-                   ) -> tuple[list[JobSpec | InvalidJob], list[JobResult]]:
+def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
+                   ) -> tuple[list[RawJob | InvalidJob], list[JobResult]]:
     """(jobs to run, results of jobs an earlier run already declared final)."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         states = list(pool.map(lambda job: access_point.read_attributes(job.pandaid), jobs))
