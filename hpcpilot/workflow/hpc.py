@@ -27,7 +27,6 @@ from ..mpi import local_rank_count, wait_idly
 from ..sites import Site, select_site
 from ..stopping import SignalWatch, StopRequest
 from . import jobflow
-from .eventservice import run_event_service_job
 from .jobflow import RankContext
 from .progress import Collector, Reporter
 from .jobflow import terminate_in_background
@@ -250,6 +249,10 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
 def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, supervisor: Supervisor,
                     comm: Any) -> list[JobResult]:
     """Event service jobs, one after the other, each on every rank; skipped alike on all ranks once stopping."""
+    if not jobs:
+        return []
+    from .eventservice import run_event_service_job  # only a worker with such jobs pays for importing it
+
     results = []
     for job in jobs:
         supervisor.adopt(comm.bcast(supervisor.stop_request, root=0))

@@ -48,7 +48,7 @@ class RankRunner:
         self.unfinished = len(self.waiting)
         self.report = report
         self.started = started
-        self.events: queue.Queue[tuple[str, JobRun]] = queue.Queue()
+        self.events: queue.SimpleQueue[tuple[str, JobRun]] = queue.SimpleQueue()  # C-level: cheap hand-offs
         max_payloads = max(1, cores // max(1, min((r.cores for r in self.waiting), default=1)))
         self.pool = ThreadPoolExecutor(max_payloads + 2 * PREFETCH, thread_name_prefix=f"rank{ctx.rank}")
 
