@@ -102,6 +102,9 @@ class PilotError(Exception):
         self.code = code
         self.diag = diag
 
+    def __reduce__(self) -> tuple:  # ranks send job errors to rank 0: unpickling must call __init__ as written
+        return type(self), (self.code, self.diag)
+
 
 class JobDefinitionError(PilotError):
     """A job definition that cannot be run as written."""
@@ -113,3 +116,6 @@ class WorkerError(Exception):
     def __init__(self, exit_code: ExitCode, message: str):
         super().__init__(message)
         self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.exit_code, str(self))

@@ -225,12 +225,12 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, A
     return declaration("output", target, running, spec.guid)
 
 
-def copy_out(source: Path, target: Path, fsync: bool = True) -> RunningChecksum:
+def copy_out(source: Path, target: Path) -> RunningChecksum:
     """Copy ``source`` from scratch to ``target`` in the job directory, to be declared once complete.
 
     The source in scratch is ours: its sum is the sum of the bytes published.
     """
-    with declared_later(target, fsync=fsync) as handle:
+    with declared_later(target) as handle:
         return copy_into_with_checksum(source, handle.fd)
 
 

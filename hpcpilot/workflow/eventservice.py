@@ -229,6 +229,9 @@ class RankEventWork:
         if declares:
             jobflow.declare_state(self.ctx, self.run)
         self._launch()
+        # Under the same limits as any payload (walltime, memory, disk, looping), across restarts: the monitor
+        # follows run.process, and a payload it kills fails the job instead of being restarted.
+        self.ctx.monitor.watch(self.run)
 
     def give(self, answer: EventRange | None) -> None:
         self.asked -= 1
@@ -307,7 +310,7 @@ class RankEventWork:
             self.run.scratch))
         target = self.ctx.access_point.job_dir(self.run.pandaid) / name
         try:
-            running = staging.copy_out(source, target, fsync=False)
+            running = staging.copy_out(source, target)  # on disk before it is declared, like any output
         except OSError as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)
@@ -317,6 +320,8 @@ class RankEventWork:
         self.run.cpu_seconds += exit.cpu_seconds
         self.process.terminate(self.ctx.config.limits.kill_grace)  # what it left behind
         self.process = self.run.process = None
+        if self.run.failed:  # the monitor stopped it at a limit
+            self.outcome.error = self.outcome.error or self.run.error
         if exit.returncode == 0 and self.channel.exhausted or self.outcome.error is not None:
             return self._finish()
         self.restarts += 1
@@ -329,6 +334,7 @@ class RankEventWork:
         self._launch()
 
     def _finish(self) -> None:
+        self.ctx.monitor.unwatch(self.run)
         self.channel.stop()
         entries = []
         while not self.channel.results.empty():

@@ -18,7 +18,7 @@ from fake_harvester import FakeHarvester
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from hpcpilot.eventservice.reference_payload import HEADER, event_summary
-from tests.e2e.conftest import run_pilot
+from tests.e2e.conftest import communicate_or_kill, run_pilot
 
 PANDAID = 7001
 DUMP = "event_status.dump.json"
@@ -30,9 +30,9 @@ def ranges(count: int, size: int = 5) -> list[dict]:
              "LFN": "EVNT.01.pool.root", "GUID": "guid-01", "scope": "mc"} for i in range(count)]
 
 
-def es_worker(tmp_path: Path, payload_args: str = "", preplaced: list[dict] | None = None) -> Path:
+def es_worker(tmp_path: Path, payload_args: str = "", preplaced: list[dict] | None = None, **fields) -> Path:
     definition = job_definition(PANDAID, sys.executable, f"-m hpcpilot.eventservice.reference_payload {payload_args}",
-                                eventService="True")
+                                eventService="True", **fields)
     ap = write_access_point(tmp_path / "ap", {PANDAID: definition}, many_to_one=False)
     if preplaced is not None:
         (ap / "JobsEventRanges.json").write_text(json.dumps({str(PANDAID): preplaced}))
@@ -155,6 +155,46 @@ def test_a_payload_crash_fails_only_the_range_in_flight_and_the_payload_restarts
     assert failed and finished >= 4 * len(failed)  # one range lost per crash, four done before it
     assert "restart" in run.stderr
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(180)
+def test_a_payload_over_its_walltime_is_stopped_and_the_job_fails_without_restarts(tmp_path: Path) -> None:
+    all_ranges = ranges(200)  # 0.2 s each on 2 ranks: 20 s of work against a 4 s limit
+    ap = es_worker(tmp_path, "--work-ms 200", preplaced=all_ranges, maxWalltime=4)
+    run, entries = run_es(ap, "mpi2", serving=[], env={"HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5",
+                                                        "HPCPILOT_PAYLOAD_RESTARTS": "5"})
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1213), run.stderr[-3000:]
+    assert "walltime" in attributes["pilotErrorDiag"]
+    assert "restart" not in run.stderr
+    by_id = {r["eventRangeID"]: r for r in all_ranges}
+    finished = [found[0] for found in range_entries(entries).values() if found[0]["eventStatus"] == "finished"]
+    assert 0 < len(finished) < len(all_ranges)
+    for entry in finished:
+        assert_finished_output(entry, by_id[entry["eventRangeID"]])
+
+
+@pytest.mark.timeout(180)
+def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code(tmp_path: Path) -> None:
+    all_ranges = ranges(200)
+    ap = es_worker(tmp_path, "--work-ms 200", preplaced=all_ranges)
+    consumer = DumpConsumer(ap)
+    consumer.start()
+    command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, env={**os.environ, **FAST})
+    _wait_for(lambda: consumer.entries or (ap / DUMP).exists(), timeout=60)
+    (ap / "hpcpilot_stop").touch()
+    _, stderr = communicate_or_kill(worker, 60, "the stopping pilot")
+    entries = consumer.finish()
+    assert worker.returncode == 143, stderr[-3000:]
+    attributes = json.loads((ap / "worker_attributes.json").read_text())
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201)
+    by_id = {r["eventRangeID"]: r for r in all_ranges}
+    for found in range_entries(entries).values():
+        assert len(found) == 1
+        if found[0]["eventStatus"] == "finished":
+            assert_finished_output(found[0], by_id[found[0]["eventRangeID"]])
 
 
 @pytest.mark.timeout(240)
