@@ -37,19 +37,3 @@ def _trim_logfile_reports(report: dict) -> dict:
         if isinstance(executor, dict) and len(json.dumps(executor.get("logfileReport", ""))) > MAX_LOGFILE_REPORT_CHARS:
             executor["logfileReport"] = {}
     return report
-
-
-def write_report_in_scratch(run: JobRun, report: Any) -> None:
-    """Put the report that Harvester gets into the log tarball too.
-
-    Never through what the payload left under that name (a symlink, a FIFO)
-    nor into a scratch it replaced: the old entry is removed, a new file made.
-    """
-    staging.check_scratch_is_ours(run.scratch)
-    path = run.scratch / PAYLOAD_REPORT_NAME
-    try:
-        path.unlink(missing_ok=True)
-        with open(path, "x", encoding="utf-8") as handle:
-            handle.write(json.dumps(report))
-    except OSError as error:
-        raise PilotError(ErrorCode.FILE_HANDLING, f"cannot write the job report into scratch: {error}") from None

@@ -1,7 +1,7 @@
 """Log formatting with ``[rank@host]`` on every line, and per-job log files.
 
 Only the CLI calls :func:`configure`. Job code logs through :func:`job_logger`,
-whose records also land in that job's own log file (packed in its log tarball).
+whose records also land in that job's own log (packed in its log tarball).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 from .redaction import redact
 
@@ -41,25 +40,29 @@ def configure(rank: int, level: str = "INFO") -> None:
 
 
 class JobLogRouter(logging.Handler):
-    """Copies records that carry a ``pandaid`` into that job's open log file."""
+    """Keeps the lines of records that carry a ``pandaid`` as that job's own log, until the job ends.
+
+    In memory, not in a file: the lines go into the job's log tarball, and a
+    file per job (opened, flushed line by line, read back) cost a short job
+    more than its payload's own start.
+    """
 
     def __init__(self, rank: int):
         super().__init__(logging.DEBUG)
         self._rank, self._host = rank, socket.gethostname()
         self.addFilter(_RankFilter(rank))
         self.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
-        self._files: dict[int, object] = {}
+        self._lines: dict[int, list[str]] = {}
         self._guard = threading.Lock()
 
-    def open(self, pandaid: int, path: Path) -> None:
+    def open(self, pandaid: int) -> None:
         with self._guard:
-            self._files[pandaid] = open(path, "a", encoding="utf-8")
+            self._lines[pandaid] = []
 
-    def close_job(self, pandaid: int) -> None:
+    def close_job(self, pandaid: int) -> str:
+        """The job's log; lines logged for it from now on go to the pilot's log only."""
         with self._guard:
-            handle = self._files.pop(pandaid, None)
-        if handle is not None:
-            handle.close()
+            return "".join(self._lines.pop(pandaid, ()))
 
     def emit(self, record: logging.LogRecord) -> None:
         self._write(getattr(record, "pandaid", None), self.format(record))
@@ -70,10 +73,9 @@ class JobLogRouter(logging.Handler):
         self._write(pandaid, f"{stamp} [{self._rank}@{self._host}] INFO    {logger}: {text}")
 
     def _write(self, pandaid: int | None, line: str) -> None:
-        handle = self._files.get(pandaid)
-        if handle is not None:
-            handle.write(line + "\n")
-            handle.flush()
+        lines = self._lines.get(pandaid)
+        if lines is not None:
+            lines.append(line + "\n")
 
 
 class JobLog(logging.LoggerAdapter):

@@ -2,17 +2,20 @@
 
 ``tarfile`` costs more per member than the bytes of a short job's logs do;
 this writes the same format with one header per member and one zlib stream.
-Only regular files are packed, opened without following a symlink.
+Files are packed only if regular, opened without following a symlink; texts
+the pilot holds in memory go in as they are.
 """
 from __future__ import annotations
 
 import os
 import stat
+import time
 import zlib
 from typing import BinaryIO, Iterable
 
 BLOCK = 512
 READ_SIZE = 1 << 20
+FILE_MODE = 0o644  # of members from memory
 _OCTAL_SIZE_LIMIT = 8 ** 11  # bigger sizes take the base-256 form GNU tar and Python read
 
 
@@ -20,11 +23,16 @@ class TarballError(OSError):
     """A member cannot be described in a tar header."""
 
 
-def write_tarball(target: BinaryIO, members: Iterable[tuple[str, str]], level: int = 6) -> None:
-    """Write ``members`` ((path on disk, name in the archive) pairs) to ``target`` as a .tar.gz."""
+def write_tarball(target: BinaryIO, members: Iterable[tuple[str, str]], level: int = 6,
+                  in_memory: Iterable[tuple[str, bytes]] = ()) -> None:
+    """Write ``members`` ((path on disk, name in the archive) pairs), then ``in_memory`` ((name in the archive,
+    content) pairs), to ``target`` as a .tar.gz."""
     gzip = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: with the gzip header and trailer
     for path, arcname in members:
         _add(gzip, target, path, arcname)
+    for arcname, content in in_memory:
+        target.write(gzip.compress(ustar_header(arcname, len(content), time.time(), FILE_MODE)))
+        target.write(gzip.compress(content + bytes(-len(content) % BLOCK)))
     target.write(gzip.compress(bytes(2 * BLOCK)))  # the end-of-archive marker
     target.write(gzip.flush())
 

@@ -240,16 +240,19 @@ def declaration(kind: str, path: Path, running: RunningChecksum, guid: str) -> d
             "chksum": running.adler32, "guid": guid or str(uuid.uuid4())}
 
 
-def write_log_tarball(job: JobSpec, scratch: Path, job_dir: Path, members: Iterable[str]) -> dict[str, Any]:
-    """Pack ``members`` of scratch into the job's log tarball in the job directory."""
+def write_log_tarball(job: JobSpec, scratch: Path, job_dir: Path, members: Iterable[str],
+                      in_memory: dict[str, bytes]) -> dict[str, Any]:
+    """Pack ``members`` of scratch, and the pilot's own ``in_memory`` files (which take the place of any file of
+    scratch so named), into the job's log tarball in the job directory."""
     assert job.log is not None
     target = job_dir / job.log.lfn
     folder = f"log.{job.pandaid}"
+    files = _regular_members(scratch, [name for name in members if name not in in_memory])
     try:
         with declared_later(target) as handle:
             writer = ChecksummingWriter(handle)
-            write_tarball(writer, [(os.path.join(scratch, name), f"{folder}/{name}")
-                                   for name in _regular_members(scratch, members)])
+            write_tarball(writer, [(os.path.join(scratch, name), f"{folder}/{name}") for name in files],
+                          in_memory=[(f"{folder}/{name}", content) for name, content in in_memory.items()])
             writer.flush()
     except OSError as error:
         raise PilotError(ErrorCode.LOG_TARBALL_FAILED, f"cannot write log tarball {target.name}: {error}") from None

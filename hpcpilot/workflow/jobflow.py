@@ -5,6 +5,7 @@ instead of raising, so a job always reaches its final declaration.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from ..errors import ErrorCode, PilotError
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
-from ..jobreport import PAYLOAD_REPORT_NAME, job_report, write_report_in_scratch
+from ..jobreport import PAYLOAD_REPORT_NAME, job_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import Monitor, tree_size
@@ -67,7 +68,7 @@ def begin(ctx: RankContext, run: JobRun) -> None:
     """Scratch directory and job log. Harvester hears of the job once its payload runs (or it ends)."""
     with timed(run, "setup"):
         run.scratch = make_scratch(ctx, run.pandaid)
-        ctx.log_router.open(run.pandaid, run.scratch / PILOT_LOG_NAME)
+        ctx.log_router.open(run.pandaid)
         job_logger(ctx, run).detail("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
 
 
@@ -161,20 +162,38 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
             with recorded(run, job_log):
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
         report = job_report(run)
-        with recorded(run, job_log):
-            write_report_in_scratch(run, report)
         run.work_dir_bytes = tree_size(run.scratch)
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
                      run.error.diag if run.error else "")
-        ctx.log_router.close_job(run.pandaid)
+        own_files = {PILOT_LOG_NAME: ctx.log_router.close_job(run.pandaid).encode(),
+                     PAYLOAD_REPORT_NAME: json.dumps(report).encode()}
+        if ctx.config.keep_scratch:
+            _keep_in_scratch(run, own_files)
         redact_files(run.scratch, [payload.STDOUT_NAME, payload.STDERR_NAME], run.spec.secrets)
         with recorded(run, job_log):
             run.declared_files.append(staging.write_log_tarball(
-                run.spec, run.scratch, job_dir, _log_members(run)))
+                run.spec, run.scratch, job_dir, _log_members(run), own_files))
         if run.error and run.status is JobStatus.FINISHED:
             run.status = JobStatus.FAILED
     declare_final(ctx, run, report)
+
+
+def _keep_in_scratch(run: JobRun, files: dict[str, bytes]) -> None:
+    """A kept scratch holds the job's log and final report too, for whoever inspects it.
+
+    Never through what the payload left under those names (a symlink, a FIFO)
+    nor into a scratch it replaced: the old entry is removed, a new file made.
+    """
+    try:
+        staging.check_scratch_is_ours(run.scratch)
+        for name, content in files.items():
+            path = run.scratch / name
+            path.unlink(missing_ok=True)
+            with open(path, "xb") as handle:
+                handle.write(content)
+    except (OSError, PilotError) as error:
+        log.warning("job %d: cannot keep its log and report in scratch: %s", run.pandaid, getattr(error, "diag", error))
 
 
 def _log_members(run: JobRun) -> list[str]:

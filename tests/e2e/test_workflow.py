@@ -334,6 +334,18 @@ def test_job_steps_go_to_the_jobs_own_log_and_one_line_per_job_to_the_pilots(tmp
 
 
 @pytest.mark.timeout(120)
+def test_a_kept_scratch_holds_the_jobs_log_and_final_report(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {1602: job_definition(1602, "echo", "hello")})
+    run = run_pilot(ap, "grid", "--scratch", str(tmp_path / "scratch"), "--keep-scratch")
+    assert run.returncode == 0, run.stderr[-2000:]
+    (kept,) = (tmp_path / "scratch").glob("*/job-1602-*")
+    members = tarball_members(ap / "1602" / "log.1602.job.log.tgz")
+    assert (kept / "pilot.log").read_bytes() == members["pilot.log"]
+    assert "payload ended with 0" in (kept / "pilot.log").read_text()
+    assert json.loads((kept / "jobReport.json").read_text()) == json.loads((ap / "1602" / "jobReport.json").read_text())
+
+
+@pytest.mark.timeout(120)
 def test_each_rank_validates_its_share_and_declares_its_invalid_jobs(tmp_path: Path) -> None:
     definitions = {pandaid: job_definition(pandaid, "true") for pandaid in range(1701, 1707)}
     for pandaid in (1701, 1702):  # dealt round-robin: one to each rank

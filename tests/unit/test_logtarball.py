@@ -32,6 +32,23 @@ def test_members_read_back_exactly(tmp_path):
             assert archive.extractfile(member).read() == data
 
 
+def test_members_from_memory_follow_the_files_and_gnu_tar_extracts_them(tmp_path):
+    (tmp_path / "payload.stdout").write_bytes(b"out\n")
+    texts = {"pilot.log": b"2026 [0@vm] INFO job 42: finished\n", "jobReport.json": b"{}", "empty": b""}
+    tarball = tmp_path / "log.tgz"
+    with open(tarball, "wb") as out:
+        write_tarball(out, [(str(tmp_path / "payload.stdout"), "log.42/payload.stdout")],
+                      in_memory=[(f"log.42/{name}", data) for name, data in texts.items()])
+    with tarfile.open(tarball, mode="r:gz") as archive:
+        assert archive.getnames() == ["log.42/payload.stdout", *(f"log.42/{name}" for name in texts)]
+        assert all(archive.getmember(f"log.42/{name}").mode == 0o644 for name in texts)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    result = subprocess.run(["tar", "xzf", str(tarball), "-C", str(unpacked)], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert {name: (unpacked / "log.42" / name).read_bytes() for name in texts} == texts
+
+
 def test_gnu_tar_lists_it(tmp_path):
     tarball = tmp_path / "log.tgz"
     tarball.write_bytes(packed(tmp_path, {"payload.stderr": b"warning\n"}))
