@@ -56,6 +56,7 @@ from typing import Any, Callable, ContextManager, Iterator
 log = logging.getLogger("bench")
 
 PAYLOAD = "echo x > out.txt"
+FLOOR, BASH_FLOOR, PARALLEL = "xargs -P 2 (floor)", "xargs -P 2, bash -c", "GNU parallel -j 2"
 OUTPUT = "out.txt"
 COMMAND_TIMEOUT = 1800
 MIB = 1024 * 1024
@@ -154,13 +155,19 @@ class Timed:
     seconds: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of the command and every process under it
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants, down the whole tree
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_timed(argv: list[str], cwd: Path | None = None, stdin: str | None = None,
               on_start: Callable[[subprocess.Popen], None] | None = None,
               env: dict[str, str] | None = None) -> Timed:
     """Run ``argv`` to its end; wall seconds from launch to exit. Raises with its output on failure."""
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu()
     process = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     if on_start is not None:
@@ -175,11 +182,15 @@ def run_timed(argv: list[str], cwd: Path | None = None, stdin: str | None = None
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:8])} ... exited {process.returncode}\n"
                            f"stdout: {stdout[-2000:]}\nstderr: {stderr[-4000:]}")
-    return Timed(seconds, stdout, stderr)
+    return Timed(seconds, stdout, stderr, _children_cpu() - cpu_before)
 
 
 def best_of(repeats: int, measure: Callable[[], float]) -> float:
     return min(measure() for _ in range(max(1, repeats)))
+
+
+def fastest_of(repeats: int, measure: Callable[[], Timed]) -> Timed:
+    return min((measure() for _ in range(max(1, repeats))), key=lambda timed: timed.seconds)
 
 
 def this_script() -> list[str]:
@@ -293,21 +304,21 @@ def job_directories(root: Path, jobs: int) -> list[Path]:
     return directories
 
 
-def time_xargs(directories: list[Path]) -> float:
-    argv = ["xargs", "-P", "2", "-n", "1", "/bin/sh", "-c", f'cd "$1" && {PAYLOAD}', "sh"]
-    return run_timed(argv, stdin="\n".join(map(str, directories)) + "\n").seconds
+def time_xargs(directories: list[Path], shell: str = "/bin/sh") -> Timed:
+    argv = ["xargs", "-P", "2", "-n", "1", shell, "-c", f'cd "$1" && {PAYLOAD}', "sh"]
+    return run_timed(argv, stdin="\n".join(map(str, directories)) + "\n")
 
 
-def time_parallel(directories: list[Path]) -> float:
+def time_parallel(directories: list[Path]) -> Timed:
     argv = ["parallel", "--will-cite", "-j", "2", f"cd {{}} && {PAYLOAD}"]
-    return run_timed(argv, stdin="\n".join(map(str, directories)) + "\n").seconds
+    return run_timed(argv, stdin="\n".join(map(str, directories)) + "\n")
 
 
-def time_pool(directories: list[Path], listing: Path) -> float:
+def time_pool(directories: list[Path], listing: Path) -> Timed:
     listing.write_text("\n".join(map(str, directories)))
     argv = ["mpiexec", "-n", "3", sys.executable, "-m", "mpi4py.futures", *this_script()[1:],
             "_pool-driver", str(listing)]
-    return run_timed(argv).seconds
+    return run_timed(argv)
 
 
 def pool_driver(listing: Path) -> None:
@@ -330,6 +341,7 @@ class PilotRun:
     seconds: float
     elapsed_in_pilot: float
     peaks_kb: dict[int, int]
+    cpu_seconds: float
 
 
 RAM_DISK = Path("/dev/shm")
@@ -350,7 +362,7 @@ def time_pilot(work: Path, jobs: int, cores: int, label: str = "") -> PilotRun:
     finally:
         peaks = memory.finish()
     summary = check_all_finished(access_point, jobs)
-    return PilotRun(timed.seconds, summary["elapsed_s"], peaks)
+    return PilotRun(timed.seconds, summary["elapsed_s"], peaks, timed.cpu_seconds)
 
 
 def idle_rank_peaks(work: Path) -> dict[int, int]:
@@ -371,22 +383,23 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
     jobs = sizes.dispatch_jobs
     baselines = work / "baselines"
     baselines.mkdir()
-    floors = {"xargs -P 2 (floor)": lambda dirs: time_xargs(dirs)}
+    floors: dict[str, Callable[[list[Path]], Timed]] = {FLOOR: time_xargs}
     if shutil.which("parallel"):
-        floors["GNU parallel -j 2"] = lambda dirs: time_parallel(dirs)
+        floors[PARALLEL] = time_parallel
     floors["MPIPoolExecutor, 2 workers"] = lambda dirs: time_pool(dirs, work / "pool-listing.txt")
-    rates = {}
-    for name, launch in floors.items():
-        rates[name] = jobs / best_of(sizes.repeats, lambda: _in_fresh_dirs(baselines, jobs, launch))
+    floors[BASH_FLOOR] = lambda dirs: time_xargs(dirs, shell=shutil.which("bash") or "/bin/bash")
+    runs = {name: fastest_of(sizes.repeats, lambda: _in_fresh_dirs(baselines, jobs, launch))
+            for name, launch in floors.items()}
+    rates = {name: jobs / run.seconds for name, run in runs.items()}
     rows = [Row("dispatch", name, rate, "jobs/s", note=f"{jobs} jobs") for name, rate in rates.items()]
-    if "GNU parallel -j 2" not in rates:
-        rows.append(skipped("dispatch", "GNU parallel -j 2", "parallel not installed (apt-get install -y parallel)"))
-    floor = rates["xargs -P 2 (floor)"]
     for row in rows[1:]:
-        if row.value is not None:
-            row.baseline, row.baseline_value, row.ratio = "xargs -P 2 (floor)", floor, row.value / floor
-    targets = {"xargs -P 2 (floor)": 0.5, "GNU parallel -j 2": 3.0, "MPIPoolExecutor, 2 workers": None}
-    memory_rows = []
+        row.baseline, row.baseline_value, row.ratio = FLOOR, rates[FLOOR], row.value / rates[FLOOR]
+    rows[-1].note += "; the floor with the pilot's payload shell, for information"
+    if PARALLEL not in rates:
+        rows.append(skipped("dispatch", PARALLEL, "parallel not installed (apt-get install -y parallel)"))
+    targets = {FLOOR: 0.5, PARALLEL: 3.0, "MPIPoolExecutor, 2 workers": None}
+    memory_rows, cpu_rows = [], [_cpu_row(FLOOR, runs[FLOOR].cpu_seconds, jobs), _cpu_row(
+        BASH_FLOOR, runs[BASH_FLOOR].cpu_seconds, jobs, runs[FLOOR].cpu_seconds)]
     for cores in (1, 2):
         run = time_pilot(work, jobs, cores)
         rate = jobs / run.seconds
@@ -399,8 +412,20 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
                 rows.append(compared("dispatch", short, rate, "jobs/s",
                                      baseline, rates[baseline], minimum_ratio=minimum))
         memory_rows.append((label, run.peaks_kb))
-    rows.append(_pilot_with_access_point_in_ram(jobs, rates["xargs -P 2 (floor)"]))
-    return rows + memory_row_list(memory_rows, idle_rank_peaks(work))
+        cpu_rows.append(_cpu_row(label, run.cpu_seconds, jobs, runs[BASH_FLOOR].cpu_seconds))
+    rows.append(_pilot_with_access_point_in_ram(jobs, rates[FLOOR]))
+    return rows + cpu_rows + memory_row_list(memory_rows, idle_rank_peaks(work))
+
+
+def _cpu_row(name: str, cpu_seconds: float, jobs: int, baseline_cpu: float | None = None) -> Row:
+    """CPU per job of a whole command (user + system, every process under it): what a run costs the cores."""
+    row = Row("cpu", f"CPU per job, {name}", cpu_seconds / jobs * 1000, "ms/job")
+    if baseline_cpu is not None:
+        row.baseline, row.baseline_value = (BASH_FLOOR if name != BASH_FLOOR else FLOOR), baseline_cpu / jobs * 1000
+        row.ratio = row.value / row.baseline_value
+        row.note = "ratio: times the baseline's CPU; the difference is the " + (
+            "pilot's own cost (start-up included)" if name != BASH_FLOOR else "payload shell's (bash for dash)")
+    return row
 
 
 def _pilot_with_access_point_in_ram(jobs: int, floor: float) -> Row:
@@ -409,12 +434,12 @@ def _pilot_with_access_point_in_ram(jobs: int, floor: float) -> Row:
         return skipped("dispatch", "pilot 2x1, access point in RAM", f"no {RAM_DISK}")
     with workspace(RAM_DISK) as in_ram:
         run = time_pilot(in_ram, jobs, 1, label="-ram")
-    return Row("dispatch", "pilot 2x1, access point in RAM", jobs / run.seconds, "jobs/s", "xargs -P 2 (floor)",
+    return Row("dispatch", "pilot 2x1, access point in RAM", jobs / run.seconds, "jobs/s", FLOOR,
                floor, jobs / run.seconds / floor, note=f"{jobs} jobs; {jobs / run.elapsed_in_pilot:.1f} jobs/s by "
                "the pilot's own clock; the filesystem's share of the cost, for information")
 
 
-def _in_fresh_dirs(root: Path, jobs: int, launch: Callable[[list[Path]], float]) -> float:
+def _in_fresh_dirs(root: Path, jobs: int, launch: Callable[[list[Path]], Timed]) -> Timed:
     """``launch`` over new job directories under ``root``, kept until the group ends (see measure_dispatch)."""
     return launch(job_directories(Path(tempfile.mkdtemp(prefix="run-", dir=root)), jobs))
 
