@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ErrorCode, PilotError, signal_error_code
+from .guard import PayloadGuard
 from .jobs import JobSpec
 from .proctree import TOKEN_ENV, ProcessTree, new_token
 
@@ -49,11 +50,14 @@ class PayloadExit:
 class Payload:
     """One running payload process, started in its own session, and its whole process tree."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None):
         with open(cwd / STDOUT_NAME, "wb", buffering=0) as out, open(cwd / STDERR_NAME, "wb", buffering=0) as err:
             self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
         self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)
+        self.guard = guard
+        if guard is not None:
+            guard.started(self.process.pid)  # its session's id, and its process group's
 
     @property
     def pid(self) -> int:
@@ -69,6 +73,8 @@ class Payload:
         """Wait for the payload and collect the CPU time of it and the children it waited for."""
         _, status, usage = os.wait4(self.process.pid, 0)
         self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.guard is not None:
+            self.guard.ended(self.process.pid)
         return PayloadExit(self.process.returncode, usage.ru_utime + usage.ru_stime)
 
     def terminate(self, grace: float) -> list[int]:
@@ -99,9 +105,9 @@ def shell_line(job: JobSpec, setup_lines: list[str]) -> str:
     return "\n".join([*setup_lines, job.command])
 
 
-def launch(argv: list[str], cwd: Path, env: dict[str, str]) -> Payload:
+def launch(argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None) -> Payload:
     try:
-        return Payload(argv, cwd, env)
+        return Payload(argv, cwd, env, guard)
     except OSError as error:
         raise PilotError(ErrorCode.SETUP_FAILED, f"cannot start payload {argv[0]}: {error}") from None
 

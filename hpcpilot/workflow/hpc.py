@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
+from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher, RawJob
 from ..jobs import SECRET_KEYS, InvalidJob, JobSpec
 from ..jobstate import JobResult, JobRun, invalid_job_attributes
@@ -82,6 +83,7 @@ def _run_worker(config: Config, comm: Any, signals: SignalWatch) -> int:
         results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)
     finally:
         ctx.monitor.stop()  # also ends what finished payloads left behind
+        ctx.guard.close()
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)
@@ -200,7 +202,7 @@ def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankC
     if rank == 0:
         log.info("site %s: %s", site.name, site.describe())
     return RankContext(config, access_point, EventStatusPublisher(access_point), rank, socket.gethostname(),
-                       scratch_base(config, site, access_point), router, monitor, site)
+                       scratch_base(config, site, access_point), router, monitor, site, PayloadGuard())
 
 
 def default_cores_per_rank(comm: Any) -> int:

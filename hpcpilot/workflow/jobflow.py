@@ -21,6 +21,7 @@ from .. import payload, staging
 from ..config import Config
 from ..container import wrap_command
 from ..errors import ErrorCode, PilotError
+from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
@@ -52,6 +53,7 @@ class RankContext:
     log_router: JobLogRouter
     monitor: Monitor
     site: Site
+    guard: PayloadGuard | None = None  # ends the payloads if this rank dies
     environment: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the payloads' base
 
 
@@ -102,7 +104,7 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
                                       ctx.environment, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):
         job_log.detail("payload: %s", run.spec.command)
-        run.process = payload.launch(payload_argv(ctx, run, env), run.scratch, env)
+        run.process = payload.launch(payload_argv(ctx, run, env), run.scratch, env, ctx.guard)
         watch = ctx.monitor.watch(run, announce=lambda: declare_running(ctx, run), announce_after=announce_after)
         if run.failed:  # a stop came while it was being launched
             run.process.terminate(ctx.config.limits.kill_grace)

@@ -1,0 +1,87 @@
+"""A payload never outlives its rank: a guard process ends what a rank that died (even by SIGKILL) left running.
+
+Payloads run in sessions of their own, so that a whole payload tree can be
+signalled; that also puts them out of reach of whoever kills the rank (the
+MPI launcher signals the ranks' process groups). Each rank starts one guard,
+in a session of its own, and tells it through a pipe of every payload
+session it starts and reaps. If the pipe closes without a goodbye, the rank
+is gone: the guard SIGKILLs the sessions still registered and exits.
+
+Run as ``python -m hpcpilot.guard``; it reads the pipe on its stdin, lines
+``+<pgid>``, ``-<pgid>`` and ``bye``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+
+class PayloadGuard:
+    """The rank's side: start the guard, register payload sessions, say goodbye at the end."""
+
+    def __init__(self) -> None:
+        read_end, self._pipe = os.pipe()  # both ends close-on-exec: payloads never hold the pipe open
+        self._broken = False
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=read_end,
+                                            start_new_session=True)
+        finally:
+            os.close(read_end)
+
+    def started(self, pgid: int) -> None:
+        self._send(b"+%d\n" % pgid)
+
+    def ended(self, pgid: int) -> None:
+        self._send(b"-%d\n" % pgid)
+
+    def close(self) -> None:
+        """The rank ends normally, its payloads all reaped: the guard leaves without ending anything."""
+        if self._pipe < 0:
+            return
+        self._send(b"bye\n")
+        os.close(self._pipe)
+        self._pipe = -1
+        self.process.wait()
+
+    def _send(self, line: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            os.write(self._pipe, line)  # far below PIPE_BUF: written whole, even from many threads at once
+        except OSError as error:  # the guard was killed: payloads run on, unguarded
+            self._broken = True
+            log.warning("payload guard gone (%s): payloads will outlive this rank if it is killed", error)
+
+
+def guard(lines: Iterable[bytes]) -> set[int]:
+    """The payload sessions left registered when ``lines`` end without a goodbye (empty after one)."""
+    alive: set[int] = set()
+    for line in lines:
+        if line.startswith(b"+"):
+            alive.add(int(line[1:]))
+        elif line.startswith(b"-"):
+            alive.discard(int(line[1:]))
+        elif line.strip() == b"bye":
+            return set()
+    return alive
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C meant for the pilot: the pilot handles it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stop for the rank must not disarm its guard
+    for pgid in guard(sys.stdin.buffer):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

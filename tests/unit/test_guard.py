@@ -1,0 +1,47 @@
+"""The payload guard (hpcpilot.guard) with real processes: what a dead rank left running ends, nothing else."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from hpcpilot.guard import PayloadGuard, guard
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "300"], start_new_session=True)  # a payload: a session of its own
+
+
+def test_the_sessions_left_registered_are_those_started_and_not_ended() -> None:
+    assert guard([b"+10\n", b"+11\n", b"-10\n", b"+12\n"]) == {11, 12}
+    assert guard([b"+10\n", b"bye\n"]) == set()
+
+
+@pytest.mark.timeout(30)
+def test_a_rank_gone_without_goodbye_takes_its_running_payloads_with_it() -> None:
+    running, reaped = sleeper(), sleeper()
+    rank = PayloadGuard()
+    rank.started(running.pid)
+    rank.started(reaped.pid)
+    reaped.kill()
+    reaped.wait()
+    rank.ended(reaped.pid)
+    os.close(rank._pipe)  # what the kernel does when the rank dies
+    assert running.wait(timeout=20) == -signal.SIGKILL
+    assert rank.process.wait(timeout=20) == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_goodbye_leaves_every_process_alone() -> None:
+    payload = sleeper()
+    rank = PayloadGuard()
+    rank.started(payload.pid)
+    rank.close()
+    try:
+        assert rank.process.returncode == 0
+        assert payload.poll() is None
+    finally:
+        payload.kill()
+        payload.wait()
