@@ -48,7 +48,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -1011,16 +1011,19 @@ def workspace(parent: Path | None) -> Iterator[Path]:
 
 
 def run_all(sizes: Sizes, groups: list[str], parent: Path | None) -> list[Row]:
+    """Every group in a workspace of its own, all removed at the very end: a group's mass deletion would tax
+    the next group's file creations (see measure_dispatch)."""
     rows: list[Row] = []
-    for group in groups:
-        started = time.perf_counter()
-        with workspace(parent) as work:
+    with ExitStack() as workspaces:
+        for group in groups:
+            started = time.perf_counter()
+            work = workspaces.enter_context(workspace(parent))
             try:
                 rows += MEASUREMENTS[group](sizes, work)
             except Exception as error:  # one broken measurement must not hide the others
                 log.exception("measurement %s failed", group)
                 rows.append(Row(group, f"{group} (failed)", None, "", note=f"error: {str(error)[:200]}"))
-        log.info("%s done in %.1f s", group, time.perf_counter() - started)
+            log.info("%s done in %.1f s", group, time.perf_counter() - started)
     return rows
 
 
