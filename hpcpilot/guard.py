@@ -28,9 +28,14 @@ class PayloadGuard:
     def __init__(self) -> None:
         read_end, self._pipe = os.pipe()  # both ends close-on-exec: payloads never hold the pipe open
         self._broken = False
+        self.process: subprocess.Popen | None = None
         try:
             self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=read_end,
                                             start_new_session=True)
+        except OSError as error:  # the pilot still runs its jobs, as it did before there were guards
+            self._broken = True
+            log.warning("cannot start the payload guard (%s): payloads will outlive this rank if it is killed",
+                        error)
         finally:
             os.close(read_end)
 
@@ -47,7 +52,8 @@ class PayloadGuard:
         self._send(b"bye\n")
         os.close(self._pipe)
         self._pipe = -1
-        self.process.wait()
+        if self.process is not None:
+            self.process.wait()
 
     def _send(self, line: bytes) -> None:
         if self._broken:

@@ -1,4 +1,4 @@
-"""Log formatting with ``[rank@host]`` on every line, and per-job log files.
+"""Log formatting with ``[rank@host]`` on every line, and each job's own log.
 
 Only the CLI calls :func:`configure`. Job code logs through :func:`job_logger`,
 whose records also land in that job's own log (packed in its log tarball).

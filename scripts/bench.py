@@ -277,7 +277,8 @@ class RankMemoryWatch:
 def _pilot_rank(child: Any, marker: str) -> int | None:
     """The MPI rank of a pilot rank process, None for anything else (launcher, proxies, payloads)."""
     try:
-        if marker not in " ".join(child.cmdline()):
+        command = " ".join(child.cmdline())
+        if marker not in command or "hpcpilot.guard" in command:  # a rank's payload guard is not the rank
             return None
         environ = child.environ()
     except Exception:  # vanished or not ours: not a rank we can watch

@@ -45,3 +45,12 @@ def test_a_goodbye_leaves_every_process_alone() -> None:
     finally:
         payload.kill()
         payload.wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_guard_that_cannot_start_leaves_the_rank_running_unguarded(monkeypatch) -> None:
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    rank = PayloadGuard()
+    rank.started(12345)  # nothing to tell, nothing raised
+    rank.close()
+    assert rank.process is None
