@@ -128,15 +128,11 @@ class RankRunner:
     def _run_phase(self, phase: str, run: JobRun) -> None:
         """One phase in a pool thread; after a payload, its stage-out follows in the same thread (one
         hand-over less per job), once the main thread has been told that the cores are free."""
-        try:
-            self._run_guarded(phase, run)
-        finally:
-            self.events.put((phase, run))
-        if phase == "payload":
+        for step in (phase, "stageout") if phase == "payload" else (phase,):
             try:
-                self._run_guarded("stageout", run)
+                self._run_guarded(step, run)
             finally:
-                self.events.put(("stageout", run))
+                self.events.put((step, run))
 
     def _run_guarded(self, phase: str, run: JobRun) -> None:
         try:

@@ -178,12 +178,7 @@ def test_a_payload_over_its_walltime_is_stopped_and_the_job_fails_without_restar
 def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code(tmp_path: Path) -> None:
     all_ranges = ranges(200)
     ap = es_worker(tmp_path, "--work-ms 200", preplaced=all_ranges)
-    consumer = DumpConsumer(ap)
-    consumer.start()
-    command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
-    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True, env={**os.environ, **FAST})
-    _wait_for(lambda: consumer.entries or (ap / DUMP).exists(), timeout=60)
+    consumer, worker = start_declaring_worker(ap, stderr=subprocess.PIPE)
     (ap / "hpcpilot_stop").touch()
     _, stderr = communicate_or_kill(worker, 60, "the stopping pilot")
     entries = consumer.finish()
@@ -201,12 +196,7 @@ def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code(tmp_pat
 def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp_path: Path) -> None:
     all_ranges = ranges(80)
     ap = es_worker(tmp_path, "--work-ms 60", preplaced=all_ranges)
-    consumer = DumpConsumer(ap)
-    consumer.start()
-    command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
-    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, **FAST})
-    _wait_for(lambda: consumer.entries or (ap / DUMP).exists(), timeout=60)
+    consumer, worker = start_declaring_worker(ap, stderr=subprocess.DEVNULL)
     time.sleep(random.uniform(0.0, 1.5))  # then kill at a random moment of the run
     victims = [worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))]
     for pid in victims:
@@ -226,6 +216,18 @@ def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp
     by_range = range_entries(entries)
     assert sorted(by_range) == sorted(by_id), "every range declared after the rerun"
     assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+
+
+def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
+    """The worker on 2 ranks in the background, with Harvester taking its dumps; returns once it has
+    declared something."""
+    consumer = DumpConsumer(ap)
+    consumer.start()
+    command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                              start_new_session=True, env={**os.environ, **FAST})
+    _wait_for(lambda: consumer.entries or (ap / DUMP).exists(), timeout=60)
+    return consumer, worker
 
 
 def _wait_for(condition, timeout: float) -> None:
