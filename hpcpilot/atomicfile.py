@@ -11,12 +11,14 @@ import ctypes
 import errno
 import json
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 TEMP_PREFIX = ".hpcpilot-tmp-"
 FILE_MODE = 0o644
+READ_SIZE = 1 << 16
 
 
 class RawWriter:
@@ -177,9 +179,37 @@ def publish_json_if_absent(path: Path, content: Any) -> bool:
         _remove_quietly(str(temp))
 
 
-def read_json(path: Path) -> Any:
-    with open(path, "rb") as handle:
-        return json.load(handle)
+def read_json(path: Path | str) -> Any:
+    return json.loads(read_bytes(path))
+
+
+def read_bytes(path: Path | str) -> bytes:
+    """The content of the regular file at ``path``; never waits on a FIFO or reads a device without end.
+
+    A file shorter than one read buffer costs an open and one read (a short
+    read of a regular file is its end); an empty or a longer one is first
+    checked to be a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # open() of a FIFO waits for a writer
+    try:
+        first = _read(fd, path)
+        if 0 < len(first) < READ_SIZE:
+            return first
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = [first]
+        while chunk := _read(fd, path):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int, path: Path | str) -> bytes:
+    try:
+        return os.read(fd, READ_SIZE)
+    except OSError as error:  # named like open() names it: the file, not the descriptor
+        raise type(error)(error.errno, error.strerror, str(path)) from None
 
 
 def _remove_quietly(name: str) -> None:

@@ -131,29 +131,44 @@ class KernelCopy:
     """Copies from one descriptor to another at their file positions, by the fastest call the kernel accepts."""
 
     def __init__(self, source_fd: int, target_fd: int, source_size: int | None = None):
+        """``source_size``: the size expected (e.g. declared); the source is asked only when it matters."""
         self._source, self._target = source_fd, target_fd
-        self._expected = os.fstat(source_fd).st_size if source_size is None else source_size
+        self._expected = source_size
+        self._checked_regular = False
         self._methods = [self._copy_file_range, self._sendfile, self._read_write]
         self._buffer: bytearray | None = None
         self.copied = 0
 
     def chunk(self, count: int) -> int:
-        """Copy up to ``count`` bytes; 0 at the end of the source."""
+        """Copy up to ``count`` bytes; 0 at the end of the source. A source that is no regular file (which
+        the kernel copy refuses) raises NotRegularFile: read by the fallbacks, a device may never end."""
         while True:
             try:
                 done = self._methods[0](count)
             except OSError as error:
+                self._refuse_unless_regular()
                 if error.errno not in _UNSUPPORTED or len(self._methods) == 1:
                     raise
                 self._fall_back(error.strerror)
                 continue
-            if done == 0 and self.copied < self._expected and len(self._methods) > 1:
+            if done == 0 and len(self._methods) > 1 and self.copied < self._expected_size():
                 self._fall_back("no progress before the end")  # some filesystems answer 0 rather than an error
                 continue
             self.copied += done
             return done
 
+    def _expected_size(self) -> int:
+        if self._expected is None:
+            self._expected = os.fstat(self._source).st_size
+        return self._expected
+
+    def _refuse_unless_regular(self) -> None:
+        if not self._checked_regular and not stat.S_ISREG(os.fstat(self._source).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file")
+        self._checked_regular = True
+
     def _fall_back(self, why: str) -> None:
+        self._refuse_unless_regular()
         log.debug("%s refused (%s); falling back to %s", self._methods[0].__name__, why, self._methods[1].__name__)
         self._methods.pop(0)
 
@@ -205,6 +220,7 @@ class CopyOrder:
     source: Path
     target: Path
     want_md5: bool = False
+    size: int | None = None  # as declared: spares a stat of the source on a shared filesystem
 
 
 class CopyFailed(Exception):
@@ -337,7 +353,10 @@ def _copier(orders: Iterator[CopyOrder], messages: queue.Queue, stop: threading.
 
 
 def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) -> None:
-    source_fd, size = _open_regular(order)
+    try:  # without blocking: opening a FIFO would wait for a writer (the copy refuses it)
+        source_fd = os.open(order.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise CopyFailed(order, error) from None
     try:
         target_fd = os.open(order.target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as error:
@@ -345,7 +364,7 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
         raise CopyFailed(order, error) from None
     try:
         messages.put(_Started(order, os.dup(target_fd)))
-        _copy_chunks(KernelCopy(source_fd, target_fd, size), messages, stop)
+        _copy_chunks(KernelCopy(source_fd, target_fd, order.size), messages, stop)
     except BaseException as error:
         order.target.unlink(missing_ok=True)  # a partial copy goes at once: a full disk frees up for the others
         if isinstance(error, OSError):
@@ -355,20 +374,6 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
         os.close(source_fd)
         os.close(target_fd)
     messages.put(_Finished(order))
-
-
-def _open_regular(order: CopyOrder) -> tuple[int, int]:
-    """The source opened for reading, and its size; a directory, FIFO or device is refused (opening a FIFO
-    does not block)."""
-    try:
-        fd = os.open(order.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise CopyFailed(order, error) from None
-    status = os.fstat(fd)
-    if not stat.S_ISREG(status.st_mode):
-        os.close(fd)
-        raise CopyFailed(order, NotRegularFile(errno.EINVAL, "not a regular file", str(order.source)))
-    return fd, status.st_size
 
 
 class NotRegularFile(OSError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomicfile import json_bytes, read_json, rename_no_replace, write_json, write_new
+from .atomicfile import json_bytes, read_bytes, read_json, rename_no_replace, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import (SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service, parse_job,
@@ -30,7 +30,6 @@ _TEXT_ENCODING = locale.getpreferredencoding(False)  # what Path.read_text decod
 # Overlaps the metadata latency of a shared filesystem when reading many job files.
 READ_THREADS = 8
 READ_CHUNK = 256  # job directories per thread pool task
-_READ_SIZE = 1 << 16
 
 
 class AccessPoint:
@@ -384,23 +383,8 @@ def _same_file(first: Path, second: Path) -> bool:
 
 def _read_text(path: str) -> str:
     """What ``Path.read_text`` returns, without the layers of a buffered text file (read many times over)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = _read_all(fd, path)
-    finally:
-        os.close(fd)
-    text = data.decode(_TEXT_ENCODING)
+    text = read_bytes(path).decode(_TEXT_ENCODING)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text  # universal newlines
-
-
-def _read_all(fd: int, path: str) -> bytes:
-    chunks = []
-    try:
-        while chunk := os.read(fd, _READ_SIZE):
-            chunks.append(chunk)
-    except OSError as error:  # named like open() names it: the file, not the descriptor
-        raise type(error)(error.errno, error.strerror, path) from None
-    return b"".join(chunks)
 
 
 def _exists(path: Path) -> bool:

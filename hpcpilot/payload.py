@@ -1,13 +1,17 @@
 """Launching the payload: environment, command, and what its exit means.
 
-A PanDA payload command *is* a shell line (``transformation jobPars``), so
-it runs through ``bash -c`` inside the job's own scratch directory, in a
-session of its own so that its whole process tree can be signalled.
+A PanDA payload command *is* a shell line (``transformation jobPars``): it
+runs inside the job's own scratch directory, in a session of its own so that
+its whole process tree can be signalled. A line of plain words, which bash
+would only look up and exec, is exec'd straight away (as GNU make does with
+simple recipe lines): one process start less per job. Everything else runs
+through ``bash -c``.
 """
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,6 +107,45 @@ def bash() -> str:
 def shell_line(job: JobSpec, setup_lines: list[str]) -> str:
     """The site's setup lines, then the job's own command line."""
     return "\n".join([*setup_lines, job.command])
+
+
+# A word bash passes on unchanged: no quoting, expansion, glob, redirection, operator or comment in it.
+_PLAIN_WORD = r"[A-Za-z0-9_./,:=+@%^-]+"
+_PLAIN_LINE = re.compile(rf"{_PLAIN_WORD}(?:[ \t]+{_PLAIN_WORD})*")
+# What bash runs itself rather than as a program; true and false alone do what their programs do.
+_BASH_OWN = frozenset(
+    ". : [ [[ ]] { } ! alias bg bind break builtin caller case cd command compgen complete compopt continue "
+    "coproc declare dirs disown do done echo elif else enable esac eval exec exit export false fc fg fi for "
+    "function getopts hash help history if in jobs kill let local logout mapfile popd printf pushd pwd read "
+    "readarray readonly return select set shift shopt source suspend test then time times trap true type "
+    "typeset ulimit umask unalias unset until wait while".split())
+_SAME_AS_PROGRAM = (["true"], ["false"])
+
+
+def plain_command(line: str, env: Mapping[str, str]) -> list[str] | None:
+    """``line`` as a program and its arguments when ``bash -c line`` would do nothing but exec it; else None.
+
+    Not when bash would first read a file (``BASH_ENV``) or could find an
+    exported function of that name, nor for its keywords and builtins, nor
+    for a first word that is a variable assignment.
+    """
+    if not _PLAIN_LINE.fullmatch(line.strip()) or "BASH_ENV" in env or any(k.startswith("BASH_FUNC_") for k in env):
+        return None
+    words = line.split()
+    if "=" in words[0] or (words[0] in _BASH_OWN and words not in _SAME_AS_PROGRAM):
+        return None
+    return words
+
+
+def launch_line(line: str, cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None) -> Payload:
+    """Run the shell line ``line``: exec'd directly when it is a plain command, else through ``bash -c``."""
+    argv = plain_command(line, env)
+    if argv is not None:
+        try:  # with the variables bash would hand its command
+            return Payload(argv, cwd, {**env, "PWD": str(cwd), "SHLVL": env.get("SHLVL", "0")}, guard)
+        except OSError:
+            pass  # not found, not executable, no #! line: bash reports it, with its exit code (127, 126)
+    return launch([bash(), "-c", line], cwd, env, guard)
 
 
 def launch(argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None) -> Payload:

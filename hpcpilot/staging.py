@@ -56,7 +56,8 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
     them, and the first failure in input order is the one reported, as if
     the files were copied one after the other.
     """
-    orders = (CopyOrder(_replica_path(spec, job_dir), scratch / spec.lfn, _wants_md5(spec)) for spec in job.inputs)
+    orders = (CopyOrder(_replica_path(spec, job_dir), scratch / spec.lfn, _wants_md5(spec), spec.fsize)
+              for spec in job.inputs)
     total = 0
     with closing(copy_files_with_checksums(orders, in_thread=_worth_a_thread(job.inputs))) as copied:
         for spec in job.inputs:

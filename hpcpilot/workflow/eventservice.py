@@ -272,8 +272,7 @@ class RankEventWork:
                                           {**self.ctx.site.payload_environment(self.run.cores),
                                            **self.channel.environment()})
         self.job_log.info("payload: %s (event service, channel %s)", self.run.spec.command, self.channel.address)
-        self.process = payload.launch(jobflow.payload_argv(self.ctx, self.run, env), self.run.scratch, env,
-                                      self.ctx.guard)
+        self.process = jobflow.start_payload(self.ctx, self.run, env)
         self.run.process = self.process
 
     def _entries_for(self, result: Any) -> list[dict]:

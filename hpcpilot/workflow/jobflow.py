@@ -104,7 +104,7 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
                                       ctx.environment, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):
         job_log.detail("payload: %s", run.spec.command)
-        run.process = payload.launch(payload_argv(ctx, run, env), run.scratch, env, ctx.guard)
+        run.process = start_payload(ctx, run, env)
         watch = ctx.monitor.watch(run, announce=lambda: declare_running(ctx, run), announce_after=announce_after)
         if run.failed:  # a stop came while it was being launched
             run.process.terminate(ctx.config.limits.kill_grace)
@@ -121,12 +121,13 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
             raise error
 
 
-def payload_argv(ctx: RankContext, run: JobRun, env: dict[str, str]) -> list[str]:
-    """``bash -c`` the site's setup and the job's command line, inside the job's container if it names one."""
+def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload.Payload:
+    """The site's setup and the job's command line, inside the job's container if it names one."""
     line = payload.shell_line(run.spec, ctx.site.setup_lines())
     if run.spec.container_name:
-        return wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
-    return [payload.bash(), "-c", line]
+        argv = wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
+        return payload.launch(argv, run.scratch, env, ctx.guard)
+    return payload.launch_line(line, run.scratch, env, ctx.guard)
 
 
 def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:

@@ -232,6 +232,19 @@ def test_corrupted_job_spec_file(tmp_path: Path, content: str) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_job_spec_file_that_is_a_fifo(tmp_path: Path) -> None:
+    """Opening a FIFO nobody writes to would block rank 0, and with it the whole worker, for ever."""
+    definition, _ = copy_job(FAULTY)
+    ap = worker(tmp_path, definition)
+    (ap / str(FAULTY) / "HPCJobs.json").unlink()
+    os.mkfifo(ap / str(FAULTY) / "HPCJobs.json")
+    run = run_pilot(ap, "mpi2", timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1303, "HPCJobs.json", "not a regular file")
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
 def test_listed_job_directory_missing(tmp_path: Path) -> None:
     ap = worker(tmp_path)
     (ap / "worker_pandaids.json").write_text(json.dumps([FAULTY, *GOOD_IDS]))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.atomicfile import (TEMP_PREFIX, atomic_writer, declared_later, publish_json_if_absent, read_json,
-                                 rename_no_replace, write_json, write_new)
+from hpcpilot.atomicfile import (READ_SIZE, TEMP_PREFIX, atomic_writer, declared_later, publish_json_if_absent,
+                                 read_bytes, read_json, rename_no_replace, write_json, write_new)
 
 ORIGINAL = {"jobStatus": "running"}
 
@@ -283,3 +283,35 @@ def test_write_new_never_overwrites(tmp_path):
     with pytest.raises(FileExistsError):
         write_new(path, b"second")
     assert path.read_bytes() == b"first"
+
+
+# -- reading what others wrote ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, READ_SIZE - 1, READ_SIZE, 3 * READ_SIZE + 5])
+def test_read_bytes_reads_a_regular_file_whole(tmp_path, size):
+    path = tmp_path / "HPCJobs.json"
+    content = os.urandom(size)
+    path.write_bytes(content)
+    assert read_bytes(path) == content
+
+
+@pytest.mark.timeout(10)
+def test_read_bytes_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    path = tmp_path / "HPCJobs.json"
+    os.mkfifo(path)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_bytes(path)
+
+
+@pytest.mark.timeout(10)
+def test_read_bytes_refuses_a_device_that_never_ends(tmp_path):
+    path = tmp_path / "worker_pandaids.json"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(OSError, match="not a regular file"):
+        read_json(path)
+
+
+def test_read_bytes_names_the_file_in_its_errors(tmp_path):
+    with pytest.raises(IsADirectoryError, match=str(tmp_path)):
+        read_bytes(tmp_path)

@@ -239,6 +239,30 @@ def test_an_existing_target_is_refused_and_kept(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("make", [lambda path: path.symlink_to("/dev/zero"), os.mkfifo, os.mkdir],
+                         ids=["endless-device", "fifo-without-writer", "directory"])
+def test_a_source_that_is_no_regular_file_is_refused(tmp_path, make):
+    """Refused as the kernel copy refuses it, whatever size was declared: the fallbacks would read a device
+    without end, or wait on a FIFO."""
+    (tmp_path / "dst").mkdir()
+    make(tmp_path / "src")
+    order = checksums.CopyOrder(tmp_path / "src", tmp_path / "dst" / "copy", size=1000)
+    with pytest.raises(checksums.CopyFailed) as failure:
+        list(checksums.copy_files_with_checksums([order]))
+    assert isinstance(failure.value.error, checksums.NotRegularFile)
+    assert list((tmp_path / "dst").iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("declared", [None, 10, 5000, 10**9], ids=["unknown", "smaller", "exact", "larger"])
+def test_a_declared_size_never_changes_what_is_copied(tmp_path, declared):
+    orders, contents = _orders(tmp_path, [5000])
+    order = checksums.CopyOrder(orders[0].source, orders[0].target, size=declared)
+    (running,) = checksums.copy_files_with_checksums([order])
+    assert order.target.read_bytes() == contents[0] and running.size == 5000
+
+
+@pytest.mark.timeout(60)
 def test_kernel_copy_across_filesystems(tmp_path):
     """tmpfs to the test directory: copy_file_range may refuse (EXDEV), the fallback copies."""
     shm = Path("/dev/shm")
