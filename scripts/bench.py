@@ -56,6 +56,8 @@ from typing import Any, Callable, ContextManager, Iterator
 log = logging.getLogger("bench")
 
 PAYLOAD = "echo x > out.txt"
+PLAIN_PAYLOAD = "cp /etc/hostname out.txt"  # plain words: exec'd without a shell
+BASH_PAYLOAD = PLAIN_PAYLOAD + ";"  # the same through bash: a ";" needs a shell
 FLOOR, BASH_FLOOR, PARALLEL = "xargs -P 2 (floor)", "xargs -P 2, bash -c", "GNU parallel -j 2"
 OUTPUT = "out.txt"
 COMMAND_TIMEOUT = 1800
@@ -205,13 +207,13 @@ def pilot_argv(ranks: int, access_point: Path, scratch: Path, cores: int) -> lis
 # ---------------------------------------------------------------- access points
 
 
-def write_dispatch_access_point(root: Path, jobs: int, input_bytes: int = 0) -> Path:
-    """Harvester's layout: ``jobs`` jobs running PAYLOAD, each declaring out.txt (and one input if asked)."""
+def write_dispatch_access_point(root: Path, jobs: int, input_bytes: int = 0, payload: str = PAYLOAD) -> Path:
+    """Harvester's layout: ``jobs`` jobs running ``payload``, each declaring out.txt (and one input if asked)."""
     from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 
     definitions, inputs = {}, {}
     for pandaid in range(FIRST_PANDAID, FIRST_PANDAID + jobs):
-        definition = with_outputs(job_definition(pandaid, PAYLOAD), [OUTPUT])
+        definition = with_outputs(job_definition(pandaid, payload), [OUTPUT])
         if input_bytes:
             inputs[pandaid] = {f"in.{pandaid}.dat": bytes(input_bytes)}
             definition = with_inputs(definition, inputs[pandaid])
@@ -354,16 +356,16 @@ def node_local_scratch(work: Path) -> ContextManager[Path]:
     return workspace(RAM_DISK if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK) else work)
 
 
-def fastest_pilot(repeats: int, work: Path, jobs: int, cores: int, label: str = "") -> PilotRun:
+def fastest_pilot(repeats: int, work: Path, jobs: int, cores: int, label: str = "", payload: str = PAYLOAD) -> PilotRun:
     """The fastest of ``repeats`` runs, as the baselines get; peak RSS over all of them."""
-    runs = [time_pilot(work, jobs, cores, f"{label}-{attempt}") for attempt in range(max(1, repeats))]
+    runs = [time_pilot(work, jobs, cores, f"{label}-{attempt}", payload) for attempt in range(max(1, repeats))]
     fastest = min(runs, key=lambda run: run.seconds)
     peaks = {rank: max(run.peaks_kb.get(rank, 0) for run in runs) for rank in fastest.peaks_kb}
     return PilotRun(fastest.seconds, fastest.elapsed_in_pilot, peaks, fastest.cpu_seconds)
 
 
-def time_pilot(work: Path, jobs: int, cores: int, label: str = "") -> PilotRun:
-    access_point = write_dispatch_access_point(work / f"ap-{cores}{label}", jobs)
+def time_pilot(work: Path, jobs: int, cores: int, label: str = "", payload: str = PAYLOAD) -> PilotRun:
+    access_point = write_dispatch_access_point(work / f"ap-{cores}{label}", jobs, payload=payload)
     memory = RankMemoryWatch(marker="hpcpilot")
     try:
         with node_local_scratch(work) as scratch:
@@ -424,6 +426,7 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
         memory_rows.append((label, run.peaks_kb))
         cpu_rows.append(_cpu_row(label, run.cpu_seconds, jobs, runs[BASH_FLOOR].cpu_seconds))
     rows.append(_pilot_with_access_point_in_ram(sizes.repeats, jobs, rates[FLOOR]))
+    rows += _plain_command_rows(sizes.repeats, work, jobs)
     return rows + cpu_rows + memory_row_list(memory_rows, idle_rank_peaks(work))
 
 
@@ -447,6 +450,21 @@ def _pilot_with_access_point_in_ram(repeats: int, jobs: int, floor: float) -> Ro
     return Row("dispatch", "pilot 2x1, access point in RAM", jobs / run.seconds, "jobs/s", FLOOR,
                floor, jobs / run.seconds / floor, note=f"{_runs_note(jobs, repeats)}; {jobs / run.elapsed_in_pilot:.1f} "
                "jobs/s by the pilot's own clock; the filesystem's share of the cost, for information")
+
+
+def _plain_command_rows(repeats: int, work: Path, jobs: int) -> list[Row]:
+    """A payload line of plain words is exec'd without bash; the same line with a ';', which bash runs as it
+    ran every line before (exec'ing the command in its own process), is the baseline."""
+    rates = {}
+    for payload in (BASH_PAYLOAD, PLAIN_PAYLOAD):
+        run = fastest_pilot(repeats, work, jobs, 1, label=f"-{len(rates)}", payload=payload)
+        rates[payload] = jobs / run.seconds
+    through_bash = "pilot 2x1, cp line via bash"
+    return [Row("dispatch", through_bash, rates[BASH_PAYLOAD], "jobs/s",
+                note=f"{_runs_note(jobs, repeats)}; payload '{BASH_PAYLOAD}'"),
+            Row("dispatch", "pilot 2x1, cp line exec'd", rates[PLAIN_PAYLOAD], "jobs/s", through_bash,
+                rates[BASH_PAYLOAD], rates[PLAIN_PAYLOAD] / rates[BASH_PAYLOAD],
+                note=f"{_runs_note(jobs, repeats)}; payload '{PLAIN_PAYLOAD}', plain words: no shell, for information")]
 
 
 def _runs_note(jobs: int, repeats: int) -> str:

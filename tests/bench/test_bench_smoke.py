@@ -21,6 +21,7 @@ EXPECTED_ROWS = [
     ("dispatch", "pilot 2 ranks x 2 slots"),
     ("dispatch", "pilot 2x1 vs xargs -P 2"),
     ("dispatch", "pilot 2x2 vs xargs -P 2"),
+    ("dispatch", "pilot 2x1, cp line exec'd"),
     ("memory", "peak RSS rank 0, pilot 2 ranks x 1 slot"),
     ("memory", "peak RSS rank 1, pilot 2 ranks x 2 slots"),
     ("stagein", "cp (no checksum)"),
