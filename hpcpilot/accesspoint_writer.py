@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import HarvesterFiles
+from .staging import pool_file_catalog
 
 
 def adler32_hex(data: bytes) -> str:
@@ -65,13 +66,7 @@ def _stage_replicas(job_dir: Path, replica_dir: Path, job_inputs: Mapping[str, b
 def _pool_file_catalog(definition: Mapping[str, Any], job_dir: Path) -> str:
     lfns = [n for n in str(definition.get("inFiles", "")).split(",") if n and n != "NULL"]
     guids = str(definition.get("GUID", "")).split(",")
-    entries = "".join(
-        f'  <File ID="{guids[i] if i < len(guids) else ""}">\n'
-        f'    <physical><pfn filetype="ROOT_All" name="{job_dir / lfn}"/></physical>\n'
-        f'    <logical><lfn name="{lfn}"/></logical>\n  </File>\n'
-        for i, lfn in enumerate(lfns)
-    )
-    return f'<?xml version="1.0" encoding="UTF-8" standalone="no" ?>\n<POOLFILECATALOG>\n{entries}</POOLFILECATALOG>\n'
+    return pool_file_catalog((guids[i] if i < len(guids) else "", str(job_dir / lfn), lfn) for i, lfn in enumerate(lfns))
 
 
 def job_definition(pandaid: int, command: str, args: str = "", **fields: Any) -> dict[str, Any]:

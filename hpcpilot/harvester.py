@@ -166,11 +166,11 @@ class AccessPoint:
     def _definitions(self, spec: Path | str, text: str | JobDefinitionError, expected: int | None
                      ) -> list[RawJob | InvalidJob]:
         try:
-            if isinstance(text, JobDefinitionError):
-                raise text
+            if isinstance(text, JobDefinitionError):  # the file could not be read
+                return [InvalidJob.because(expected or 0, text)]
             definitions = self._definitions_in(spec, text)
         except JobDefinitionError as error:
-            return [InvalidJob(expected or 0, error.code, error.diag)]
+            return [InvalidJob.because(expected or 0, error)]
         if expected is not None:
             return [RawJob(expected, expected, definitions.get(str(expected), _only(definitions)))]
         return [RawJob(_pandaid_or_zero(key), key, raw) for key, raw in definitions.items()]
@@ -259,13 +259,13 @@ def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...]) -> JobSp
     try:
         pandaid = parse_pandaid(key)
     except JobDefinitionError as error:
-        return InvalidJob(0, error.code, error.diag)
+        return InvalidJob.because(0, error)
     if raw is None:
         return InvalidJob(pandaid, ErrorCode.GENERAL, f"no definition for PandaID {pandaid} in the job spec file")
     try:
         job = parse_job(raw, secret_keys)
     except JobDefinitionError as error:
-        return InvalidJob(pandaid, error.code, error.diag)
+        return InvalidJob.because(pandaid, error)
     if job.pandaid != pandaid:
         return InvalidJob(pandaid, ErrorCode.GENERAL,
                           f"job definition field 'PandaID': {job.pandaid} differs from its key {pandaid}")

@@ -74,6 +74,10 @@ class InvalidJob:
     code: ErrorCode
     diag: str
 
+    @classmethod
+    def because(cls, pandaid: int, error: JobDefinitionError) -> InvalidJob:
+        return cls(pandaid, error.code, error.diag)
+
 
 def _fail(code: ErrorCode, field: str, problem: str) -> JobDefinitionError:
     return JobDefinitionError(code, f"job definition field '{field}': {problem}")

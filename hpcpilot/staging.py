@@ -20,6 +20,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable
+from xml.sax.saxutils import quoteattr
 
 from .atomicfile import declared_later
 from .checksums import (KERNEL_CHUNK_SIZE, ChecksummingWriter, CopyFailed, CopyOrder, NotRegularFile,
@@ -156,14 +157,15 @@ def _verify_input(spec: FileSpec, size: int, running: RunningChecksum | None) ->
 
 def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
     """The GUID -> local file catalogue that ATLAS payloads read from their working directory."""
-    entries = "".join(
-        f'  <File ID="{spec.guid}">\n    <physical><pfn filetype="ROOT_All" name="{spec.lfn}"/></physical>\n'
-        f'    <logical><lfn name="{spec.lfn}"/></logical>\n  </File>\n'
-        for spec in job.inputs
-    )
-    (scratch / POOL_FILE_CATALOG).write_text(
-        f'<?xml version="1.0" encoding="UTF-8" standalone="no" ?>\n<POOLFILECATALOG>\n{entries}</POOLFILECATALOG>\n'
-    )
+    (scratch / POOL_FILE_CATALOG).write_text(pool_file_catalog((spec.guid, spec.lfn, spec.lfn) for spec in job.inputs))
+
+
+def pool_file_catalog(files: Iterable[tuple[str, str, str]]) -> str:
+    """POOL's XML catalogue of ``(guid, physical name, logical name)``, every value escaped for XML."""
+    entries = "".join(f'  <File ID={quoteattr(guid)}>\n    <physical><pfn filetype="ROOT_All" name={quoteattr(pfn)}/>'
+                      f'</physical>\n    <logical><lfn name={quoteattr(lfn)}/></logical>\n  </File>\n'
+                      for guid, pfn, lfn in files)
+    return f'<?xml version="1.0" encoding="UTF-8" standalone="no" ?>\n<POOLFILECATALOG>\n{entries}</POOLFILECATALOG>\n'
 
 
 def inside_scratch(scratch: Path, name: str) -> Path:

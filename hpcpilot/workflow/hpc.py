@@ -124,8 +124,9 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
                 readable = [item for item in definitions if isinstance(item, RawJob)]
                 event_jobs = [access_point.validated(item) for item in readable if item.event_service]
                 plan.event_jobs = [job for job in event_jobs if isinstance(job, JobSpec)]
-                plan.already_declared += [_declare_invalid(access_point, job, comm.rank) for job in
-                                          [*definitions, *event_jobs] if isinstance(job, InvalidJob)]
+                invalid = [job for job in [*definitions, *event_jobs] if isinstance(job, InvalidJob)]
+                host = socket.gethostname() if invalid else ""
+                plan.already_declared += [_declare_invalid(access_point, job, comm.rank, host) for job in invalid]
                 shares = balanced_shares([item for item in readable if not item.event_service], comm.size)
             except WorkerError as error:
                 log.error("%s", error)
@@ -179,9 +180,8 @@ def balanced_shares(jobs: list[RawJob], ranks: int) -> list[list[RawJob]]:
     return [ordered[rank::ranks] for rank in range(ranks)]
 
 
-def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int) -> JobResult:
+def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int, host: str) -> JobResult:
     log.error("job %d: invalid definition, declared failed: %d %s", job.pandaid, job.code, job.diag)
-    host = socket.gethostname()
     declared = access_point.job_dir_is_inside(job.pandaid)
     try:
         if declared:
@@ -228,7 +228,8 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
                comm: Any) -> list[JobResult]:
     """Run this rank's jobs; rank 0 also collects everyone's results and learns of every stop."""
     valid = [job for job in plan.share if isinstance(job, JobSpec)]
-    invalid = [_declare_invalid(ctx.access_point, job, comm.rank) for job in plan.share if isinstance(job, InvalidJob)]
+    invalid = [_declare_invalid(ctx.access_point, job, comm.rank, ctx.host)
+               for job in plan.share if isinstance(job, InvalidJob)]
     if comm.rank == 0:
         collector = Collector(comm, plan.total, plan.already_declared + invalid, ctx.config.progress_interval)
         runner = RankRunner(ctx, valid, cores, deadline, collector.add, collector.note_started)

@@ -19,6 +19,7 @@ from typing import Callable
 
 import pytest
 
+from hpcpilot.staging import pool_file_catalog
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.config import HarvesterFiles
@@ -587,3 +588,22 @@ def test_resuming_forgets_entries_an_attempt_staged_before_declaring_anything(ac
     to_run, declared = split_declared(access_point, access_point.read_jobs())
     assert sorted(job.pandaid for job in to_run) == [1001, 1002] and declared == []
     assert not EventStatusPublisher(access_point).journal_path(1001).exists()
+
+
+# -- PoolFileCatalog.xml -------------------------------------------------------------------------------
+
+
+def test_pool_file_catalog_has_pool_s_layout():
+    assert pool_file_catalog([("0b4f-1", "EVNT.pool.root.1", "EVNT.pool.root.1")]) == (
+        '<?xml version="1.0" encoding="UTF-8" standalone="no" ?>\n<POOLFILECATALOG>\n'
+        '  <File ID="0b4f-1">\n    <physical><pfn filetype="ROOT_All" name="EVNT.pool.root.1"/></physical>\n'
+        '    <logical><lfn name="EVNT.pool.root.1"/></logical>\n  </File>\n</POOLFILECATALOG>\n')
+
+
+def test_pool_file_catalog_escapes_what_the_definition_brings():
+    """A GUID or an LFN is any string Harvester passes on: it must not break (or inject into) the XML."""
+    odd = ('x" evil="1', "a&b<c>'d\"", "in.<1>&.root")
+    root = ElementTree.fromstring(pool_file_catalog([odd]))
+    (entry,) = root.findall("File")
+    assert (entry.get("ID"), entry.find("physical/pfn").get("name"), entry.find("logical/lfn").get("name")) == odd
+    assert entry.get("evil") is None
