@@ -5,10 +5,12 @@ signalled; that also puts them out of reach of whoever kills the rank (the
 MPI launcher signals the ranks' process groups). Each rank starts one guard,
 in a session of its own, and tells it through a pipe of every payload
 session it starts and reaps. If the pipe closes without a goodbye, the rank
-is gone: the guard SIGKILLs the sessions still registered and exits.
+is gone: the guard SIGKILLs the sessions still registered, then every
+process that carries a payload token of that rank (what a payload left
+running outside its process group, daemons included), and exits.
 
-Run as ``python -m hpcpilot.guard``; it reads the pipe on its stdin, lines
-``+<pgid>``, ``-<pgid>`` and ``bye``.
+Run as ``python -m hpcpilot.guard <token prefix>``; it reads the pipe on its
+stdin, lines ``+<pgid>``, ``-<pgid>`` and ``bye``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import signal
 import subprocess
 import sys
 from typing import Iterable
+
+from .proctree import TOKEN_PREFIX, kill_until_gone, token_holders
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ class PayloadGuard:
         self._broken = False
         self.process: subprocess.Popen | None = None
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=read_end,
+            self.process = subprocess.Popen([sys.executable, "-m", __name__, TOKEN_PREFIX], stdin=read_end,
                                             start_new_session=True)
         except OSError as error:  # the pilot still runs its jobs, as it did before there were guards
             self._broken = True
@@ -65,8 +69,8 @@ class PayloadGuard:
             log.warning("payload guard gone (%s): payloads will outlive this rank if it is killed", error)
 
 
-def guard(lines: Iterable[bytes]) -> set[int]:
-    """The payload sessions left registered when ``lines`` end without a goodbye (empty after one)."""
+def guard(lines: Iterable[bytes]) -> set[int] | None:
+    """The payload sessions left registered when ``lines`` end without a goodbye; None after one."""
     alive: set[int] = set()
     for line in lines:
         if line.startswith(b"+"):
@@ -74,18 +78,24 @@ def guard(lines: Iterable[bytes]) -> set[int]:
         elif line.startswith(b"-"):
             alive.discard(int(line[1:]))
         elif line.strip() == b"bye":
-            return set()
+            return None
     return alive
 
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C meant for the pilot: the pilot handles it
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stop for the rank must not disarm its guard
-    for pgid in guard(sys.stdin.buffer):
+    left = guard(sys.stdin.buffer)
+    if left is None:
+        return 0
+    for pgid in left:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    if len(sys.argv) > 1:
+        prefix = sys.argv[1].encode() + b"."
+        kill_until_gone(lambda: token_holders(lambda token: token.startswith(prefix)), "payloads of a dead rank")
     return 0
 
 

@@ -43,9 +43,21 @@ SMAPS = "smaps_rollup" if os.path.exists("/proc/self/smaps_rollup") else "smaps"
 MEMORY_LINE = re.compile(rb"^(Rss|Pss|Swap):\s+(\d+) kB", re.MULTILINE)
 
 
+# Every token this process hands out starts with it: a rank's guard finds what the rank's payloads left
+# running, even outside their process groups, by this prefix alone.
+TOKEN_PREFIX = secrets.token_hex(6)
+
+
 def new_token() -> str:
     """A fresh token that marks one payload's environment."""
-    return secrets.token_hex(16)
+    return f"{TOKEN_PREFIX}.{secrets.token_hex(10)}"
+
+
+def token_holders(matches: Callable[[bytes], bool]) -> dict[int, ProcStat]:
+    """Live processes of our uid whose payload token ``matches``, and their descendants."""
+    table, uid = read_proc_table(), os.getuid()
+    holders = {stat.pid for stat in table.values() if not stat.zombie and matches(_token_in(_environ_of(stat.pid, uid)) or b"")}
+    return {pid: table[pid] for pid in _with_descendants(holders, table) if not table[pid].zombie and _may_signal(pid)}
 
 
 def become_subreaper(enable: bool = True) -> bool:
@@ -482,7 +494,7 @@ def end_processes(find: Callable[[], dict[int, ProcStat]], grace: float, poll: f
     _signal_members(members.values(), signal.SIGCONT)  # a stopped process cannot handle TERM
     if _wait_until_empty(find, grace, poll):
         return []
-    return _kill_survivors(find, what)
+    return kill_until_gone(find, what)
 
 
 def _wait_until_empty(find: Callable[[], dict[int, ProcStat]], grace: float, poll: float) -> bool:
@@ -494,7 +506,8 @@ def _wait_until_empty(find: Callable[[], dict[int, ProcStat]], grace: float, pol
     return not find()
 
 
-def _kill_survivors(find: Callable[[], dict[int, ProcStat]], what: str) -> list[int]:
+def kill_until_gone(find: Callable[[], dict[int, ProcStat]], what: str) -> list[int]:
+    """SIGKILL what ``find`` returns, round after round while it returns any; pids that needed it."""
     killed: set[int] = set()
     for _ in range(KILL_ROUNDS):
         survivors = find()

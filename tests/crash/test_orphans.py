@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -9,17 +10,27 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.multirank.test_graceful_stop import LONG_SLEEP, rank_processes, sleeping_worker, start_pilot, \
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from tests.multirank.test_graceful_stop import JOBS, LONG_SLEEP, rank_processes, sleeping_worker, start_pilot, \
     wait_until_running
+
+DAEMON_SLEEP = f"{399 + random.random():.9f}"  # what a payload leaves running in a session of its own
 
 
 def payloads_left() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if LONG_SLEEP in (p.info["cmdline"] or [])]
+    return [p for p in psutil.process_iter(["cmdline"]) if {LONG_SLEEP, DAEMON_SLEEP} & set(p.info["cmdline"] or [])]
+
+
+def daemonizing_worker(tmp_path: Path) -> Path:
+    """Each payload starts a daemon (setsid: out of the payload's process group and session), then sleeps."""
+    line = f"-c 'setsid sleep {DAEMON_SLEEP} & exec sleep {LONG_SLEEP}'"
+    return write_access_point(tmp_path / "ap", {p: job_definition(p, "bash", line) for p in JOBS})
 
 
 @pytest.mark.timeout(120)
-def test_payloads_of_a_sigkilled_rank_end_with_it(tmp_path: Path) -> None:
-    ap = sleeping_worker(tmp_path)
+@pytest.mark.parametrize("make_worker", [sleeping_worker, daemonizing_worker], ids=["payloads", "their-daemons"])
+def test_payloads_of_a_sigkilled_rank_end_with_it(tmp_path: Path, make_worker) -> None:
+    ap = make_worker(tmp_path)
     pilot = start_pilot(ap, 2)
     try:
         wait_until_running(ap, 2)

@@ -8,15 +8,17 @@ import subprocess
 import pytest
 
 from hpcpilot.guard import PayloadGuard, guard
+from hpcpilot.proctree import TOKEN_ENV, new_token
 
 
-def sleeper() -> subprocess.Popen:
-    return subprocess.Popen(["sleep", "300"], start_new_session=True)  # a payload: a session of its own
+def sleeper(token: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, TOKEN_ENV: token} if token else None
+    return subprocess.Popen(["sleep", "300"], start_new_session=True, env=env)  # a payload: a session of its own
 
 
 def test_the_sessions_left_registered_are_those_started_and_not_ended() -> None:
     assert guard([b"+10\n", b"+11\n", b"-10\n", b"+12\n"]) == {11, 12}
-    assert guard([b"+10\n", b"bye\n"]) == set()
+    assert guard([b"+10\n", b"bye\n"]) is None
 
 
 @pytest.mark.timeout(30)
@@ -34,8 +36,25 @@ def test_a_rank_gone_without_goodbye_takes_its_running_payloads_with_it() -> Non
 
 
 @pytest.mark.timeout(30)
+def test_what_the_rank_s_payloads_left_outside_their_sessions_ends_too() -> None:
+    """A daemon a payload started (in a session of its own, never registered) carries the payload's token;
+    a process with another pilot's token is left alone."""
+    daemon, stranger = sleeper(new_token()), sleeper("0123456789ab.not-this-rank")
+    try:
+        rank = PayloadGuard()
+        os.close(rank._pipe)
+        assert daemon.wait(timeout=20) == -signal.SIGKILL
+        assert rank.process.wait(timeout=20) == 0
+        assert stranger.poll() is None
+    finally:
+        for process in (daemon, stranger):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.timeout(30)
 def test_a_goodbye_leaves_every_process_alone() -> None:
-    payload = sleeper()
+    payload = sleeper(new_token())
     rank = PayloadGuard()
     rank.started(payload.pid)
     rank.close()
