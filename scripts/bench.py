@@ -56,6 +56,7 @@ from typing import Any, Callable, ContextManager, Iterator
 log = logging.getLogger("bench")
 
 PAYLOAD = "echo x > out.txt"
+FILES_SYNCED_PER_JOB = 5  # the output, the log tarball, the staged entries, jobReport.json, worker_attributes.json
 PLAIN_PAYLOAD = "cp /etc/hostname out.txt"  # plain words: exec'd without a shell
 BASH_PAYLOAD = PLAIN_PAYLOAD + ";"  # the same through bash: a ";" needs a shell
 FLOOR, BASH_FLOOR, PARALLEL = "xargs -P 2 (floor)", "xargs -P 2, bash -c", "GNU parallel -j 2"
@@ -412,6 +413,7 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
     targets = {FLOOR: 0.5, PARALLEL: 3.0, "MPIPoolExecutor, 2 workers": None}
     memory_rows, cpu_rows = [], [_cpu_row(FLOOR, runs[FLOOR].cpu_seconds, jobs), _cpu_row(
         BASH_FLOOR, runs[BASH_FLOOR].cpu_seconds, jobs, runs[FLOOR].cpu_seconds)]
+    cpu_rows += _durability_bound_rows(baselines, runs[BASH_FLOOR].cpu_seconds / jobs, rates[FLOOR])
     for cores in (1, 2):
         run = fastest_pilot(sizes.repeats, work, jobs, cores)
         rate = jobs / run.seconds
@@ -439,6 +441,36 @@ def _cpu_row(name: str, cpu_seconds: float, jobs: int, baseline_cpu: float | Non
         row.note = "ratio: times the baseline's CPU; the difference is the " + (
             "pilot's own cost (start-up included)" if name != BASH_FLOOR else "payload shell's (bash for dash)")
     return row
+
+
+def fdatasync_cpu_ms(directory: Path, files: int = 500) -> float:
+    """CPU (user + system) that one fdatasync of a new small file costs on ``directory``'s filesystem."""
+    def write(sync: bool) -> float:
+        target = Path(tempfile.mkdtemp(prefix="sync-", dir=directory))
+        started = time.process_time()
+        for index in range(files):
+            fd = os.open(target / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, b"x" * 200)
+            if sync:
+                os.fdatasync(fd)
+            os.close(fd)
+        return time.process_time() - started
+
+    return max(0.0, write(True) - write(False)) / files * 1000
+
+
+def _durability_bound_rows(directory: Path, bash_cpu_per_job: float, floor_rate: float) -> list[Row]:
+    """What the payload shell and durable declarations alone cost per job, against the CPU per job that
+    0.5 x the floor leaves on this machine's cores: no pilot code is counted."""
+    sync_ms, cores = fdatasync_cpu_ms(directory), os.cpu_count() or 1
+    bound = bash_cpu_per_job * 1000 + FILES_SYNCED_PER_JOB * sync_ms
+    budget = cores / (0.5 * floor_rate) * 1000
+    return [Row("cpu", "CPU per fdatasync of a new small file", sync_ms, "ms",
+                note=f"the access point's filesystem; {FILES_SYNCED_PER_JOB} per job make its files durable before "
+                     "they are declared"),
+            Row("cpu", f"CPU per job, bash + {FILES_SYNCED_PER_JOB} fdatasyncs alone", bound, "ms/job",
+                "budget at 0.5 x the floor", budget, bound / budget,
+                note=f"budget: {cores} cores / (0.5 x the floor's jobs/s); ratio: the share of it they take")]
 
 
 def _pilot_with_access_point_in_ram(repeats: int, jobs: int, floor: float) -> Row:
