@@ -70,10 +70,11 @@ class RangeSource:
         self.feed = RangeFeed(ctx.access_point.root, ctx.config.files, job.pandaid, job.task_id or "NULL",
                               job.jobset_id or "NULL", batch=batch)
         self.journal = ctx.access_point.path(job.pandaid, ctx.config.files.received_ranges)
-        declared = declared_range_ids(ctx, job.pandaid)
-        self.ranges: deque[EventRange] = deque(r for r in _read_range_journal(self.journal)
-                                               if r.eventRangeID not in declared)
-        self.known = declared | {r.eventRangeID for r in self.ranges}
+        declared, received = declared_ranges(ctx, job.pandaid), _read_range_journal(self.journal)
+        self.ranges: deque[EventRange] = deque(r for r in received if r.eventRangeID not in declared)
+        self.known = set(declared) | {r.eventRangeID for r in self.ranges}
+        # what an earlier run of this job finished still counts for the job
+        self.earlier = [r for r in received if declared.get(r.eventRangeID) == "finished"]
         self.started = time.monotonic()
         self.wait_timeout = ctx.config.event_wait_timeout
         self.next_poll = 0.0
@@ -122,18 +123,20 @@ def _read_range_journal(path: Path) -> list[EventRange]:
     return ranges
 
 
-def declared_range_ids(ctx: RankContext, pandaid: int) -> set[str]:
-    """Range IDs in the dump, in what Harvester took, and staged: never to be processed again."""
+def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
+    """{range ID: status} of the ranges in the dump, in what Harvester took, and staged: never to be
+    processed again."""
     dump = ctx.access_point.path(pandaid, ctx.config.files.event_status)
     files = [dump, *dump.parent.glob(dump.name + ".read*"), ctx.publisher.journal_path(pandaid)]
-    found = set()
+    found: dict[str, str] = {}
     for path in files:
         try:
             content = read_json(path)
         except (OSError, ValueError):
             continue
         for entries in content.values() if isinstance(content, dict) else []:
-            found.update(e.get("eventRangeID") for e in entries if isinstance(e, dict) and e.get("eventRangeID"))
+            found.update((e["eventRangeID"], e.get("eventStatus")) for e in entries
+                         if isinstance(e, dict) and e.get("eventRangeID"))
     return found
 
 
@@ -283,7 +286,7 @@ class RankEventWork:
                 self.job_log.error("range %s: %s", result.range_id, error.diag)
                 return self._failed([result.range_id])
             self.outcome.finished += 1
-            self.outcome.events += result.event_range.lastEvent - result.event_range.startEvent + 1
+            self.outcome.events += result.event_range.n_events
             return [entry]
         if isinstance(result, RangeFailed):
             self.job_log.warning("range %s failed in the payload: %s %s", result.range_id, result.code, result.message)
@@ -419,14 +422,14 @@ def _stop(work: RankEventWork, dispatcher: Dispatcher | None, request: StopReque
 
 def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) -> None:
     """The job's final state from every rank's outcome: finished unless no events came or a rank failed."""
-    run, outcomes = work.run, list(dispatcher.outcomes.values())
+    run, outcomes, earlier = work.run, list(dispatcher.outcomes.values()), dispatcher.source.earlier
     errors = [o.error for o in outcomes if o.error is not None]
-    finished = sum(o.finished for o in outcomes)
+    finished = sum(o.finished for o in outcomes) + len(earlier)
     if errors:
         run.fail(errors[0])
-    elif dispatcher.source.handed_out == 0:
+    elif dispatcher.source.handed_out == 0 and not earlier:
         run.fail(PilotError(ErrorCode.ES_NO_EVENTS, "no event ranges received from Harvester"))
-    n_events = sum(o.events for o in outcomes)
+    n_events = sum(o.events for o in outcomes) + sum(r.n_events for r in earlier)
     run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished,
                                 nEventRangesFailed=sum(o.failed for o in outcomes))
     jobflow.stage_out(ctx, run)

@@ -216,6 +216,24 @@ def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp
     by_range = range_entries(entries)
     assert sorted(by_range) == sorted(by_id), "every range declared after the rerun"
     assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+    attributes = rerun.attributes(PANDAID)  # the job counts the events of both runs
+    assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 400, 80)
+
+
+@pytest.mark.timeout(180)
+def test_a_rerun_after_every_range_was_declared_finishes_the_job_with_all_its_events(tmp_path: Path) -> None:
+    """Killed after its last range was declared but before the job was: nothing is left to do, and the job
+    is finished with the events of the first run (not failed for want of ranges)."""
+    all_ranges = ranges(12)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    first, entries = run_es(ap, "mpi2", serving=[])
+    assert first.attributes(PANDAID)["jobStatus"] == "finished" and len(range_entries(entries)) == 12
+    (ap / "worker_attributes.json").unlink()  # as if the kill came before the job's own declaration
+    rerun, more = run_es(ap, "mpi2", serving=[])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert range_entries(more) == {}, "no range runs twice"
+    attributes = rerun.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 60, 12)
 
 
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
