@@ -186,20 +186,17 @@ def read_json(path: Path | str) -> Any:
 def read_bytes(path: Path | str) -> bytes:
     """The content of the regular file at ``path``; never waits on a FIFO or reads a device without end.
 
-    A file shorter than one read buffer costs an open and one read (a short
-    read of a regular file is its end); an empty or a longer one is first
-    checked to be a regular file.
+    Read to the end (a short read is not the end everywhere: FUSE, /proc); a
+    file that is empty or longer than one read is first checked to be a
+    regular file, so a file of usual size costs no stat.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # open() of a FIFO waits for a writer
     try:
-        first = _read(fd, path)
-        if 0 < len(first) < READ_SIZE:
-            return first
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        chunks = [_read(fd, path)]
+        if len(chunks[0]) in (0, READ_SIZE) and not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks = [first]
-        while chunk := _read(fd, path):
-            chunks.append(chunk)
+        while chunks[-1]:
+            chunks.append(_read(fd, path))
         return b"".join(chunks)
     finally:
         os.close(fd)

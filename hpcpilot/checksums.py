@@ -163,7 +163,13 @@ class KernelCopy:
         return self._expected
 
     def _refuse_unless_regular(self) -> None:
-        if not self._checked_regular and not stat.S_ISREG(os.fstat(self._source).st_mode):
+        if self._checked_regular:
+            return
+        try:
+            regular = stat.S_ISREG(os.fstat(self._source).st_mode)
+        except OSError:
+            return  # the error that brought us here says more
+        if not regular:
             raise NotRegularFile(errno.EINVAL, "not a regular file")
         self._checked_regular = True
 

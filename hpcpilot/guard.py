@@ -7,7 +7,9 @@ in a session of its own, and tells it through a pipe of every payload
 session it starts and reaps. If the pipe closes without a goodbye, the rank
 is gone: the guard SIGKILLs the sessions still registered, then every
 process that carries a payload token of that rank (what a payload left
-running outside its process group, daemons included), and exits.
+running outside its process group, daemons included), and exits. The token
+search is best effort: a process whose environment cannot be read
+(non-dumpable, setuid) or that wrote over it is not found.
 
 Run as ``python -m hpcpilot.guard <token prefix>``; it reads the pipe on its
 stdin, lines ``+<pgid>``, ``-<pgid>`` and ``bye``.

@@ -1,17 +1,15 @@
 """Launching the payload: environment, command, and what its exit means.
 
 A PanDA payload command *is* a shell line (``transformation jobPars``): it
-runs inside the job's own scratch directory, in a session of its own so that
-its whole process tree can be signalled. A line of plain words, which bash
-would only look up and exec, is exec'd straight away (as GNU make does with
-simple recipe lines): one process start less per job. Everything else runs
-through ``bash -c``.
+runs through ``bash -c`` inside the job's own scratch directory, in a session
+of its own so that its whole process tree can be signalled. A line of plain
+words, which bash would only look up and exec, is exec'd straight away
+(see plainexec): one process start less per job.
 """
 from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +20,7 @@ from typing import Mapping
 from .errors import ErrorCode, PilotError, signal_error_code
 from .guard import PayloadGuard
 from .jobs import JobSpec
+from .plainexec import plain_command
 from .proctree import TOKEN_ENV, ProcessTree, new_token
 
 STDOUT_NAME = "payload.stdout"
@@ -54,9 +53,10 @@ class PayloadExit:
 class Payload:
     """One running payload process, started in its own session, and its whole process tree."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None):
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None,
+                 executable: str | None = None):
         with open(cwd / STDOUT_NAME, "wb", buffering=0) as out, open(cwd / STDERR_NAME, "wb", buffering=0) as err:
-            self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
         self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)
         self.guard = guard
@@ -109,42 +109,16 @@ def shell_line(job: JobSpec, setup_lines: list[str]) -> str:
     return "\n".join([*setup_lines, job.command])
 
 
-# A word bash passes on unchanged: no quoting, expansion, glob, redirection, operator or comment in it.
-_PLAIN_WORD = r"[A-Za-z0-9_./,:=+@%^-]+"
-_PLAIN_LINE = re.compile(rf"{_PLAIN_WORD}(?:[ \t]+{_PLAIN_WORD})*")
-# What bash runs itself rather than as a program; true and false alone do what their programs do.
-_BASH_OWN = frozenset(
-    ". : [ [[ ]] { } ! alias bg bind break builtin caller case cd command compgen complete compopt continue "
-    "coproc declare dirs disown do done echo elif else enable esac eval exec exit export false fc fg fi for "
-    "function getopts hash help history if in jobs kill let local logout mapfile popd printf pushd pwd read "
-    "readarray readonly return select set shift shopt source suspend test then time times trap true type "
-    "typeset ulimit umask unalias unset until wait while".split())
-_SAME_AS_PROGRAM = (["true"], ["false"])
-
-
-def plain_command(line: str, env: Mapping[str, str]) -> list[str] | None:
-    """``line`` as a program and its arguments when ``bash -c line`` would do nothing but exec it; else None.
-
-    Not when bash would first read a file (``BASH_ENV``) or could find an
-    exported function of that name, nor for its keywords and builtins, nor
-    for a first word that is a variable assignment.
-    """
-    if not _PLAIN_LINE.fullmatch(line.strip()) or "BASH_ENV" in env or any(k.startswith("BASH_FUNC_") for k in env):
-        return None
-    words = line.split()
-    if "=" in words[0] or (words[0] in _BASH_OWN and words not in _SAME_AS_PROGRAM):
-        return None
-    return words
-
-
-def launch_line(line: str, cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None) -> Payload:
-    """Run the shell line ``line``: exec'd directly when it is a plain command, else through ``bash -c``."""
-    argv = plain_command(line, env)
-    if argv is not None:
-        try:  # with the variables bash would hand its command
-            return Payload(argv, cwd, {**env, "PWD": str(cwd), "SHLVL": env.get("SHLVL", "0")}, guard)
+def launch_line(line: str, cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None,
+                exec_plain: bool = True) -> Payload:
+    """Run the shell line ``line``: exec'd directly when it is a plain command (and ``exec_plain``), else
+    through ``bash -c``."""
+    plain = plain_command(line, str(cwd), env) if exec_plain else None
+    if plain is not None:
+        try:
+            return Payload(plain.argv, cwd, plain.env, guard, executable=plain.program)
         except OSError:
-            pass  # not found, not executable, no #! line: bash reports it, with its exit code (127, 126)
+            pass  # no #! line, a missing interpreter...: bash does what it does with those, or says why not
     return launch([bash(), "-c", line], cwd, env, guard)
 
 

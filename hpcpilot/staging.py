@@ -157,7 +157,8 @@ def _verify_input(spec: FileSpec, size: int, running: RunningChecksum | None) ->
 
 def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
     """The GUID -> local file catalogue that ATLAS payloads read from their working directory."""
-    (scratch / POOL_FILE_CATALOG).write_text(pool_file_catalog((spec.guid, spec.lfn, spec.lfn) for spec in job.inputs))
+    catalogue = pool_file_catalog((spec.guid, spec.lfn, spec.lfn) for spec in job.inputs)
+    (scratch / POOL_FILE_CATALOG).write_text(catalogue, encoding="utf-8")  # as its XML header says
 
 
 def pool_file_catalog(files: Iterable[tuple[str, str, str]]) -> str:

@@ -127,7 +127,7 @@ def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload
     if run.spec.container_name:
         argv = wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
         return payload.launch(argv, run.scratch, env, ctx.guard)
-    return payload.launch_line(line, run.scratch, env, ctx.guard)
+    return payload.launch_line(line, run.scratch, env, ctx.guard, ctx.config.exec_plain_commands)
 
 
 def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> None:

@@ -1,61 +1,124 @@
-"""Launching payloads: plain command lines exec'd directly, the rest through bash, with the same outcome."""
+"""Launching payloads: plain command lines exec'd as bash would exec them, the rest through bash; same outcome."""
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from hpcpilot import payload
-from hpcpilot.payload import launch, launch_line, plain_command
+from hpcpilot.payload import launch, launch_line
+from hpcpilot.plainexec import plain_command
 from hpcpilot.proctree import TOKEN_ENV, new_token
 
-ENV = {"PATH": os.environ["PATH"], TOKEN_ENV: new_token()}
+ENV = {"PATH": os.environ["PATH"], TOKEN_ENV: new_token(), "SHLVL": "1"}
+SHOW_ENV = "import json, os, sys; print(json.dumps([sys.argv[1:], {k: os.environ.get(k) for k in %r}]))"
+HANDED = ["PWD", "OLDPWD", "SHLVL", "_", "HOME"]
+
+
+def argv_of(line: str, env: dict | None = None, cwd: str = "/") -> list[str] | None:
+    plain = plain_command(line, cwd, {**ENV, **(env or {})})
+    return None if plain is None else plain.argv
 
 
 @pytest.mark.parametrize("line, argv", [
     ("./run.sh --seed 42 --out=x.h5", ["./run.sh", "--seed", "42", "--out=x.h5"]),
-    ("Sim_tf.py  --maxEvents 10\t--skip 0", ["Sim_tf.py", "--maxEvents", "10", "--skip", "0"]),
+    ("cat  -n\t--squeeze-blank", ["cat", "-n", "--squeeze-blank"]),
     ("true", ["true"]),
-    ("prog a=b", ["prog", "a=b"]),
+    ("cat a=b\n", ["cat", "a=b"]),
 ])
 def test_plain_lines_are_programs_and_arguments(line: str, argv: list[str]) -> None:
-    assert plain_command(line, ENV) == argv
+    assert argv_of(line) == argv
 
 
 @pytest.mark.parametrize("line", [
-    "prog 'a b'", 'prog "$HOME"', "prog $HOME", "prog *.root", "prog ~/x", "prog > out", "a; b", "a && b",
-    "prog {a,b}", "prog # comment", "prog `id`", "prog\nother", "A=1 prog", "echo hi", "cd /tmp", "exit 3",
-    "time prog", "true --version", "",
+    "cat 'a b'", 'cat "$HOME"', "cat $HOME", "cat *.root", "cat ~/x", "cat > out", "a; b", "a && b",
+    "cat {a,b}", "cat # comment", "cat `id`", "cat\nother", "A=1 cat", "echo hi", "cd /tmp", "exit 3",
+    "time cat", "true --version", "", "cat x\r", "true\xa0", "true\x0b", "no-such-program-hpcpilot",
 ])
-def test_lines_bash_must_interpret_go_through_bash(line: str) -> None:
-    assert plain_command(line, ENV) is None
+def test_lines_bash_must_interpret_or_look_up_go_through_bash(line: str) -> None:
+    assert argv_of(line) is None
 
 
-@pytest.mark.parametrize("extra", [{"BASH_ENV": "/etc/profile"}, {"BASH_FUNC_prog%%": "() { echo fn; }"}])
-def test_an_environment_bash_would_act_on_keeps_bash(extra: dict[str, str]) -> None:
-    assert plain_command("prog", {**ENV, **extra}) is None
+@pytest.mark.parametrize("env", [
+    {"BASH_ENV": "/etc/profile"}, {"BASH_FUNC_cat%%": "() { echo fn; }"}, {"SHELLOPTS": "xtrace"},
+    {"BASHOPTS": "extglob"}, {"SSH_CLIENT": "10.0.0.1 5000 22", "SHLVL": "0"}, {"SHLVL": "abc"},
+    {"SHLVL": "999"}, {"PATH": "bin:/usr/bin"}, {"PATH": "~/bin:/usr/bin"}, {"PATH": ":/usr/bin"},
+], ids=lambda env: "+".join(f"{k}={v}" for k, v in env.items()))
+def test_an_environment_bash_would_act_on_keeps_bash(env: dict[str, str]) -> None:
+    assert argv_of("cat", env) is None
 
 
-def _run(line: str, cwd: Path, direct: bool) -> tuple[list[str] | str, int, str]:
-    env = {**ENV, "SHLVL": "1"}
-    if direct:
-        started = launch_line(line, cwd, env)
-    else:
-        started = launch([payload.bash(), "-c", line], cwd, env)
+def test_an_ssh_session_above_shell_level_0_does_not_make_bash_read_bashrc() -> None:
+    assert argv_of("cat", {"SSH_CLIENT": "10.0.0.1 5000 22", "SHLVL": "1"}) == ["cat"]
+
+
+def test_pwd_or_home_naming_the_directory_keeps_bash(tmp_path: Path) -> None:
+    assert argv_of("cat", {"PWD": str(tmp_path)}, cwd=str(tmp_path)) is None
+    assert argv_of("cat", {"HOME": str(tmp_path)}, cwd=str(tmp_path)) is None
+
+
+def _show_script(directory: Path, name: str = "show") -> Path:
+    script = directory / name
+    script.write_text(f"#!{sys.executable}\n" + SHOW_ENV % HANDED + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def _outcome(line: str, cwd: Path, env: dict[str, str], direct: bool) -> tuple[list[str] | str, int, str, str]:
+    started = launch_line(line, cwd, env) if direct else launch([payload.bash(), "-c", line], cwd, env)
     code = started.wait().returncode
-    return started.process.args, code, (cwd / payload.STDOUT_NAME).read_text()
+    out, err = (cwd / payload.STDOUT_NAME).read_text(), (cwd / payload.STDERR_NAME).read_text()
+    return started.process.args, code, out, err
+
+
+def _same_as_bash(line: str, cwd: Path, env: dict[str, str]) -> tuple[list[str] | str, str, str]:
+    """Runs ``line`` both ways; asserts the same exit, output and errors; returns what ran, output, errors."""
+    args, code, out, err = _outcome(line, cwd, env, direct=True)
+    _, bash_code, bash_out, bash_err = _outcome(line, cwd, env, direct=False)
+    assert (code, out, err) == (bash_code, bash_out, bash_err)
+    return args, out, err
 
 
 @pytest.mark.timeout(60)
-def test_a_plain_line_runs_as_bash_would_run_it(tmp_path: Path) -> None:
-    script = tmp_path / "show.sh"
-    script.write_text('#!/bin/sh\necho "$# $1 $2 pwd=$PWD shlvl=$SHLVL"\nexit 3\n')
-    script.chmod(0o755)
-    argv, code, direct_out = _run("./show.sh a=1 --x", tmp_path, direct=True)
-    assert argv == ["./show.sh", "a=1", "--x"]  # no shell in between
-    _, bash_code, bash_out = _run("./show.sh a=1 --x", tmp_path, direct=False)
-    assert (code, direct_out) == (bash_code, bash_out) == (3, f"2 a=1 --x pwd={tmp_path} shlvl=1\n")
+@pytest.mark.parametrize("oldpwd", ["/", "/no/such/dir"])
+def test_a_plain_line_gets_the_arguments_and_variables_bash_would_give(tmp_path: Path, oldpwd: str) -> None:
+    """Run in a symlinked directory, as a scratch may be: PWD is the physical path, as bash sets it."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _show_script(bin_dir)
+    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}", "OLDPWD": oldpwd, "HOME": "/root", "_": "/pilot"}
+    args, out, _ = _same_as_bash("show a=1 --x", tmp_path / "link", env)
+    assert args == ["show", "a=1", "--x"]  # exec'd, no shell in between
+    shown_argv, variables = json.loads(out)
+    assert shown_argv == ["a=1", "--x"] and variables["PWD"] == str(real) and variables["_"] == str(bin_dir / "show")
+
+
+@pytest.mark.timeout(60)
+def test_the_path_search_stops_where_bash_s_does(tmp_path: Path) -> None:
+    """bash takes the first executable along PATH, even a script without #! (which it runs itself) or one
+    whose interpreter is missing (then it fails); it never goes on to a later one."""
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir(), later.mkdir()
+    (first / "tool").write_text("echo from-first-script\n")
+    (first / "tool2").write_text("#!/no/such/interpreter\n")
+    (first / "notexec").write_text("echo not executable\n")
+    for name in ("tool", "tool2", "notexec"):
+        _show_script(later, name)
+    (first / "tool").chmod(0o755)
+    (first / "tool2").chmod(0o755)
+    env = {**ENV, "PATH": f"{first}:{later}:{ENV['PATH']}"}
+    _, out, _ = _same_as_bash("tool", tmp_path, env)
+    assert out == "from-first-script\n"
+    _, out, err = _same_as_bash("tool2", tmp_path, env)
+    assert out == "" and err, "bash says it cannot run it"
+    args, out, _ = _same_as_bash("notexec", tmp_path, env)  # not executable in the first: bash goes on
+    assert args == ["notexec"] and json.loads(out)[0] == []
 
 
 @pytest.mark.timeout(60)
@@ -73,10 +136,6 @@ def test_a_plain_line_that_cannot_be_exec_d_gets_bash_s_verdict(tmp_path: Path, 
 
 
 @pytest.mark.timeout(60)
-def test_a_script_without_interpreter_line_runs_as_bash_runs_it(tmp_path: Path) -> None:
-    script = tmp_path / "bare.sh"
-    script.write_text("echo from-bare-script\n")
-    script.chmod(0o755)
-    started = launch_line("./bare.sh", tmp_path, dict(ENV))
-    assert started.wait().returncode == 0
-    assert (tmp_path / payload.STDOUT_NAME).read_text() == "from-bare-script\n"
+def test_exec_of_plain_lines_can_be_switched_off(tmp_path: Path) -> None:
+    started = launch_line("true", tmp_path, dict(ENV), exec_plain=False)
+    assert started.wait().returncode == 0 and started.process.args == [payload.bash(), "-c", "true"]
