@@ -13,15 +13,15 @@ import os
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 from .atomicfile import json_bytes, read_bytes, read_json, rename_no_replace, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
-from .jobs import (SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service, parse_job,
-                   parse_pandaid)
+from .jobs import (PILOT_PREFIX, SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count,
+                   is_event_service, parse_job, parse_pandaid)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ class AccessPoint:
         self.many_to_one = _exists(self.root / files.worker_pandaids)
         self._root_text = str(self.root)
         self._job_dirs: dict[int, Path] = {}
+        # names no input, output or log may take: Harvester's files and the pilot's, here and in scratch
+        self.reserved_names = SCRATCH_NAMES | {getattr(files, f.name) for f in fields(files)
+                                               if f.name != "job_spec_format"}
+
+    def is_reserved(self, name: str) -> bool:
+        return name in self.reserved_names or name.startswith(PILOT_PREFIX)
 
     @property
     def state_dir(self) -> Path:
@@ -89,7 +95,7 @@ class AccessPoint:
         """A definition as a typed job, or invalid with its code and diagnostic."""
         if isinstance(item, InvalidJob):
             return item
-        return _parse_or_invalid(item.key, item.definition, self.secret_keys)
+        return _parse_or_invalid(item.key, item.definition, self.secret_keys, self.reserved_names)
 
     def note_run(self) -> bool:
         """Mark the access point as run by a pilot; True if an earlier run had marked it already.
@@ -255,7 +261,8 @@ def _pandaid_or_zero(key: Any) -> int:
         return 0
 
 
-def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...]) -> JobSpec | InvalidJob:
+def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...], reserved: frozenset[str]
+                      ) -> JobSpec | InvalidJob:
     try:
         pandaid = parse_pandaid(key)
     except JobDefinitionError as error:
@@ -263,7 +270,7 @@ def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...]) -> JobSp
     if raw is None:
         return InvalidJob(pandaid, ErrorCode.GENERAL, f"no definition for PandaID {pandaid} in the job spec file")
     try:
-        job = parse_job(raw, secret_keys)
+        job = parse_job(raw, secret_keys, reserved)
     except JobDefinitionError as error:
         return InvalidJob.because(pandaid, error)
     if job.pandaid != pandaid:

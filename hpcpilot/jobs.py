@@ -251,8 +251,18 @@ def _collect_strings(value: Any, found: list[str]) -> None:
             _collect_strings(item, found)
 
 
-def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS) -> JobSpec:
-    """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError."""
+# What the pilot writes in a job's scratch; no input, output or log may take these names.
+SCRATCH_NAMES = frozenset({"payload.stdout", "payload.stderr", "PoolFileCatalog.xml", "pilot.log", "jobReport.json",
+                           "memory_monitor_output.txt", "channel"})
+PILOT_PREFIX = ".hpcpilot"  # the pilot's own hidden files in the access point
+
+
+def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS,
+              reserved: frozenset[str] = SCRATCH_NAMES) -> JobSpec:
+    """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError.
+
+    ``reserved``: names no input, output or log may have (the pilot's and Harvester's own files).
+    """
     if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict skips the slower ABC check
         raise JobDefinitionError(ErrorCode.GENERAL, f"job definition is a {type(raw).__name__}, not an object")
     pandaid = parse_pandaid(raw.get("PandaID"))
@@ -260,6 +270,12 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
     if not transformation:
         raise _fail(ErrorCode.SETUP_FAILED, "transformation", "is empty: there is no payload to run")
     log = _log(raw, pandaid)
+    inputs, outputs = _inputs(raw), _outputs(raw, log.lfn)
+    for field, specs in (("inFiles", inputs), ("outFiles", outputs), ("logFile", (log,))):
+        for spec in specs:
+            if spec.lfn in reserved or spec.lfn.startswith(PILOT_PREFIX):
+                raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{spec.lfn!r} is the name of a file the pilot or "
+                            "Harvester keeps for itself")
     return JobSpec(
         pandaid=pandaid,
         transformation=transformation,
@@ -275,8 +291,8 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         jobset_id=_text(raw, "jobsetID"),
         container_name=_text(raw, "container_name"),
         event_service=is_event_service(raw),
-        inputs=_inputs(raw),
-        outputs=_outputs(raw, log.lfn),
+        inputs=inputs,
+        outputs=outputs,
         log=log,
         secrets=secret_values(raw, secret_keys),
     )

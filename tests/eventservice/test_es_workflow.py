@@ -236,6 +236,44 @@ def test_a_rerun_after_every_range_was_declared_finishes_the_job_with_all_its_ev
     assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 60, 12)
 
 
+HOSTILE_PAYLOAD = """
+import os, sys
+from hpcpilot.eventservice.client import EventChannelClient
+reported = sys.argv[1]
+with EventChannelClient.from_environment() as client:
+    client.request()
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            if not reported.startswith("/"):
+                with open(reported, "w") as forged:
+                    forged.write('{"7001": [{"type": "output", "path": "/etc/passwd"}]}')
+            client.finished(os.path.abspath(reported), event_range.eventRangeID, 0.1, 0.1)
+        client.request()
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("reported", ["/etc/passwd", "event_status.dump.json", "worker_attributes.json"])
+def test_a_range_output_outside_scratch_or_named_like_a_protocol_file_is_refused(tmp_path: Path,
+                                                                                  reported: str) -> None:
+    """The payload names each range's output: it is staged only from scratch, and never under a name of
+    the files Harvester reads (which it would publish as the pilot's)."""
+    script = tmp_path / "hostile_payload.py"
+    script.write_text(HOSTILE_PAYLOAD)
+    all_ranges = ranges(4)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)].update(jobPars=f"{script} {reported}")
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    run, entries = run_es(ap, "mpi2", serving=[])
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert all(found == [{"eventRangeID": range_id, "eventStatus": "failed"}] for range_id, found in by_range.items())
+    assert not (ap / "passwd").exists() and "/etc/passwd" not in json.dumps(entries)
+    assert run.attributes(PANDAID)["nEventRangesFailed"] == 4
+
+
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
     """The worker on 2 ranks in the background, with Harvester taking its dumps; returns once it has
     declared something."""

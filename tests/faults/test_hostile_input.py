@@ -5,6 +5,7 @@ publishes nothing it did not make from there, and never echoes a secret.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import stat
 import tarfile
@@ -88,6 +89,37 @@ def test_path_names_are_refused(tmp_path: Path, field: str, value: str) -> None:
     assert files_outside(tmp_path) == before
     assert not Path("/tmp/hpcpilot-escaped.out").exists() and not Path("/tmp/hpcpilot-escaped.log.tgz").exists()
     assert SHADOW_MARK not in published_bytes(ap)
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("field, value", [
+    ("outFiles", "event_status.dump.json"),
+    ("outFiles", "worker_attributes.json"),
+    ("logFile", "jobReport.json"),
+    ("outFiles", ".hpcpilot-pending.json"),
+    ("inFiles", "payload.stdout"),
+    ("inFiles", "PoolFileCatalog.xml"),
+], ids=["out-dump", "out-attributes", "log-jobreport", "out-pending", "in-stdout", "in-catalogue"])
+def test_names_of_the_pilot_s_and_harvester_s_own_files_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    """As an output such a name would publish what the payload forged where Harvester reads the pilot's
+    declarations; as a linked input, the pilot would write its own file through the link to the replica."""
+    definition, data = copy_job(HOSTILE)
+    forged = f'{{"{HOSTILE}": [{{"type": "output", "path": "/etc/shadow"}}]}}'
+    definition.update(transformation="bash", jobPars=f"-c 'echo {shlex.quote(forged)} > {value}'",
+                      **{field: value if field != "outFiles" else f"{value},log.{HOSTILE}.job.log.tgz"})
+    if field == "inFiles":
+        data = {value: b"replica, never to be written"}
+        definition = with_inputs({**definition, "transferType": "direct"}, data)
+    ap = worker(tmp_path, definition, data)
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, HOSTILE, 1371, field, value, "keeps for itself")
+    dump = ap / str(HOSTILE) / "event_status.dump.json"
+    entries = json.loads(dump.read_text())[str(HOSTILE)] if dump.exists() else []
+    assert all(entry["path"].startswith(str(ap)) for entry in entries), entries
+    replicas = [path for path in tmp_path.rglob(value) if path.is_file() and not path.is_symlink()]
+    assert all(path.read_bytes() == b"replica, never to be written" for path in replicas if field == "inFiles")
     assert_bystanders_finished(run)
 
 

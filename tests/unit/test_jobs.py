@@ -9,6 +9,7 @@ from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_output
 from hpcpilot.errors import ErrorCode, JobDefinitionError
 from hpcpilot.jobs import (
     MAX_LFN_LENGTH,
+    SCRATCH_NAMES,
     Checksum,
     FileSpec,
     JobSpec,
@@ -363,3 +364,12 @@ def test_a_superscript_digit_file_size_is_a_definition_error():
 def test_a_number_of_5000_digits_is_a_definition_error(field):
     raw = three_inputs(**{field: "9" * 5000})
     assert rejected(raw).code == 1008
+
+
+def test_the_reserved_scratch_names_are_those_the_pilot_writes():
+    """Kept in step by hand: each module names its own file; jobs.SCRATCH_NAMES must hold them all."""
+    from hpcpilot import jobreport, memorymonitor, payload, staging
+    from hpcpilot.workflow import jobflow
+    written = {payload.STDOUT_NAME, payload.STDERR_NAME, staging.POOL_FILE_CATALOG, jobflow.PILOT_LOG_NAME,
+               jobreport.PAYLOAD_REPORT_NAME, memorymonitor.TIMESERIES_NAME}
+    assert written <= SCRATCH_NAMES
