@@ -66,7 +66,8 @@ def _stage_replicas(job_dir: Path, replica_dir: Path, job_inputs: Mapping[str, b
 def _pool_file_catalog(definition: Mapping[str, Any], job_dir: Path) -> str:
     lfns = [n for n in str(definition.get("inFiles", "")).split(",") if n and n != "NULL"]
     guids = str(definition.get("GUID", "")).split(",")
-    return pool_file_catalog((guids[i] if i < len(guids) else "", str(job_dir / lfn), lfn) for i, lfn in enumerate(lfns))
+    return pool_file_catalog((guids[i] if i < len(guids) else "", str(job_dir / lfn), lfn)
+                             for i, lfn in enumerate(lfns))
 
 
 def job_definition(pandaid: int, command: str, args: str = "", **fields: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 TEMP_PREFIX = ".hpcpilot-tmp-"
 FILE_MODE = 0o644
 READ_SIZE = 1 << 16
+MAX_READ = 1 << 30  # a file others wrote that is larger is refused, not read into memory
 
 
 class RawWriter:
@@ -179,27 +180,43 @@ def publish_json_if_absent(path: Path, content: Any) -> bool:
         _remove_quietly(str(temp))
 
 
-def read_json(path: Path | str) -> Any:
-    return json.loads(read_bytes(path))
+def read_json(path: Path | str, limit: int = MAX_READ) -> Any:
+    """JSON from a file others wrote; ValueError also for JSON nested too deeply to parse."""
+    try:
+        return json.loads(read_bytes(path, limit))
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
 
 
-def read_bytes(path: Path | str) -> bytes:
+def read_bytes(path: Path | str, limit: int = MAX_READ) -> bytes:
     """The content of the regular file at ``path``; never waits on a FIFO or reads a device without end.
 
     Read to the end (a short read is not the end everywhere: FUSE, /proc); a
     file that is empty or longer than one read is first checked to be a
-    regular file, so a file of usual size costs no stat.
+    regular file of at most ``limit`` bytes, so a file of usual size costs no
+    stat.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # open() of a FIFO waits for a writer
     try:
-        chunks = [_read(fd, path)]
-        if len(chunks[0]) in (0, READ_SIZE) and not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, total = [_read(fd, path)], 0
+        if len(chunks[0]) in (0, READ_SIZE):
+            _check_regular_within(fd, path, limit)
         while chunks[-1]:
+            total += len(chunks[-1])
+            if total > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
             chunks.append(_read(fd, path))
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _check_regular_within(fd: int, path: Path | str, limit: int) -> None:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if status.st_size > limit:
+        raise OSError(errno.EFBIG, f"{status.st_size} bytes, more than the {limit} allowed", str(path))
 
 
 def _read(fd: int, path: Path | str) -> bytes:

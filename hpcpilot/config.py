@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .atomicfile import read_bytes
+
 ENV_PREFIX = "HPCPILOT_"
 STAGEIN_MODES = ("copy", "link", "direct")
 SPEC_FORMATS = ("json", "cgi")
@@ -153,7 +155,7 @@ def _merge(settings: Any, overrides: Mapping[str, Any], where: str) -> Any:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        content = yaml.safe_load(Path(path).read_text()) or {}
+        content = yaml.safe_load(read_bytes(path)) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"config file {path}: {error}") from None
     if not isinstance(content, dict):

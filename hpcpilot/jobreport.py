@@ -13,19 +13,29 @@ from .redaction import redact
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
 MAX_LOGFILE_REPORT_CHARS = 10_000
+MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: Harvester would not store it either
 
 
 def job_report(run: JobRun) -> Any:
     """The payload's own report from scratch, trimmed; else a minimal one."""
-    try:
-        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME)) if run.scratch else None
-    except (OSError, ValueError, PilotError):
-        report = None
-    if isinstance(report, dict):
-        return _redacted(_trim_logfile_reports(report), run.spec.secrets)
+    report = _payload_report(run)
+    if report is not None:
+        return report
     code = run.error.code if run.error else ErrorCode.OK
     return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
+
+
+def _payload_report(run: JobRun) -> dict | None:
+    """The payload's own report, trimmed and redacted; None if it wrote none, or none that can be used
+    (it is the payload's: any shape, any size, any depth)."""
+    if not run.scratch:
+        return None
+    try:
+        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME), MAX_REPORT_BYTES)
+        return _redacted(_trim_logfile_reports(report), run.spec.secrets) if isinstance(report, dict) else None
+    except (OSError, ValueError, TypeError, RecursionError, PilotError):
+        return None
 
 
 def _redacted(report: dict, secrets: tuple[str, ...]) -> dict:
@@ -33,7 +43,8 @@ def _redacted(report: dict, secrets: tuple[str, ...]) -> dict:
 
 
 def _trim_logfile_reports(report: dict) -> dict:
-    for executor in report.get("executor", []) or []:
+    executors = report.get("executor")
+    for executor in executors if isinstance(executors, list) else []:
         if isinstance(executor, dict) and len(json.dumps(executor.get("logfileReport", ""))) > MAX_LOGFILE_REPORT_CHARS:
             executor["logfileReport"] = {}
     return report

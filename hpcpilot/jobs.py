@@ -230,7 +230,10 @@ def secret_values(raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, .
     """The values of secret fields, and every string inside one that holds JSON."""
     found: list[str] = []
     for key in keys:
-        _collect_strings(raw.get(key), found)
+        try:
+            _collect_strings(raw.get(key), found)
+        except RecursionError:
+            raise _fail(ErrorCode.GENERAL, key, "is nested too deeply to be searched for secrets") from None
     return tuple(sorted({v for v in found if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
 
 
@@ -241,7 +244,7 @@ def _collect_strings(value: Any, found: list[str]) -> None:
         found.append(value)
         try:
             _collect_strings(json.loads(value), found) if value.strip()[:1] in "{[" else None
-        except ValueError:
+        except ValueError:  # not JSON after all (a RecursionError is the caller's)
             pass
     elif isinstance(value, Mapping):
         for item in value.values():

@@ -56,7 +56,8 @@ def new_token() -> str:
 def token_holders(matches: Callable[[bytes], bool]) -> dict[int, ProcStat]:
     """Live processes of our uid whose payload token ``matches``, and their descendants."""
     table, uid = read_proc_table(), os.getuid()
-    holders = {stat.pid for stat in table.values() if not stat.zombie and matches(_token_in(_environ_of(stat.pid, uid)) or b"")}
+    holders = {stat.pid for stat in table.values()
+               if not stat.zombie and matches(_token_in(_environ_of(stat.pid, uid)) or b"")}
     return {pid: table[pid] for pid in _with_descendants(holders, table) if not table[pid].zombie and _may_signal(pid)}
 
 

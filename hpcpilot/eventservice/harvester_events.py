@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomicfile import publish_json_if_absent
+from ..atomicfile import publish_json_if_absent, read_bytes, read_json
 from ..config import HarvesterFiles
 from .ranges import EventRange, InvalidEventRange, is_valid_range_id
 
@@ -66,7 +66,7 @@ def read_answer(ap_root: Path, files: HarvesterFiles, pandaid: int) -> list[Any]
     """The raw range entries for ``pandaid``, or None if there is no complete answer for it (yet)."""
     path = Path(ap_root) / files.event_ranges
     try:
-        content = json.loads(path.read_bytes())
+        content = read_json(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:  # half-written by Harvester, most likely
@@ -238,7 +238,7 @@ def _read_journal(journal: Path | None) -> set[str]:
     if journal is None:
         return set()
     try:
-        return {line for line in journal.read_text().splitlines() if line}
+        return {line for line in read_bytes(journal).decode("utf-8", "replace").splitlines() if line}
     except FileNotFoundError:
         return set()
 

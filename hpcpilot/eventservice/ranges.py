@@ -100,7 +100,7 @@ def _event_number(raw: Mapping[str, Any], key: str, range_id: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidEventRange(f"event range {range_id}: {key!r} must be an integer, got {_short(value)}")
     if isinstance(value, str):
-        if not value.strip().isdigit():
+        if not re.fullmatch(r"[0-9]+", value.strip()):  # str.isdigit also takes '²', which int() refuses
             raise InvalidEventRange(f"event range {range_id}: {key!r} {value!r} is not an integer")
         value = int(value)
     if value < 0:

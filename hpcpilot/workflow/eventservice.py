@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import payload, staging
-from ..atomicfile import read_json
+from ..atomicfile import read_bytes, read_json
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
@@ -112,7 +112,7 @@ def _read_range_journal(path: Path) -> list[EventRange]:
     """Ranges an earlier run received; a line torn by a kill is skipped."""
     ranges = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bytes(path).decode("utf-8", "replace").splitlines()
     except FileNotFoundError:
         return []
     for line in lines:
@@ -134,9 +134,10 @@ def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
             content = read_json(path)
         except (OSError, ValueError):
             continue
-        for entries in content.values() if isinstance(content, dict) else []:
-            found.update((e["eventRangeID"], e.get("eventStatus")) for e in entries
-                         if isinstance(e, dict) and e.get("eventRangeID"))
+        lists = [entries for entries in content.values() if isinstance(entries, list)] \
+            if isinstance(content, dict) else []
+        found.update((e["eventRangeID"], e.get("eventStatus")) for entries in lists for e in entries
+                     if isinstance(e, dict) and isinstance(e.get("eventRangeID"), str))
     return found
 
 

@@ -231,6 +231,9 @@ def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
     """jobReport and the staged file entries, then the final state (the commit point), then publication."""
     try:
         ctx.access_point.write_job_report(run.pandaid, report)
+    except OSError as error:  # the job's metadata only: the job is declared without it
+        job_logger(ctx, run).error("cannot write its job report; declared without it: %s", error)
+    try:
         if run.declared_files:
             ctx.publisher.stage(run.pandaid, run.declared_files)
         declare_state(ctx, run)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..atomicfile import TEMP_PREFIX
 from ..harvester import READ_THREADS, AccessPoint, EventStatusPublisher, RawJob
+from ..errors import ErrorCode
 from ..jobs import InvalidJob
 from ..jobstate import FINAL_STATES, JobResult
 
@@ -42,8 +43,10 @@ def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
 
 
 def _earlier_result(pandaid: int, attributes: dict[str, Any]) -> JobResult:
-    return JobResult(pandaid, attributes["jobStatus"], int(attributes.get("pilotErrorCode", 0) or 0),
-                     str(attributes.get("pilotErrorDiag", "")), EARLIER_RUN, str(attributes.get("node", "")))
+    code = attributes.get("pilotErrorCode", 0) or 0
+    return JobResult(pandaid, attributes["jobStatus"], code if isinstance(code, int) and not isinstance(code, bool)
+                     else int(ErrorCode.GENERAL), str(attributes.get("pilotErrorDiag", "")), EARLIER_RUN,
+                     str(attributes.get("node", "")))
 
 
 def _forget_interrupted(access_point: AccessPoint, pandaid: int, started: bool) -> None:

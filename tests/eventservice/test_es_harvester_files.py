@@ -9,6 +9,7 @@ from fake_harvester import FakeHarvester
 
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.eventservice import EventRange, InvalidEventRange, RangeFeed, read_ranges, request_ranges
+from hpcpilot.eventservice.harvester_events import read_answer
 
 FILES = HarvesterFiles()
 PANDAID = 4711
@@ -184,3 +185,10 @@ def test_journal_lets_a_restarted_pilot_skip_ranges_its_predecessor_took(tmp_pat
 def test_ranges_come_out_as_event_ranges(tmp_path):
     place_answer(tmp_path, harvester_ranges(1))
     assert isinstance(feed(tmp_path).next_range(timeout=1), EventRange)
+
+
+@pytest.mark.timeout(10)
+def test_an_answer_file_that_is_a_fifo_is_no_answer_yet(tmp_path):
+    """Opening a FIFO nobody writes to would block rank 0 (and the whole event service job) for ever."""
+    os.mkfifo(tmp_path / HarvesterFiles().event_ranges)
+    assert read_answer(tmp_path, HarvesterFiles(), 7001) is None

@@ -66,3 +66,9 @@ def test_missing_key_is_named():
 def test_a_range_that_is_not_an_object_is_rejected(raw):
     with pytest.raises(InvalidEventRange, match="must be a JSON object"):
         EventRange.from_dict(raw)
+
+
+@pytest.mark.parametrize("number", ["²", "١٢", "1_000"])
+def test_event_numbers_are_ascii_digits(number):
+    with pytest.raises(InvalidEventRange):
+        EventRange.from_dict({**HARVESTER_RANGE, "startEvent": number})

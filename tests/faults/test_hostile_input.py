@@ -219,6 +219,39 @@ def test_payload_fifo_does_not_hang_the_pilot(tmp_path: Path, name: str) -> None
     assert_bystanders_finished(run)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("report", ['{"executor": 5}', "[" * 30000 + "]" * 30000, '{"executor": [7, {"x": 1}]}'],
+                         ids=["executor-not-a-list", "nested-too-deeply", "executors-not-objects"])
+def test_a_payload_job_report_the_pilot_cannot_use_costs_the_job_nothing(tmp_path: Path, report: str) -> None:
+    """The payload's own jobReport.json is its business: one of any shape is passed on as it is, one that
+    cannot be read gives way to the pilot's minimal report; the job's outputs and log are declared as always."""
+    definition, data = copy_job(HOSTILE)
+    report_file = tmp_path / "report.json"
+    report_file.write_text(report)
+    definition["transformation"] = "bash"
+    definition["jobPars"] = f"-c 'tr a-z A-Z < in.{HOSTILE} > out.{HOSTILE} && cp {report_file} jobReport.json'"
+    run = run_pilot(worker(tmp_path, definition, data), "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    published = json.loads((run.job_dir(HOSTILE) / "jobReport.json").read_text())
+    assert published == (json.loads(report) if report.startswith("{") else {"exitCode": 0, "exitMsg": "OK", "pilot": {
+        "pandaid": HOSTILE, "transExitCode": 0}})  # the payload's own, or the pilot's if that cannot be used
+    entries = json.loads((run.job_dir(HOSTILE) / "event_status.dump.json").read_text())[str(HOSTILE)]
+    assert sorted(entry["type"] for entry in entries) == ["log", "output"]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_report_that_cannot_be_written_does_not_keep_the_job_from_being_declared(tmp_path: Path) -> None:
+    definition, data = copy_job(HOSTILE)
+    ap = worker(tmp_path, definition, data)
+    (ap / str(HOSTILE) / "jobReport.json").mkdir()
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert (run.job_dir(HOSTILE) / "event_status.dump.json").exists()
+    assert_bystanders_finished(run)
+
+
 # -- the job directory itself -----------------------------------------------------------------------
 
 

@@ -325,3 +325,19 @@ def test_read_bytes_refuses_a_device_that_never_ends(tmp_path):
 def test_read_bytes_names_the_file_in_its_errors(tmp_path):
     with pytest.raises(IsADirectoryError, match=str(tmp_path)):
         read_bytes(tmp_path)
+
+
+def test_read_bytes_refuses_a_file_over_its_limit_without_reading_it(tmp_path):
+    path = tmp_path / "HPCJobs.json"
+    with open(path, "wb") as handle:
+        handle.truncate(3 * READ_SIZE)  # sparse: nothing to read, but its size says enough
+    with pytest.raises(OSError, match="more than"):
+        read_bytes(path, limit=2 * READ_SIZE)
+    assert read_bytes(path, limit=3 * READ_SIZE) == bytes(3 * READ_SIZE)
+
+
+def test_read_json_of_json_nested_too_deeply_is_a_value_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_json(path)

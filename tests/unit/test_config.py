@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,11 @@ def test_an_unknown_log_level_is_a_config_error():
 
 def test_a_progress_interval_of_nan_is_a_config_error():
     assert "progress_interval" in config_error(environ={"HPCPILOT_PROGRESS_INTERVAL": "nan"})
+
+
+@pytest.mark.timeout(10)
+def test_a_config_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path = tmp_path / "pilot.yaml"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(environ={"HPCPILOT_CONFIG": str(path)})

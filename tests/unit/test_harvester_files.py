@@ -590,6 +590,19 @@ def test_resuming_forgets_entries_an_attempt_staged_before_declaring_anything(ac
     assert not EventStatusPublisher(access_point).journal_path(1001).exists()
 
 
+@pytest.mark.parametrize("attributes", ['{"jobStatus": "failed", "pilotErrorCode": "E42"}',
+                                        '{"jobStatus": ' + "[" * 50000], ids=["code-not-a-number", "deep"])
+def test_resuming_survives_a_worker_attributes_file_that_is_not_the_pilot_s(access_point, attributes):
+    """A final state with a code that is no number is kept (with the general code); one that cannot be read
+    is no final state: the job runs again. Either way the worker goes on."""
+    from hpcpilot.workflow.resume import split_declared
+
+    (access_point.job_dir(1001) / "worker_attributes.json").write_text(attributes)
+    to_run, declared = split_declared(access_point, access_point.read_jobs())
+    assert sorted(job.pandaid for job in [*to_run, *declared]) == [1001, 1002]
+    assert all(result.code == 1008 for result in declared)
+
+
 # -- PoolFileCatalog.xml -------------------------------------------------------------------------------
 
 

@@ -373,3 +373,9 @@ def test_the_reserved_scratch_names_are_those_the_pilot_writes():
     written = {payload.STDOUT_NAME, payload.STDERR_NAME, staging.POOL_FILE_CATALOG, jobflow.PILOT_LOG_NAME,
                jobreport.PAYLOAD_REPORT_NAME, memorymonitor.TIMESERIES_NAME}
     assert written <= SCRATCH_NAMES
+
+
+def test_secrets_nested_too_deeply_make_only_that_job_invalid():
+    definition = job_definition(4711, "true", pilotSecrets="[" * 100000)
+    with pytest.raises(JobDefinitionError, match="pilotSecrets.*nested too deeply"):
+        parse_job(definition)
