@@ -214,14 +214,22 @@ def _newest_change(path: Path, ignore: set[str]) -> float:
 
 
 def _lstats(path: Path, ignore: set[str] = frozenset()) -> list[os.stat_result]:
-    found = []
-    for root, _, names in os.walk(path):
-        for name in names:
-            if name not in ignore:
-                try:
-                    found.append(os.lstat(os.path.join(root, name)))
-                except OSError:
-                    pass
+    """lstat of every file under ``path``, symlinks not followed; directories kept on a list, not the call
+    stack (os.walk recurses, and a payload can nest its scratch deeper than Python's recursion limit)."""
+    found, directories = [], [os.fspath(path)]
+    while directories:
+        try:
+            with os.scandir(directories.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            directories.append(entry.path)
+                        elif entry.name not in ignore:
+                            found.append(entry.stat(follow_symlinks=False))
+                    except OSError:  # gone meanwhile: the payload's business
+                        pass
+        except OSError:
+            pass
     return found
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -250,7 +251,15 @@ def clean_scratch(ctx: RankContext, run: JobRun) -> None:
     if run.scratch.is_symlink():  # the payload replaced it: remove the link, never what it points to
         run.scratch.unlink()
     else:
-        shutil.rmtree(run.scratch, ignore_errors=True)
+        remove_tree(run.scratch)
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's recursion reaches."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False)
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:
