@@ -29,7 +29,7 @@ from ..redaction import redact_files
 from ..jobreport import PAYLOAD_REPORT_NAME, job_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
-from ..monitor import Monitor, tree_size
+from ..monitor import MB, Monitor, tree_size
 from ..sites import Site
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,14 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
                      run.error.diag if run.error else "")
+        members = _log_members(ctx, run, job_log)
         own_files = {PILOT_LOG_NAME: ctx.log_router.close_job(run.pandaid).encode(),
                      PAYLOAD_REPORT_NAME: json.dumps(report).encode()}
         if ctx.config.keep_scratch:
             _keep_in_scratch(run, own_files)
-        redact_files(run.scratch, [payload.STDOUT_NAME, payload.STDERR_NAME], run.spec.secrets)
+        redact_files(run.scratch, [name for name in members if name in PAYLOAD_OUTPUTS], run.spec.secrets)
         with recorded(run, job_log):
-            run.declared_files.append(staging.write_log_tarball(
-                run.spec, run.scratch, job_dir, _log_members(run), own_files))
+            run.declared_files.append(staging.write_log_tarball(run.spec, run.scratch, job_dir, members, own_files))
         if run.error and run.status is JobStatus.FINISHED:
             run.status = JobStatus.FAILED
     declare_final(ctx, run, report)
@@ -200,8 +200,29 @@ def _keep_in_scratch(run: JobRun, files: dict[str, bytes]) -> None:
         log.warning("job %d: cannot keep its log and report in scratch: %s", run.pandaid, getattr(error, "diag", error))
 
 
-def _log_members(run: JobRun) -> list[str]:
-    return [payload.STDOUT_NAME, payload.STDERR_NAME, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME]
+PAYLOAD_OUTPUTS = (payload.STDOUT_NAME, payload.STDERR_NAME)
+
+
+def _log_members(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> list[str]:
+    """The files of scratch for the log tarball; one over ``max_stdout_mb`` is left out (a payload can make
+    a terabyte-sized sparse file in an instant, which would take hours to pack)."""
+    limit = ctx.config.limits.max_stdout_mb * MB
+    members = []
+    for name in (*PAYLOAD_OUTPUTS, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME):
+        size = _size_in(run.scratch, name)
+        if size > limit:
+            job_log.warning("%s is %d MB, over max_stdout_mb (%d MB): left out of the log tarball",
+                            name, size // MB, ctx.config.limits.max_stdout_mb)
+        else:
+            members.append(name)
+    return members
+
+
+def _size_in(scratch: Path | None, name: str) -> int:
+    try:
+        return os.lstat(os.path.join(scratch, name)).st_size if scratch else 0
+    except OSError:
+        return 0
 
 
 def declare_state(ctx: RankContext, run: JobRun) -> None:
