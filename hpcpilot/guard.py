@@ -53,9 +53,14 @@ class PayloadGuard:
 
     def close(self) -> None:
         """The rank ends normally, its payloads all reaped: the guard leaves without ending anything."""
+        if self._pipe >= 0:
+            self._send(b"bye\n")
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The rank gives up (an error escaped it): the guard ends what its payloads left, as if it had died."""
         if self._pipe < 0:
             return
-        self._send(b"bye\n")
         os.close(self._pipe)
         self._pipe = -1
         if self.process is not None:

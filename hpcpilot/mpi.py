@@ -112,7 +112,8 @@ def new_status() -> Any:
 
 
 def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
-    """Run ``main``; an exception escaping it ends every rank, so none hangs in a collective."""
+    """Run ``main``; an exception escaping it ends every rank, so none hangs in a collective, with
+    ``exit_code``."""
     try:
         return main()
     except SystemExit:
@@ -123,4 +124,4 @@ def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
         sys.stderr.flush()
         if comm.size > 1:
             comm.Abort(exit_code)
-        raise
+        return exit_code

@@ -81,6 +81,9 @@ def _run_worker(config: Config, comm: Any, signals: SignalWatch) -> int:
         supervisor = Supervisor(ctx, comm, deadline, signals)
         results = _run_share(ctx, plan, cores, deadline, supervisor, comm)
         results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)
+    except BaseException:
+        ctx.guard.abandon()  # a rank that fails leaves no payload behind, as one that dies
+        raise
     finally:
         ctx.monitor.stop()  # also ends what finished payloads left behind
         ctx.guard.close()

@@ -53,6 +53,16 @@ def test_what_the_rank_s_payloads_left_outside_their_sessions_ends_too() -> None
 
 
 @pytest.mark.timeout(30)
+def test_a_rank_that_gives_up_takes_its_payloads_with_it() -> None:
+    payload = sleeper(new_token())
+    rank = PayloadGuard()
+    rank.started(payload.pid)
+    rank.abandon()
+    assert payload.wait(timeout=20) == -signal.SIGKILL
+    rank.close()  # nothing left to say goodbye to
+
+
+@pytest.mark.timeout(30)
 def test_a_goodbye_leaves_every_process_alone() -> None:
     payload = sleeper(new_token())
     rank = PayloadGuard()
