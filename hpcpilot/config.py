@@ -100,9 +100,22 @@ class Config:
             raise ConfigError(f"cores_per_rank {self.cores_per_rank}: must be at least 1")
         if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
             raise ConfigError(f"log_level {self.log_level!r}: not a logging level name")
-        if not self.progress_interval > 0:  # also refuses NaN
-            raise ConfigError(f"progress_interval {self.progress_interval}: must be positive")
+        _check_amounts("", self)
+        _check_amounts("limits.", self.limits)
         return self
+
+
+def _check_amounts(prefix: str, settings: Any) -> None:
+    """Every number is finite and not negative; every interval positive (0 would make a monitor spin).
+    ``not value >= 0`` also refuses NaN."""
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        positive = item.name.endswith("_interval")
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            raise ConfigError(f"{prefix}{item.name} {value}: must be a finite number, "
+                              f"{'greater than 0' if positive else 'not negative'}")
 
 
 def _base_type(hint: Any) -> type:

@@ -158,6 +158,12 @@ def test_yaml_values_keep_their_types(tmp_path):
     ("HPCPILOT_STAGEIN_MODE", "teleport", "stagein_mode"),
     ("HPCPILOT_FILES__JOB_SPEC_FORMAT", "xml", "job_spec_format"),
     ("HPCPILOT_FILES", "HPCJobs.json", "files"),
+    ("HPCPILOT_LIMITS__CHECK_INTERVAL", "nan", "limits.check_interval"),
+    ("HPCPILOT_LIMITS__DISK_INTERVAL", "0", "limits.disk_interval"),
+    ("HPCPILOT_LIMITS__KILL_GRACE", "-3", "limits.kill_grace"),
+    ("HPCPILOT_LIMITS__MAX_STDOUT_MB", "-1", "limits.max_stdout_mb"),
+    ("HPCPILOT_STOP_BOUND", "inf", "stop_bound"),
+    ("HPCPILOT_HEARTBEAT_INTERVAL", "0", "heartbeat_interval"),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_setting(variable, value, setting):
     assert setting in config_error(environ={variable: value})
