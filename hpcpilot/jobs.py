@@ -143,12 +143,17 @@ def _aligned(raw: Mapping[str, Any], field: str, count: int) -> list[str]:
     return ["" if _is_null(item) else item for item in values]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_lfn(lfn: str, field: str) -> str:
     """An LFN is a bare file name: never a path, never empty."""
     if not lfn or lfn in (".", ".."):
         raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is not a file name")
     if "/" in lfn or "\0" in lfn:
         raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} is a path, not a bare file name")
+    if _CONTROL.search(lfn):  # no file catalogue (XML) or log line can carry them
+        raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{lfn!r} holds a control character")
     if len(lfn.encode("utf-8", "surrogatepass")) > MAX_LFN_LENGTH:
         raise _fail(ErrorCode.LFN_TOO_LONG, field, f"name of {len(lfn)} characters exceeds {MAX_LFN_LENGTH}")
     return lfn
@@ -182,6 +187,8 @@ def _inputs(raw: Mapping[str, Any]) -> tuple[FileSpec, ...]:
         _aligned(raw, field, count)
         for field in ("GUID", "fsize", "checksum", "scopeIn", "realDatasetsIn", "inFilePaths")
     )
+    if any(_CONTROL.search(guid) for guid in guids):  # they go into PoolFileCatalog.xml
+        raise _fail(ErrorCode.GENERAL, "GUID", "holds a control character")
     return tuple(
         FileSpec(lfn, guids[i], _parse_size(sizes[i], "fsize"), parse_checksum(sums[i]), scopes[i], datasets[i], paths[i])
         for i, lfn in enumerate(lfns)

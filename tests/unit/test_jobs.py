@@ -379,3 +379,12 @@ def test_secrets_nested_too_deeply_make_only_that_job_invalid():
     definition = job_definition(4711, "true", pilotSecrets="[" * 100000)
     with pytest.raises(JobDefinitionError, match="pilotSecrets.*nested too deeply"):
         parse_job(definition)
+
+
+@pytest.mark.parametrize("field, value", [("inFiles", "in\x01.root"), ("outFiles", "out\x7f.root"),
+                                          ("GUID", "guid-\x0b-1")])
+def test_control_characters_are_refused_where_the_pool_file_catalogue_would_carry_them(field, value):
+    definition = with_inputs(job_definition(4711, "true"), {"in.root": b"x"})
+    definition[field] = value
+    with pytest.raises(JobDefinitionError, match=f"'{field}'.*control character"):
+        parse_job(definition)
