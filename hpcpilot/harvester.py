@@ -20,8 +20,8 @@ from typing import Any, Iterable
 from .atomicfile import json_bytes, read_bytes, read_json, rename_no_replace, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
-from .jobs import (PILOT_PREFIX, SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count,
-                   is_event_service, parse_job, parse_pandaid)
+from .jobs import (SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service,
+                   is_reserved, parse_job, parse_pandaid)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class AccessPoint:
                                                if f.name != "job_spec_format"}
 
     def is_reserved(self, name: str) -> bool:
-        return name in self.reserved_names or name.startswith(PILOT_PREFIX)
+        return is_reserved(name, self.reserved_names)
 
     @property
     def state_dir(self) -> Path:

@@ -267,6 +267,11 @@ SCRATCH_NAMES = frozenset({"payload.stdout", "payload.stderr", "PoolFileCatalog.
 PILOT_PREFIX = ".hpcpilot"  # the pilot's own hidden files in the access point
 
 
+def is_reserved(name: str, reserved: frozenset[str] = SCRATCH_NAMES) -> bool:
+    """A name no input, output or log may take: one of ``reserved`` or of the pilot's hidden files."""
+    return name in reserved or name.startswith(PILOT_PREFIX)
+
+
 def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS,
               reserved: frozenset[str] = SCRATCH_NAMES) -> JobSpec:
     """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError.
@@ -283,7 +288,7 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
     inputs, outputs = _inputs(raw), _outputs(raw, log.lfn)
     for field, specs in (("inFiles", inputs), ("outFiles", outputs), ("logFile", (log,))):
         for spec in specs:
-            if spec.lfn in reserved or spec.lfn.startswith(PILOT_PREFIX):
+            if is_reserved(spec.lfn, reserved):
                 raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{spec.lfn!r} is the name of a file the pilot or "
                             "Harvester keeps for itself")
     return JobSpec(

@@ -170,9 +170,12 @@ def pool_file_catalog(files: Iterable[tuple[str, str, str]]) -> str:
 
 
 def inside_scratch(scratch: Path, name: str) -> Path:
-    """A path to ``scratch/name`` that stays in scratch: refuses a symlink out of it, and FIFOs and devices."""
+    """A path to ``scratch/name`` that stays in scratch: refuses a name that leads out of it (a symlink, or
+    on the way ``..`` or a symlinked directory), and FIFOs and devices."""
     check_scratch_is_ours(scratch)
     path = scratch / name
+    if os.sep in name and not _within(scratch, real := Path(os.path.realpath(path))):
+        raise PilotError(ErrorCode.FILE_HANDLING, f"{name} leads out of scratch, to {real}; not followed")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -180,11 +183,15 @@ def inside_scratch(scratch: Path, name: str) -> Path:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # the usual case, and no symlink to resolve
         return path
     real = Path(os.path.realpath(path))
-    if not real.is_relative_to(Path(os.path.realpath(scratch))):
+    if not _within(scratch, real):
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is a symlink to {real}, outside scratch; not followed")
     if _is_special(real):  # opening a FIFO nobody writes to would block the pilot for ever
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is not a regular file (FIFO, socket or device)")
     return real
+
+
+def _within(scratch: Path, real: Path) -> bool:
+    return real.is_relative_to(os.path.realpath(scratch))
 
 
 def _is_special(path: Path) -> bool:

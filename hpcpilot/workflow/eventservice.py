@@ -312,22 +312,14 @@ class RankEventWork:
         if self.ctx.access_point.is_reserved(name):
             raise PilotError(ErrorCode.BAD_FILE_NAME, f"output {name!r}: the name of a file the pilot or Harvester "
                              "keeps for itself; not staged")
-        source = self._output_in_scratch(result.output_path)
+        source = staging.inside_scratch(self.run.scratch, os.path.relpath(
+            os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays as it is
         target = self.ctx.access_point.job_dir(self.run.pandaid) / name
         try:
             running = staging.copy_out(source, target)  # on disk before it is declared, like any output
         except OSError as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)
-
-    def _output_in_scratch(self, reported: str) -> Path:
-        """The output the payload reported, as a path in scratch; one that leads out of scratch (``..``, an
-        absolute path elsewhere, a symlinked directory) is refused."""
-        scratch = os.path.realpath(self.run.scratch)
-        real = os.path.realpath(os.path.join(self.run.scratch, reported))  # an absolute ``reported`` stays as it is
-        if os.path.commonpath([real, scratch]) != scratch:
-            raise PilotError(ErrorCode.FILE_HANDLING, f"output {reported} is outside the job's scratch; not staged")
-        return staging.inside_scratch(self.run.scratch, os.path.relpath(real, scratch))
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()
