@@ -30,10 +30,12 @@ def deep_scratch(tmp_path: Path) -> Iterator[Path]:
     remove_tree(root)
 
 
+@pytest.mark.timeout(60)
 def test_tree_size_reaches_the_bottom_of_a_tree_deeper_than_the_recursion_limit(deep_scratch: Path) -> None:
     assert tree_size(deep_scratch) == 100 + 23 + len("/etc")
 
 
+@pytest.mark.timeout(60)  # rm -rf is a process of its own
 def test_remove_tree_removes_a_tree_deeper_than_the_recursion_limit(deep_scratch: Path) -> None:
     remove_tree(deep_scratch)
     assert not deep_scratch.exists()
