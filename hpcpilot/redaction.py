@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 REDACTED = "***"
+CHUNK = 1 << 20  # what redaction holds in memory, however long the payload's lines
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -15,7 +18,8 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> None:
-    """Blank the job's secrets in files that go into the log tarball (line by line: stdout can be large).
+    """Blank the job's secrets in files that go into the log tarball (in chunks: stdout can be large, and a
+    secret such as a PEM key can span lines).
 
     Only regular files right in scratch are rewritten, through a descriptor of
     scratch itself: what the payload left there (a symlink, a FIFO, its
@@ -23,19 +27,19 @@ def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> N
     """
     if not secrets:
         return
-    masks = [(secret.encode(), REDACTED.encode()) for secret in secrets]
+    encoded = [secret.encode() for secret in secrets]
     try:
         directory = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:  # no longer the pilot's directory: nothing in it goes into the tarball either
         return
     try:
         for name in names:
-            _redact(directory, name, masks)
+            _redact(directory, name, encoded)
     finally:
         os.close(directory)
 
 
-def _redact(directory: int, name: str, masks: list[tuple[bytes, bytes]]) -> None:
+def _redact(directory: int, name: str, secrets: list[bytes]) -> None:
     try:
         source_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
     except OSError:  # not there, or a symlink
@@ -46,8 +50,31 @@ def _redact(directory: int, name: str, masks: list[tuple[bytes, bytes]]) -> None
         redacted = f".{name}.{os.urandom(6).hex()}.redacted"  # a fresh name nobody can have laid a trap at
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with open(os.open(redacted, flags, 0o644, dir_fd=directory), "wb") as target:
-            for line in source:
-                for secret, mask in masks:
-                    line = line.replace(secret, mask)
-                target.write(line)
+            copy_redacted(source, target, secrets)
     os.replace(redacted, name, src_dir_fd=directory, dst_dir_fd=directory)
+
+
+def copy_redacted(source: BinaryIO, target: BinaryIO, secrets: list[bytes], chunk_size: int = CHUNK) -> None:
+    """Copy with every secret masked (the longest first where they overlap), as if the file were one string.
+
+    A secret starting in a chunk's last ``longest - 1`` bytes may end in the
+    next chunk, so that tail is carried over and searched again; a secret
+    starting before it lies whole in the chunk.
+    """
+    ordered = sorted(secrets, key=len, reverse=True)
+    pattern = re.compile(b"|".join(re.escape(secret) for secret in ordered))
+    longest, mask = len(ordered[0]), REDACTED.encode()
+    carried = b""
+    while chunk := source.read(chunk_size):
+        data = carried + chunk
+        safe = len(data) - (longest - 1)
+        written = 0
+        for match in pattern.finditer(data):
+            if match.start() >= safe:
+                break
+            target.write(data[written:match.start()] + mask)
+            written = match.end()
+        cut = max(safe, written)
+        target.write(data[written:cut])
+        carried = data[cut:]
+    target.write(pattern.sub(mask, carried))
