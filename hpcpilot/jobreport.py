@@ -8,7 +8,7 @@ from . import staging
 from .atomicfile import read_json
 from .errors import ErrorCode, PilotError
 from .jobstate import JobRun
-from .redaction import redact
+from .redaction import redact, redact_json
 
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
@@ -33,13 +33,12 @@ def _payload_report(run: JobRun) -> dict | None:
         return None
     try:
         report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME), MAX_REPORT_BYTES)
-        return _redacted(_trim_logfile_reports(report), run.spec.secrets) if isinstance(report, dict) else None
+        if not isinstance(report, dict):
+            return None
+        report = _trim_logfile_reports(report)
+        return redact_json(report, run.spec.secrets) if run.spec.secrets else report
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
-
-
-def _redacted(report: dict, secrets: tuple[str, ...]) -> dict:
-    return json.loads(redact(json.dumps(report), secrets)) if secrets else report
 
 
 def _trim_logfile_reports(report: dict) -> dict:

@@ -5,7 +5,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 REDACTED = "***"
 CHUNK = 1 << 20  # what redaction holds in memory, however long the payload's lines
@@ -15,6 +15,20 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_json(value: Any, secrets: tuple[str, ...]) -> Any:
+    """Decoded JSON with the secrets blanked in every string, key and number. Not in its encoded text, where
+    a secret's quotes, backslashes, newlines or non-ASCII characters would be escaped and not found."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact(key, secrets): redact_json(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_json(item, secrets) for item in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and redact(str(value), secrets) != str(value):
+        return REDACTED
+    return value
 
 
 def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> None:

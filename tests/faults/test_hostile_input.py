@@ -382,6 +382,19 @@ def test_pilot_secrets_value_is_redacted_where_the_payload_uses_it(tmp_path: Pat
 
 
 @pytest.mark.timeout(120)
+def test_a_secret_that_json_escapes_is_redacted_in_the_payload_report(tmp_path: Path) -> None:
+    """Quotes, backslashes and non-ASCII are escaped in JSON text: the report's decoded strings are searched."""
+    secret = 'p\\ä"ss-42'
+    script = {"report.py": b"import json, sys\njson.dump({'exitCode': 0, 'argv': sys.argv[1:]}, open('jobReport.json', 'w'))\n"}
+    definition = with_inputs(job_definition(HOSTILE, "python3", f"report.py --key {shlex.quote(secret)}",
+                                            pilotSecrets=secret), script)
+    run = run_pilot(worker(tmp_path, definition, script), "grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((run.job_dir(HOSTILE) / "jobReport.json").read_text())
+    assert report == {"exitCode": 0, "argv": ["--key", "***"]}
+
+
+@pytest.mark.timeout(120)
 def test_configured_secret_keys_are_redacted(tmp_path: Path) -> None:
     definition = job_definition(HOSTILE, "echo", f"token={TOKEN}", myToken=TOKEN, pilotSecrets=SECRET)
     run = run_pilot(worker(tmp_path, definition), "mpi2", "--log-level", "DEBUG",

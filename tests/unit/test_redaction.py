@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.redaction import REDACTED, copy_redacted, redact_files
+from hpcpilot.redaction import REDACTED, copy_redacted, redact_files, redact_json
 
 SECRET = "s3cr3t-token"
 
@@ -83,3 +84,13 @@ def test_a_long_line_is_not_read_whole(tmp_path: Path) -> None:
                                    check=True, timeout=50).stdout)
     assert path.read_bytes()[-10:] == b"y" * 7 + REDACTED.encode()
     assert grown_kib < 32 * 1024
+
+
+def test_json_is_redacted_in_its_decoded_strings_keys_and_numbers() -> None:
+    """JSON text escapes quotes, backslashes, newlines and non-ASCII: the secret is sought in what it decodes to."""
+    secret = 'pä"ss\\wo\nrd'
+    report = {"argv": f"--key {secret}", secret: [1, {"deep": secret}], "pin": 12345678, "ok": True, "n": None}
+    assert json.dumps(report).find(secret) == -1  # what a search of the encoded text would miss
+    redacted = redact_json(report, (secret, "2345"))
+    assert redacted == {"argv": f"--key {REDACTED}", REDACTED: [1, {"deep": REDACTED}], "pin": REDACTED,
+                        "ok": True, "n": None}
