@@ -32,7 +32,7 @@ def write_access_point(
     The replicas go to ``root/../<root name>-replicas`` (Harvester's staging
     area) and each job directory links to them by LFN.
     """
-    root = Path(root)
+    root = Path(root).absolute()  # the input links must resolve from inside the job directories
     root.mkdir(parents=True, exist_ok=True)
     replicas = root.parent / f"{root.name}-replicas"
     if many_to_one:

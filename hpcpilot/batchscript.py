@@ -98,6 +98,8 @@ def site_values(
 ) -> dict[str, str]:
     """The ``{hpcpilot_*}`` pieces of the template, as plain text."""
     margin = site.signal_margin_seconds() if signal_margin is None else signal_margin
+    if margin < 0:
+        raise BatchScriptError(f"signal margin {margin}: must not be negative (seconds before the walltime limit)")
     run_args = "".join(f" {shlex.quote(arg)}" for arg in extra_args)
     return {
         "hpcpilot_site": site.name,
@@ -125,8 +127,10 @@ def _checked_request(
     site: Site, nodes: int | None, walltime: str | None, access_point: str | Path | None, ranks_per_node: int,
     cores_per_node: int | None = None,
 ) -> BatchRequest:
-    if nodes is None or nodes < 1:
-        raise BatchScriptError(f"nodes {nodes!r}: must be at least 1")
+    if nodes is None:
+        raise BatchScriptError("the number of nodes is required (--nodes N)")
+    if nodes < 1:
+        raise BatchScriptError(f"nodes {nodes}: must be at least 1")
     if walltime is None:
         raise BatchScriptError("walltime is required (HH:MM:SS)")
     if cores_per_node is not None and cores_per_node < 1:
@@ -137,6 +141,13 @@ def _checked_request(
     if ranks_per_node > cores:
         raise BatchScriptError(f"ranks per node {ranks_per_node}: site {site.name} has only {cores} cores per node")
     return request
+
+
+def _check_margin_fits(margin: int, walltime_seconds: int) -> None:
+    """The stop signal must leave the pilot time to run jobs: a margin of the whole walltime stops it at once."""
+    if margin >= walltime_seconds:
+        raise BatchScriptError(f"signal margin {margin} s: must be shorter than the walltime ({walltime_seconds} s); "
+                               f"lower it with --signal-margin")
 
 
 def _checked_access_point(access_point: str | Path | None) -> str:
@@ -183,6 +194,7 @@ def render_batch_script(
         }
     else:
         request = _checked_request(site, nodes, walltime, access_point, ranks_per_node, cores_per_node)
+        _check_margin_fits(int(pieces["hpcpilot_signal_margin"]), request.walltime_seconds)
         values = {**pieces, **harvester_values(site, request)}
     try:
         return template.format_map(values)
@@ -219,14 +231,28 @@ def run_batch_script(args: argparse.Namespace) -> int:
         script = render_batch_script(
             site, args.nodes, args.walltime, args.access_point,
             ranks_per_node=args.ranks_per_node, harvester_template=args.harvester_template,
-            extra_args=shlex.split(args.pilot_args), extra_directives=args.directive,
+            extra_args=_pilot_args(args.pilot_args), extra_directives=args.directive,
             signal_margin=args.signal_margin, cores_per_node=args.cores_per_node,
         )
+        if args.output:
+            _write_script(Path(args.output), script)
+        else:
+            sys.stdout.write(script)
     except (BatchScriptError, SitePluginError) as error:
         print(f"hpcpilot batch-script: {error}", file=sys.stderr)
         return 2
-    if args.output:
-        Path(args.output).write_text(script)
-    else:
-        sys.stdout.write(script)
     return 0
+
+
+def _pilot_args(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise BatchScriptError(f"--pilot-args {text!r}: {error} (give one shell-quoted string)") from None
+
+
+def _write_script(path: Path, script: str) -> None:
+    try:
+        path.write_text(script)
+    except OSError as error:
+        raise BatchScriptError(f"cannot write {path}: {error.strerror}") from None

@@ -14,7 +14,7 @@ from .batchscript import add_batch_script_arguments, run_batch_script
 from .config import STAGEIN_MODES, ConfigError, load_config
 from .errors import ExitCode
 from .mpi import run_or_abort, world
-from .sites import run_sites
+from .sites import SitePluginError, run_sites, select_site
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,16 @@ YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
 these flags.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
-65 bad configuration; 70 internal error; 77 access point unreadable or
-malformed; 82 no jobs; 128+N stopped by signal N."""
+64 some job could not be declared in the access point; 65 bad
+configuration or site; 66 the demo access point cannot be written; 70
+internal error; 77 access point unreadable or malformed; 81 the pilot's
+lifetime ran out; 82 no jobs; 128+N stopped by signal N."""
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scratch", type=Path, metavar="DIR",
-                        help="node-local directory for job scratch (default: $TMPDIR, else the system temp dir)")
+                        help="node-local directory for job scratch (default: the site's scratch candidates, then "
+                             "$TMPDIR, then the system temp dir)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     parser.add_argument("--cores-per-rank", type=int, metavar="N",
                         help="cores each rank may use; payloads share them by coreCount "
@@ -71,13 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Write an access point laid out as Harvester lays it, with 16 "
                                "jobs (two fail on purpose), run them, and print the per-job table.")
     demo.add_argument("--dir", type=Path, metavar="DIR", help="where to write it (default: ./hpcpilot-demo-<time>)")
-    demo.add_argument("--jobs", type=int, default=16, metavar="N", help="number of jobs (default 16)")
+    demo.add_argument("--jobs", type=_at_least_one, default=16, metavar="N", help="number of jobs (default 16)")
     _add_run_options(demo)
     add_batch_script_arguments(commands.add_parser(
         "batch-script", help="print a batch script (or Harvester template) that runs the pilot at a site"))
     commands.add_parser("sites", help="list the site plugins; * marks the one detected here",
                         description="List the site plugins registered under the entry point group hpcpilot.sites.")
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,17 +124,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpcpilot: configuration error: {error}", file=sys.stderr)
         return ExitCode.GENERAL
     logsetup.configure(comm.rank, config.log_level)
+    try:
+        site = select_site(config.site_name or None)  # a misspelt or broken site stops every rank before any job
+    except SitePluginError as error:
+        print(f"hpcpilot: site error: {error} (see 'hpcpilot sites')", file=sys.stderr)
+        return ExitCode.GENERAL
     command = _run_demo if args.command == "demo" else _run
-    return run_or_abort(comm, lambda: command(args, config, comm), ExitCode.EXCEPTION)
+    return run_or_abort(comm, lambda: command(args, config, comm, site), ExitCode.EXCEPTION)
 
 
-def _run(args: argparse.Namespace, config: Any, comm: Any) -> int:
+def _run(args: argparse.Namespace, config: Any, comm: Any, site: Any) -> int:
     from .workflow.hpc import run_worker
 
-    return run_worker(config, comm)
+    return run_worker(config, comm, site)
 
 
-def _run_demo(args: argparse.Namespace, config: Any, comm: Any) -> int:
+def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any) -> int:
     from dataclasses import replace
 
     from .demo import default_directory, make_demo
@@ -129,12 +147,19 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any) -> int:
 
     root = None
     if comm.rank == 0:
-        root = make_demo(args.dir or default_directory(), args.jobs)
-        log.info("demo access point written to %s", root)
-    config = replace(config, access_point=comm.bcast(root, root=0))
-    exit_code = run_worker(config, comm)
-    if comm.rank == 0:
-        _print_demo_table(config.access_point / config.files.summary)
+        try:
+            root = make_demo(args.dir or default_directory(), args.jobs)
+            log.info("demo access point written to %s", root)
+        except OSError as error:
+            log.error("cannot write the demo access point (choose another with --dir): %s", error)
+    root = comm.bcast(root, root=0)
+    if root is None:
+        return ExitCode.MKDIR
+    config = replace(config, access_point=root)
+    exit_code = run_worker(config, comm, site)
+    summary = config.access_point / config.files.summary
+    if comm.rank == 0 and summary.exists():
+        _print_demo_table(summary)
     return exit_code
 
 

@@ -102,7 +102,19 @@ class Config:
             raise ConfigError(f"log_level {self.log_level!r}: not a logging level name")
         _check_amounts("", self)
         _check_amounts("limits.", self.limits)
+        _check_file_names(self.files)
         return self
+
+
+def _check_file_names(files: HarvesterFiles) -> None:
+    """Each file is one name inside a directory of the access point, and no two are the same file."""
+    names = {item.name: getattr(files, item.name) for item in fields(files) if item.name != "job_spec_format"}
+    for setting, name in names.items():
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise ConfigError(f"files.{setting} {name!r}: must be a file name, without '/' (not empty, '.' or '..')")
+    shared = sorted({name for name in names.values() if list(names.values()).count(name) > 1})
+    if shared:
+        raise ConfigError(f"files: {', '.join(shared)} named for more than one file; each needs a name of its own")
 
 
 def _check_amounts(prefix: str, settings: Any) -> None:
@@ -190,8 +202,9 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-# Variables the pilot sets for payloads and children, not settings.
-_NOT_SETTINGS = {"RANK", "CONFIG", "EVENT_CHANNEL", "JOB_DIR", "SCRATCH"}
+# Variables the pilot sets for payloads and children, not settings. HPCPILOT_SCRATCH is both: a payload's
+# working directory, and the scratch root of a pilot that such a payload would start.
+_NOT_SETTINGS = {"RANK", "CONFIG", "EVENT_CHANNEL", "JOB_DIR", "JOB_TOKEN"}
 
 
 def load_config(

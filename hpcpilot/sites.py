@@ -458,10 +458,19 @@ def _environment_with_hostname(environ: Mapping[str, str] | None) -> Mapping[str
 
 
 def detected_sites(environ: Mapping[str, str]) -> list[Site]:
-    """Every registered site whose ``detect`` matches ``environ``, in name order."""
+    """Every registered site whose ``detect`` matches ``environ``, in name order. A broken plugin is skipped
+    with a warning: it must not keep the pilot from running where it is not even the site."""
     registered = _site_entry_points()  # one scan of the installed distributions, not one per site
-    sites = [instantiate_site(registered[name]) for name in sorted(registered)]
-    return [site for site in sites if site.detect(environ)]
+    return [site for name in sorted(registered) if (site := _detecting(registered[name], environ))]
+
+
+def _detecting(entry_point: EntryPoint, environ: Mapping[str, str]) -> Site | None:
+    try:
+        site = instantiate_site(entry_point)
+        return site if site.detect(environ) else None
+    except Exception as error:  # a plugin's detect can fail in any way; name it and go on
+        log.warning("site plugin %r skipped in detection: %s", entry_point.name, error)
+        return None
 
 
 def select_site(name: str | None = None, environ: Mapping[str, str] | None = None) -> Site:

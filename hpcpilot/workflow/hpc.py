@@ -51,23 +51,24 @@ class WorkPlan:
     total: int = 0
 
 
-def run_worker(config: Config, comm: Any) -> int:
-    """Run every job of the access point on the ranks of ``comm``; returns the exit code."""
+def run_worker(config: Config, comm: Any, site: Site | None = None) -> int:
+    """Run every job of the access point on the ranks of ``comm`` (at ``site``, else the one selected by the
+    configuration); returns the exit code."""
     signals = SignalWatch(comm.rank).install()  # from the start: a stop signal is never fatal
     try:
-        return _run_worker(config, comm, signals)
+        return _run_worker(config, comm, signals, site or select_site(config.site_name or None))
     finally:
         signals.restore()
 
 
-def _run_worker(config: Config, comm: Any, signals: SignalWatch) -> int:
+def _run_worker(config: Config, comm: Any, signals: SignalWatch, site: Site) -> int:
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
     access_point = AccessPoint(config.access_point, config.files, secret_keys)
     plan, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status
-    ctx = _rank_context(config, access_point, comm.rank)
+    ctx = _rank_context(config, access_point, comm.rank, site)
     if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
         ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared if result.rank == EARLIER_RUN),
                              *(job.pandaid for job in plan.event_jobs)])
@@ -197,11 +198,10 @@ def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int, host
     return JobResult.of_invalid(job, rank, host, declared)
 
 
-def _rank_context(config: Config, access_point: AccessPoint, rank: int) -> RankContext:
+def _rank_context(config: Config, access_point: AccessPoint, rank: int, site: Site) -> RankContext:
     router = JobLogRouter(rank)
     logging.getLogger("hpcpilot").addHandler(router)
     monitor = Monitor(config.limits, kill=lambda run: terminate_in_background(run, config.limits.kill_grace))
-    site = select_site(config.site_name or None)
     if rank == 0:
         log.info("site %s: %s", site.name, site.describe())
     return RankContext(config, access_point, EventStatusPublisher(access_point), rank, socket.gethostname(),

@@ -214,6 +214,18 @@ def test_worker_exit_codes(tmp_path: Path) -> None:
     assert run_pilot(tmp_path / "none", "mpi2").returncode == 82
 
 
+@pytest.mark.timeout(120)
+def test_configuration_mistakes_exit_65_before_any_job(tmp_path: Path) -> None:
+    """A misspelt site or an unusable file name is the user's mistake: a message, no traceback, no job run."""
+    ap = write_access_point(tmp_path / "ap", {2101: job_definition(2101, "true")})
+    for options, env, message in [(("--site", "tian"), {}, "no site plugin named 'tian'"),
+                                  ((), {"HPCPILOT_SITE_NAME": "nosuch"}, "no site plugin named 'nosuch'"),
+                                  ((), {"HPCPILOT_FILES__JOB_SPEC": ""}, "files.job_spec ''")]:
+        run = run_pilot(ap, "mpi2", *options, env=env)
+        assert run.returncode == 65 and message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not (ap / "2101" / "worker_attributes.json").exists()
+
+
 @pytest.mark.timeout(60)
 def test_log_lines_carry_rank_and_host(catalogue_ap: Path) -> None:
     run = run_pilot(catalogue_ap, "mpi2")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from hpcpilot.batchscript import add_batch_script_arguments, run_batch_script
 from hpcpilot.sites import list_sites, run_sites
 
@@ -40,6 +42,28 @@ def test_batch_script_command_reports_a_bad_request_with_status_2(capsys):
 def test_batch_script_command_reports_an_unknown_site(capsys):
     assert run_batch_script(_parse("--site", "summit", "--harvester-template")) == 2
     assert "no site plugin named 'summit'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--pilot-args", "'oops"), "--pilot-args \"'oops\": No closing quotation"),
+    (("--output", "/nonexistent/dir/job.sh"), "cannot write /nonexistent/dir/job.sh"),
+    (("--signal-margin", "-5"), "signal margin -5: must not be negative"),
+    (("--signal-margin", "3600"), "signal margin 3600 s: must be shorter than the walltime (3600 s)"),
+    ((), None),
+])
+def test_batch_script_mistakes_are_messages_with_status_2(capsys, options, message):
+    """The default margin of 300 s fits an hour; the user's mistakes are messages, never tracebacks."""
+    status = run_batch_script(_parse("--site", "bnl", "--nodes", "1", "--walltime", "01:00:00",
+                                     "--access-point", "/shared/ap", *options))
+    if message is None:
+        assert status == 0 and "--signal=SIGUSR1@300" in capsys.readouterr().out
+    else:
+        assert status == 2 and message in capsys.readouterr().err
+
+
+def test_batch_script_without_nodes_says_they_are_required(capsys):
+    assert run_batch_script(_parse("--site", "bnl", "--walltime", "01:00:00", "--access-point", "/ap")) == 2
+    assert "the number of nodes is required (--nodes N)" in capsys.readouterr().err
 
 
 def test_sites_command_prints_one_line_per_site_with_one_marked(capsys):

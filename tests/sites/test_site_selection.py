@@ -130,10 +130,32 @@ def test_outside_plugin_without_a_hook_fails_naming_plugin_and_hook(tmp_path):
         """,
         "name: summit\n",
     )
-    result = _run_python("from hpcpilot.sites import select_site\nselect_site(None, {})", tmp_path)
+    result = _run_python("from hpcpilot.sites import select_site\nselect_site('summit')", tmp_path)
     assert result.returncode != 0
     assert "site plugin 'summit' (outside_site:SummitSite)" in result.stderr
     assert "lacks hook describe()" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_plugin_is_skipped_in_detection_with_a_warning(tmp_path):
+    """A third-party plugin whose detect fails must not stop the pilot where it is not even the site."""
+    _install_outside_plugin(
+        tmp_path,
+        """
+        from hpcpilot.sites import Site
+
+        class SummitSite(Site):
+            def detect(self, environ):
+                raise KeyError("LMOD_SYSTEM_NAME")
+        """,
+        "name: summit\n",
+    )
+    result = _run_python("from hpcpilot.sites import select_site, sites_report\n"
+                         "print(select_site(None, {'HOSTNAME': 'laptop'}).name)\n"
+                         "print(*[line for line in sites_report({}) if line.startswith('*')])", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == ["generic", "*", "generic"]
+    assert "site plugin 'summit' skipped in detection: 'LMOD_SYSTEM_NAME'" in result.stderr
 
 
 def test_a_site_built_from_data_alone_uses_generic_defaults():

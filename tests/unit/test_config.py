@@ -113,9 +113,22 @@ def test_a_command_line_section_overrides_the_environment():
 
 
 def test_variables_the_pilot_sets_for_payloads_are_not_settings(tmp_path):
+    """A payload may start a pilot of its own: what its environment carries must not be refused as settings."""
     environ = {name: "x" for name in ("HPCPILOT_RANK", "HPCPILOT_EVENT_CHANNEL", "HPCPILOT_JOB_DIR",
-                                      "HPCPILOT_SCRATCH")}
+                                      "HPCPILOT_JOB_TOKEN")}
     assert load_config(environ=environ) == Config()
+
+
+def test_hpcpilot_scratch_is_the_scratch_setting():
+    """Also in a payload's environment, where it names the job's scratch: a pilot it starts goes below it."""
+    assert load_config(environ={"HPCPILOT_SCRATCH": "/local/ssd"}).scratch == Path("/local/ssd")
+
+
+@pytest.mark.parametrize("setting, value", [("JOB_SPEC", ""), ("SUMMARY", "/etc/x"), ("WORKER_ATTRIBUTES", ".."),
+                                            ("JOB_REPORT", "sub/jobReport.json"), ("EVENT_STATUS", "jobReport.json")])
+def test_a_file_name_setting_must_be_one_name_of_its_own(setting, value):
+    with pytest.raises(ConfigError, match=r"files"):
+        load_config(environ={f"HPCPILOT_FILES__{setting}": value})
 
 
 # -- conversions ------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""The README's demo command: ``hpcpilot demo`` writes a Harvester-style access point and runs it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import LAUNCHES, communicate_or_kill
+
+
+def run_demo(cwd: Path, *options: str, launch: str = "mpi2") -> subprocess.CompletedProcess:
+    command = [*LAUNCHES[launch], sys.executable, "-m", "hpcpilot", "demo", "--progress-interval", "1", *options]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    stdout, stderr = communicate_or_kill(process, 180, "hpcpilot demo")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(200)
+def test_the_demo_in_a_relative_directory_runs_its_jobs(tmp_path: Path) -> None:
+    """Two of the 16 jobs fail on purpose; the input links resolve although --dir is relative."""
+    run = run_demo(tmp_path, "--dir", "demo")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"14 finished, 2 failed; access point: {tmp_path / 'demo'}" in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_demo_directory_that_cannot_be_written_is_a_message_and_66(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    run = run_demo(tmp_path, "--dir", "file/demo")
+    assert run.returncode == 66 and "cannot write the demo access point" in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_demo_of_no_jobs_is_refused_by_the_command_line(tmp_path: Path) -> None:
+    run = run_demo(tmp_path, "--jobs", "0", launch="grid")
+    assert run.returncode == 2 and "--jobs: 0: must be at least 1" in run.stderr
