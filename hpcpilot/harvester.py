@@ -288,12 +288,15 @@ class EventStatusPublisher:
     Harvester has not yet renamed the previous dump away. A job's entries
     are staged before its final state is written and published after it, so
     after a crash a final job's entries are still there to publish, and a
-    job run again never has stale entries published.
+    job run again never has stale entries published. Staged entries wait
+    for their job's ``publish``: ``flush`` never publishes a job whose final
+    state is not yet (or could not be) written.
     """
 
     def __init__(self, access_point: AccessPoint):
         self.access_point = access_point
-        self._waiting: set[int] = set()
+        self._staged: set[int] = set()  # journal written, not yet to be published
+        self._waiting: set[int] = set()  # to be published as soon as the dump is free
 
     def stage(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> None:
         """Record ``entries`` durably, after any still unpublished ones."""
@@ -301,12 +304,16 @@ class EventStatusPublisher:
         content = {str(pandaid): self._journal(pandaid) + list(entries)}
         # The usual case, no journal yet: open and write, as nothing reads it before it is complete.
         # Otherwise, entries are added to unpublished ones, or a stale journal of an earlier run is replaced.
-        if pandaid in self._waiting or not _written_new(journal, content):
+        if self._has_journal(pandaid) or not _written_new(journal, content):
             write_json(journal, content)
-        self._waiting.add(pandaid)
+        if pandaid not in self._waiting:
+            self._staged.add(pandaid)
 
     def publish(self, pandaid: int) -> bool:
         """Make the staged entries visible to Harvester if the dump is free; True when none wait."""
+        if pandaid in self._staged:
+            self._waiting.add(pandaid)
+            self._staged.discard(pandaid)
         if pandaid not in self._waiting:
             return True
         journal, dump = self.journal_path(pandaid), self._dump(pandaid)
@@ -346,6 +353,7 @@ class EventStatusPublisher:
     def discard(self, pandaid: int) -> None:
         """Forget a job's unpublished entries (it will run again)."""
         self.journal_path(pandaid).unlink(missing_ok=True)
+        self._staged.discard(pandaid)
         self._waiting.discard(pandaid)
 
     @property
@@ -363,8 +371,12 @@ class EventStatusPublisher:
         dump = self._dump(pandaid)
         return [dump, *dump.parent.glob(dump.name + ".read*")]
 
+    def _has_journal(self, pandaid: int) -> bool:
+        """Whether this run wrote the job's journal (else one on disk is an earlier run's, stale)."""
+        return pandaid in self._waiting or pandaid in self._staged
+
     def _journal(self, pandaid: int) -> list[dict[str, Any]]:
-        if pandaid not in self._waiting:
+        if not self._has_journal(pandaid):
             return []
         try:
             return list(read_json(self.journal_path(pandaid)).get(str(pandaid), []))

@@ -186,6 +186,19 @@ def test_read_only_job_directory_is_reported_by_the_exit_code(tmp_path: Path, re
     assert run.returncode == 64, f"exit {run.returncode}: some job could not be declared (site problem)"
 
 
+@pytest.mark.timeout(120)
+def test_outputs_are_not_published_for_a_job_whose_final_state_cannot_be_written(tmp_path: Path) -> None:
+    """The final state is the commit point: without it Harvester must not see the job's outputs (a rerun
+    would declare them a second time, over a log tarball rewritten in place)."""
+    definition, data = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, data)
+    (ap / str(FAULTY) / "worker_attributes.json" / "in-the-way").mkdir(parents=True)
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 64, run.stderr[-3000:]
+    assert_bystanders_finished(run)
+    assert not (ap / str(FAULTY) / "event_status.dump.json").exists()
+
+
 # -- payloads -----------------------------------------------------------------------------------------
 
 

@@ -532,6 +532,17 @@ def test_the_journal_survives_a_restart(access_point):
     assert EventStatusPublisher(access_point).waiting == set()
 
 
+def test_staged_entries_wait_for_their_publish_not_for_a_flush(access_point):
+    """Staged before the job's final state is written: a flush from another thread (the supervisor's) must
+    not show Harvester the outputs of a job it does not yet, or may never, see final."""
+    publisher = EventStatusPublisher(access_point)
+    publisher.stage(1001, [OUTPUT])
+    assert publisher.flush() == 0 and not dump_of(access_point, 1001).exists()
+    publisher.stage(1001, [LOG_ENTRY])
+    assert publisher.publish(1001) is True
+    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [OUTPUT, LOG_ENTRY]}
+
+
 def test_a_blocked_job_does_not_hold_back_another(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
