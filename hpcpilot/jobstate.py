@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ErrorCode, PilotError
 from .jobs import InvalidJob, JobSpec
@@ -56,6 +56,8 @@ class JobRun:
     process: Any = None  # the running Payload, while there is one
     declared: bool = False  # its final state reached Harvester's files
     declaring: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one write at a time
+    payload_ended: bool = False  # its payload has returned: a stop no longer changes its outcome
+    _payload_state: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def pandaid(self) -> int:
@@ -69,6 +71,28 @@ class JobRun:
         """Keep the first error: it is the one PanDA reports."""
         if self.error is None:
             self.error = error
+
+    def launch_unless_stopped(self, start: Callable[[], Any]) -> bool:
+        """Start the payload (``self.process = start()``) unless a stop failed the job first. One lock with
+        ``stop_payload``: a payload is never started after its stop, so never runs on unseen."""
+        with self._payload_state:
+            if self.failed:
+                return False
+            self.process = start()
+            return True
+
+    def end_payload(self) -> None:
+        with self._payload_state:
+            self.payload_ended = True
+
+    def stop_payload(self, error: PilotError) -> bool:
+        """Fail the job for a stop (from another thread) while its payload still runs; False, and the job
+        keeps its outcome, once the payload has ended by itself (even if not yet reaped)."""
+        with self._payload_state:
+            if self.payload_ended or (self.process is not None and self.process.has_exited()):
+                return False
+            self.fail(error)
+            return True
 
     def finish(self) -> None:
         self.end_time = time.time()

@@ -135,9 +135,8 @@ class Monitor:
             if error is None and now >= watch.due[name]:
                 watch.due[name] = now + intervals[name]
                 error = check(watch)
-        if error is not None:
+        if error is not None and watch.run.stop_payload(error):  # not if it has just ended by itself
             log.error("job %d: %s", watch.run.pandaid, error.diag)
-            watch.run.fail(error)
             self.kill(watch.run)
 
     def _walltime(self, watch: Watch) -> PilotError | None:

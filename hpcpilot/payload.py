@@ -71,7 +71,10 @@ class Payload:
         """True once the payload has ended; it is left for :meth:`wait` to reap."""
         if self.process.returncode is not None:
             return True
-        return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        try:
+            return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped by wait() in another thread a moment ago
+            return True
 
     def wait(self) -> PayloadExit:
         """Wait for the payload and collect the CPU time of it and the children it waited for."""

@@ -105,11 +105,11 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
                                       ctx.environment, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):
         job_log.detail("payload: %s", run.spec.command)
-        run.process = start_payload(ctx, run, env)
+        if not run.launch_unless_stopped(lambda: start_payload(ctx, run, env)):
+            return  # a stop came first
         watch = ctx.monitor.watch(run, announce=lambda: declare_running(ctx, run), announce_after=announce_after)
-        if run.failed:  # a stop came while it was being launched
-            run.process.terminate(ctx.config.limits.kill_grace)
         exit = run.process.wait()
+        run.end_payload()
         ctx.monitor.unwatch(run)
         _end_leftovers(ctx, run, job_log)
         run.extra_attributes.update(watch.series.summary() if watch.series.count else {})

@@ -99,9 +99,9 @@ class RankRunner:
             run = self.ready.popleft()
             run.fail(not_started)
             self._submit("stageout", run)
-        for run in list(self.running.values()):
-            run.fail(PilotError(request.code, f"payload stopped: {request.reason}"))
-            self._terminate(run)
+        for run in list(self.running.values()):  # some may have ended already, their cores not yet freed
+            if run.stop_payload(PilotError(request.code, f"payload stopped: {request.reason}")):
+                self._terminate(run)
 
     def _terminate(self, run: JobRun) -> None:
         jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3))
