@@ -64,7 +64,11 @@ class MemorySeries:
         self.count += 1
         self.last = sample
         if self.timeseries_path is not None:
-            _append_row(Path(self.timeseries_path), sample)
+            try:
+                _append_row(Path(self.timeseries_path), sample)
+            except OSError as error:  # a full scratch: the statistics go on, the file stops (and says why once)
+                log.warning("cannot write %s, no more samples go there: %s", self.timeseries_path, error.strerror)
+                self.timeseries_path = None
 
     def maximum(self, name: str) -> int:
         """Highest value seen of a TreeSample field (e.g. ``"pss"``), 0 before any sample."""

@@ -164,12 +164,19 @@ class Monitor:
                               f"{_gb(limit * 1024)} after {watch.elapsed():.0f} s")
         return None
 
-    def _disk(self, watch: Watch) -> PilotError | None:
-        scratch = watch.run.scratch
+    def space_shortage(self, scratch: Path) -> PilotError | None:
+        """The error of a scratch with less free space than the limit, else None."""
         free = _free_bytes(scratch)
         if free < self.limits.min_free_space_mb * MB:
             return PilotError(ErrorCode.NO_LOCAL_SPACE, f"free space in scratch {_mb(free)} is under the limit "
-                              f"{self.limits.min_free_space_mb} MB after {watch.elapsed():.0f} s")
+                              f"{self.limits.min_free_space_mb} MB")
+        return None
+
+    def _disk(self, watch: Watch) -> PilotError | None:
+        scratch = watch.run.scratch
+        shortage = self.space_shortage(scratch)
+        if shortage:
+            return PilotError(shortage.code, f"{shortage.diag} after {watch.elapsed():.0f} s")
         stdout = _size(scratch / STDOUT_NAME)
         if stdout > self.limits.max_stdout_mb * MB:
             return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "

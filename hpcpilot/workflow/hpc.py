@@ -286,7 +286,7 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
         "undeclared": sum(not r.declared for r in results),
         "jobs": [asdict(r) for r in sorted(results, key=lambda r: r.pandaid)],
     }
-    access_point.write_summary(summary)
+    summary_written = _write_summary(access_point, summary)
     log.info("worker done in %.1f s: %d finished, %d failed\n%s",
              elapsed, summary["finished"], summary["failed"], result_table(results))
     if stop is not None:
@@ -297,7 +297,19 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
         log.error("%d job(s) could not be declared in the access point (%s): exit code %d",
                   len(undeclared), ", ".join(map(str, undeclared[:10])), ExitCode.SITE_PROBLEM)
         return ExitCode.SITE_PROBLEM
-    return ExitCode.SUCCESS
+    return ExitCode.SUCCESS if summary_written else ExitCode.SITE_PROBLEM
+
+
+def _write_summary(access_point: AccessPoint, summary: dict) -> bool:
+    """The pilot's own summary; the jobs are declared already, so a full or failing access point costs
+    only this file (the exit code says so)."""
+    try:
+        access_point.write_summary(summary)
+        return True
+    except OSError as error:
+        log.error("cannot write %s in the access point: %s: exit code %d", access_point.files.summary,
+                  error.strerror, ExitCode.SITE_PROBLEM)
+        return False
 
 
 def result_table(results: list[JobResult]) -> str:

@@ -117,9 +117,19 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         run.cpu_seconds = exit.cpu_seconds
         run.trans_exit_code = exit.returncode
         job_log.detail("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
-        error = payload.exit_error(exit)
+        error = _exit_error(ctx, run, exit)
         if error:
             raise error
+
+
+def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> PilotError | None:
+    """The payload's exit as the job's error. A payload that fails in a scratch short of space is failed
+    for the space: the disk check, every disk_interval, does not see a short job."""
+    error = payload.exit_error(exit)
+    if error is None or exit.returncode < 0:
+        return error
+    shortage = ctx.monitor.space_shortage(run.scratch)
+    return PilotError(shortage.code, f"{error.diag}; {shortage.diag}") if shortage else error
 
 
 def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload.Payload:

@@ -140,6 +140,26 @@ def test_scratch_fills_up_during_stagein(tmp_path: Path, small_tmpfs: Path) -> N
 
 
 @pytest.mark.timeout(120)
+def test_a_payload_that_fills_scratch_fails_for_the_space(tmp_path: Path, small_tmpfs: Path) -> None:
+    """It runs out of space before the disk check (every disk_interval) comes round: 1098 naming the space."""
+    ap = write_access_point(tmp_path / "ap", {FAULTY: job_definition(FAULTY, "bash", "-c 'head -c 2000000 /dev/zero > big'")})
+    run = run_pilot(ap, "grid", "--scratch", str(small_tmpfs), env={"HPCPILOT_LIMITS__MIN_FREE_SPACE_MB": "1"})
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1098, "payload exited with code 1", "free space in scratch")
+
+
+@pytest.mark.timeout(120)
+def test_a_full_scratch_fails_a_job_without_inputs_for_the_space(tmp_path: Path, small_tmpfs: Path) -> None:
+    with open(small_tmpfs / "filler", "wb") as filler:
+        with pytest.raises(OSError):
+            filler.write(b"\0" * (2 << 20))
+    ap = write_access_point(tmp_path / "ap", {FAULTY: job_definition(FAULTY, "true")})
+    run = run_pilot(ap, "grid", "--scratch", str(small_tmpfs))
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1098, "PoolFileCatalog.xml", "No space left")
+
+
+@pytest.mark.timeout(120)
 def test_job_directory_fills_up_during_stageout(tmp_path: Path, tmpfs_at) -> None:
     """The job directory is a 1 MiB filesystem and the output 2 MB: 1137, yet the job is declared."""
     job_dir = tmpfs_at(tmp_path / "ap" / str(FAULTY))
@@ -197,6 +217,18 @@ def test_outputs_are_not_published_for_a_job_whose_final_state_cannot_be_written
     assert run.returncode == 64, run.stderr[-3000:]
     assert_bystanders_finished(run)
     assert not (ap / str(FAULTY) / "event_status.dump.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_summary_that_cannot_be_written_costs_only_the_summary(tmp_path: Path) -> None:
+    definitions, inputs = with_bystanders({}, {})
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    (ap / "hpcpilot_summary.json" / "in-the-way").mkdir(parents=True)
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 64 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "cannot write hpcpilot_summary.json" in run.stderr
+    for pandaid in GOOD_IDS:
+        assert run.attributes(pandaid)["jobStatus"] == "finished"
 
 
 # -- payloads -----------------------------------------------------------------------------------------

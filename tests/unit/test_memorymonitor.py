@@ -32,6 +32,16 @@ def sample(time: float, rss: int, io: int = 0, nprocs: int = 1) -> TreeSample:
                       rchar=io, wchar=2 * io, read_bytes=3 * io, write_bytes=4 * io)
 
 
+def test_a_time_series_file_that_cannot_be_written_stops_alone(tmp_path, caplog):
+    """A full scratch (here: a directory in the file's place) ends the file, not the statistics nor the pass."""
+    (tmp_path / "memory_monitor_output.txt").mkdir()
+    series = MemorySeries(timeseries_path=tmp_path / "memory_monitor_output.txt")
+    series.add(sample(100.0, 1000))
+    series.add(sample(160.0, 3000))
+    assert series.count == 2 and series.maximum("rss") == 3000
+    assert sum("no more samples go there" in record.message for record in caplog.records) == 1
+
+
 def test_summary_has_exactly_the_worker_attribute_keys():
     series = MemorySeries()
     series.add(sample(100.0, 1000))
