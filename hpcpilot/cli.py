@@ -15,6 +15,7 @@ from .config import STAGEIN_MODES, ConfigError, load_config
 from .errors import ExitCode
 from .mpi import run_or_abort, world
 from .sites import SitePluginError, run_sites, select_site
+from .stopping import SignalWatch
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_batch_script(args)
     if args.command == "sites":
         return run_sites(args)
+    signals = SignalWatch().install()  # before MPI starts, until the end: a stop signal is never fatal
+    try:
+        return _run_command(args, signals)
+    finally:
+        signals.restore()
+
+
+def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     comm = world(force_mpi=args.mpi)
+    signals.rank = comm.rank
     try:
         config = load_config(args.config, cli=_cli_settings(args))
     except ConfigError as error:
@@ -130,16 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpcpilot: site error: {error} (see 'hpcpilot sites')", file=sys.stderr)
         return ExitCode.GENERAL
     command = _run_demo if args.command == "demo" else _run
-    return run_or_abort(comm, lambda: command(args, config, comm, site), ExitCode.EXCEPTION)
+    return run_or_abort(comm, lambda: command(args, config, comm, site, signals), ExitCode.EXCEPTION)
 
 
-def _run(args: argparse.Namespace, config: Any, comm: Any, site: Any) -> int:
+def _run(args: argparse.Namespace, config: Any, comm: Any, site: Any, signals: SignalWatch) -> int:
     from .workflow.hpc import run_worker
 
-    return run_worker(config, comm, site)
+    return run_worker(config, comm, site, signals)
 
 
-def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any) -> int:
+def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any, signals: SignalWatch) -> int:
     from dataclasses import replace
 
     from .demo import default_directory, make_demo
@@ -156,7 +166,7 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any) -> in
     if root is None:
         return ExitCode.MKDIR
     config = replace(config, access_point=root)
-    exit_code = run_worker(config, comm, site)
+    exit_code = run_worker(config, comm, site, signals)
     summary = config.access_point / config.files.summary
     if comm.rank == 0 and summary.exists():
         _print_demo_table(summary)

@@ -39,8 +39,8 @@ class StopRequest:
 class SignalWatch:
     """Records the first stop signal; the main loop turns it into a StopRequest."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
+    def __init__(self, rank: int = 0):
+        self.rank = rank  # known once MPI has started; the handlers are installed before
         self.signum: int | None = None
         self._previous = {}
 

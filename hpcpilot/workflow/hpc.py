@@ -25,7 +25,7 @@ from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
 from ..mpi import local_rank_count, wait_idly
-from ..sites import Site, select_site
+from ..sites import Site
 from ..stopping import SignalWatch, StopRequest
 from . import jobflow
 from .jobflow import RankContext
@@ -51,17 +51,9 @@ class WorkPlan:
     total: int = 0
 
 
-def run_worker(config: Config, comm: Any, site: Site | None = None) -> int:
-    """Run every job of the access point on the ranks of ``comm`` (at ``site``, else the one selected by the
-    configuration); returns the exit code."""
-    signals = SignalWatch(comm.rank).install()  # from the start: a stop signal is never fatal
-    try:
-        return _run_worker(config, comm, signals, site or select_site(config.site_name or None))
-    finally:
-        signals.restore()
-
-
-def _run_worker(config: Config, comm: Any, signals: SignalWatch, site: Site) -> int:
+def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> int:
+    """Run every job of the access point on the ranks of ``comm`` at ``site``; returns the exit code.
+    ``signals`` holds the stop signals received so far (installed before MPI started: never fatal)."""
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
     access_point = AccessPoint(config.access_point, config.files, secret_keys)

@@ -15,17 +15,18 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from tests.e2e.conftest import communicate_or_kill
+from tests.sites.conftest import install_outside_plugin
 
 STOP_BOUND = 45
 LONG_SLEEP = f"{299 + random.random():.9f}"  # unique, to find this run's payloads among the machine's processes
 JOBS = list(range(1, 13))
 
 
-def start_pilot(ap: Path, ranks: int, *options: str) -> subprocess.Popen:
+def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None) -> subprocess.Popen:
     command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
                "--cores-per-rank", "2", "--progress-interval", "1", *options]
     env = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3",
-           "HPCPILOT_DECLARE_RUNNING_AFTER": "0"}  # the tests wait for every job to be declared running
+           "HPCPILOT_DECLARE_RUNNING_AFTER": "0", **(env or {})}  # the tests wait for jobs declared running
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
 
@@ -90,6 +91,33 @@ def test_signal_to_one_rank_stops_every_rank(tmp_path: Path, ranks: int, signum:
     assert time.monotonic() - signalled < STOP_BOUND
     assert returncode == exit_code, stderr[-3000:]
     assert_all_declared(ap, code)
+
+
+@pytest.mark.timeout(150)
+def test_a_signal_during_start_up_is_a_graceful_stop_too(tmp_path: Path) -> None:
+    """SIGTERM to every rank while it starts (here: a site plugin slow to detect its site, after MPI has
+    started): a stop like any other, 143 and every job declared, never a rank killed by the signal."""
+    marker = tmp_path / "detecting"
+    install_outside_plugin(tmp_path, f"""
+        import pathlib, time
+        from hpcpilot.sites import Site
+
+        class SummitSite(Site):
+            def detect(self, environ):
+                pathlib.Path({str(marker)!r}).touch()
+                time.sleep(3)
+                return False
+        """, "name: summit\n")
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2, env={"PYTHONPATH": str(tmp_path)})
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for rank in rank_processes(pilot):
+        rank.send_signal(signal.SIGTERM)
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert_all_declared(ap, 1201)
 
 
 @pytest.mark.timeout(150)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from hpcpilot.sites import Site, list_sites, load_site
+from hpcpilot.sites import ENTRY_POINT_GROUP, Site, list_sites, load_site
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 FOUR_SITES = ("titan", "theta", "nersc", "bnl")
@@ -23,3 +24,15 @@ def bash_syntax_error(script: str, tmp_path: Path) -> str:
 @pytest.fixture(params=list_sites())
 def registered_site(request) -> Site:
     return load_site(request.param)
+
+
+def install_outside_plugin(root: Path, module_source: str, yaml_text: str) -> None:
+    """A plugin distribution outside hpcpilot, found by importlib.metadata on PYTHONPATH."""
+    package = root / "outside_site"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent(module_source))
+    (package / "site.yaml").write_text(yaml_text)
+    dist_info = root / "outside_site-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-site\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nsummit = outside_site:SummitSite\n")

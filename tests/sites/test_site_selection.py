@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from hpcpilot.sites import (
     ENTRY_POINT_GROUP, GENERIC_SITE, Site, SiteData, SitePluginError, instantiate_site, load_site,
     load_site_data, select_site, sites_report, validate_site,
 )
+
+from .conftest import install_outside_plugin
 
 
 def test_explicit_name_wins_over_detection():
@@ -80,18 +81,6 @@ def test_site_yaml_with_a_wrong_type_names_the_key(tmp_path):
         load_site_data(path)
 
 
-def _install_outside_plugin(root: Path, module_source: str, yaml_text: str) -> None:
-    """A plugin distribution outside hpcpilot, found by importlib.metadata on PYTHONPATH."""
-    package = root / "outside_site"
-    package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent(module_source))
-    (package / "site.yaml").write_text(yaml_text)
-    dist_info = root / "outside_site-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-site\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nsummit = outside_site:SummitSite\n")
-
-
 def _run_python(code: str, pythonpath: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": str(pythonpath), "PATH": "/usr/bin:/bin"})
@@ -99,7 +88,7 @@ def _run_python(code: str, pythonpath: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.timeout(120)
 def test_outside_plugin_registers_and_is_detected(tmp_path):
-    _install_outside_plugin(
+    install_outside_plugin(
         tmp_path,
         """
         from hpcpilot.sites import Site
@@ -119,7 +108,7 @@ def test_outside_plugin_registers_and_is_detected(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_outside_plugin_without_a_hook_fails_naming_plugin_and_hook(tmp_path):
-    _install_outside_plugin(
+    install_outside_plugin(
         tmp_path,
         """
         class SummitSite:
@@ -139,7 +128,7 @@ def test_outside_plugin_without_a_hook_fails_naming_plugin_and_hook(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_broken_plugin_is_skipped_in_detection_with_a_warning(tmp_path):
     """A third-party plugin whose detect fails must not stop the pilot where it is not even the site."""
-    _install_outside_plugin(
+    install_outside_plugin(
         tmp_path,
         """
         from hpcpilot.sites import Site
