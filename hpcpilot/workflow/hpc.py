@@ -80,6 +80,7 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     finally:
         ctx.monitor.stop()  # also ends what finished payloads left behind
         ctx.guard.close()
+    supervisor.settle()
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)

@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable
 
 from ..lifetime import Deadline
-from ..mpi import any_source
+from ..mpi import any_source, wait_idly
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 
@@ -29,7 +29,8 @@ class Supervisor:
         self.signals = signals
         self.on_stop = on_stop  # what stops the current work; each phase sets its own
         self.stop_request: StopRequest | None = None
-        self._sent: list[Any] = []  # pending isend requests keep their buffers alive
+        self._sent: list[tuple[int, Any]] = []  # (rank, isend request): the request keeps its buffer alive
+        self._received = 0
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
     def tick(self) -> None:
@@ -50,7 +51,7 @@ class Supervisor:
         if request is not None:
             self._announce(request)
         else:
-            request = self._received()
+            request = self._receive()
         if request is not None:
             self._stop(request)
 
@@ -72,12 +73,26 @@ class Supervisor:
     def _announce(self, request: StopRequest) -> None:
         for rank in range(self.comm.size):
             if rank != self.ctx.rank:
-                self._sent.append(self.comm.isend(request, dest=rank, tag=STOP_TAG))
+                self._sent.append((rank, self.comm.isend(request, dest=rank, tag=STOP_TAG)))
 
-    def _received(self) -> StopRequest | None:
+    def _receive(self) -> StopRequest | None:
         if self.comm.size == 1 or not self.comm.iprobe(source=any_source(), tag=STOP_TAG):
             return None
+        self._received += 1
         return self.comm.recv(source=any_source(), tag=STOP_TAG)
+
+    def settle(self) -> None:
+        """Take in the stop notices still on their way here and see this rank's own delivered: every rank
+        calls this after its last tick. (When each rank saw the stop itself, nobody received the others'
+        notices, and MPICH left its shared-memory segment in /dev/shm behind.)"""
+        if self.comm.size == 1:
+            return
+        wait_idly(self.comm)  # ranks done early sleep: a blocking collective would spin on the cores
+        sent = [sum(rank == dest for dest, _ in self._sent) for rank in range(self.comm.size)]
+        for _ in range(sum(self.comm.alltoall(sent)) - self._received):
+            self.comm.recv(source=any_source(), tag=STOP_TAG)
+        for _, request in self._sent:
+            request.wait()
 
     def _heartbeat(self) -> None:
         try:

@@ -133,6 +133,23 @@ def test_stop_file_stops_the_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_stop_every_rank_sees_itself_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
+    """The lifetime ends on every rank at once, so each announces the stop to the others. Every notice must
+    be received: MPICH leaves its /dev/shm segment behind otherwise. Run with a /dev/shm of its own."""
+    ap = sleeping_worker(tmp_path)
+    pilot = " ".join(["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
+                      "--lifetime", "183"])  # 3 s before the 180 s margin
+    script = f"mount -t tmpfs tmpfs /dev/shm || exit 99; {pilot}; echo rc=$?; ls -A /dev/shm"
+    process = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stdout, stderr = communicate_or_kill(process, 90, "the pilot in its own /dev/shm")
+    if process.returncode == 99 or "unshare:" in stderr:
+        pytest.skip(f"cannot give the pilot a /dev/shm of its own: {stderr[-300:]}")
+    assert stdout.split() == ["rc=81"], (stdout, stderr[-3000:])
+    assert_all_declared(ap, 1213)
+
+
+@pytest.mark.timeout(120)
 def test_lifetime_margin_stops_and_keeps_long_jobs_from_starting(tmp_path: Path) -> None:
     definitions = {1: job_definition(1, "sleep", LONG_SLEEP), 2: job_definition(2, "true", maxWalltime=3600),
                    3: job_definition(3, "true", maxWalltime=2)}
