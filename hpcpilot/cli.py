@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the jobs of an access point", description=RUN_DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--access-point", type=Path, required=True, metavar="DIR",
-                     help="the worker's access point, where Harvester placed the jobs")
+    run.add_argument("--access-point", type=Path, metavar="DIR",
+                     help="the worker's access point, where Harvester placed the jobs (required here or as the "
+                          "setting access_point)")
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write a demo access point (16 jobs) and run it",
                                description="Write an access point laid out as Harvester lays it, with 16 "
@@ -132,6 +133,10 @@ def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
         config = load_config(args.config, cli=_cli_settings(args))
     except ConfigError as error:
         print(f"hpcpilot: configuration error: {error}", file=sys.stderr)
+        return ExitCode.GENERAL
+    if args.command == "run" and config.access_point is None:
+        print("hpcpilot run: the access point is required: --access-point DIR (or access_point in the config "
+              "file, or HPCPILOT_ACCESS_POINT)", file=sys.stderr)
         return ExitCode.GENERAL
     logsetup.configure(comm.rank, config.log_level)
     try:

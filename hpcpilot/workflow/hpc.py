@@ -106,6 +106,9 @@ def _wrap_up(ctx: RankContext) -> None:
 def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
     """Rank 0 asks the batch system once; every rank keeps the same deadline."""
     deadline = pilot_deadline(config.lifetime, config.lifetime_margin, os.environ) if comm.rank == 0 else None
+    if comm.rank == 0 and deadline.reached():
+        log.warning("the pilot's lifetime is already within its safety margin (lifetime_margin %.0f s): no job "
+                    "will start; give a longer --lifetime or a smaller lifetime_margin", config.lifetime_margin)
     return comm.bcast(deadline, root=0)
 
 

@@ -224,6 +224,25 @@ def test_configuration_mistakes_exit_65_before_any_job(tmp_path: Path) -> None:
         run = run_pilot(ap, "mpi2", *options, env=env)
         assert run.returncode == 65 and message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert not (ap / "2101" / "worker_attributes.json").exists()
+    without = subprocess.run([sys.executable, "-m", "hpcpilot", "run"], capture_output=True, text=True, timeout=60)
+    assert without.returncode == 65 and "the access point is required" in without.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_lifetime_inside_its_margin_is_said_at_once(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {2301: job_definition(2301, "true")})
+    run = run_pilot(ap, "grid", "--lifetime", "5")
+    assert run.returncode == 81 and "no job will start; give a longer --lifetime" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.timeout(120)
+def test_the_access_point_can_be_a_setting(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {2201: job_definition(2201, "true")})
+    (tmp_path / "pilot.yaml").write_text(f"access_point: {ap}\n")
+    run = subprocess.run([sys.executable, "-m", "hpcpilot", "run", "--config", str(tmp_path / "pilot.yaml")],
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((ap / "2201" / "worker_attributes.json").read_text())["jobStatus"] == "finished"
 
 
 @pytest.mark.timeout(60)
