@@ -18,6 +18,9 @@ from ..jobs import validate_lfn
 # that are safe in both (PanDA's IDs are digits and '-').
 _RANGE_ID = re.compile(r"[0-9A-Za-z._\-]{1,200}")
 MAX_TEXT_LENGTH = 1024
+# PanDA keeps event numbers in 64-bit columns; a longer number is no event number (and a string of
+# thousands of digits would trip Python's int conversion limit).
+MAX_EVENT_NUMBER = 2**63 - 1
 
 
 class InvalidEventRange(ValueError):
@@ -101,10 +104,14 @@ def _event_number(raw: Mapping[str, Any], key: str, range_id: str) -> int:
         raise InvalidEventRange(f"event range {range_id}: {key!r} must be an integer, got {_short(value)}")
     if isinstance(value, str):
         if not re.fullmatch(r"[0-9]+", value.strip()):  # str.isdigit also takes '²', which int() refuses
-            raise InvalidEventRange(f"event range {range_id}: {key!r} {value!r} is not an integer")
+            raise InvalidEventRange(f"event range {range_id}: {key!r} {_short(value)} is not an integer")
+        if len(value.strip()) > len(str(MAX_EVENT_NUMBER)):
+            raise InvalidEventRange(f"event range {range_id}: {key!r} {_short(value)} is beyond any event number")
         value = int(value)
     if value < 0:
         raise InvalidEventRange(f"event range {range_id}: {key!r} {value} is negative")
+    if value > MAX_EVENT_NUMBER:
+        raise InvalidEventRange(f"event range {range_id}: {key!r} {_short(value)} is beyond any event number")
     return value
 
 

@@ -72,3 +72,10 @@ def test_a_range_that_is_not_an_object_is_rejected(raw):
 def test_event_numbers_are_ascii_digits(number):
     with pytest.raises(InvalidEventRange):
         EventRange.from_dict({**HARVESTER_RANGE, "startEvent": number})
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, 2**63, str(2**63), 10**4000],
+                         ids=["5000-digit string", "2**63", "2**63 as string", "4001-digit int"])
+def test_an_event_number_beyond_64_bits_is_an_invalid_range_not_a_crash(number):
+    with pytest.raises(InvalidEventRange, match="lastEvent.*beyond any event number"):
+        EventRange.from_dict({**HARVESTER_RANGE, "lastEvent": number})
