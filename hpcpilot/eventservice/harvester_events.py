@@ -207,14 +207,28 @@ class RangeFeed:
                 log.info("Harvester has no more event ranges for job %s", self.pandaid)
             self._exhausted = True
             return 0
-        fresh = [(key, entry) for entry in entries if (key := _identity(entry)) not in self._seen]
+        fresh = self._unseen(entries)
         for key, entry in fresh:
-            self._seen.add(key)
             self._take(entry)
         _append_journal(self.journal, [key for key, _ in fresh if is_valid_range_id(key)])
         if fresh:
             log.info("got %d new event ranges for job %s", len(fresh), self.pandaid)
         return len(fresh)
+
+    def _unseen(self, entries: list[Any]) -> list[tuple[str, Any]]:
+        """(identity, entry) of the entries not read before, each once: a range repeated within one answer
+        would otherwise run, and be declared, twice."""
+        unseen = []
+        for entry in entries:
+            key = _identity(entry)
+            if key in self._seen:
+                if any(key == seen_key for seen_key, _ in unseen):
+                    log.warning("job %s: Harvester's answer holds event range %s more than once; repeat ignored",
+                                self.pandaid, key)
+                continue
+            self._seen.add(key)
+            unseen.append((key, entry))
+        return unseen
 
     def _take(self, entry: Any) -> None:
         try:

@@ -110,6 +110,13 @@ def test_a_new_answer_with_some_known_ranges_gives_only_the_new_ones(tmp_path):
     assert [r.eventRangeID for r in ranges_feed.new_ranges()] == ["4711-123-1-1-3", "4711-123-1-1-4"]
 
 
+def test_a_range_repeated_within_one_answer_is_taken_once_and_the_repeat_logged(tmp_path, caplog):
+    first, second = harvester_ranges(2)
+    place_answer(tmp_path, [first, second, first, first])
+    assert [r.eventRangeID for r in feed(tmp_path).new_ranges()] == ["4711-123-1-1-0", "4711-123-1-1-1"]
+    assert any("4711-123-1-1-0 more than once" in message for message in caplog.messages)
+
+
 def test_empty_answer_ends_the_feed_without_a_request(tmp_path):
     place_answer(tmp_path, [])
     ranges_feed = feed(tmp_path)
