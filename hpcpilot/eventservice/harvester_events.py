@@ -180,6 +180,12 @@ class RangeFeed:
                 return self._give_up()
             self._closed.wait(min(self.poll_interval, remaining))
 
+    def take_rejected(self) -> list[RejectedRange]:
+        """The entries rejected since the last call, to be declared failed."""
+        with self._lock:
+            rejected, self.rejected = self.rejected, []
+        return rejected
+
     def close(self) -> None:
         """Wake a waiting :meth:`next_range`, which then returns None."""
         self._closed.set()

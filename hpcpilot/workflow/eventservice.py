@@ -7,6 +7,19 @@ a finished range's output to the job directory and tells rank 0, which
 declares it in ``event_status.dump.json`` within a fraction of a second.
 A killed allocation loses only the ranges in flight: an earlier run's
 declared ranges are not handed out again.
+
+Every range received is declared, finished or failed, before the job's
+final state: when the job ends early (a graceful stop, a failure), the
+ranges received but never started (queued on a rank, on their way to it, or
+still at rank 0) are declared failed. The job itself is final then and no
+rerun picks them up, but PanDA hands failed ranges out again to another job.
+The dump entry of a failed range is status only (PROTOCOL.md, section 2:
+Harvester forwards ``eventRangeID`` and ``eventStatus`` of each entry and
+nothing else), so its PanDA error code and diagnostic go to the job's log.
+
+Ranks talk to rank 0 on one tag, so their messages arrive in the order they
+were sent (MPI orders messages between two ranks only within a tag): a
+rank's last results always come before its "done".
 """
 from __future__ import annotations
 
@@ -24,7 +37,7 @@ from .. import payload, staging
 from ..atomicfile import read_bytes, read_json
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
-from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost
+from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost, RejectedRange
 from ..eventservice.declarations import failed_entries, finished_entry
 from ..jobs import JobSpec
 from ..jobstate import JobRun
@@ -35,7 +48,8 @@ from .jobflow import RankContext
 
 log = logging.getLogger(__name__)
 
-TAG_WANT, TAG_RANGE, TAG_ENTRIES, TAG_DONE = 31, 32, 33, 34
+TAG_REPORT, TAG_RANGE = 31, 32  # rank -> rank 0: ("want" | "entries" | "done", body); rank 0 -> rank: answers
+END_OF_JOB = "end of job"  # rank 0's last answer to a rank that is done: no more ranges will follow
 TICK_SECONDS = 0.01
 DECLARE_EVERY = 0.2  # seconds: how long finished ranges may wait to be declared together
 FEED_POLL_SECONDS = 0.5
@@ -52,7 +66,19 @@ class RankOutcome:
     failed: int = 0
     events: int = 0
     error: PilotError | None = None
-    handed_out: int = 0
+    received: int = 0  # answers taken from rank 0: those sent after them never reached the rank
+
+    @property
+    def failure_code(self) -> int:
+        """The code for ranges this rank received and could not run."""
+        return self.error.code if self.error else ErrorCode.ES_RECOVERABLE
+
+
+def failed_ranges(job_log: Any, range_ids: list[str], code: int, diag: str) -> list[dict]:
+    """Status-only dump entries for ranges that failed; their code and diagnostic are logged."""
+    if range_ids:
+        job_log.warning("%d event range(s) failed (%d: %s): %s", len(range_ids), code, diag, ", ".join(range_ids))
+    return failed_entries(range_ids)
 
 
 # -- rank 0: the source of ranges and the declarer ------------------------------------------------------------
@@ -73,24 +99,45 @@ class RangeSource:
         declared, received = declared_ranges(ctx, job.pandaid), _read_range_journal(self.journal)
         self.ranges: deque[EventRange] = deque(r for r in received if r.eventRangeID not in declared)
         self.known = set(declared) | {r.eventRangeID for r in self.ranges}
-        # what an earlier run of this job finished still counts for the job
+        # what an earlier run of this job declared still counts for the job
         self.earlier = [r for r in received if declared.get(r.eventRangeID) == "finished"]
-        self.started = time.monotonic()
+        self.earlier_failed = sum(status == "failed" for status in declared.values())
+        self.waiting_since: float | None = None  # since when Harvester's answer is awaited with nothing at hand
         self.wait_timeout = ctx.config.event_wait_timeout
         self.next_poll = 0.0
         self.handed_out = 0
+        self.rejected: list[RejectedRange] = []  # malformed ranges with an ID, to be declared failed
 
     def take(self) -> Any:
         """A range, None when there will be no more, or WAIT."""
         if not self.ranges and time.monotonic() >= self.next_poll:
             self.next_poll = time.monotonic() + FEED_POLL_SECONDS
             self._receive([r for r in self.feed.new_ranges() if r.eventRangeID not in self.known])
+            self._reject(self.feed.take_rejected())
         if self.ranges:
+            self.waiting_since = None
             self.handed_out += 1
             return self.ranges.popleft()
-        if self.feed.exhausted or time.monotonic() - self.started > self.wait_timeout:
+        if self.feed.exhausted or self._waited_too_long():
             return None
         return WAIT
+
+    def take_rejected(self) -> list[RejectedRange]:
+        rejected, self.rejected = self.rejected, []
+        return rejected
+
+    def _waited_too_long(self) -> bool:
+        """Whether Harvester left this wait for ranges (not the job) unanswered longer than the timeout."""
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+        return time.monotonic() - self.waiting_since > self.wait_timeout
+
+    def _reject(self, rejected: list[RejectedRange]) -> None:
+        """Those with an ID are to be declared failed, once; without one there is nothing to declare."""
+        for entry in rejected:
+            if entry.range_id is not None and entry.range_id not in self.known:
+                self.known.add(entry.range_id)
+                self.rejected.append(entry)
 
 
     def _receive(self, ranges: list[EventRange]) -> None:
@@ -144,14 +191,16 @@ def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
 class Dispatcher:
     """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
 
-    def __init__(self, ctx: RankContext, comm: Any, job: JobSpec, local_give: Callable[[Any], None]):
-        self.ctx, self.comm, self.job = ctx, comm, job
+    def __init__(self, ctx: RankContext, comm: Any, job: JobSpec, local_give: Callable[[Any], None], job_log: Any):
+        self.ctx, self.comm, self.job, self.job_log = ctx, comm, job, job_log
         self.source = RangeSource(ctx, job, batch=max(8, 4 * comm.size))
         self.local_give = local_give
         self.wants: deque[int] = deque()
+        self.answers: dict[int, list[EventRange | None]] = {rank: [] for rank in range(comm.size)}  # given, in order
         self.pending_entries: list[dict] = []
         self.last_declared = time.monotonic()
         self.outcomes: dict[int, RankOutcome] = {}
+        self.failed = 0  # ranges failed here, not by a rank
         self.stopping = False
         self._sent: list[Any] = []
 
@@ -168,6 +217,8 @@ class Dispatcher:
             if answer is WAIT:
                 break
             self._give(self.wants.popleft(), answer)
+        for rejected in self.source.take_rejected():
+            self._fail([rejected.range_id], ErrorCode.ES_FATAL, f"malformed event range: {rejected.reason}")
         if self.pending_entries and time.monotonic() - self.last_declared >= DECLARE_EVERY:
             self.declare_pending()
 
@@ -181,22 +232,49 @@ class Dispatcher:
     def all_done(self) -> bool:
         return len(self.outcomes) == self.comm.size
 
+    def rank_done(self, rank: int, outcome: RankOutcome) -> None:
+        """The rank takes no more answers: none go to it any more, and the ranges it never took are failed."""
+        self.outcomes[rank] = outcome
+        self.wants = deque(asker for asker in self.wants if asker != rank)
+        never_taken = [answer for answer in self.answers.pop(rank)[outcome.received:] if answer is not None]
+        self._fail([r.eventRangeID for r in never_taken], outcome.failure_code, f"rank {rank} ended before taking them")
+        if rank != 0:
+            self._sent.append(self.comm.isend(END_OF_JOB, dest=rank, tag=TAG_RANGE))
+
+    def first_error(self) -> PilotError | None:
+        """The error that ends the job, if a rank had one."""
+        return next((o.error for o in self.outcomes.values() if o.error is not None), None)
+
+    def fail_unstarted(self, code: int) -> None:
+        """Ranges still here when every rank is done (the job ended early): declared failed, not lost."""
+        unstarted, self.source.ranges = list(self.source.ranges), deque()
+        self._fail([r.eventRangeID for r in unstarted], code, "the job ended before they were handed out")
+
+    def _fail(self, range_ids: list[str], code: int, diag: str) -> None:
+        self.failed += len(range_ids)
+        self.add_entries(failed_ranges(self.job_log, range_ids, code, diag))
+
     def _give(self, rank: int, answer: EventRange | None) -> None:
+        self.answers[rank].append(answer)
         if rank == 0:
             self.local_give(answer)
         else:
             self._sent.append(self.comm.isend(answer, dest=rank, tag=TAG_RANGE))
 
     def _receive(self) -> None:
+        """Every rank's messages, in the order each rank sent them."""
         if self.comm.size == 1:
             return
-        for tag, handle in ((TAG_WANT, lambda rank, _: self.want(rank)),
-                            (TAG_ENTRIES, lambda rank, entries: self.add_entries(entries)),
-                            (TAG_DONE, lambda rank, outcome: self.outcomes.__setitem__(rank, outcome))):
-            while self.comm.iprobe(source=any_source(), tag=tag):
-                status = new_status()
-                message = self.comm.recv(source=any_source(), tag=tag, status=status)
-                handle(status.Get_source(), message)
+        while self.comm.iprobe(source=any_source(), tag=TAG_REPORT):
+            status = new_status()
+            kind, body = self.comm.recv(source=any_source(), tag=TAG_REPORT, status=status)
+            rank = status.Get_source()
+            if kind == "want":
+                self.want(rank)
+            elif kind == "entries":
+                self.add_entries(body)
+            else:
+                self.rank_done(rank, body)
 
 
 # -- every rank: its payload and its channel ------------------------------------------------------------------
@@ -238,6 +316,7 @@ class RankEventWork:
         self.ctx.monitor.watch(self.run)
 
     def give(self, answer: EventRange | None) -> None:
+        self.outcome.received += 1
         self.asked -= 1
         self.no_more = self.no_more or answer is None
         self.ranges.put(answer)
@@ -284,22 +363,29 @@ class RankEventWork:
             try:
                 entry = self._stage_out(result)
             except PilotError as error:
-                self.job_log.error("range %s: %s", result.range_id, error.diag)
-                return self._failed([result.range_id])
+                return self._failed([result.range_id], error.code, error.diag)
             self.outcome.finished += 1
             self.outcome.events += result.event_range.n_events
             return [entry]
         if isinstance(result, RangeFailed):
-            self.job_log.warning("range %s failed in the payload: %s %s", result.range_id, result.code, result.message)
-            return self._failed([result.range_id])
+            return self._failed([result.range_id], ErrorCode.ES_RECOVERABLE,
+                                f"failed in the payload: {result.code} {result.message}")
         if isinstance(result, RangesLost):
-            self.job_log.warning("ranges lost (%s): %s", result.reason, ", ".join(result.range_ids))
-            return self._failed(list(result.range_ids))
+            return self._failed(list(result.range_ids), ErrorCode.ES_RECOVERABLE, f"lost: {result.reason}")
         return []
 
-    def _failed(self, range_ids: list[str]) -> list[dict]:
+    def _failed(self, range_ids: list[str], code: int, diag: str) -> list[dict]:
         self.outcome.failed += len(range_ids)
-        return failed_entries(range_ids)
+        return failed_ranges(self.job_log, range_ids, code, diag)
+
+    def _unstarted(self) -> list[str]:
+        """The ranges received and never given to the payload (the stop's None is no range)."""
+        unstarted = []
+        while not self.ranges.empty():
+            answer = self.ranges.get_nowait()
+            if answer is not None:
+                unstarted.append(answer.eventRangeID)
+        return unstarted
 
     def _stage_out(self, result: RangeFinished) -> dict:
         """Copy the range's output to the job directory, checksummed in passing.
@@ -345,6 +431,7 @@ class RankEventWork:
         entries = []
         while not self.channel.results.empty():
             entries += self._entries_for(self.channel.results.get())
+        entries += self._failed(self._unstarted(), self.outcome.failure_code, "the payload ended before it took them")
         if entries:
             self.report_entries(entries)
         self.done = True
@@ -364,17 +451,17 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         if dispatcher is not None:
             dispatcher.want(0)
         else:
-            sent.append(comm.isend(None, dest=0, tag=TAG_WANT))
+            sent.append(comm.isend(("want", None), dest=0, tag=TAG_REPORT))
 
     def report_entries(entries: list[dict]) -> None:
         if dispatcher is not None:
             dispatcher.add_entries(entries)
         else:
-            sent.append(comm.isend(entries, dest=0, tag=TAG_ENTRIES))
+            sent.append(comm.isend(("entries", entries), dest=0, tag=TAG_REPORT))
 
     work = RankEventWork(ctx, run, ask, report_entries)
     if ctx.rank == 0:
-        dispatcher = Dispatcher(ctx, comm, job, work.give)
+        dispatcher = Dispatcher(ctx, comm, job, work.give, work.job_log)
     set_stop_handler(lambda request: _stop(work, dispatcher, request))
     _start(work)
     with jobflow.timed(run, "payload"):
@@ -386,19 +473,32 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
             work.step(wait=TICK_SECONDS)  # wakes as soon as the payload reports a range
             tick()
     if dispatcher is None:
-        comm.send(work.outcome, dest=0, tag=TAG_DONE)
+        comm.send(("done", work.outcome), dest=0, tag=TAG_REPORT)
+        _drain_answers(comm)
         for request in sent:
             request.wait()
     else:
-        dispatcher.outcomes[0] = work.outcome
+        dispatcher.rank_done(0, work.outcome)
         while not dispatcher.all_done():
             dispatcher.serve()
             tick()
             time.sleep(TICK_SECONDS)
+        error = dispatcher.first_error()
+        dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
         dispatcher.declare_pending()
         _declare_job(ctx, work, dispatcher)
     jobflow.clean_scratch(ctx, run)
     return run
+
+
+def _drain_answers(comm: Any) -> None:
+    """Take rank 0's answers sent after this rank stopped taking them (rank 0 fails their ranges), up to its
+    last: left in the queue, they would be taken as ranges of the next job."""
+    while True:
+        while not comm.iprobe(source=0, tag=TAG_RANGE):
+            time.sleep(TICK_SECONDS)  # not a blocking receive: MPICH's busy-polls a core
+        if comm.recv(source=0, tag=TAG_RANGE) == END_OF_JOB:
+            return
 
 
 def _start(work: RankEventWork) -> None:
@@ -426,15 +526,15 @@ def _stop(work: RankEventWork, dispatcher: Dispatcher | None, request: StopReque
 def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) -> None:
     """The job's final state from every rank's outcome: finished unless no events came or a rank failed."""
     run, outcomes, earlier = work.run, list(dispatcher.outcomes.values()), dispatcher.source.earlier
-    errors = [o.error for o in outcomes if o.error is not None]
+    error = dispatcher.first_error()
     finished = sum(o.finished for o in outcomes) + len(earlier)
-    if errors:
-        run.fail(errors[0])
+    if error is not None:
+        run.fail(error)
     elif dispatcher.source.handed_out == 0 and not earlier:
         run.fail(PilotError(ErrorCode.ES_NO_EVENTS, "no event ranges received from Harvester"))
     n_events = sum(o.events for o in outcomes) + sum(r.n_events for r in earlier)
-    run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished,
-                                nEventRangesFailed=sum(o.failed for o in outcomes))
+    failed = sum(o.failed for o in outcomes) + dispatcher.failed + dispatcher.source.earlier_failed
+    run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished, nEventRangesFailed=failed)
     jobflow.stage_out(ctx, run)
     log.info("job %d: %d event ranges finished (%d events), %d failed, on %d ranks",
              run.pandaid, finished, n_events, run.extra_attributes["nEventRangesFailed"], len(outcomes))

@@ -4,7 +4,8 @@ Like Harvester's shared-file messenger it looks for ``worker_requestevents.json`
 answers with the next ranges by rewriting ``JobsEventRanges.json`` *in place*
 (truncate, write; here in two halves with a pause between them, so readers do
 meet a half-written file), then deletes the request. When its ranges run out,
-it answers with an empty list.
+it answers with an empty list. ``answer_delay`` makes it take that long to
+answer each request, as a busy Harvester does.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from hpcpilot.config import HarvesterFiles
 
 class FakeHarvester:
     def __init__(self, ap_root: Path, ranges: list[dict[str, Any]], files: HarvesterFiles = HarvesterFiles(),
-                 interval: float = 0.02, write_pause: float = 0.0):
+                 interval: float = 0.02, write_pause: float = 0.0, answer_delay: float = 0.0):
         self.request_path = Path(ap_root) / files.request_events
         self.answer_path = Path(ap_root) / files.event_ranges
         self.ranges = list(ranges)
         self.interval = interval
         self.write_pause = write_pause
+        self.answer_delay = answer_delay
         self.requests: list[dict[str, Any]] = []
         self.answers: list[dict[str, list[dict[str, Any]]]] = []
         self._next = 0
@@ -52,6 +54,7 @@ class FakeHarvester:
         except (FileNotFoundError, ValueError):
             return False
         self.requests.append(request)
+        self._stop.wait(self.answer_delay)
         answer = {pandaid: self._take(int(wanted["nRanges"])) for pandaid, wanted in request.items()}
         self._write_in_place(answer)
         self.answers.append(answer)

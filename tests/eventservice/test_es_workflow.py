@@ -135,8 +135,9 @@ def test_a_range_the_payload_fails_is_declared_failed(tmp_path: Path) -> None:
     ap = es_worker(tmp_path, f"--fail-range {failing}", preplaced=all_ranges)
     run, entries = run_es(ap, "mpi2", serving=[])
     by_range = range_entries(entries)
-    assert by_range[failing] == [{"eventRangeID": failing, "eventStatus": "failed"}]
+    assert by_range[failing] == [{"eventRangeID": failing, "eventStatus": "failed"}]  # status only, as Harvester reads
     assert sum(e[0]["eventStatus"] == "finished" for e in by_range.values()) == 11
+    assert f"(1224: failed in the payload: ERR_" in run.stderr and failing in run.stderr, "code and reason logged"
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
     assert run.attributes(PANDAID)["nEventRangesFailed"] == 1
 
@@ -175,7 +176,9 @@ def test_a_payload_over_its_walltime_is_stopped_and_the_job_fails_without_restar
 
 
 @pytest.mark.timeout(180)
-def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code(tmp_path: Path) -> None:
+def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code_and_every_range_declared(
+        tmp_path: Path) -> None:
+    """The ranges received and not run (queued on a rank, still at rank 0) are declared failed, not lost."""
     all_ranges = ranges(200)
     ap = es_worker(tmp_path, "--work-ms 200", preplaced=all_ranges)
     consumer, worker = start_declaring_worker(ap, stderr=subprocess.PIPE)
@@ -186,10 +189,14 @@ def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code(tmp_pat
     attributes = json.loads((ap / "worker_attributes.json").read_text())
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201)
     by_id = {r["eventRangeID"]: r for r in all_ranges}
-    for found in range_entries(entries).values():
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(by_id), "every range received is declared"
+    for found in by_range.values():
         assert len(found) == 1
         if found[0]["eventStatus"] == "finished":
             assert_finished_output(found[0], by_id[found[0]["eventRangeID"]])
+    assert attributes["nEventRangesFinished"] + attributes["nEventRangesFailed"] == len(all_ranges)
+    assert "(1201: " in stderr, "the unstarted ranges fail with the stop's code"
 
 
 @pytest.mark.timeout(240)
@@ -234,6 +241,58 @@ def test_a_rerun_after_every_range_was_declared_finishes_the_job_with_all_its_ev
     assert range_entries(more) == {}, "no range runs twice"
     attributes = rerun.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 60, 12)
+
+
+@pytest.mark.timeout(180)
+def test_a_rerun_counts_the_ranges_the_first_run_failed(tmp_path: Path) -> None:
+    all_ranges = ranges(12)
+    failing = all_ranges[5]["eventRangeID"]
+    ap = es_worker(tmp_path, f"--fail-range {failing}", preplaced=all_ranges)
+    first, _ = run_es(ap, "mpi2", serving=[])
+    assert first.attributes(PANDAID)["nEventRangesFailed"] == 1
+    (ap / "worker_attributes.json").unlink()  # as if the kill came before the job's own declaration
+    rerun, _ = run_es(ap, "mpi2", serving=[])
+    attributes = rerun.attributes(PANDAID)
+    assert (attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == (11, 1), rerun.stderr[-3000:]
+
+
+@pytest.mark.timeout(180)
+def test_the_wait_timeout_counts_from_when_waiting_began_not_from_the_start_of_the_job(tmp_path: Path) -> None:
+    """A job that runs longer than the timeout, and waits for Harvester less than it each time, gets every
+    range."""
+    all_ranges = ranges(40)  # 0.25 s each on 2 ranks, served 8 at a time, each answer 0.8 s after its request
+    ap = es_worker(tmp_path, "--work-ms 250")
+    with FakeHarvester(ap, all_ranges, interval=0.05, answer_delay=0.8):
+        consumer = DumpConsumer(ap)
+        consumer.start()
+        run = run_pilot(ap, "mpi2", env={**FAST, "HPCPILOT_EVENT_WAIT_TIMEOUT": "4"})
+        entries = consumer.finish()
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges), run.stderr[-3000:]
+    assert all(found[0]["eventStatus"] == "finished" for found in by_range.values())
+
+
+@pytest.mark.timeout(180)
+def test_malformed_ranges_are_declared_failed_with_their_code_and_the_others_run_once(tmp_path: Path) -> None:
+    good = ranges(6)
+    inverted = {**good[0], "eventRangeID": "99-7-7001-bad-1", "lastEvent": 0}
+    huge = {**good[0], "eventRangeID": "99-7-7001-huge-1", "lastEvent": "9" * 5000}
+    answer = [good[0], inverted, *good[1:4], good[1], huge, good[4], {"no": "id"}, good[5]]
+    ap = es_worker(tmp_path, preplaced=answer)
+    run, entries = run_es(ap, "mpi2", serving=[])
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted([r["eventRangeID"] for r in good] + ["99-7-7001-bad-1", "99-7-7001-huge-1"])
+    assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+    for bad in ("99-7-7001-bad-1", "99-7-7001-huge-1"):
+        assert by_range[bad] == [{"eventRangeID": bad, "eventStatus": "failed"}]
+        assert f"(1228: malformed event range: event range {bad}: " in run.stderr
+    for event_range in good:
+        assert_finished_output(by_range[event_range["eventRangeID"]][0], event_range)
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == \
+        ("finished", 6, 2)
 
 
 HOSTILE_PAYLOAD = """
