@@ -148,6 +148,16 @@ class RangeSource:
             self.ranges.extend(ranges)
 
 
+def staged_name(name: str, range_id: str) -> str:
+    """The name of a range's output in the job directory: the payload's, if it begins or ends with the range ID
+    as its own dot-separated part, else that name with ``.<rangeID>`` appended (Harvester's convention for
+    event outputs). Payloads may give every range's output the same name (``<rangeID>/out.root``); staged
+    under that name, each would overwrite the one declared before."""
+    if name.startswith(range_id + ".") or name.endswith("." + range_id):
+        return name
+    return f"{name}.{range_id}"
+
+
 def _socket_path(scratch: Path) -> Path | None:
     """The channel's socket in the job's scratch; None (a private temp dir) where that path is too
     long for a UNIX socket address."""
@@ -392,10 +402,12 @@ class RankEventWork:
 
         Written straight under its final name, without a temp file and rename:
         nobody reads it before it is declared, and a range not declared is
-        processed again (its output rewritten) by a rerun.
+        processed again (its output rewritten) by a rerun. The name carries the
+        range ID, so no other range's output is ever written over it.
         """
-        name = os.path.basename(result.output_path)
-        if self.ctx.access_point.is_reserved(name):
+        name = staged_name(os.path.basename(result.output_path), result.range_id)
+        if self.ctx.access_point.is_reserved(os.path.basename(result.output_path)) or \
+                self.ctx.access_point.is_reserved(name):
             raise PilotError(ErrorCode.BAD_FILE_NAME, f"output {name!r}: the name of a file the pilot or Harvester "
                              "keeps for itself; not staged")
         source = staging.inside_scratch(self.run.scratch, os.path.relpath(

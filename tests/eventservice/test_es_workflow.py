@@ -333,6 +333,43 @@ def test_a_range_output_outside_scratch_or_named_like_a_protocol_file_is_refused
     assert run.attributes(PANDAID)["nEventRangesFailed"] == 4
 
 
+SAME_NAME_PAYLOAD = """
+import os
+from hpcpilot.eventservice.client import EventChannelClient
+with EventChannelClient.from_environment() as client:
+    client.request()
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            os.makedirs(event_range.eventRangeID)
+            path = os.path.join(event_range.eventRangeID, "out.root")
+            with open(path, "w") as output:
+                output.write(f"output of {event_range.eventRangeID}")
+            client.finished(os.path.abspath(path), event_range.eventRangeID, 0.1, 0.1)
+        client.request()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_range_outputs_of_the_same_name_are_staged_apart(tmp_path: Path) -> None:
+    """Every range's output is ``<rangeID>/out.root``: each declared file still holds its own range's output."""
+    script = tmp_path / "same_name_payload.py"
+    script.write_text(SAME_NAME_PAYLOAD)
+    all_ranges = ranges(8)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)].update(jobPars=str(script))
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    run, entries = run_es(ap, "mpi2", serving=[])
+    assert run.returncode == 0, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    for range_id, (entry,) in by_range.items():
+        data = Path(entry["path"]).read_bytes()
+        assert data == f"output of {range_id}".encode()
+        assert (entry["fsize"], entry["chksum"]) == (len(data), f"{zlib.adler32(data) & 0xFFFFFFFF:08x}")
+        assert Path(entry["path"]).name == f"out.root.{range_id}"
+
+
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
     """The worker on 2 ranks in the background, with Harvester taking its dumps; returns once it has
     declared something."""
