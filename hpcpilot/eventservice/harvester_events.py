@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -267,5 +268,19 @@ def _append_journal(journal: Path | None, keys: list[str]) -> None:
     if journal is None or not keys:
         return
     journal.parent.mkdir(parents=True, exist_ok=True)
-    with open(journal, "a") as handle:
-        handle.write("".join(key + "\n" for key in keys))
+    append_lines(journal, keys)
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` to a journal, each on a line of its own, also after a last line torn by a crash
+    mid-append (glued to it, the first new line would be lost with it)."""
+    with open(path, "a+b") as handle:  # "a": every write goes to the end, wherever the reads left off
+        prefix = b"\n" if _last_line_torn(handle) else b""
+        handle.write(prefix + "".join(line + "\n" for line in lines).encode())
+
+
+def _last_line_torn(handle: Any) -> bool:
+    if handle.seek(0, os.SEEK_END) == 0:
+        return False
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1) != b"\n"

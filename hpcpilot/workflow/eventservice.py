@@ -39,6 +39,7 @@ from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost, RejectedRange
 from ..eventservice.declarations import failed_entries, finished_entry
+from ..eventservice.harvester_events import append_lines
 from ..jobs import JobSpec
 from ..jobstate import JobRun
 from ..mpi import any_source, new_status
@@ -142,8 +143,7 @@ class RangeSource:
 
     def _receive(self, ranges: list[EventRange]) -> None:
         if ranges:
-            with open(self.journal, "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(r.to_dict()) + "\n" for r in ranges))
+            append_lines(self.journal, [json.dumps(r.to_dict()) for r in ranges])
             self.known.update(r.eventRangeID for r in ranges)
             self.ranges.extend(ranges)
 

@@ -189,6 +189,15 @@ def test_journal_lets_a_restarted_pilot_skip_ranges_its_predecessor_took(tmp_pat
     assert [r.eventRangeID for r in second.new_ranges()] == ["4711-123-1-1-3"]
 
 
+def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_range(tmp_path):
+    journal = tmp_path / ".hpcpilot" / "taken-4711"
+    journal.parent.mkdir()
+    journal.write_text("4711-123-1-1-9\n4711-12")  # killed mid-append
+    place_answer(tmp_path, harvester_ranges(3))
+    assert len(feed(tmp_path, journal=journal).new_ranges()) == 3
+    assert feed(tmp_path, journal=journal).new_ranges() == [], "the next run knows all three"
+
+
 def test_ranges_come_out_as_event_ranges(tmp_path):
     place_answer(tmp_path, harvester_ranges(1))
     assert isinstance(feed(tmp_path).next_range(timeout=1), EventRange)
