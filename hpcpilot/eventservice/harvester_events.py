@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 8
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_WAIT_TIMEOUT = 600.0
+# Polls in a row a file may stay unreadable before the pilot says so: a half-written answer is for a moment.
+UNREADABLE_PATIENCE = 5
 
 
 def request_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int, n_ranges: int,
@@ -63,16 +65,24 @@ def request_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int, n_ranges:
     return published
 
 
-def read_answer(ap_root: Path, files: HarvesterFiles, pandaid: int) -> list[Any] | None:
-    """The raw range entries for ``pandaid``, or None if there is no complete answer for it (yet)."""
+def read_answer(ap_root: Path, files: HarvesterFiles, pandaid: int,
+                watch: "UnreadableFile | None" = None) -> list[Any] | None:
+    """The raw range entries for ``pandaid``, or None if there is no complete answer for it (yet).
+
+    ``watch`` hears whether the file could be read, to warn when it stays unreadable.
+    """
     path = Path(ap_root) / files.event_ranges
+    watch = watch or UnreadableFile(path)
     try:
         content = read_json(path)
     except FileNotFoundError:
+        watch.fine()
         return None
     except (OSError, ValueError) as error:  # half-written by Harvester, most likely
         log.debug("%s not readable yet: %s", path.name, error)
+        watch.unreadable(str(error))
         return None
+    watch.fine()
     entries = content.get(str(pandaid)) if isinstance(content, dict) else None
     if entries is not None and not isinstance(entries, list):
         log.warning("%s: ranges of job %s are %s, not a list; ignored", path.name, pandaid, type(entries).__name__)
@@ -87,6 +97,23 @@ def read_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int) -> list[Even
     """
     entries = read_answer(ap_root, files, pandaid)
     return None if entries is None else [EventRange.from_dict(entry) for entry in entries]
+
+
+class UnreadableFile:
+    """Warns, once, when a file Harvester writes stays unreadable for UNREADABLE_PATIENCE polls in a row (a
+    directory, text that is not JSON): else the job would wait silently until the wait timeout fails it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.polls = 0
+
+    def fine(self) -> None:
+        self.polls = 0
+
+    def unreadable(self, reason: str) -> None:
+        self.polls += 1
+        if self.polls == UNREADABLE_PATIENCE:
+            log.warning("%s stays unreadable (%s); waiting for Harvester to replace it", self.path, reason)
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,8 @@ class RangeFeed:
         self._request_pending = False
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        self._answer_watch = UnreadableFile(self.ap_root / files.event_ranges)
+        self._request_watch = UnreadableFile(self.ap_root / files.request_events)
 
     @property
     def exhausted(self) -> bool:
@@ -148,10 +177,12 @@ class RangeFeed:
         """Read the answer file once, keep what is new, ask for more when running low; returns how many are new."""
         with self._lock:
             served = self._request_pending and not (self.ap_root / self.files.request_events).exists()
-            entries = read_answer(self.ap_root, self.files, self.pandaid)
+            entries = read_answer(self.ap_root, self.files, self.pandaid, self._answer_watch)
             new = 0 if entries is None else self._absorb(entries)
             if served:
                 self._request_pending = False
+            elif self._request_pending:
+                self._check_request_file()
             self._request_if_low()
             return new
 
@@ -207,6 +238,15 @@ class RangeFeed:
                 log.debug("a request for ranges is still waiting to be served")
             # Either ours or one left by an earlier pilot: in both cases wait for Harvester to serve it.
             self._request_pending = True
+
+    def _check_request_file(self) -> None:
+        """Harvester deletes a request it served, and takes only a regular file for one: anything else
+        there stops every request."""
+        path = self.ap_root / self.files.request_events
+        if path.exists() and not path.is_file():
+            self._request_watch.unreadable("not a regular file: no request can be made while it is there")
+        else:
+            self._request_watch.fine()
 
     def _absorb(self, entries: list[Any]) -> int:
         if not entries:

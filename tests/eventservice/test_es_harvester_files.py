@@ -9,7 +9,7 @@ from fake_harvester import FakeHarvester
 
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.eventservice import EventRange, InvalidEventRange, RangeFeed, read_ranges, request_ranges
-from hpcpilot.eventservice.harvester_events import read_answer
+from hpcpilot.eventservice.harvester_events import UNREADABLE_PATIENCE, read_answer
 
 FILES = HarvesterFiles()
 PANDAID = 4711
@@ -196,6 +196,26 @@ def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_range(tmp_path
     place_answer(tmp_path, harvester_ranges(3))
     assert len(feed(tmp_path, journal=journal).new_ranges()) == 3
     assert feed(tmp_path, journal=journal).new_ranges() == [], "the next run knows all three"
+
+
+@pytest.mark.parametrize("make", [lambda path: path.mkdir(), lambda path: path.write_text("<html>busy</html>")],
+                         ids=["directory", "not JSON"])
+def test_an_answer_file_that_stays_unreadable_is_warned_about_once_by_name(tmp_path, caplog, make):
+    make(tmp_path / FILES.event_ranges)
+    ranges_feed = feed(tmp_path)
+    for _ in range(3 * UNREADABLE_PATIENCE):
+        assert ranges_feed.new_ranges() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{tmp_path / FILES.event_ranges} stays unreadable" in warnings[0]
+
+
+def test_a_directory_in_place_of_the_request_file_is_warned_about_once_by_name(tmp_path, caplog):
+    (tmp_path / FILES.request_events).mkdir()
+    ranges_feed = feed(tmp_path)
+    for _ in range(3 * UNREADABLE_PATIENCE):
+        ranges_feed.new_ranges()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{tmp_path / FILES.request_events} stays unreadable" in warnings[0]
 
 
 def test_ranges_come_out_as_event_ranges(tmp_path):
