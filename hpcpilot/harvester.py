@@ -345,6 +345,9 @@ class EventStatusPublisher:
             journal = self.journal_path(pandaid)
             if not journal.exists():
                 continue
+            if not journal.is_file():  # renamed to the dump, it would hand Harvester a directory to read
+                log.error("%s is not a regular file: not taken as staged declarations", journal)
+                continue
             if any(_same_file(journal, dump) for dump in self._dumps_seen(pandaid)):
                 journal.unlink(missing_ok=True)  # published just before a crash
             else:

@@ -97,7 +97,8 @@ class RangeSource:
         self.feed = RangeFeed(ctx.access_point.root, ctx.config.files, job.pandaid, job.task_id or "NULL",
                               job.jobset_id or "NULL", batch=batch)
         self.journal = ctx.access_point.path(job.pandaid, ctx.config.files.received_ranges)
-        declared, received = declared_ranges(ctx, job.pandaid), _read_range_journal(self.journal)
+        self.error: PilotError | None = None  # its journal cannot be kept: no more ranges are handed out
+        declared, received = declared_ranges(ctx, job.pandaid), self._read_journal()
         self.ranges: deque[EventRange] = deque(r for r in received if r.eventRangeID not in declared)
         self.known = set(declared) | {r.eventRangeID for r in self.ranges}
         # what an earlier run of this job declared still counts for the job
@@ -111,6 +112,8 @@ class RangeSource:
 
     def take(self) -> Any:
         """A range, None when there will be no more, or WAIT."""
+        if self.error is not None:
+            return None
         if not self.ranges and time.monotonic() >= self.next_poll:
             self.next_poll = time.monotonic() + FEED_POLL_SECONDS
             self._receive([r for r in self.feed.new_ranges() if r.eventRangeID not in self.known])
@@ -143,9 +146,25 @@ class RangeSource:
 
     def _receive(self, ranges: list[EventRange]) -> None:
         if ranges:
-            append_lines(self.journal, [json.dumps(r.to_dict()) for r in ranges])
+            try:
+                append_lines(self.journal, [json.dumps(r.to_dict()) for r in ranges])
+            except OSError as error:  # the ranges are kept: they are declared, failed at least, with the job
+                self._journal_failed(error)
             self.known.update(r.eventRangeID for r in ranges)
             self.ranges.extend(ranges)
+
+    def _read_journal(self) -> list[EventRange]:
+        try:
+            return _read_range_journal(self.journal)
+        except OSError as error:
+            self._journal_failed(error)
+            return []
+
+    def _journal_failed(self, error: OSError) -> None:
+        if self.error is None:
+            self.error = PilotError(ErrorCode.FILE_HANDLING, f"cannot keep the journal of received event ranges "
+                                    f"{self.journal}: {error.strerror or error}")
+            log.error("job %s: %s; no more ranges are handed out", self.feed.pandaid, self.error.diag)
 
 
 def staged_name(name: str, range_id: str) -> str:
@@ -211,6 +230,7 @@ class Dispatcher:
         self.last_declared = time.monotonic()
         self.outcomes: dict[int, RankOutcome] = {}
         self.failed = 0  # ranges failed here, not by a rank
+        self.error: PilotError | None = None  # ranges cannot be declared
         self.stopping = False
         self._sent: list[Any] = []
 
@@ -233,10 +253,16 @@ class Dispatcher:
             self.declare_pending()
 
     def declare_pending(self) -> None:
-        if self.pending_entries:
-            self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
-            self.ctx.publisher.publish(self.job.pandaid)
-            self.pending_entries = []
+        if self.pending_entries and self.error is None:
+            try:
+                self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
+                self.ctx.publisher.publish(self.job.pandaid)
+                self.pending_entries = []
+            except OSError as error:  # no range can be declared: none is handed out any more
+                self.error = PilotError(ErrorCode.FILE_HANDLING, f"cannot declare event ranges in "
+                                        f"{self.ctx.publisher.journal_path(self.job.pandaid)}: {error.strerror or error}")
+                self.job_log.error("%s", self.error.diag)
+                self.stopping = True
         self.last_declared = time.monotonic()
 
     def all_done(self) -> bool:
@@ -253,7 +279,8 @@ class Dispatcher:
 
     def first_error(self) -> PilotError | None:
         """The error that ends the job, if a rank had one."""
-        return next((o.error for o in self.outcomes.values() if o.error is not None), None)
+        errors = [self.source.error, self.error, *(o.error for o in self.outcomes.values())]
+        return next((error for error in errors if error is not None), None)
 
     def fail_unstarted(self, code: int) -> None:
         """Ranges still here when every rank is done (the job ended early): declared failed, not lost."""

@@ -333,6 +333,29 @@ def test_a_range_output_outside_scratch_or_named_like_a_protocol_file_is_refused
     assert run.attributes(PANDAID)["nEventRangesFailed"] == 4
 
 
+@pytest.mark.timeout(180)
+def test_a_directory_in_place_of_the_received_ranges_journal_fails_the_job_with_a_diagnostic(tmp_path: Path) -> None:
+    all_ranges = ranges(4)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    (ap / ".hpcpilot-ranges.jsonl").mkdir()
+    run, entries = run_es(ap, "mpi2", serving=[])
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1303)
+    assert "cannot keep the journal of received event ranges" in attributes["pilotErrorDiag"]
+    assert ".hpcpilot-ranges.jsonl" in attributes["pilotErrorDiag"]
+
+
+@pytest.mark.timeout(180)
+def test_a_directory_in_place_of_the_pending_declarations_is_a_diagnostic_not_a_crash(tmp_path: Path) -> None:
+    ap = es_worker(tmp_path, preplaced=ranges(4))
+    (ap / ".hpcpilot-pending.json").mkdir()
+    run, _ = run_es(ap, "mpi2", serving=[])
+    assert "Traceback" not in run.stderr and run.returncode == 64, run.stderr[-3000:]  # 64: a job not declared
+    assert "cannot declare event ranges in" in run.stderr and ".hpcpilot-pending.json" in run.stderr
+    assert not (ap / DUMP).is_dir() and not list(ap.glob(DUMP + ".read*")), "no directory handed to Harvester"
+
+
 SAME_NAME_PAYLOAD = """
 import os
 from hpcpilot.eventservice.client import EventChannelClient
