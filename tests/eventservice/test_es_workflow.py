@@ -137,7 +137,7 @@ def test_a_range_the_payload_fails_is_declared_failed(tmp_path: Path) -> None:
     by_range = range_entries(entries)
     assert by_range[failing] == [{"eventRangeID": failing, "eventStatus": "failed"}]  # status only, as Harvester reads
     assert sum(e[0]["eventStatus"] == "finished" for e in by_range.values()) == 11
-    assert f"(1224: failed in the payload: ERR_" in run.stderr and failing in run.stderr, "code and reason logged"
+    assert "(1224: failed in the payload: ERR_" in run.stderr and failing in run.stderr, "code and reason logged"
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
     assert run.attributes(PANDAID)["nEventRangesFailed"] == 1
 
