@@ -11,10 +11,11 @@ from typing import Any
 
 from . import __version__, logsetup
 from .batchscript import add_batch_script_arguments, run_batch_script
-from .config import STAGEIN_MODES, ConfigError, load_config
+from .config import ConfigError, load_config
 from .errors import ExitCode
 from .mpi import run_or_abort, world
 from .sites import SitePluginError, run_sites, select_site
+from .staging import STAGEIN_MODES
 from .stopping import SignalWatch
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 import yaml
 
 from .atomicfile import read_bytes
+from .staging import STAGEIN_MODES
 
 ENV_PREFIX = "HPCPILOT_"
-STAGEIN_MODES = ("copy", "link", "direct")
 SPEC_FORMATS = ("json", "cgi")
 
 

@@ -180,8 +180,16 @@ def _parse_size(text: str, field: str) -> int | None:
     return int(text)
 
 
+def _file_names(raw: Mapping[str, Any], field: str) -> list[str]:
+    """The LFNs of a file list, each valid and named once (one name, one file in scratch)."""
+    lfns = [validate_lfn(name, field) for name in _file_list(raw, field)]
+    if len(set(lfns)) != len(lfns):
+        raise _fail(ErrorCode.BAD_FILE_NAME, field, "names the same file twice")
+    return lfns
+
+
 def _inputs(raw: Mapping[str, Any]) -> tuple[FileSpec, ...]:
-    lfns = [validate_lfn(name, "inFiles") for name in _file_list(raw, "inFiles")]
+    lfns = _file_names(raw, "inFiles")
     count = len(lfns)
     guids, sizes, sums, scopes, datasets, paths = (
         _aligned(raw, field, count)
@@ -196,9 +204,7 @@ def _inputs(raw: Mapping[str, Any]) -> tuple[FileSpec, ...]:
 
 
 def _outputs(raw: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...]:
-    lfns = [validate_lfn(name, "outFiles") for name in _file_list(raw, "outFiles")]
-    if len(set(lfns)) != len(lfns):
-        raise _fail(ErrorCode.BAD_FILE_NAME, "outFiles", "names the same file twice")
+    lfns = _file_names(raw, "outFiles")
     scopes, datasets = (_aligned(raw, field, len(lfns)) for field in ("scopeOut", "realDatasets"))
     return tuple(
         FileSpec(lfn, scope=scopes[i], dataset=datasets[i]) for i, lfn in enumerate(lfns) if lfn != log_lfn

@@ -7,16 +7,21 @@ the pilot holds in memory go in as they are.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
 import zlib
 from typing import BinaryIO, Iterable
 
+log = logging.getLogger(__name__)
+
 BLOCK = 512
 READ_SIZE = 1 << 20
 FILE_MODE = 0o644  # of members from memory
+MODE_BITS = 0o755  # what a member keeps of its file's mode: never setuid/setgid, never writable by others
 _OCTAL_SIZE_LIMIT = 8 ** 11  # bigger sizes take the base-256 form GNU tar and Python read
+_LAST_MTIME = 8 ** 11 - 1  # the latest time 11 octal digits hold (year 4147); a later one is clamped
 
 
 class TarballError(OSError):
@@ -38,20 +43,34 @@ def write_tarball(target: BinaryIO, members: Iterable[tuple[str, str]], level: i
 
 
 def _add(gzip: zlib._Compress, target: BinaryIO, path: str, arcname: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    """One regular file; one the pilot cannot open (the payload may have made it unreadable) is left out."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        log.warning("%s left out of the log tarball: %s", arcname, error.strerror)
+        return
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             return
         target.write(gzip.compress(ustar_header(arcname, status.st_size, status.st_mtime, status.st_mode)))
         remaining = status.st_size
-        while remaining:  # exactly the size in the header, even if the file grows or shrinks meanwhile
-            chunk = os.read(fd, min(READ_SIZE, remaining)) or bytes(min(READ_SIZE, remaining))
+        while remaining:  # exactly the size in the header, even if the file grows, shrinks or fails meanwhile
+            chunk = _read_or_zeros(fd, min(READ_SIZE, remaining), arcname)
             target.write(gzip.compress(chunk))
             remaining -= len(chunk)
         target.write(gzip.compress(bytes(-status.st_size % BLOCK)))
     finally:
         os.close(fd)
+
+
+def _read_or_zeros(fd: int, count: int, arcname: str) -> bytes:
+    """The next bytes of the file; zeros where it ended early or cannot be read (its header is written)."""
+    try:
+        return os.read(fd, count) or bytes(count)
+    except OSError as error:
+        log.warning("%s: cannot be read to its end, zeros stand for the rest: %s", arcname, error.strerror)
+        return bytes(count)
 
 
 def ustar_header(name: str, size: int, mtime: float, mode: int) -> bytes:
@@ -61,11 +80,11 @@ def ustar_header(name: str, size: int, mtime: float, mode: int) -> bytes:
         raise TarballError(f"member name {name!r} is longer than 100 bytes")
     header = bytearray(BLOCK)
     header[0:len(encoded)] = encoded
-    header[100:108] = _octal(stat.S_IMODE(mode), 8)
+    header[100:108] = _octal(stat.S_IMODE(mode) & MODE_BITS, 8)
     header[108:116] = _octal(0, 8)  # uid
     header[116:124] = _octal(0, 8)  # gid
     header[124:136] = _octal(size, 12) if size < _OCTAL_SIZE_LIMIT else b"\x80" + size.to_bytes(11, "big")
-    header[136:148] = _octal(max(0, int(mtime)), 12)
+    header[136:148] = _octal(min(max(0, int(mtime)), _LAST_MTIME), 12)
     header[148:156] = b" " * 8  # the checksum counts its own field as spaces
     header[156:157] = b"0"  # regular file
     header[257:265] = b"ustar\x0000"

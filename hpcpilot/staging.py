@@ -31,6 +31,8 @@ from .logtarball import write_tarball
 
 log = logging.getLogger(__name__)
 
+STAGEIN_MODES = ("copy", "link", "direct")  # copy and verify; symlink and verify; let the payload read in place
+
 _MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_INPUT, "md5": ErrorCode.MD5_MISMATCH_INPUT}
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"
 
@@ -40,7 +42,10 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
 
 
 def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str) -> int:
-    """Bring every input of ``job`` into ``scratch``; returns the bytes verified."""
+    """Bring every input of ``job`` into ``scratch`` by ``mode`` (one of STAGEIN_MODES); returns the bytes
+    verified."""
+    if mode not in STAGEIN_MODES:
+        raise ValueError(f"stage-in mode {mode!r}: choose one of {', '.join(STAGEIN_MODES)}")
     _check_space_for_inputs(job, scratch, mode)
     if mode == "copy":
         total = _copy_inputs(job, job_dir, scratch)

@@ -259,6 +259,7 @@ def test_a_file_name_that_is_not_a_bare_name_is_1371(name):
     ("outFiles", f"out/x.root,{LOG}"),
     ("outFiles", f"x\0.root,{LOG}"),
     ("outFiles", f"x.root,x.root,{LOG}"),  # the same output twice
+    ("inFiles", "a.root,a.root"),  # the same input twice: one name, one file in scratch
     ("logFile", "../log.tgz"),
     ("logFile", ".."),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -57,11 +58,13 @@ def test_gnu_tar_lists_it(tmp_path):
     assert "log.42/payload.stderr" in listing.stdout
 
 
-def test_a_symlink_member_is_refused_not_followed(tmp_path):
+def test_a_symlink_member_is_left_out_not_followed(tmp_path):
     (tmp_path / "secret").write_bytes(b"host file")
     (tmp_path / "pilot.log").symlink_to(tmp_path / "secret")
-    with pytest.raises(OSError):
-        write_tarball(io.BytesIO(), [(str(tmp_path / "pilot.log"), "log.42/pilot.log")])
+    out = io.BytesIO()
+    write_tarball(out, [(str(tmp_path / "pilot.log"), "log.42/pilot.log")])
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as archive:
+        assert archive.getnames() == []
 
 
 def test_a_fifo_member_is_left_out_without_blocking(tmp_path):
@@ -81,3 +84,43 @@ def test_a_size_beyond_the_octal_field_takes_the_base256_form():
 def test_a_name_too_long_for_the_header_is_an_error():
     with pytest.raises(TarballError):
         ustar_header("log.1/" + "x" * 100, 1, 0, 0o644)
+
+
+def test_a_file_dated_beyond_year_4147_keeps_the_archive_whole(tmp_path):
+    """11 octal digits end in 4147; a later mtime (tmpfs takes it) is clamped, never a 513-byte header."""
+    assert len(ustar_header("a", 3, 8 ** 12, 0o644)) == 512
+    (tmp_path / "late").write_bytes(b"late")
+    os.utime(tmp_path / "late", (8 ** 12, 8 ** 12))
+    (tmp_path / "next").write_bytes(b"next")
+    out = io.BytesIO()
+    write_tarball(out, [(str(tmp_path / "late"), "log.42/late"), (str(tmp_path / "next"), "log.42/next")])
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as archive:
+        assert [archive.extractfile(name).read() for name in ("log.42/late", "log.42/next")] == [b"late", b"next"]
+        assert archive.getmember("log.42/late").mtime == 8 ** 11 - 1
+
+
+def test_members_never_carry_setuid_setgid_or_others_write(tmp_path):
+    """A payload chooses its stdout's mode: extracted as root, it must not become a setuid-root file."""
+    (tmp_path / "payload.stdout").write_bytes(b"#!/bin/sh\n")
+    os.chmod(tmp_path / "payload.stdout", 0o6777)
+    out = io.BytesIO()
+    write_tarball(out, [(str(tmp_path / "payload.stdout"), "log.42/payload.stdout")])
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as archive:
+        assert archive.getmember("log.42/payload.stdout").mode == 0o755
+
+
+@pytest.mark.timeout(60)
+def test_a_member_the_pilot_cannot_open_is_left_out_not_the_archive(tmp_path):
+    """The payload made its stdout unreadable; a pilot without root's override cannot open it."""
+    (tmp_path / "payload.stdout").write_bytes(b"secret-ish")
+    os.chmod(tmp_path / "payload.stdout", 0)
+    (tmp_path / "pilot.log").write_bytes(b"log")
+    script = ("import io, sys, tarfile; from hpcpilot.logtarball import write_tarball; out = io.BytesIO(); "
+              "write_tarball(out, [(sys.argv[1] + '/payload.stdout', 'log.42/payload.stdout'), "
+              "(sys.argv[1] + '/pilot.log', 'log.42/pilot.log')]); "
+              "print(*tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode='r:gz').getnames())")
+    run = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", script,
+                          str(tmp_path)], capture_output=True, text=True, timeout=50)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["log.42/pilot.log"]
+    assert "payload.stdout left out of the log tarball: Permission denied" in run.stderr
