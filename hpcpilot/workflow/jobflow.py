@@ -266,14 +266,28 @@ def declare_final(ctx: RankContext, run: JobRun, report: Any) -> None:
     except OSError as error:  # the job's metadata only: the job is declared without it
         job_logger(ctx, run).error("cannot write its job report; declared without it: %s", error)
     try:
-        if run.declared_files:
-            ctx.publisher.stage(run.pandaid, run.declared_files)
+        _stage_entries(ctx, run)
         declare_state(ctx, run)
         ctx.publisher.publish(run.pandaid)
         run.declared = True
     except (OSError, PilotError) as error:
         job_logger(ctx, run).error("cannot declare its final state, Harvester will not see it: %s",
                               getattr(error, "diag", error))
+
+
+def _stage_entries(ctx: RankContext, run: JobRun) -> None:
+    """The job's file entries, staged for publication. Entries that cannot be staged fail the job, which is
+    then still declared: failed, and run again by PanDA, rather than seen running for ever."""
+    if not run.declared_files:
+        return
+    try:
+        ctx.publisher.stage(run.pandaid, run.declared_files)
+    except OSError as error:
+        run.fail(PilotError(ErrorCode.FILE_HANDLING, f"cannot stage its file declarations in "
+                            f"{ctx.publisher.journal_path(run.pandaid)}: {error.strerror or error}"))
+        run.status = JobStatus.FAILED
+        run.declared_files = []
+        job_logger(ctx, run).error("%s", run.error.diag)
 
 
 def clean_scratch(ctx: RankContext, run: JobRun) -> None:

@@ -220,6 +220,19 @@ def test_outputs_are_not_published_for_a_job_whose_final_state_cannot_be_written
 
 
 @pytest.mark.timeout(120)
+def test_entries_that_cannot_be_staged_fail_the_job_which_is_still_declared(tmp_path: Path) -> None:
+    """Harvester must learn the job's end: failed (PanDA runs it again), never seen running for ever."""
+    definition, data = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, data)
+    (ap / str(FAULTY) / ".hpcpilot-pending.json" / "in-the-way").mkdir(parents=True)
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1303, "cannot stage its file declarations", ".hpcpilot-pending.json")
+    assert not (ap / str(FAULTY) / "event_status.dump.json").exists()
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
 def test_a_summary_that_cannot_be_written_costs_only_the_summary(tmp_path: Path) -> None:
     definitions, inputs = with_bystanders({}, {})
     ap = write_access_point(tmp_path / "ap", definitions, inputs)
