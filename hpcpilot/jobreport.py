@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from . import staging
@@ -18,15 +19,36 @@ MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: Harvester would not sto
 
 def job_report(run: JobRun) -> Any:
     """The payload's own report from scratch, trimmed; else a minimal one."""
-    report = _payload_report(run)
-    if report is not None:
-        return report
+    report = payload_report(run)
+    return report if report is not None else minimal_report(run)
+
+
+def minimal_report(run: JobRun) -> dict:
     code = run.error.code if run.error else ErrorCode.OK
     return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
 
 
-def _payload_report(run: JobRun) -> dict | None:
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
+
+
+def output_guids(report: Any) -> dict[str, str]:
+    """LFN -> GUID of the outputs the payload's report names (``files.output[].subFiles[]``): a POOL file
+    carries its GUID inside, and the GUID declared for it must be that one. Anything of another shape, or
+    not a GUID, is passed over."""
+    guids = {}
+    files = report.get("files") if isinstance(report, dict) else None
+    outputs = files.get("output") if isinstance(files, dict) else None
+    for output in outputs if isinstance(outputs, list) else []:
+        subfiles = output.get("subFiles") if isinstance(output, dict) else None
+        for subfile in subfiles if isinstance(subfiles, list) else []:
+            name, guid = (subfile.get("name"), subfile.get("file_guid")) if isinstance(subfile, dict) else (0, 0)
+            if isinstance(name, str) and isinstance(guid, str) and _GUID.fullmatch(guid):
+                guids[name] = guid
+    return guids
+
+
+def payload_report(run: JobRun) -> dict | None:
     """The payload's own report, trimmed and redacted; None if it wrote none, or none that can be used
     (it is the payload's: any shape, any size, any depth)."""
     if not run.scratch:

@@ -19,7 +19,8 @@ import stat
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 from xml.sax.saxutils import quoteattr
 
 from .atomicfile import declared_later
@@ -222,12 +223,14 @@ def check_scratch_is_ours(scratch: Path) -> None:
                          "(it is no longer a directory of the pilot's); nothing in it is used")
 
 
-def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path) -> list[dict[str, Any]]:
-    """Publish every declared output in the job directory; returns their declarations."""
-    return [_stage_out_file(spec, scratch, job_dir) for spec in job.outputs]
+def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path,
+                      guids: Mapping[str, str] = MappingProxyType({})) -> list[dict[str, Any]]:
+    """Publish every declared output in the job directory; returns their declarations. ``guids``: the GUIDs
+    the payload gave its outputs (by LFN); an output without one gets a new GUID."""
+    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, "")) for spec in job.outputs]
 
 
-def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, Any]:
+def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str) -> dict[str, Any]:
     source = inside_scratch(scratch, spec.lfn)
     try:
         status = os.stat(source)
@@ -242,7 +245,7 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path) -> dict[str, A
         running = copy_out(source, target)
     except OSError as error:
         raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
-    return declaration("output", target, running, spec.guid)
+    return declaration("output", target, running, guid or spec.guid)
 
 
 def copy_out(source: Path, target: Path) -> RunningChecksum:

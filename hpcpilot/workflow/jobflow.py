@@ -26,7 +26,7 @@ from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
-from ..jobreport import PAYLOAD_REPORT_NAME, job_report
+from ..jobreport import PAYLOAD_REPORT_NAME, job_report, minimal_report, output_guids, payload_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
@@ -172,10 +172,12 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
     job_log = job_logger(ctx, run)
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
+        own_report = payload_report(run)
         if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
             with recorded(run, job_log):
-                run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir)
-        report = job_report(run)
+                run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir,
+                                                                output_guids(own_report))
+        report = own_report if own_report is not None else minimal_report(run)
         run.work_dir_bytes = tree_size(run.scratch)
         run.finish()
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,

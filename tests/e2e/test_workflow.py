@@ -236,6 +236,22 @@ def test_a_lifetime_inside_its_margin_is_said_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_an_output_is_declared_with_the_guid_the_payload_reported(tmp_path: Path) -> None:
+    """A POOL file carries its GUID inside: the GUID declared for it must be that one (jobReport.json's
+    files.output[].subFiles[].file_guid), not a new one."""
+    guid = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
+    report = {"files": {"output": [{"subFiles": [{"name": "AOD.pool.root", "file_guid": guid},
+                                                 {"name": "other", "file_guid": "not-a-guid"}]}]}}
+    script = {"make.py": f"import json\nopen('AOD.pool.root', 'w').write('x')\n"
+                         f"json.dump({report!r}, open('jobReport.json', 'w'))\n".encode()}
+    definition = with_outputs(with_inputs(job_definition(2401, "python3", "make.py"), script), ["AOD.pool.root"])
+    run = run_pilot(write_access_point(tmp_path / "ap", {2401: definition}, {2401: script}))
+    assert run.returncode == 0, run.stderr[-2000:]
+    (output,) = [entry for entry in run.declared(2401) if entry["type"] == "output"]
+    assert output["guid"] == guid
+
+
+@pytest.mark.timeout(120)
 def test_the_access_point_can_be_a_setting(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {2201: job_definition(2201, "true")})
     (tmp_path / "pilot.yaml").write_text(f"access_point: {ap}\n")

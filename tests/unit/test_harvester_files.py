@@ -25,6 +25,7 @@ from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
 from hpcpilot.harvester import AccessPoint, EventStatusPublisher
+from hpcpilot.jobreport import output_guids
 from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
 
 FILES = HarvesterFiles()
@@ -631,3 +632,17 @@ def test_pool_file_catalog_escapes_what_the_definition_brings():
     (entry,) = root.findall("File")
     assert (entry.get("ID"), entry.find("physical/pfn").get("name"), entry.find("logical/lfn").get("name")) == odd
     assert entry.get("evil") is None
+
+
+@pytest.mark.parametrize("report, guids", [
+    ({"files": {"output": [{"subFiles": [{"name": "a.root", "file_guid": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}]}]}},
+     {"a.root": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}),
+    ({"files": {"output": [{"subFiles": [{"name": "a.root", "file_guid": "../../etc"}]}]}}, {}),
+    ({"files": {"output": "odd"}}, {}),
+    ({"files": [1, 2]}, {}),
+    ([], {}),
+    (None, {}),
+    ({"files": {"output": [None, {"subFiles": [7, {"name": 3, "file_guid": "x"}]}]}}, {}),
+])
+def test_output_guids_come_from_the_payload_report_of_any_shape(report, guids):
+    assert output_guids(report) == guids
