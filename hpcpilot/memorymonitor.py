@@ -7,7 +7,10 @@ memory in kB, I/O totals in bytes, I/O rates in bytes per second.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,8 +113,17 @@ def timeseries_row(sample: TreeSample) -> str:
 
 
 def _append_row(path: Path, sample: TreeSample) -> None:
-    # Opened per line: a sample a minute costs nothing, and a crash loses at most one line.
-    with open(path, "a", encoding="ascii") as handle:
-        if handle.tell() == 0:
-            handle.write(timeseries_header())
-        handle.write(timeseries_row(sample))
+    """Opened per line (a sample a minute costs nothing, a crash loses at most one line), in scratch as the
+    pilot made it: what the payload put there (a symlink, a FIFO, scratch replaced by a link) is an
+    OSError, never followed nor waited on."""
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(path.name, flags, 0o644, dir_fd=directory)
+    finally:
+        os.close(directory)
+    with open(fd, "a", encoding="ascii") as handle:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        handle.write((timeseries_header() if status.st_size == 0 else "") + timeseries_row(sample))

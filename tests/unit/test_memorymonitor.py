@@ -42,6 +42,36 @@ def test_a_time_series_file_that_cannot_be_written_stops_alone(tmp_path, caplog)
     assert sum("no more samples go there" in record.message for record in caplog.records) == 1
 
 
+@pytest.mark.timeout(10)
+def test_a_fifo_in_place_of_the_time_series_is_never_waited_on(tmp_path, caplog):
+    """The payload owns scratch: a FIFO there must not freeze the monitor thread (and every limit with it)."""
+    os.mkfifo(tmp_path / "memory_monitor_output.txt")
+    series = MemorySeries(timeseries_path=tmp_path / "memory_monitor_output.txt")
+    series.add(sample(100.0, 1000))  # nobody reads it: opening it to write would block for ever
+    reader = os.open(tmp_path / "memory_monitor_output.txt", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with_reader = MemorySeries(timeseries_path=tmp_path / "memory_monitor_output.txt")
+        with_reader.add(sample(100.0, 1000))
+    finally:
+        os.close(reader)
+    assert series.timeseries_path is None and with_reader.timeseries_path is None and with_reader.count == 1
+    assert caplog.text.count("no more samples go there") == 2
+
+
+def test_a_symlink_in_place_of_the_time_series_is_not_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "memory_monitor_output.txt").symlink_to(victim)
+    MemorySeries(timeseries_path=scratch / "memory_monitor_output.txt").add(sample(100.0, 1000))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "replaced").symlink_to(elsewhere)  # scratch itself replaced by a link
+    MemorySeries(timeseries_path=tmp_path / "replaced" / "memory_monitor_output.txt").add(sample(100.0, 1000))
+    assert victim.read_text() == "precious\n" and list(elsewhere.iterdir()) == []
+
+
 def test_summary_has_exactly_the_worker_attribute_keys():
     series = MemorySeries()
     series.add(sample(100.0, 1000))
