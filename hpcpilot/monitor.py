@@ -142,7 +142,7 @@ class Monitor:
     def _walltime(self, watch: Watch) -> PilotError | None:
         limit = watch.run.spec.max_walltime or self.limits.walltime_default
         if limit and watch.elapsed() > limit:
-            return PilotError(ErrorCode.WALLTIME, f"walltime {watch.elapsed():.0f} s exceeded limit {limit} s")
+            return PilotError(ErrorCode.WALLTIME, f"walltime {watch.elapsed():.1f} s exceeded limit {limit} s")
         return None
 
     def memory_limit_kb(self, run: JobRun) -> int | None:
@@ -160,8 +160,8 @@ class Monitor:
         limit = self.memory_limit_kb(watch.run)
         used = watch.series.last.pss or watch.series.last.rss
         if limit and used > limit:
-            return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_gb(used * 1024)} exceeded limit "
-                              f"{_gb(limit * 1024)} after {watch.elapsed():.0f} s")
+            return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_mb(used * 1024)} exceeded limit "
+                              f"{_mb(limit * 1024)} after {watch.elapsed():.0f} s")
         return None
 
     def space_shortage(self, scratch: Path) -> PilotError | None:
@@ -172,15 +172,22 @@ class Monitor:
                               f"{self.limits.min_free_space_mb} MB")
         return None
 
+    def stdout_excess(self, scratch: Path) -> PilotError | None:
+        """The error of a payload stdout over the limit, else None."""
+        stdout = _size(scratch / STDOUT_NAME)
+        if stdout > self.limits.max_stdout_mb * MB:
+            return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "
+                              f"{self.limits.max_stdout_mb} MB")
+        return None
+
     def _disk(self, watch: Watch) -> PilotError | None:
         scratch = watch.run.scratch
         shortage = self.space_shortage(scratch)
         if shortage:
             return PilotError(shortage.code, f"{shortage.diag} after {watch.elapsed():.0f} s")
-        stdout = _size(scratch / STDOUT_NAME)
-        if stdout > self.limits.max_stdout_mb * MB:
-            return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "
-                              f"{self.limits.max_stdout_mb} MB after {watch.elapsed():.0f} s")
+        excess = self.stdout_excess(scratch)
+        if excess:
+            return PilotError(excess.code, f"{excess.diag} after {watch.elapsed():.0f} s")
         limit_mb = watch.run.spec.max_disk_mb
         used = tree_size(scratch) if limit_mb else 0
         if limit_mb and used > limit_mb * MB:
@@ -194,7 +201,7 @@ class Monitor:
         idle = time.time() - _newest_change(watch.run.scratch, ignore={TIMESERIES_NAME})
         if idle > self.limits.looping_limit:
             return PilotError(ErrorCode.LOOPING_JOB, f"looping job: no file in the work directory modified for "
-                              f"{idle:.0f} s (limit {self.limits.looping_limit:.0f} s)")
+                              f"{idle:.1f} s (limit {self.limits.looping_limit:g} s)")
         return None
 
 
@@ -211,8 +218,10 @@ def _size(path: Path) -> int:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes in the files under ``path`` (symlinks count as themselves)."""
-    return sum(entry.st_size for entry in _lstats(path))
+    """Bytes the files under ``path`` take on disk, as ``du`` counts them: their allocated blocks (a sparse
+    file costs what it holds), a file of several hard links once, a symlink as itself."""
+    allocated = {(entry.st_dev, entry.st_ino): entry.st_blocks * 512 for entry in _lstats(path)}
+    return sum(allocated.values())
 
 
 def _newest_change(path: Path, ignore: set[str]) -> float:
@@ -237,10 +246,6 @@ def _lstats(path: Path, ignore: set[str] = frozenset()) -> list[os.stat_result]:
         except OSError:
             pass
     return found
-
-
-def _gb(size: float) -> str:
-    return f"{size / 1024 ** 3:.2f} GB"
 
 
 def _mb(size: float) -> str:

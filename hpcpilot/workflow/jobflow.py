@@ -123,13 +123,14 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
 
 
 def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> PilotError | None:
-    """The payload's exit as the job's error. A payload that fails in a scratch short of space is failed
-    for the space: the disk check, every disk_interval, does not see a short job."""
+    """The payload's exit as the job's error. The disk check, every disk_interval, does not see a short
+    job: one that fails in a scratch short of space is failed for the space, and one whose stdout grew
+    over the limit fails for it, as a longer one would."""
     error = payload.exit_error(exit)
-    if error is None or exit.returncode < 0:
-        return error
-    shortage = ctx.monitor.space_shortage(run.scratch)
-    return PilotError(shortage.code, f"{error.diag}; {shortage.diag}") if shortage else error
+    if error is not None and exit.returncode > 0:
+        shortage = ctx.monitor.space_shortage(run.scratch)
+        return PilotError(shortage.code, f"{error.diag}; {shortage.diag}") if shortage else error
+    return error or ctx.monitor.stdout_excess(run.scratch)
 
 
 def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload.Payload:

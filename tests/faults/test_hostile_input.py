@@ -254,13 +254,14 @@ def test_a_job_report_that_cannot_be_written_does_not_keep_the_job_from_being_de
 
 @pytest.mark.timeout(120)
 def test_a_payload_stdout_over_the_limit_is_left_out_of_the_log_tarball(tmp_path: Path) -> None:
-    """A sparse file of any size takes the payload no time to make, and would take the pilot hours to pack."""
+    """A sparse file of any size takes the payload no time to make, and would take the pilot hours to pack.
+    The job fails for it (1106) as a longer one would at the disk check, even though it ended first."""
     definition, data = copy_job(HOSTILE)
     definition.update(transformation="bash", jobPars=f"-c 'tr a-z A-Z < in.{HOSTILE} > out.{HOSTILE}; "
                                                     "truncate -s 3M payload.stdout'")
     run = run_pilot(worker(tmp_path, definition, data), "mpi2", env={"HPCPILOT_LIMITS__MAX_STDOUT_MB": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert_failed_with(run, HOSTILE, 1106, "payload stdout 3.0 MB exceeded limit 1 MB")
     members = {member.name.split("/")[-1]: member for member in log_tarball_members(run, HOSTILE)}
     assert "payload.stdout" not in members and "payload.stderr" in members
     assert "left out of the log tarball" in run.stderr

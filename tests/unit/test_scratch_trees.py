@@ -32,7 +32,21 @@ def deep_scratch(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.timeout(60)
 def test_tree_size_reaches_the_bottom_of_a_tree_deeper_than_the_recursion_limit(deep_scratch: Path) -> None:
-    assert tree_size(deep_scratch) == 100 + 23 + len("/etc")
+    bottom = deep_scratch.joinpath(*["d"] * DEPTH, "bottom.dat")
+    files = (bottom, deep_scratch / "top.dat", deep_scratch / "link")
+    assert tree_size(deep_scratch) == sum(os.lstat(path).st_blocks * 512 for path in files) > 0
+    assert os.lstat(bottom).st_blocks > 0
+
+
+def test_tree_size_counts_what_is_on_disk_not_apparent_sizes(tmp_path: Path) -> None:
+    """A sparse terabyte and a file of thirty hard links cost what du says, not a false 1104."""
+    with open(tmp_path / "sparse", "wb") as handle:
+        handle.truncate(1 << 40)
+    (tmp_path / "data").write_bytes(os.urandom(1 << 20))
+    for number in range(30):
+        os.link(tmp_path / "data", tmp_path / f"link{number}")
+    data_blocks = os.stat(tmp_path / "data").st_blocks * 512
+    assert data_blocks <= tree_size(tmp_path) <= data_blocks + os.stat(tmp_path / "sparse").st_blocks * 512 + 4096
 
 
 @pytest.mark.timeout(60)  # rm -rf is a process of its own
