@@ -35,7 +35,12 @@ _BASH_OWN = frozenset(
     "readarray readonly return select set shift shopt source suspend test then time times trap true type "
     "typeset ulimit umask unalias unset until wait while".split())
 _SAME_AS_PROGRAM = (["true"], ["false"])
-_READ_BY_BASH = ("BASH_ENV", "SHELLOPTS", "BASHOPTS")
+# Variables bash reads at its start, or sets, resets or drops in what it hands on (bash 5.2, checked with
+# ``env NAME=x bash -c 'printenv NAME'``): in the environment, they keep the line with bash.
+_READ_BY_BASH = frozenset(
+    "BASH_ENV SHELLOPTS BASHOPTS BASH BASHPID BASH_ARGV0 BASH_COMMAND BASH_EXECUTION_STRING BASH_SUBSHELL "
+    "BASH_VERSINFO BASH_VERSION COMP_WORDBREAKS EPOCHREALTIME EPOCHSECONDS HISTCMD IFS LINENO OPTERR OPTIND "
+    "PPID PS1 PS2 PS4 RANDOM SRANDOM".split())
 _SSH_SESSION = ("SSH_CLIENT", "SSH2_CLIENT")
 
 

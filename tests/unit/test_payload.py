@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def test_lines_bash_must_interpret_or_look_up_go_through_bash(line: str) -> None
 ], ids=lambda env: "+".join(f"{k}={v}" for k, v in env.items()))
 def test_an_environment_bash_would_act_on_keeps_bash(env: dict[str, str]) -> None:
     assert argv_of("cat", env) is None
+
+
+BASH_SETS = ("BASH", "BASH_VERSION", "EPOCHSECONDS", "IFS", "LINENO", "OPTERR", "OPTIND", "PPID", "PS1", "PS2",
+             "PS4", "RANDOM", "SRANDOM", "BASHPID", "BASH_EXECUTION_STRING")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", BASH_SETS)
+def test_a_variable_bash_sets_or_drops_keeps_bash(name: str) -> None:
+    """bash hands these on changed or not at all: exec'd without bash, a payload would see them otherwise."""
+    assert argv_of("cat", {name: "sentinel"}) is None
+    shown = subprocess.run(["bash", "-c", f"printenv {name}; true"], env={**ENV, name: "sentinel"},
+                           capture_output=True, text=True, timeout=20).stdout
+    assert shown != "sentinel\n"  # what makes the test necessary, on this machine's bash
 
 
 def test_an_ssh_session_above_shell_level_0_does_not_make_bash_read_bashrc() -> None:
