@@ -125,10 +125,16 @@ def write_new(path: Path, data: bytes, fsync: bool = True) -> None:
 
     For hidden files that nobody reads before the writer has finished with them.
     """
-    with _created(Path(path)) as handle:
-        handle.write(data)
-        if fsync:
-            flush_to_disk(handle.fd)
+    try:
+        with _created(Path(path)) as handle:
+            handle.write(data)
+            if fsync:
+                flush_to_disk(handle.fd)
+    except FileExistsError:
+        raise
+    except BaseException:  # never leave a part of it for a later reader to take for the whole
+        _remove_quietly(str(path))
+        raise
 
 
 def rename_no_replace(source: Path, target: Path) -> None:

@@ -97,9 +97,7 @@ def site_values(
     signal_margin: int | None,
 ) -> dict[str, str]:
     """The ``{hpcpilot_*}`` pieces of the template, as plain text."""
-    margin = site.signal_margin_seconds() if signal_margin is None else signal_margin
-    if margin < 0:
-        raise BatchScriptError(f"signal margin {margin}: must not be negative (seconds before the walltime limit)")
+    margin = _margin(site, signal_margin)
     run_args = "".join(f" {shlex.quote(arg)}" for arg in extra_args)
     return {
         "hpcpilot_site": site.name,
@@ -141,6 +139,14 @@ def _checked_request(
     if ranks_per_node > cores:
         raise BatchScriptError(f"ranks per node {ranks_per_node}: site {site.name} has only {cores} cores per node")
     return request
+
+
+def _margin(site: Site, signal_margin: int | None) -> int:
+    """Seconds before the walltime limit that SIGUSR1 comes: the request's, else the site's."""
+    margin = site.signal_margin_seconds() if signal_margin is None else signal_margin
+    if margin < 0:
+        raise BatchScriptError(f"signal margin {margin}: must not be negative (seconds before the walltime limit)")
+    return margin
 
 
 def _check_margin_fits(margin: int, walltime_seconds: int) -> None:
@@ -194,7 +200,7 @@ def render_batch_script(
         }
     else:
         request = _checked_request(site, nodes, walltime, access_point, ranks_per_node, cores_per_node)
-        _check_margin_fits(int(pieces["hpcpilot_signal_margin"]), request.walltime_seconds)
+        _check_margin_fits(_margin(site, signal_margin), request.walltime_seconds)
         values = {**pieces, **harvester_values(site, request)}
     try:
         return template.format_map(values)

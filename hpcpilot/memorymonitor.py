@@ -122,8 +122,10 @@ def _append_row(path: Path, sample: TreeSample) -> None:
         fd = os.open(path.name, flags, 0o644, dir_fd=directory)
     finally:
         os.close(directory)
-    with open(fd, "a", encoding="ascii") as handle:
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        handle.write((timeseries_header() if status.st_size == 0 else "") + timeseries_row(sample))
+        os.write(fd, ((timeseries_header() if status.st_size == 0 else "") + timeseries_row(sample)).encode())
+    finally:
+        os.close(fd)

@@ -165,8 +165,12 @@ class Monitor:
         return None
 
     def space_shortage(self, scratch: Path) -> PilotError | None:
-        """The error of a scratch with less free space than the limit, else None."""
-        free = _free_bytes(scratch)
+        """The error of a scratch with less free space than the limit, else None (also when the payload
+        removed its scratch: then nobody can tell)."""
+        try:
+            free = _free_bytes(scratch)
+        except OSError:
+            return None
         if free < self.limits.min_free_space_mb * MB:
             return PilotError(ErrorCode.NO_LOCAL_SPACE, f"free space in scratch {_mb(free)} is under the limit "
                               f"{self.limits.min_free_space_mb} MB")
@@ -213,7 +217,7 @@ def _free_bytes(path: Path) -> int:
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:  # gone, or scratch replaced by the payload: nothing of it counts
         return 0
 
 

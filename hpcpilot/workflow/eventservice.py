@@ -277,6 +277,12 @@ class Dispatcher:
         if rank != 0:
             self._sent.append(self.comm.isend(END_OF_JOB, dest=rank, tag=TAG_RANGE))
 
+    def wait_for_sends(self) -> None:
+        """Every answer, END_OF_JOB included, delivered: none is left in flight when the job ends."""
+        for request in self._sent:
+            request.wait()
+        self._sent = []
+
     def first_error(self) -> PilotError | None:
         """The error that ends the job, if a rank had one."""
         errors = [self.source.error, self.error, *(o.error for o in self.outcomes.values())]
@@ -525,6 +531,7 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         error = dispatcher.first_error()
         dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
         dispatcher.declare_pending()
+        dispatcher.wait_for_sends()
         _declare_job(ctx, work, dispatcher)
     jobflow.clean_scratch(ctx, run)
     return run

@@ -286,11 +286,12 @@ def _stage_entries(ctx: RankContext, run: JobRun) -> None:
     try:
         ctx.publisher.stage(run.pandaid, run.declared_files)
     except OSError as error:
-        run.fail(PilotError(ErrorCode.FILE_HANDLING, f"cannot stage its file declarations in "
-                            f"{ctx.publisher.journal_path(run.pandaid)}: {error.strerror or error}"))
+        failure = PilotError(ErrorCode.FILE_HANDLING, f"cannot stage its file declarations in "
+                             f"{ctx.publisher.journal_path(run.pandaid)}: {error.strerror or error}")
+        job_logger(ctx, run).error("%s", failure.diag)
+        run.fail(failure)
         run.status = JobStatus.FAILED
         run.declared_files = []
-        job_logger(ctx, run).error("%s", run.error.diag)
 
 
 def clean_scratch(ctx: RankContext, run: JobRun) -> None:

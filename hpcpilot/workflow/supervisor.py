@@ -29,7 +29,7 @@ class Supervisor:
         self.signals = signals
         self.on_stop = on_stop  # what stops the current work; each phase sets its own
         self.stop_request: StopRequest | None = None
-        self._sent: list[tuple[int, Any]] = []  # (rank, isend request): the request keeps its buffer alive
+        self._sent: list[Any] = []  # isend requests, which keep their buffers alive; a rank announces once
         self._received = 0
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
@@ -73,7 +73,7 @@ class Supervisor:
     def _announce(self, request: StopRequest) -> None:
         for rank in range(self.comm.size):
             if rank != self.ctx.rank:
-                self._sent.append((rank, self.comm.isend(request, dest=rank, tag=STOP_TAG)))
+                self._sent.append(self.comm.isend(request, dest=rank, tag=STOP_TAG))
 
     def _receive(self) -> StopRequest | None:
         if self.comm.size == 1 or not self.comm.iprobe(source=any_source(), tag=STOP_TAG):
@@ -88,10 +88,10 @@ class Supervisor:
         if self.comm.size == 1:
             return
         wait_idly(self.comm)  # ranks done early sleep: a blocking collective would spin on the cores
-        sent = [sum(rank == dest for dest, _ in self._sent) for rank in range(self.comm.size)]
-        for _ in range(sum(self.comm.alltoall(sent)) - self._received):
+        announced = self.comm.allgather(bool(self._sent))  # each rank that did told every other one once
+        for _ in range(sum(announced) - announced[self.ctx.rank] - self._received):
             self.comm.recv(source=any_source(), tag=STOP_TAG)
-        for _, request in self._sent:
+        for request in self._sent:
             request.wait()
 
     def _heartbeat(self) -> None:

@@ -351,8 +351,10 @@ def test_a_directory_in_place_of_the_pending_declarations_is_a_diagnostic_not_a_
     ap = es_worker(tmp_path, preplaced=ranges(4))
     (ap / ".hpcpilot-pending.json").mkdir()
     run, _ = run_es(ap, "mpi2", serving=[])
-    assert "Traceback" not in run.stderr and run.returncode == 64, run.stderr[-3000:]  # 64: a job not declared
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr[-3000:]
     assert "cannot declare event ranges in" in run.stderr and ".hpcpilot-pending.json" in run.stderr
+    attributes = run.attributes(PANDAID)  # declared all the same: failed, for PanDA to run again
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1303), attributes
     assert not (ap / DUMP).is_dir() and not list(ap.glob(DUMP + ".read*")), "no directory handed to Harvester"
 
 

@@ -149,6 +149,14 @@ def test_a_payload_that_fills_scratch_fails_for_the_space(tmp_path: Path, small_
 
 
 @pytest.mark.timeout(120)
+def test_a_payload_that_removes_its_scratch_and_fails_keeps_its_own_error(tmp_path: Path) -> None:
+    ap = write_access_point(tmp_path / "ap", {FAULTY: job_definition(FAULTY, "bash", "-c 'rm -rf \"$PWD\"; exit 3'")})
+    run = run_pilot(ap, "grid")
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1305, "payload exited with code 3")
+
+
+@pytest.mark.timeout(120)
 def test_a_full_scratch_fails_a_job_without_inputs_for_the_space(tmp_path: Path, small_tmpfs: Path) -> None:
     with open(small_tmpfs / "filler", "wb") as filler:
         with pytest.raises(OSError):

@@ -1,6 +1,7 @@
 """Atomic publication (hpcpilot.atomicfile): old file, new file or none, never half of one."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -341,3 +342,16 @@ def test_read_json_of_json_nested_too_deeply_is_a_value_error(tmp_path):
     path.write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(ValueError, match="nested too deeply"):
         read_json(path)
+
+
+@pytest.mark.timeout(30)
+def test_a_new_file_that_cannot_be_written_whole_is_removed(tmp_path):
+    """A journal cut short (here by a file size limit; ENOSPC alike) must not stay for a later run to
+    publish as if whole."""
+    script = ("import resource, signal, sys; from pathlib import Path; from hpcpilot.atomicfile import write_new\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+              "try:\n    write_new(Path(sys.argv[1]), b'x' * 100)\nexcept OSError as error:\n    print(error.errno)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "journal.json")], capture_output=True,
+                         text=True, timeout=20)
+    assert run.stdout.split() == [str(errno.EFBIG)], run.stderr
+    assert list(tmp_path.iterdir()) == []
