@@ -89,6 +89,9 @@ class AccessPoint:
         definitions = self._definitions(spec, self._spec_text(spec), expected=None)
         if not definitions:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
+        if len(definitions) > 1:  # they would share one set of Harvester's files
+            raise WorkerError(ExitCode.MISSING_INPUT, f"{spec} holds {len(definitions)} job definitions, but an "
+                              f"access point without {self.files.worker_pandaids} (OneToOne) has room for one")
         return definitions
 
     def validated(self, item: RawJob | InvalidJob) -> JobSpec | InvalidJob:
@@ -106,6 +109,10 @@ class AccessPoint:
         try:
             self.state_dir.mkdir(mode=0o755)
         except FileExistsError:
+            return True
+        except OSError as error:  # e.g. a read-only top with writable job directories: look at every job
+            log.warning("cannot mark the access point as run (%s): every job's earlier state is read",
+                        error.strerror)
             return True
         return False
 

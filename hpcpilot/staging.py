@@ -39,6 +39,10 @@ POOL_FILE_CATALOG = "PoolFileCatalog.xml"
 
 
 def stagein_mode(job: JobSpec, configured: str) -> str:
+    """copy for a job in a container, which sees only its scratch (a link would lead out of it); else
+    direct for a job that asks for it; else the configured mode."""
+    if job.container_name:
+        return "copy"
     return "direct" if job.transfer_type == "direct" else configured
 
 

@@ -26,12 +26,15 @@ EARLIER_RUN = -1  # the rank recorded for jobs an earlier run declared
 
 def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
                    ) -> tuple[list[RawJob | InvalidJob], list[JobResult]]:
-    """(jobs to run, results of jobs an earlier run already declared final)."""
+    """(jobs to run, results of jobs an earlier run already declared final). A job directory leading out of
+    the access point is neither read nor cleaned: the job goes on to be refused."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        states = list(pool.map(lambda job: access_point.read_attributes(job.pandaid), jobs))
+        states = list(pool.map(lambda job: _earlier_state(access_point, job.pandaid), jobs))
     to_run, declared = [], []
     for job, attributes in zip(jobs, states):
-        if attributes and attributes.get("jobStatus") in FINAL_STATES:
+        if attributes is OUTSIDE:
+            to_run.append(job)
+        elif attributes and attributes.get("jobStatus") in FINAL_STATES:
             declared.append(_earlier_result(job.pandaid, attributes))
         else:
             if not getattr(job, "event_service", False):
@@ -40,6 +43,15 @@ def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
     if declared:
         log.info("resuming: %d job(s) already declared by an earlier run are not run again", len(declared))
     return to_run, declared
+
+
+OUTSIDE: Any = object()  # the state of a job whose directory leads out of the access point
+
+
+def _earlier_state(access_point: AccessPoint, pandaid: int) -> dict[str, Any] | None:
+    if not access_point.job_dir_is_inside(pandaid):
+        return OUTSIDE
+    return access_point.read_attributes(pandaid)
 
 
 def _earlier_result(pandaid: int, attributes: dict[str, Any]) -> JobResult:
@@ -54,6 +66,9 @@ def _forget_interrupted(access_point: AccessPoint, pandaid: int, started: bool) 
     entries before it declares anything)."""
     if started:
         log.info("job %d: an earlier run left it unfinished; running it again", pandaid)
-    EventStatusPublisher(access_point).discard(pandaid)
-    for leftover in access_point.job_dir(pandaid).glob(TEMP_PREFIX + "*"):
-        leftover.unlink(missing_ok=True)
+    try:
+        EventStatusPublisher(access_point).discard(pandaid)
+        for leftover in access_point.job_dir(pandaid).glob(TEMP_PREFIX + "*"):
+            leftover.unlink(missing_ok=True)
+    except OSError as error:  # a read-only job directory: its job cannot be declared, and says so when it ends
+        log.warning("job %d: cannot remove what an earlier run left in its directory: %s", pandaid, error.strerror)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 
 from ..e2e.conftest import run_pilot
-from .conftest import (GOOD_IDS, WITHOUT_DAC_OVERRIDE, assert_bystanders_finished, assert_failed_with, copy_job,
+from .conftest import (_mount, _umount, GOOD_IDS, WITHOUT_DAC_OVERRIDE, assert_bystanders_finished, assert_failed_with, copy_job,
                        run_pilot_under, with_bystanders)
 
 FAULTY = 4242
@@ -193,7 +194,11 @@ def _read_only_worker(tmp_path: Path, read_only_bind) -> tuple[Path, Path]:
 
 
 @pytest.mark.timeout(120)
-def test_read_only_job_directory_does_not_stop_the_others(tmp_path: Path, read_only_bind) -> None:
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["first run", "rerun"])
+def test_read_only_job_directory_does_not_stop_the_others(tmp_path: Path, read_only_bind, earlier_run: bool) -> None:
+    """On a rerun the pilot also cleans what an interrupted attempt left: a read-only directory is no crash."""
+    if earlier_run:
+        (tmp_path / "ap" / ".hpcpilot").mkdir(parents=True)
     ap, scratch = _read_only_worker(tmp_path, read_only_bind)
     run = run_pilot(ap, "mpi2", "--scratch", str(scratch))
     assert run.returncode != 70, run.stderr[-3000:]
@@ -238,6 +243,34 @@ def test_entries_that_cannot_be_staged_fail_the_job_which_is_still_declared(tmp_
     assert_failed_with(run, FAULTY, 1303, "cannot stage its file declarations", ".hpcpilot-pending.json")
     assert not (ap / str(FAULTY) / "event_status.dump.json").exists()
     assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_a_read_only_top_with_writable_job_directories_runs_every_job(tmp_path: Path) -> None:
+    """The pilot cannot leave its mark (.hpcpilot) nor its summary: the jobs run and are declared, exit 64."""
+    definitions, inputs = with_bystanders({}, {})
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    mounted = []
+    try:
+        for args in (("--bind", str(ap), str(ap)), ("-o", "remount,ro,bind", str(ap))):
+            _mount(*args)
+            mounted[:1] = [ap]
+        for pandaid in GOOD_IDS:  # writable again, each on its own bind mount
+            _mount("--bind", str(ap / str(pandaid)), str(ap / str(pandaid)))
+            mounted.append(ap / str(pandaid))
+            _mount("-o", "remount,rw,bind", str(ap / str(pandaid)))
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        for path in reversed(mounted):
+            _umount(path)
+        pytest.skip(f"cannot bind-mount here: {getattr(error, 'stderr', error)}")
+    try:
+        run = run_pilot(ap, "mpi2")
+    finally:
+        for path in reversed(mounted):
+            _umount(path)
+    assert run.returncode == 64 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    for pandaid in GOOD_IDS:
+        assert run.attributes(pandaid)["jobStatus"] == "finished"
 
 
 @pytest.mark.timeout(120)

@@ -304,6 +304,23 @@ def test_job_directory_symlinked_out_of_the_access_point_is_refused(tmp_path: Pa
     assert run.returncode == 64, "a job that cannot be declared is a site problem"
 
 
+@pytest.mark.timeout(120)
+def test_job_directory_symlinked_out_is_refused_on_a_rerun_too(tmp_path: Path) -> None:
+    """A rerun reads earlier states and removes interrupted jobs' journals and temp files: never through a
+    job directory that leads out of the access point."""
+    ap, real = _symlinked_job_dir(tmp_path, inside=False)
+    (ap / ".hpcpilot").mkdir()  # as an earlier run leaves it: the rerun looks at every job
+    (real / ".hpcpilot-pending.json").write_text('{"6666": []}')
+    (real / ".hpcpilot-tmp-keepme").write_text("not the pilot's")
+    (real / "worker_attributes.json").write_text('{"jobStatus": "finished"}')
+    before = sorted(p.name for p in real.iterdir())
+    run = run_pilot(ap, "mpi2")
+    assert sorted(p.name for p in real.iterdir()) == before, "the pilot touched files outside the access point"
+    (row,) = [job for job in run.summary()["jobs"] if job["pandaid"] == HOSTILE]
+    assert (row["status"], row["code"]) == ("failed", 1303), row
+    assert_bystanders_finished(run)
+
+
 # -- file modes -------------------------------------------------------------------------------------
 
 

@@ -157,10 +157,14 @@ def test_one_to_one_reads_the_job_at_the_top(tmp_path, files):
     assert access_point.read_jobs() == [parse_job(defs[3001])]
 
 
-def test_one_to_one_spec_with_several_definitions_gives_every_job(tmp_path):
+def test_one_to_one_spec_with_several_definitions_is_refused(tmp_path):
+    """OneToOne: the job's files are the access point's own; two jobs would share one worker_attributes.json,
+    and a crashed one would pass for final on the next run."""
     defs = definitions(3001, 3002)
     (tmp_path / FILES.job_spec).write_text(json.dumps({str(p): d for p, d in defs.items()}))
-    assert read(tmp_path) == [parse_job(defs[3001]), parse_job(defs[3002])]
+    with pytest.raises(WorkerError, match="holds 2 job definitions") as caught:
+        read(tmp_path)
+    assert caught.value.exit_code == 77
 
 
 def test_a_bare_definition_without_the_pandaid_key_is_read(tmp_path):

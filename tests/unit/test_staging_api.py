@@ -7,7 +7,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, write_access_point
 from hpcpilot.jobs import parse_job
-from hpcpilot.staging import stage_in
+from hpcpilot.staging import stage_in, stagein_mode
 
 
 @pytest.mark.parametrize("mode", ["COPY", "bogus", ""])
@@ -28,3 +28,16 @@ def test_a_known_mode_stages_the_input(tmp_path: Path) -> None:
     scratch.mkdir()
     assert stage_in(parse_job(definition), ap / "5002", scratch, "copy") == 4
     assert (scratch / "in.dat").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("fields, configured", [({"transferType": "direct"}, "copy"), ({}, "link"), ({}, "direct")])
+def test_a_job_in_a_container_gets_copies_it_can_see(tmp_path: Path, fields: dict, configured: str) -> None:
+    """A container sees its scratch only: a link would lead to the access point, outside it."""
+    definition = with_inputs(job_definition(5003, "true", container_name="docker://busybox", **fields),
+                             {"in.dat": b"data"})
+    ap = write_access_point(tmp_path / "ap", {5003: definition}, {5003: {"in.dat": b"data"}})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    job = parse_job(definition)
+    stage_in(job, ap / "5003", scratch, stagein_mode(job, configured))
+    assert not (scratch / "in.dat").is_symlink() and (scratch / "in.dat").read_bytes() == b"data"
