@@ -17,6 +17,9 @@ from .errors import ErrorCode, PilotError
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "podman")
+# The exit code with which a runtime reports a failure of its own (no such image, no registry), never the
+# payload's. Apptainer's 255 is no such code: a payload may exit 255 itself.
+_OWN_FAILURE = {"podman": 125, "podman-hpc": 125}
 _TRANSPORT_SEPARATOR = "://"
 
 
@@ -121,6 +124,20 @@ def find_runtime(site: ContainerSite, search_path: str | None = None) -> tuple[s
     else:
         diag = f"site {site.name}: no container runtime found: looked for {', '.join(wanted)} on PATH={where}"
     raise PilotError(ErrorCode.SETUP_FAILED, diag)
+
+
+def runtime_failure(runtime: str, returncode: int) -> PilotError | None:
+    """The setup error of a container ``runtime`` (as ``runtime_of`` names it) that exited with its own
+    failure code, before any payload ran; None for the payload's own exit."""
+    if _OWN_FAILURE.get(runtime) != returncode:
+        return None
+    return PilotError(ErrorCode.SETUP_FAILED, f"container runtime {runtime} failed before the payload ran "
+                      f"(exit {returncode}; its message is in the job's payload.stderr)")
+
+
+def runtime_of(argv: list[str]) -> str:
+    """The runtime that runs an argv of ``wrap_command``."""
+    return os.path.basename(argv[0])
 
 
 def wrap_command(

@@ -57,6 +57,7 @@ class JobRun:
     declared: bool = False  # its final state reached Harvester's files
     declaring: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one write at a time
     payload_ended: bool = False  # its payload has returned: a stop no longer changes its outcome
+    container_runtime: str = ""  # the runtime its payload runs under, if in a container
     _payload_state: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from .. import payload, staging
 from ..config import Config
-from ..container import wrap_command
+from ..container import runtime_failure, runtime_of, wrap_command
 from ..errors import ErrorCode, PilotError
 from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
@@ -123,10 +123,11 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
 
 
 def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> PilotError | None:
-    """The payload's exit as the job's error. The disk check, every disk_interval, does not see a short
-    job: one that fails in a scratch short of space is failed for the space, and one whose stdout grew
-    over the limit fails for it, as a longer one would."""
-    error = payload.exit_error(exit)
+    """The payload's exit as the job's error; a container runtime's own failure is a setup error (1110).
+    The disk check, every disk_interval, does not see a short job: one that fails in a scratch short of
+    space is failed for the space, and one whose stdout grew over the limit fails for it, as a longer one
+    would."""
+    error = runtime_failure(run.container_runtime, exit.returncode) or payload.exit_error(exit)
     if error is not None and exit.returncode > 0:
         shortage = ctx.monitor.space_shortage(run.scratch)
         return PilotError(shortage.code, f"{error.diag}; {shortage.diag}") if shortage else error
@@ -138,6 +139,7 @@ def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload
     line = payload.shell_line(run.spec, ctx.site.setup_lines())
     if run.spec.container_name:
         argv = wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
+        run.container_runtime = runtime_of(argv)
         return payload.launch(argv, run.scratch, env, ctx.guard)
     return payload.launch_line(line, run.scratch, env, ctx.guard, ctx.config.exec_plain_commands)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.container import RUNTIMES, container_command, find_runtime, wrap_command
+from hpcpilot.container import RUNTIMES, container_command, find_runtime, runtime_failure, runtime_of, wrap_command
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.sites import Site, SiteData, load_site
 
@@ -176,3 +176,18 @@ def test_payload_exit_code_comes_back_through_podman(tmp_path, podman_image):
     scratch.mkdir()
     argv = wrap_command(_site("podman"), image, "exit 65", scratch)
     assert subprocess.run(argv, capture_output=True, env=environment, timeout=120).returncode == 65
+
+
+@pytest.mark.timeout(180)
+def test_a_failure_of_podman_itself_is_a_setup_error_not_the_payloads(tmp_path, podman_image):
+    """An image podman cannot find: it exits 125, its own code (1110); the payload's exit codes are the
+    payload's. (A payload that exits 125 itself would be taken for podman: podman cannot tell them apart.)"""
+    image, environment = podman_image
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, command, expected in [("localhost/hpcpilot-missing:1", "true", 125), (image, "exit 65", 65)]:
+        argv = wrap_command(_site("podman"), name, command, scratch)
+        returncode = subprocess.run(argv, capture_output=True, env=environment, timeout=120).returncode
+        assert returncode == expected
+        error = runtime_failure(runtime_of(argv), returncode)
+        assert (error.code if error else None) == (ErrorCode.SETUP_FAILED if expected == 125 else None)
