@@ -73,14 +73,18 @@ class RunningChecksum:
 
 def copy_with_checksum(source: Path, target: BinaryIO | None, want_md5: bool = False) -> RunningChecksum:
     """Copy ``source`` into the open ``target`` (None: read only), checksumming in the same pass."""
+    with open(source, "rb", buffering=0) as handle:
+        return _copy_from(handle, target, want_md5)
+
+
+def _copy_from(handle: BinaryIO, target: BinaryIO | None, want_md5: bool) -> RunningChecksum:
     running = RunningChecksum(want_md5)
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
-    with open(source, "rb", buffering=0) as handle:
-        while count := handle.readinto(buffer):
-            running.update(view[:count])
-            if target is not None:
-                target.write(view[:count])
+    while count := handle.readinto(buffer):
+        running.update(view[:count])
+        if target is not None:
+            target.write(view[:count])
     return running
 
 
@@ -401,17 +405,24 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
 
     The sum is read from the source right behind the copy; if the source
     changed meanwhile, the copy is redone through Python, where the bytes
-    summed and the bytes written are the same by construction.
+    summed and the bytes written are the same by construction. The source is
+    opened once, never through a symlink nor waiting on a FIFO, and must be a
+    regular file: a payload may swap what stands at its name between the
+    pilot's check and its copy.
     """
-    with open(source, "rb", buffering=0) as handle:
-        before = _identity(handle.fileno())
-        running = _kernel_copy_checksumming_source(handle.fileno(), target_fd, want_md5, size=before[0])
-        if _identity(handle.fileno()) == before:
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, f"{source} is not a regular file")
+        before = _identity(fd)
+        running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, size=before[0])
+        if _identity(fd) == before:
             return running
-    log.warning("%s changed while it was copied; copying it again", source)
-    os.ftruncate(target_fd, 0)
-    os.lseek(target_fd, 0, os.SEEK_SET)
-    return copy_with_checksum(source, RawWriter(target_fd), want_md5)
+        log.warning("%s changed while it was copied; copying it again", source)
+        os.ftruncate(target_fd, 0)
+        os.lseek(target_fd, 0, os.SEEK_SET)
+        handle.seek(0)
+        return _copy_from(handle, RawWriter(target_fd), want_md5)
 
 
 def _identity(fd: int) -> tuple[int, int, int]:

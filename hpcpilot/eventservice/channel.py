@@ -302,7 +302,7 @@ class EventChannel:
         try:
             message = parse_payload_message(text)
         except UnreadableMessage as error:
-            self._bad_message(conn, str(error))
+            self._bad_message(conn, text, str(error))
             return
         if isinstance(message, ReadyForEvents):
             self._requests.put(conn)
@@ -337,11 +337,14 @@ class EventChannel:
             mentioned = [range_id for range_id in conn.in_flight if range_id in text]
             return conn.in_flight.pop(mentioned[0]) if len(mentioned) == 1 else None
 
-    def _bad_message(self, conn: _Connection, diag: str) -> None:
+    def _bad_message(self, conn: _Connection, text: str, diag: str) -> None:
+        """Fail the range the message names, if it names one in flight; else the oldest in flight."""
+        event_range = self._answered_by_mention(conn, text)
         with self._lock:
             self._stats.bad_messages += 1
-            oldest = next(iter(conn.in_flight), None)
-            event_range = conn.in_flight.pop(oldest) if oldest else None
+            if event_range is None:
+                oldest = next(iter(conn.in_flight), None)
+                event_range = conn.in_flight.pop(oldest) if oldest else None
         if event_range is None:
             log.warning("connection %d: unreadable message with no range in flight, ignored: %s", conn.number, diag)
             return

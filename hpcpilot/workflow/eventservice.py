@@ -168,13 +168,11 @@ class RangeSource:
 
 
 def staged_name(name: str, range_id: str) -> str:
-    """The name of a range's output in the job directory: the payload's, if it begins or ends with the range ID
-    as its own dot-separated part, else that name with ``.<rangeID>`` appended (Harvester's convention for
-    event outputs). Payloads may give every range's output the same name (``<rangeID>/out.root``); staged
-    under that name, each would overwrite the one declared before."""
-    if name.startswith(range_id + ".") or name.endswith("." + range_id):
-        return name
-    return f"{name}.{range_id}"
+    """The name of a range's output in the job directory: the payload's, if it ends with ``.<rangeID>``, else
+    that name with ``.<rangeID>`` appended (Harvester's convention for event outputs). Payloads may give every
+    range's output the same name (``<rangeID>/out.root``); staged under that name, each would overwrite the
+    one declared before. (A name that merely begins with one range's ID may end with another's.)"""
+    return name if name.endswith("." + range_id) else f"{name}.{range_id}"
 
 
 def _socket_path(scratch: Path) -> Path | None:
@@ -443,12 +441,12 @@ class RankEventWork:
                 self.ctx.access_point.is_reserved(name):
             raise PilotError(ErrorCode.BAD_FILE_NAME, f"output {name!r}: the name of a file the pilot or Harvester "
                              "keeps for itself; not staged")
-        source = staging.inside_scratch(self.run.scratch, os.path.relpath(
-            os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays as it is
         target = self.ctx.access_point.job_dir(self.run.pandaid) / name
-        try:
+        try:  # any path the payload reports: below a file, too long, with a NUL byte, swapped meanwhile
+            source = staging.inside_scratch(self.run.scratch, os.path.relpath(
+                os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays
             running = staging.copy_out(source, target)  # on disk before it is declared, like any output
-        except OSError as error:
+        except (OSError, ValueError) as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)
 

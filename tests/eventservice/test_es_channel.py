@@ -141,6 +141,22 @@ def test_garbage_fails_the_range_in_flight_and_the_channel_carries_on():
 
 
 @pytest.mark.timeout(30)
+def test_an_unreadable_report_fails_the_range_it_names_not_the_oldest():
+    ranges = make_ranges(3)
+    with EventChannel(ListProvider(ranges)) as channel, EventChannelClient(channel.address, read_timeout=10) as client:
+        client.request()
+        first = client.receive()[0]
+        client.request()
+        second = client.receive()[0]
+        client.send(f"/tmp/out.root,ID:{second.eventRangeID},CPU:nan,WALL:1")
+        failed = collect(channel, 1)[0]
+        assert isinstance(failed, RangeFailed) and failed.range_id == second.eventRangeID
+        client.finished("/tmp/out.root", first.eventRangeID, 1.0, 2.0)
+        done = collect(channel, 1)[0]
+        assert isinstance(done, RangeFinished) and done.range_id == first.eventRangeID
+
+
+@pytest.mark.timeout(30)
 def test_an_endless_line_drops_the_connection_and_reports_its_ranges():
     with EventChannel(ListProvider(make_ranges(2))) as channel:
         client = EventChannelClient(channel.address, read_timeout=10)

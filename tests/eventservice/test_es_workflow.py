@@ -395,6 +395,49 @@ def test_range_outputs_of_the_same_name_are_staged_apart(tmp_path: Path) -> None
         assert Path(entry["path"]).name == f"out.root.{range_id}"
 
 
+ODD_PATHS_PAYLOAD = """
+import os
+from hpcpilot.eventservice.client import EventChannelClient
+open("plain", "w").write("x")
+with EventChannelClient.from_environment() as client:
+    client.request()
+    number = 0
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            range_id = event_range.eventRangeID
+            odd = [os.path.abspath("plain/out"), os.path.abspath("x" * 300), None][number % 3]
+            if odd is None:  # a name that begins with this range's ID and ends with the next one's
+                name = range_id + "." + range_id.replace("-" + range_id.split("-")[3] + "-",
+                                                         "-" + str(int(range_id.split("-")[3]) + 1) + "-")
+                open(name, "w").write("output of " + range_id)
+                odd = os.path.abspath(name)
+            client.finished(odd, range_id, 0.1, 0.1)
+            number += 1
+        client.request()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_odd_output_paths_fail_their_range_not_the_worker(tmp_path: Path) -> None:
+    """A path below a file or too long fails its range (the worker used to abort, exit 70, nothing declared);
+    a name that could be two ranges' is staged as this range's alone."""
+    script = tmp_path / "odd_paths_payload.py"
+    script.write_text(ODD_PATHS_PAYLOAD)
+    all_ranges = ranges(6)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)].update(jobPars=str(script))
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    run, entries = run_es(ap, "grid", serving=[])
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    finished = {range_id: entry for range_id, (entry,) in by_range.items() if entry["eventStatus"] == "finished"}
+    assert len(finished) == 2 and len(by_range) - len(finished) == 4
+    for range_id, entry in finished.items():
+        assert Path(entry["path"]).read_text() == f"output of {range_id}" and entry["path"].endswith("." + range_id)
+
+
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
     """The worker on 2 ranks in the background, with Harvester taking its dumps; returns once it has
     declared something."""

@@ -343,3 +343,21 @@ def test_copy_into_a_descriptor_of_a_source_growing_meanwhile(tmp_path, monkeypa
         writer.join()
     published = target.read_bytes()
     assert (running.size, running.adler32) == (len(published), zlib_adler32(published))
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+def test_copy_into_never_follows_a_symlink_nor_waits_on_a_fifo(tmp_path, swap):
+    """What stands at the name when the copy opens it may not be what the pilot checked: a payload can swap
+    a symlink to a host file, or a FIFO nobody writes, in between."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host file")
+    source = tmp_path / "out"
+    if swap == "symlink":
+        source.symlink_to(secret)
+    else:
+        os.mkfifo(source)
+    with open(tmp_path / "target", "wb") as target:
+        with pytest.raises(OSError):
+            checksums.copy_into_with_checksum(source, target.fileno())
+    assert (tmp_path / "target").read_bytes() == b""
