@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BAD_MESSAGE_CODE = "ERR_HPCPILOT_BAD_MESSAGE"
 SEND_TIMEOUT = 10.0
+MAX_WAITING_REQUESTS = 256  # per connection: a payload's workers may ask at once, but not without end
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 _READ_CHUNK = 65536
@@ -108,6 +109,8 @@ class _Connection:
     in_flight: dict[str, EventRange] = field(default_factory=dict)  # insertion order = hand-out order
     open: bool = True
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: int = 0  # its requests not yet answered
+    flooded: bool = False  # it sent more requests than may wait (said once)
 
 
 class EventChannel:
@@ -305,7 +308,7 @@ class EventChannel:
             self._bad_message(conn, text, str(error))
             return
         if isinstance(message, ReadyForEvents):
-            self._requests.put(conn)
+            self._request(conn)
         elif isinstance(message, FinishedReport):
             self._finished(conn, message)
         elif isinstance(message, FailedReport):
@@ -336,6 +339,22 @@ class EventChannel:
         with self._lock:
             mentioned = [range_id for range_id in conn.in_flight if range_id in text]
             return conn.in_flight.pop(mentioned[0]) if len(mentioned) == 1 else None
+
+    def _request(self, conn: _Connection) -> None:
+        """Queue a request; past MAX_WAITING_REQUESTS unanswered ones a connection's requests are ignored (a
+        payload flooding the channel would grow the pilot's memory without bound)."""
+        with self._lock:
+            flooding = conn.waiting >= MAX_WAITING_REQUESTS
+            first_time, conn.flooded = flooding and not conn.flooded, conn.flooded or flooding
+            if flooding:
+                self._stats.bad_messages += 1
+            else:
+                conn.waiting += 1
+        if not flooding:
+            self._requests.put(conn)
+        elif first_time:
+            log.warning("connection %d: %d requests wait for an answer already; more are ignored",
+                        conn.number, MAX_WAITING_REQUESTS)
 
     def _bad_message(self, conn: _Connection, text: str, diag: str) -> None:
         """Fail the range the message names, if it names one in flight; else the oldest in flight."""
@@ -391,6 +410,8 @@ class EventChannel:
                 conn = self._requests.get(timeout=0.2)
             except queue.Empty:
                 continue
+            with self._lock:
+                conn.waiting -= 1
             if not conn.open:
                 continue
             try:

@@ -13,6 +13,7 @@ from fake_harvester import FakeHarvester
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.eventservice import (BAD_MESSAGE_CODE, CHANNEL_ENV, EventChannel, RangeFailed, RangeFeed, RangeFinished,
                                    RangesLost)
+from hpcpilot.eventservice.channel import MAX_WAITING_REQUESTS
 from hpcpilot.eventservice.client import EventChannelClient
 from hpcpilot.eventservice.reference_payload import FAILURE_CODE, HEADER, event_summary
 
@@ -154,6 +155,26 @@ def test_an_unreadable_report_fails_the_range_it_names_not_the_oldest():
         client.finished("/tmp/out.root", first.eventRangeID, 1.0, 2.0)
         done = collect(channel, 1)[0]
         assert isinstance(done, RangeFinished) and done.range_id == first.eventRangeID
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_requests_is_capped_not_queued_without_end():
+    """A payload that asks without reading the answers: the pilot's answers block on the full socket, and
+    its queue of requests would grow without bound; past the cap requests are ignored and counted."""
+    flood = 100_000
+    with EventChannel(ListProvider(make_ranges(1))) as channel, EventChannelClient(channel.address) as client:
+        def ask_without_end() -> None:
+            try:
+                client.sock.sendall(b"Ready for events\n" * flood)
+            except OSError:  # the channel closed at the test's end
+                pass
+
+        threading.Thread(target=ask_without_end, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while channel.stats().bad_messages < flood // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert channel.stats().bad_messages >= flood // 2
+        assert channel._requests.qsize() <= MAX_WAITING_REQUESTS
 
 
 @pytest.mark.timeout(30)
