@@ -17,13 +17,8 @@ MAX_LOGFILE_REPORT_CHARS = 10_000
 MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: Harvester would not store it either
 
 
-def job_report(run: JobRun) -> Any:
-    """The payload's own report from scratch, trimmed; else a minimal one."""
-    report = payload_report(run)
-    return report if report is not None else minimal_report(run)
-
-
 def minimal_report(run: JobRun) -> dict:
+    """The report of a job whose payload wrote none (or ran not at all)."""
     code = run.error.code if run.error else ErrorCode.OK
     return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}

@@ -26,7 +26,7 @@ from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
-from ..jobreport import PAYLOAD_REPORT_NAME, job_report, minimal_report, output_guids, payload_report
+from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
@@ -158,7 +158,7 @@ def _end_leftovers(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter
 def abandon(ctx: RankContext, run: JobRun) -> None:
     """Declare a job that will never start (the pilot is stopping) with its error."""
     run.finish()
-    declare_final(ctx, run, job_report(run))
+    declare_final(ctx, run, minimal_report(run))
 
 
 def stage_out(ctx: RankContext, run: JobRun) -> None:

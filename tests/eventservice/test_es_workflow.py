@@ -70,6 +70,17 @@ def expected_output(event_range: dict) -> bytes:
     return (HEADER + "".join(lines)).encode()
 
 
+def es_worker_running(tmp_path: Path, payload_source: str, preplaced: list[dict]) -> Path:
+    """An event service worker whose payload is the Python script ``payload_source``."""
+    script = tmp_path / "payload.py"
+    script.write_text(payload_source)
+    ap = es_worker(tmp_path, preplaced=preplaced)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)].update(jobPars=str(script))
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    return ap
+
+
 def range_entries(entries: list[dict]) -> dict[str, list[dict]]:
     by_range: dict[str, list[dict]] = {}
     for entry in entries:
@@ -377,13 +388,8 @@ with EventChannelClient.from_environment() as client:
 @pytest.mark.timeout(180)
 def test_range_outputs_of_the_same_name_are_staged_apart(tmp_path: Path) -> None:
     """Every range's output is ``<rangeID>/out.root``: each declared file still holds its own range's output."""
-    script = tmp_path / "same_name_payload.py"
-    script.write_text(SAME_NAME_PAYLOAD)
     all_ranges = ranges(8)
-    ap = es_worker(tmp_path, preplaced=all_ranges)
-    definition = json.loads((ap / "HPCJobs.json").read_text())
-    definition[str(PANDAID)].update(jobPars=str(script))
-    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    ap = es_worker_running(tmp_path, SAME_NAME_PAYLOAD, all_ranges)
     run, entries = run_es(ap, "mpi2", serving=[])
     assert run.returncode == 0, run.stderr[-3000:]
     by_range = range_entries(entries)
@@ -421,13 +427,8 @@ with EventChannelClient.from_environment() as client:
 def test_odd_output_paths_fail_their_range_not_the_worker(tmp_path: Path) -> None:
     """A path below a file or too long fails its range (the worker used to abort, exit 70, nothing declared);
     a name that could be two ranges' is staged as this range's alone."""
-    script = tmp_path / "odd_paths_payload.py"
-    script.write_text(ODD_PATHS_PAYLOAD)
     all_ranges = ranges(6)
-    ap = es_worker(tmp_path, preplaced=all_ranges)
-    definition = json.loads((ap / "HPCJobs.json").read_text())
-    definition[str(PANDAID)].update(jobPars=str(script))
-    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    ap = es_worker_running(tmp_path, ODD_PATHS_PAYLOAD, all_ranges)
     run, entries = run_es(ap, "grid", serving=[])
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
     by_range = range_entries(entries)
