@@ -53,25 +53,36 @@ def make_worker(root: Path) -> Path:
 
 
 class Harvester(threading.Thread):
-    """Consumes dumps as Harvester does (rename to .read.<n>) and remembers every entry handed over."""
+    """Consumes dumps as Harvester does (rename to .read.<n>) and remembers every entry handed over.
+
+    ``paused`` is held while the access point is checked: a dump renamed away between the check's listing
+    and its read would look unreadable.
+    """
 
     def __init__(self, ap: Path):
         super().__init__(daemon=True)
         self.ap = ap
         self.handed_over: dict[int, list[dict]] = {p: [] for p in range(1, JOBS + 1)}
+        self.unreadable: list[str] = []  # dumps it took that did not parse
         self.stopped = threading.Event()
+        self.paused = threading.Lock()
         self.count = 0
 
     def run(self) -> None:
         while not self.stopped.wait(random.uniform(0.05, 0.3)):
-            self.consume()
+            with self.paused:
+                self.consume()
 
     def consume(self) -> None:
         for dump in self.ap.glob(f"*/{DUMP}"):
             self.count += 1
             taken = dump.with_name(f"{DUMP}.read.{self.count}")
             dump.rename(taken)
-            for key, entries in json.loads(taken.read_text()).items():
+            content = _read(taken)
+            if content is None:
+                self.unreadable.append(f"{taken}: a dump handed over does not parse")
+                continue
+            for key, entries in content.items():
                 self.handed_over[int(key)].extend(entries)
 
 
@@ -103,8 +114,8 @@ def _belongs_to(process: psutil.Process, ap: Path) -> bool:
 def check_after_kill(ap: Path, harvester: Harvester) -> list[str]:
     """Files Harvester reads parse; the pilot's hidden files (temp files, journals being written) may not,
     except the journal of a job declared final (checked in _check_job)."""
-    problems = [f"{path}: does not parse" for path in ap.rglob("*.json*")
-                if not path.name.startswith(HIDDEN_PREFIX) and not _parses(path)]
+    problems = list(harvester.unreadable) + [f"{path}: does not parse" for path in ap.rglob("*.json*")
+                                             if not path.name.startswith(HIDDEN_PREFIX) and not _parses(path)]
     for job_dir in (d for d in ap.iterdir() if d.is_dir() and d.name.isdigit()):
         problems += _check_job(job_dir, harvester.handed_over.get(int(job_dir.name), []))
     return problems
@@ -127,7 +138,7 @@ def _check_job(job_dir: Path, handed_over: list[dict]) -> list[str]:
 
 def check_final(ap: Path, harvester: Harvester) -> list[str]:
     harvester.consume()
-    problems = []
+    problems = list(harvester.unreadable)
     for pandaid, entries in harvester.handed_over.items():
         attributes = _read(ap / str(pandaid) / "worker_attributes.json") or {}
         if attributes.get("jobStatus") != "finished":
@@ -174,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             worker = start_worker(ap)
             time.sleep(random.uniform(0.1, args.max_delay))
             kill_everything(worker, ap)
-            problems = check_after_kill(ap, harvester)
+            with harvester.paused:
+                problems = check_after_kill(ap, harvester)
             print(f"kill {kill}/{args.kills}: {len(problems)} problem(s)", flush=True)
             if problems:
                 print("\n".join(problems), f"\nseed {seed}", file=sys.stderr)
