@@ -28,12 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
 import selectors
 import shutil
 import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 BAD_MESSAGE_CODE = "ERR_HPCPILOT_BAD_MESSAGE"
 SEND_TIMEOUT = 10.0
 MAX_WAITING_REQUESTS = 256  # per connection: a payload's workers may ask at once, but not without end
+MAX_CONNECTIONS = 256  # AthenaMP connects once; a payload's workers may each connect, but not without end
+ACCEPT_RETRY_SECONDS = 1.0  # after running out of descriptors
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 _READ_CHUNK = 65536
@@ -139,6 +143,9 @@ class EventChannel:
         self._listener = self._listen()
         self._waker_in, self._waker_out = socket.socketpair()
         self._selector = selectors.DefaultSelector()
+        self._max_connections = connection_cap()
+        self._accepting = True
+        self._accept_again_at = 0.0  # when accepting is paused: not before then
 
     # -- public ------------------------------------------------------------
 
@@ -247,6 +254,7 @@ class EventChannel:
             while not self._stopping.is_set():
                 for key, _ in self._selector.select(timeout=1.0):
                     key.data(key.fileobj)
+                self._accept_again_if_due()
         except Exception:  # the pilot must survive whatever a payload does
             log.exception("event channel reader failed; closing the channel")
         finally:
@@ -260,13 +268,36 @@ class EventChannel:
             sock, _ = listener.accept()
         except BlockingIOError:
             return
+        except OSError as error:  # out of descriptors: wait for some, rather than spin or close the channel
+            self._pause_accepting(f"cannot accept a connection ({error.strerror})", ACCEPT_RETRY_SECONDS)
+            return
         sock.settimeout(self._send_timeout)
         with self._lock:
             self._stats.connections += 1
             conn = _Connection(self._stats.connections, sock)
             self._connections.append(conn)
+            full = len(self._connections) >= self._max_connections
         self._selector.register(sock, selectors.EVENT_READ, lambda _sock: self._read(conn))
         log.info("payload connected to the event channel (connection %d)", conn.number)
+        if full:  # further connections wait in the listen backlog; the rank keeps descriptors for its files
+            self._pause_accepting(f"{self._max_connections} connections open, the most allowed", 0.0)
+
+    def _pause_accepting(self, reason: str, retry_after: float) -> None:
+        """Reader thread only. Accepting resumes once a connection closes and ``retry_after`` has passed."""
+        if self._accepting:
+            self._selector.unregister(self._listener)
+            self._accepting = False
+            log.warning("event channel: %s; new connections wait", reason)
+        self._accept_again_at = time.monotonic() + retry_after
+
+    def _accept_again_if_due(self) -> None:
+        if self._accepting or self._stopping.is_set() or time.monotonic() < self._accept_again_at:
+            return
+        with self._lock:
+            if len(self._connections) >= self._max_connections:
+                return
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._accepting = True
 
     def _read(self, conn: _Connection) -> None:
         data = self._receive(conn)
@@ -401,6 +432,7 @@ class EventChannel:
             pass
         with conn.send_lock:
             conn.sock.close()
+        self._accept_again_if_due()
 
     # -- dispatcher thread ---------------------------------------------------
 
@@ -496,6 +528,12 @@ class EventChannel:
                 self._stats.failed += 1
             else:
                 self._stats.lost += len(result.ranges)
+
+
+def connection_cap() -> int:
+    """MAX_CONNECTIONS, or fewer where a quarter of the process's descriptors would not hold them."""
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_CONNECTIONS if soft_limit == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft_limit // 4))
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -1,5 +1,7 @@
 """EventChannel with real payload processes over a UNIX socket."""
 import os
+import subprocess
+import sys
 import signal
 import socket
 import threading
@@ -362,3 +364,61 @@ def test_measure_bare_protocol_throughput():
         seconds = time.perf_counter() - started
     assert len(finished_only(results)) == count
     print(f"\nevent channel, bare protocol: {count} ranges in {seconds:.2f} s = {count / seconds:.0f} ranges/s")
+
+
+CHANNEL_UNDER_A_LOW_FD_LIMIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from hpcpilot.eventservice import EventChannel, EventRange
+ranges = [EventRange(f"4711-1-1-{i}", i * 10 + 1, i * 10 + 10, "EVNT.pool.root.1", "guid-1", "mc") for i in range(3)]
+channel = EventChannel(lambda: ranges.pop(0) if ranges else None, socket_path=sys.argv[1]).start()
+held = []
+while sys.argv[2] == "other files take every descriptor":
+    try:
+        held.append(open("/dev/null"))
+    except OSError:
+        break
+print("ready", flush=True)
+sys.stdin.readline()
+for handle in held:
+    handle.close()
+while True:
+    result = channel.results.get()
+    print(type(result).__name__, getattr(result, "range_id", ""), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("descriptors", ["the channel's connections take them", "other files take every descriptor"])
+def test_more_connections_than_descriptors_leave_the_channel_serving(tmp_path, descriptors):
+    """A payload opening connections without end (a leak, or a fork bomb of workers) must neither close the
+    channel for good nor take every descriptor the rank needs for its declarations; when the rank has none
+    left, accepting waits and resumes."""
+    address = str(tmp_path / "channel")
+    child = subprocess.Popen([sys.executable, "-c", CHANNEL_UNDER_A_LOW_FD_LIMIT, address, descriptors],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        flood = []
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(0.2)
+            try:
+                sock.connect(address)
+            except OSError:  # the backlog is full: the pilot stopped accepting, as it should
+                pass
+            flood.append(sock)
+        time.sleep(1)
+        assert child.poll() is None
+        for sock in flood:
+            sock.close()
+        child.stdin.write("release the descriptors\n")
+        child.stdin.flush()
+        with EventChannelClient(address, read_timeout=20) as client:
+            client.request()
+            handed = client.receive()[0]
+            client.finished(str(tmp_path / "out"), handed.eventRangeID, 1.0, 1.0)
+            assert child.stdout.readline().split() == ["RangeFinished", handed.eventRangeID]
+    finally:
+        child.kill()
+        child.wait()
