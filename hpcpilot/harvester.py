@@ -216,10 +216,12 @@ class AccessPoint:
     # -- writing -----------------------------------------------------------
 
     def read_attributes(self, pandaid: int) -> dict[str, Any] | None:
-        """The job's ``worker_attributes.json`` as last written, or None if there is none (or it is unreadable)."""
+        """The job's ``worker_attributes.json`` as last written, or None if there is none or it does not parse
+        (a passing state is written without fsync: a node crash may tear it; a final state never is).
+        OSError when it cannot be read: the job's state is then unknown."""
         try:
             content = read_json(self.path(pandaid, self.files.worker_attributes))
-        except (OSError, ValueError):
+        except (FileNotFoundError, ValueError):
             return None
         return content if isinstance(content, dict) else None
 

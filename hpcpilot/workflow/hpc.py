@@ -62,7 +62,8 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
         return status
     ctx = _rank_context(config, access_point, comm.rank, site)
     if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
-        ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared if result.rank == EARLIER_RUN),
+        ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
+                               if result.rank == EARLIER_RUN and result.declared),
                              *(job.pandaid for job in plan.event_jobs)])
     cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)

@@ -34,6 +34,8 @@ def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
     for job, attributes in zip(jobs, states):
         if attributes is OUTSIDE:
             to_run.append(job)
+        elif isinstance(attributes, OSError):
+            declared.append(_unknown_state(job.pandaid, attributes))
         elif attributes and attributes.get("jobStatus") in FINAL_STATES:
             declared.append(_earlier_result(job.pandaid, attributes))
         else:
@@ -48,10 +50,22 @@ def split_declared(access_point: AccessPoint, jobs: list[RawJob | InvalidJob]
 OUTSIDE: Any = object()  # the state of a job whose directory leads out of the access point
 
 
-def _earlier_state(access_point: AccessPoint, pandaid: int) -> dict[str, Any] | None:
+def _earlier_state(access_point: AccessPoint, pandaid: int) -> dict[str, Any] | OSError | None:
     if not access_point.job_dir_is_inside(pandaid):
         return OUTSIDE
-    return access_point.read_attributes(pandaid)
+    try:
+        return access_point.read_attributes(pandaid)
+    except OSError as error:
+        return error
+
+
+def _unknown_state(pandaid: int, error: OSError) -> JobResult:
+    """A job whose state cannot be read may have been declared final: running it again would make its
+    outputs twice, so it is left alone: failed and undeclared in the pilot's own summary (exit 64)."""
+    diag = (f"its {error.filename or 'worker_attributes.json'} cannot be read ({error.strerror}): "
+            "an earlier run may have declared it, so it is not run again")
+    log.error("job %d: %s", pandaid, diag)
+    return JobResult(pandaid, "failed", int(ErrorCode.FILE_HANDLING), diag, EARLIER_RUN, "", declared=False)
 
 
 def _earlier_result(pandaid: int, attributes: dict[str, Any]) -> JobResult:

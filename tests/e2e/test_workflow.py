@@ -312,6 +312,27 @@ def test_a_second_run_resumes_without_running_declared_jobs_again(tmp_path: Path
 
 
 @pytest.mark.timeout(120)
+def test_a_rerun_leaves_alone_a_job_whose_state_cannot_be_read_and_says_so(tmp_path: Path) -> None:
+    """Its state may be final: neither run nor published again; the other jobs run; exit 64 (site problem)."""
+    definitions, inputs = {}, {}
+    for pandaid in (1211, 1212):
+        definitions[pandaid], inputs[pandaid] = copy_job(pandaid)
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    assert run_pilot(ap).returncode == 0
+    job_dir = ap / "1211"
+    for name in ("worker_attributes.json", "jobReport.json", "event_status.dump.json"):
+        (job_dir / name).unlink()
+    (job_dir / "worker_attributes.json").mkdir()  # reads fail (EISDIR), as on a failing filesystem
+    (job_dir / ".hpcpilot-pending.json").write_text('{"1211": [{"type": "output", "path": "/staged"}]}')
+    run = run_pilot(ap)
+    assert run.returncode == 64, run.stderr[-2000:]
+    assert "job 1211: its" in run.stderr and "not run again" in run.stderr
+    assert not (job_dir / "jobReport.json").exists() and not (job_dir / "event_status.dump.json").exists()
+    assert run.attributes(1212)["jobStatus"] == "finished"
+    assert {job["pandaid"]: job["status"] for job in run.summary()["jobs"]} == {1211: "failed", 1212: "finished"}
+
+
+@pytest.mark.timeout(120)
 def test_secrets_never_reach_logs_reports_or_the_log_tarball(tmp_path: Path) -> None:
     secret, token = "s3cr3t-value-42", "tok-9f8e7d6c"
     command = f"-c 'echo using {secret} and {token}; echo {secret} >&2; echo \"{{\\\"t\\\": \\\"{token}\\\"}}\" > jobReport.json; exit 3'"

@@ -619,6 +619,22 @@ def test_resuming_survives_a_worker_attributes_file_that_is_not_the_pilot_s(acce
     assert all(result.code == 1008 for result in declared)
 
 
+def test_resuming_never_runs_a_job_whose_state_cannot_be_read(access_point):
+    """An earlier run may have declared it final: running it again would make its outputs twice. It is
+    reported failed (1303) and undeclared (a site problem: exit 64) in the pilot's own summary, and nothing in
+    its directory is touched."""
+    from hpcpilot.workflow.resume import split_declared
+
+    (access_point.job_dir(1001) / "worker_attributes.json").mkdir()  # reads fail with EISDIR, as with EIO
+    EventStatusPublisher(access_point).stage(1001, [OUTPUT])
+    to_run, declared = split_declared(access_point, access_point.read_jobs())
+    assert [job.pandaid for job in to_run] == [1002]
+    (result,) = declared
+    assert (result.pandaid, result.status, result.code, result.declared) == (1001, "failed", 1303, False)
+    assert "worker_attributes.json cannot be read" in result.diag and "not run again" in result.diag
+    assert EventStatusPublisher(access_point).journal_path(1001).exists()
+
+
 # -- PoolFileCatalog.xml -------------------------------------------------------------------------------
 
 
