@@ -143,6 +143,12 @@ def exit_error(exit: PayloadExit) -> PilotError | None:
     return None
 
 
+def shell_status(returncode: int) -> int:
+    """An exit as a shell reports it, 128 + the signal for a killed process: what a payload behind bash
+    gets, and never negative, as PanDA takes a transExitCode."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 _EXIT_HINTS = {126: " (command not executable)", 127: " (command not found)"}
 
 

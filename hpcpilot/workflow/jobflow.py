@@ -115,7 +115,7 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         run.extra_attributes.update(watch.series.summary() if watch.series.count else {})
         run.process = None
         run.cpu_seconds = exit.cpu_seconds
-        run.trans_exit_code = exit.returncode
+        run.trans_exit_code = payload.shell_status(exit.returncode)
         job_log.detail("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
         error = _exit_error(ctx, run, exit)
         if error:

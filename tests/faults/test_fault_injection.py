@@ -294,7 +294,8 @@ def test_payload_killed_by_sigsegv(tmp_path: Path) -> None:
     definition = job_definition(FAULTY, sys.executable, '-c "import ctypes; ctypes.string_at(0)"')
     run = run_pilot(worker(tmp_path, definition), "mpi2")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert_failed_with(run, FAULTY, 1203, "SIGSEGV")
+    attributes = assert_failed_with(run, FAULTY, 1203, "SIGSEGV")
+    assert attributes["transExitCode"] == 128 + 11  # as a shell reports it: PanDA takes no negative code
     assert_bystanders_finished(run)
 
 
