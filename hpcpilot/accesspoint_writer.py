@@ -2,7 +2,8 @@
 
 This plays Harvester's part: ``worker_pandaids.json``, one ``<PandaID>/``
 directory per job with ``HPCJobs.json``, ``PoolFileCatalog_H.xml`` and a
-symlink per input LFN pointing at the staged replica.
+symlink per input LFN pointing at the staged replica. OneToOne puts the job's
+files at the top, next to a ``worker_pandaids.json`` all the same.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def write_access_point(
     root = Path(root).absolute()  # the input links must resolve from inside the job directories
     root.mkdir(parents=True, exist_ok=True)
     replicas = root.parent / f"{root.name}-replicas"
-    if many_to_one:
-        (root / files.worker_pandaids).write_text(json.dumps([int(p) for p in definitions]))
+    # Harvester's feed_jobs writes the PandaIDs file for every layout, OneToOne included
+    (root / files.worker_pandaids).write_text(json.dumps([int(p) for p in definitions]))
     for pandaid, definition in definitions.items():
         job_dir = root / str(pandaid) if many_to_one else root
         job_dir.mkdir(exist_ok=True)

@@ -1,7 +1,8 @@
 """The Harvester shared-file protocol: reading job definitions, writing what Harvester reads.
 
 Layouts (shared/PROTOCOL.md, section 1): ManyToOne has ``worker_pandaids.json``
-and one sub-directory per PandaID; OneToOne has the job spec at the top.
+and one sub-directory per PandaID; OneToOne has the job spec at the top (and a
+``worker_pandaids.json`` too: Harvester writes one for every layout).
 Every file Harvester reads is published atomically (see atomicfile).
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class AccessPoint:
         self.root = Path(root).absolute()
         self.files = files
         self.secret_keys = secret_keys
-        self.many_to_one = _exists(self.root / files.worker_pandaids)
+        self.many_to_one = _is_many_to_one(self.root, files)
         self._root_text = str(self.root)
         self._job_dirs: dict[int, Path] = {}
         # names no input, output or log may take: Harvester's files and the pilot's, here and in scratch
@@ -416,6 +417,15 @@ def _read_text(path: str) -> str:
     """What ``Path.read_text`` returns, without the layers of a buffered text file (read many times over)."""
     text = read_bytes(path).decode(_TEXT_ENCODING)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text  # universal newlines
+
+
+def _is_many_to_one(root: Path, files: HarvesterFiles) -> bool:
+    """Job files in one sub-directory per PandaID (ManyToOne), not at the top.
+
+    Harvester writes worker_pandaids.json for every layout (feed_jobs); only a
+    OneToOne worker has the job spec at the top, so that decides.
+    """
+    return _exists(root / files.worker_pandaids) and not _exists(root / files.job_spec)
 
 
 def _exists(path: Path) -> bool:

@@ -38,8 +38,8 @@ class PilotRun:
         return content[str(pandaid)]
 
     def job_dir(self, pandaid: int) -> Path:
-        many_to_one = (self.access_point / "worker_pandaids.json").exists()
-        return self.access_point / str(pandaid) if many_to_one else self.access_point
+        job_dir = self.access_point / str(pandaid)  # ManyToOne; OneToOne has the job's files at the top
+        return job_dir if job_dir.is_dir() else self.access_point
 
     def summary(self) -> dict:
         return json.loads((self.access_point / "hpcpilot_summary.json").read_text())

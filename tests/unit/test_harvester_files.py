@@ -13,6 +13,7 @@ import select
 import shutil
 import signal
 import tempfile
+import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Callable
@@ -155,6 +156,20 @@ def test_one_to_one_reads_the_job_at_the_top(tmp_path, files):
     assert not access_point.many_to_one
     assert access_point.job_dir(3001) == root.absolute()
     assert access_point.read_jobs() == [parse_job(defs[3001])]
+
+
+@pytest.mark.parametrize("files", [FILES, CGI_FILES], ids=["json", "cgi"])
+def test_one_to_one_as_harvester_feeds_it_has_worker_pandaids_too(tmp_path, files):
+    """Harvester's feed_jobs writes worker_pandaids.json for every layout; OneToOne puts the job spec (and
+    everything else of the job) at the top, with no <PandaID>/ directory."""
+    definition = job_definition(3001, "run.sh", "--one")
+    (tmp_path / files.worker_pandaids).write_text("[3001]")
+    text = json.dumps({"3001": definition}) if files.job_spec_format == "json" else urllib.parse.urlencode(definition)
+    (tmp_path / files.job_spec).write_text(text)
+    access_point = AccessPoint(tmp_path, files)
+    assert not access_point.many_to_one
+    assert access_point.job_dir(3001) == tmp_path
+    assert access_point.read_jobs() == [parse_job(definition)]
 
 
 def test_one_to_one_spec_with_several_definitions_is_refused(tmp_path):
