@@ -205,10 +205,18 @@ def _inputs(raw: Mapping[str, Any]) -> tuple[FileSpec, ...]:
 
 def _outputs(raw: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...]:
     lfns = _file_names(raw, "outFiles")
-    scopes, datasets = (_aligned(raw, field, len(lfns)) for field in ("scopeOut", "realDatasets"))
-    return tuple(
-        FileSpec(lfn, scope=scopes[i], dataset=datasets[i]) for i, lfn in enumerate(lfns) if lfn != log_lfn
-    )
+    outputs = [lfn for lfn in lfns if lfn != log_lfn]
+    datasets = dict(zip(lfns, _aligned(raw, "realDatasets", len(lfns))))
+    scopes = dict(zip(outputs, _output_scopes(raw, lfns, outputs)))
+    return tuple(FileSpec(lfn, scope=scopes[lfn], dataset=datasets[lfn]) for lfn in outputs)
+
+
+def _output_scopes(raw: Mapping[str, Any], lfns: list[str], outputs: list[str]) -> list[str]:
+    """One scope per output: PanDA leaves the log out of ``scopeOut`` (its scope is ``scopeLog``; Harvester and
+    Pilot 3 put it back at the log's place). A list with one per ``outFiles`` entry, log included, is taken too."""
+    if len(_split_list(raw.get("scopeOut"))) == len(lfns) > len(outputs):
+        return [scope for lfn, scope in zip(lfns, _aligned(raw, "scopeOut", len(lfns))) if lfn in outputs]
+    return _aligned(raw, "scopeOut", len(outputs))
 
 
 def _log(raw: Mapping[str, Any], pandaid: int) -> FileSpec:

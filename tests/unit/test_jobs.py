@@ -162,11 +162,20 @@ def test_spaces_around_list_items_are_ignored():
 
 
 def test_outputs_exclude_the_log_file_and_keep_their_aligned_fields():
+    """As the PanDA server writes a definition: realDatasets has the log's dataset at its place in outFiles,
+    scopeOut only the outputs' scopes (the log's is scopeLog), whatever the log's place."""
+    raw = definition(outFiles=f"HITS.root,{LOG},AOD.root", scopeOut="s1,s2", scopeLog="slog",
+                     realDatasets="d1,dlog,d2")
+    job = parse_job(raw)
+    assert [(f.lfn, f.scope, f.dataset) for f in job.outputs] == [("HITS.root", "s1", "d1"), ("AOD.root", "s2", "d2")]
+    assert job.log is not None and (job.log.lfn, job.log.scope) == (LOG, "slog")
+
+
+def test_a_scope_out_list_with_the_logs_entry_is_taken_too():
     raw = with_outputs(definition(), ["HITS.root", "AOD.root"])
     raw.update(scopeOut="s1,s2,slog", realDatasets="d1,d2,dlog")
     job = parse_job(raw)
     assert [(f.lfn, f.scope, f.dataset) for f in job.outputs] == [("HITS.root", "s1", "d1"), ("AOD.root", "s2", "d2")]
-    assert job.log is not None and job.log.lfn == LOG
 
 
 def test_writer_helpers_produce_a_definition_the_parser_accepts():
@@ -191,11 +200,15 @@ def test_unequal_input_lists_are_1312(field, value):
     assert field in error.diag
 
 
-def test_unequal_output_lists_are_1312():
+@pytest.mark.parametrize("field, value", [
+    ("scopeOut", "s1,s2,s3,s4"),  # two outputs (and the log)
+    ("realDatasets", "d1,d2"),  # three files with the log
+])
+def test_unequal_output_lists_are_1312(field, value):
     raw = with_outputs(definition(), ["a.root", "b.root"])
-    raw["scopeOut"] = "s1,s2"  # three files with the log
+    raw[field] = value
     error = rejected(raw)
-    assert error.code == 1312 and "scopeOut" in error.diag
+    assert error.code == 1312 and field in error.diag
 
 
 def test_per_file_values_without_files_are_1312():
