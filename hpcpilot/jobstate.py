@@ -125,7 +125,7 @@ def worker_attributes(run: JobRun) -> dict[str, Any]:
 def _final_attributes(run: JobRun) -> dict[str, Any]:
     return {
         "endTime": utc_text(run.end_time or time.time()),
-        "cpuConsumptionTime": round(run.cpu_seconds, 3),
+        "cpuConsumptionTime": round(run.cpu_seconds),  # whole seconds: PanDA's update_job refuses a float
         "cpuConsumptionUnit": "s",
         "cpuConversionFactor": 1.0,
         "pilotTiming": "|".join(str(round(run.seconds[phase], 3)) for phase in PHASES),
