@@ -58,11 +58,18 @@ def request_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int, n_ranges:
     """Ask Harvester for ``n_ranges`` ranges; False if an earlier request is still waiting to be served."""
     if n_ranges < 1:
         raise ValueError(f"n_ranges {n_ranges}: must be at least 1")
-    request = {str(pandaid): {"nRanges": int(n_ranges), "taskID": task_id, "jobsetID": jobset_id}}
+    request = {str(pandaid): {"nRanges": int(n_ranges), "taskID": _number(task_id), "jobsetID": _number(jobset_id)}}
     published = publish_json_if_absent(Path(ap_root) / files.request_events, request)
     if published:
         log.info("asked Harvester for %d event ranges of job %s", n_ranges, pandaid)
     return published
+
+
+def _number(value: int | str) -> int | str:
+    """An ID as a JSON number, as PanDA's job definition carries it and Harvester's own requests pass it on:
+    Harvester hands it to the PanDA server unchanged, whose acquire_event_ranges takes only an int."""
+    text = str(value).strip()
+    return int(text) if text.isascii() and text.isdigit() else value
 
 
 def read_answer(ap_root: Path, files: HarvesterFiles, pandaid: int,

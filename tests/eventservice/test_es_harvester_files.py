@@ -32,8 +32,14 @@ def feed(ap, **options):
 def test_request_is_written_with_harvesters_layout_and_nothing_else(tmp_path):
     assert request_ranges(tmp_path, FILES, PANDAID, 8, "123", "456")
     content = json.loads((tmp_path / "worker_requestevents.json").read_text())
-    assert content == {"4711": {"nRanges": 8, "taskID": "123", "jobsetID": "456"}}
+    assert content == {"4711": {"nRanges": 8, "taskID": 123, "jobsetID": 456}}  # numbers, as PanDA takes them
     assert os.listdir(tmp_path) == ["worker_requestevents.json"]  # no temp file left behind
+
+
+def test_a_null_id_is_passed_on_as_the_definition_gives_it(tmp_path):
+    assert request_ranges(tmp_path, FILES, PANDAID, 1, "123", "NULL")
+    content = json.loads((tmp_path / "worker_requestevents.json").read_text())
+    assert content == {"4711": {"nRanges": 1, "taskID": 123, "jobsetID": "NULL"}}
 
 
 def test_no_second_request_while_harvester_has_not_served_the_first(tmp_path):
@@ -135,7 +141,7 @@ def test_feed_gets_every_range_once_from_a_harvester_writing_in_place(tmp_path):
             got.append(event_range)
     assert [r.to_dict() for r in got] == expected
     assert ranges_feed.exhausted and not ranges_feed.timed_out
-    assert all(request == {"4711": {"nRanges": 5, "taskID": "123", "jobsetID": "456"}}
+    assert all(request == {"4711": {"nRanges": 5, "taskID": 123, "jobsetID": 456}}
                for request in harvester.requests)
     assert harvester.answers[-1] == {"4711": []}
     assert len(harvester.answers) == 6  # 5 + 5 + 5 + 5 + 3, then the empty list
