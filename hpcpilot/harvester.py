@@ -91,8 +91,8 @@ class AccessPoint:
         if not definitions:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
         if len(definitions) > 1:  # they would share one set of Harvester's files
-            raise WorkerError(ExitCode.MISSING_INPUT, f"{spec} holds {len(definitions)} job definitions, but an "
-                              f"access point without {self.files.worker_pandaids} (OneToOne) has room for one")
+            raise WorkerError(ExitCode.MISSING_INPUT, f"{spec} holds {len(definitions)} job definitions, but a "
+                              "OneToOne access point (its job spec at the top) has room for one")
         return definitions
 
     def validated(self, item: RawJob | InvalidJob) -> JobSpec | InvalidJob:
