@@ -87,7 +87,7 @@ class Config:
     event_wait_timeout: float = 600.0  # event service: give up waiting for Harvester's ranges after this
     payload_restarts: int = 3  # event service: restarts of a crashed payload per rank
     exec_plain_commands: bool = True  # a payload line of plain words is exec'd as bash would, without bash
-    secret_keys: str = ""  # comma-separated job fields whose values are redacted, besides pilotSecrets
+    secret_keys: str = ""  # comma-separated job fields whose values are redacted, besides pilotSecrets and secrets
     files: HarvesterFiles = field(default_factory=HarvesterFiles)
     limits: Limits = field(default_factory=Limits)
 

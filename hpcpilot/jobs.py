@@ -243,7 +243,7 @@ def is_event_service(raw: Mapping[str, Any]) -> bool:
     return _flag(raw, "eventService", False)
 
 
-SECRET_KEYS = ("pilotSecrets",)
+SECRET_KEYS = ("pilotSecrets", "secrets")  # the pilot's, and the user's (PanDA: a JSON object of name: value)
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary text
 
 

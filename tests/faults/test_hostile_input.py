@@ -389,10 +389,13 @@ def test_pilot_secrets_field_is_never_echoed(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_pilot_secrets_value_is_redacted_where_the_payload_uses_it(tmp_path: Path) -> None:
-    """A command line that carries the secret is logged, and the payload's own report repeats it."""
+@pytest.mark.parametrize("field", [{"pilotSecrets": SECRET}, {"secrets": json.dumps({"MY_S3_KEY": SECRET})}],
+                         ids=["pilotSecrets", "user secrets"])
+def test_pilot_secrets_value_is_redacted_where_the_payload_uses_it(tmp_path: Path, field: dict) -> None:
+    """A command line that carries the secret is logged, and the payload's own report repeats it. PanDA passes
+    the pilot's secrets in ``pilotSecrets`` and the user's in ``secrets`` (a JSON object of name: value)."""
     script = {"report.sh": b'printf \'{"exitCode": 0, "argv": "%s"}\' "$*" > jobReport.json\n'}
-    definition = with_inputs(job_definition(HOSTILE, "bash", f"report.sh --key {SECRET}", pilotSecrets=SECRET), script)
+    definition = with_inputs(job_definition(HOSTILE, "bash", f"report.sh --key {SECRET}", **field), script)
     run = run_pilot(worker(tmp_path, definition, script), "mpi2")
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads((run.job_dir(HOSTILE) / "jobReport.json").read_text())["exitCode"] == 0
