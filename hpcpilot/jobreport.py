@@ -14,7 +14,7 @@ from .redaction import redact, redact_json
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
 MAX_LOGFILE_REPORT_CHARS = 10_000
-MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: Harvester would not store it either
+MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: it would cost the rank its memory, and PanDA its metadata store
 
 
 def minimal_report(run: JobRun) -> dict:
