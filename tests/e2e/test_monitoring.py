@@ -60,7 +60,7 @@ def test_each_limit_ends_its_payload_with_its_code(tmp_path: Path) -> None:
         assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", code), attributes
         assert word in attributes["pilotErrorDiag"] and "limit" in attributes["pilotErrorDiag"]
     assert "exceeded limit 100.0 MB" in run.attributes(MEMORY)["pilotErrorDiag"]
-    assert run.attributes(MEMORY)["maxRSS"] > 200 * 1024
+    assert run.attributes(MEMORY)["maxRSS"] > 100 * 1024  # over the limit: how far over depends on the sampling
     for pandaid in (ORPHAN, NORMAL):
         assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
     assert survivors() == []
