@@ -65,14 +65,15 @@ class CompletedRequest:
 IDLE_POLL_S = 0.01
 
 
-def wait_idly(comm: Any, interval: float = IDLE_POLL_S) -> None:
-    """A barrier during which waiting ranks sleep.
+def wait_idly(comm: Any, interval: float = IDLE_POLL_S, tick: Callable[[], None] = lambda: None) -> None:
+    """A barrier during which waiting ranks sleep, calling ``tick`` between naps.
 
     MPICH's blocking collectives busy-poll: ranks waiting for rank 0 to
     read the job definitions would take the cores rank 0 needs.
     """
     request = comm.Ibarrier()
     while not request.Test():
+        tick()
         time.sleep(interval)
 
 

@@ -87,7 +87,10 @@ class Supervisor:
         notices, and MPICH left its shared-memory segment in /dev/shm behind.)"""
         if self.comm.size == 1:
             return
-        wait_idly(self.comm)  # ranks done early sleep: a blocking collective would spin on the cores
+        self.on_stop = lambda request: None  # nothing of this rank's runs any more
+        # Ranks done early sleep (a blocking collective would spin on the cores) and keep watching: a stop
+        # only this rank sees (a signal to it alone) must still reach the ranks whose jobs run on.
+        wait_idly(self.comm, tick=self.tick)
         announced = self.comm.allgather(bool(self._sent))  # each rank that did told every other one once
         for _ in range(sum(announced) - announced[self.ctx.rank] - self._received):
             self.comm.recv(source=any_source(), tag=STOP_TAG)

@@ -162,3 +162,23 @@ def test_lifetime_margin_stops_and_keeps_long_jobs_from_starting(tmp_path: Path)
     assert attributes[2]["pilotErrorCode"] == 1213 and "does not fit" in attributes[2]["pilotErrorDiag"]
     assert "transExitCode" not in attributes[2]
     assert attributes[3]["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(150)
+def test_a_signal_to_a_rank_done_with_its_share_stops_the_others(tmp_path: Path) -> None:
+    """Rank 1 has run its one short job and waits for rank 0, whose job runs on: a SIGTERM to rank 1 alone
+    still stops the worker (it was ignored: rank 0's job ran to its end, and the pilot exited 0)."""
+    ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "sleep", LONG_SLEEP), 2: job_definition(2, "true")})
+    pilot = start_pilot(ap, 2)
+    deadline = time.monotonic() + 60
+    while (_status(ap, 1), _status(ap, 2)) != ("running", "finished") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (_status(ap, 1), _status(ap, 2)) == ("running", "finished")
+    time.sleep(1)  # rank 1 is past its last job, waiting for rank 0
+    rank_processes(pilot)[1].send_signal(signal.SIGTERM)
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert returncode == 143, stderr[-3000:]
+    attributes = json.loads((ap / "1" / "worker_attributes.json").read_text())
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
+    assert _status(ap, 2) == "finished"
+    assert not any(LONG_SLEEP in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
