@@ -42,6 +42,9 @@ class SerialComm:
     def allreduce(self, value: Any, op: Any = None) -> Any:
         return value
 
+    def allgather(self, value: Any) -> list[Any]:
+        return [value]
+
     def barrier(self) -> None:
         pass
 

@@ -258,7 +258,7 @@ def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, superviso
 
     results = []
     for job in jobs:
-        supervisor.adopt(comm.bcast(supervisor.stop_request, root=0))
+        supervisor.adopt(_agreed_stop(supervisor, comm))
         if supervisor.stop_request is not None:
             run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
             if comm.rank == 0:
@@ -271,6 +271,14 @@ def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, superviso
         if comm.rank == 0:
             results.append(JobResult.of_run(run))
     return results
+
+
+def _agreed_stop(supervisor: Supervisor, comm: Any) -> StopRequest | None:
+    """The stop every rank goes by before the next event service job. Ranks done early wait for the others
+    asleep and watching (a blocking collective spins on a core, and a stop sent to this rank alone must
+    reach the ranks still running); any rank's stop counts, so that no rank skips a job the others run."""
+    wait_idly(comm, tick=supervisor.tick)
+    return next(filter(None, comm.allgather(supervisor.stop_request)), None)
 
 
 def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, started: float,

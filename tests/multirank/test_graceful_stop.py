@@ -182,3 +182,32 @@ def test_a_signal_to_a_rank_done_with_its_share_stops_the_others(tmp_path: Path)
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
     assert _status(ap, 2) == "finished"
     assert not any(LONG_SLEEP in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+@pytest.mark.timeout(150)
+def test_ranks_waiting_for_the_event_service_jobs_sleep_and_take_a_stop(tmp_path: Path) -> None:
+    """With an event service job after the others, rank 1 done with its share waits for rank 0 to begin it:
+    it must wait asleep (it spun in a blocking broadcast, a core's worth of CPU) and still act on a SIGTERM
+    sent to it alone (seen only once rank 0's job had run to its end)."""
+    definitions = {1: job_definition(1, "sleep", LONG_SLEEP), 2: job_definition(2, "true"),
+                   3: job_definition(3, sys.executable, "-m hpcpilot.eventservice.reference_payload",
+                                     eventService="True")}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    pilot = start_pilot(ap, 2)
+    deadline = time.monotonic() + 60
+    while (_status(ap, 1), _status(ap, 2)) != ("running", "finished") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (_status(ap, 1), _status(ap, 2)) == ("running", "finished")
+    time.sleep(1)  # rank 1 is past its last job, waiting for rank 0
+    rank_1 = rank_processes(pilot)[1]
+    before = sum(rank_1.cpu_times()[:2])
+    time.sleep(3)
+    cpu = sum(rank_1.cpu_times()[:2]) - before
+    rank_1.send_signal(signal.SIGTERM)
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert cpu < 0.6, f"rank 1 used {cpu:.2f} s of CPU in 3 s waiting"
+    assert returncode == 143, stderr[-3000:]
+    assert _status(ap, 2) == "finished"
+    for pandaid in (1, 3):
+        attributes = json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())
+        assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
