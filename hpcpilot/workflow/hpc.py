@@ -277,6 +277,7 @@ def _agreed_stop(supervisor: Supervisor, comm: Any) -> StopRequest | None:
     """The stop every rank goes by before the next event service job. Ranks done early wait for the others
     asleep and watching (a blocking collective spins on a core, and a stop sent to this rank alone must
     reach the ranks still running); any rank's stop counts, so that no rank skips a job the others run."""
+    supervisor.on_stop = lambda request: None  # the last job has ended: nothing runs to be stopped
     wait_idly(comm, tick=supervisor.tick)
     return next(filter(None, comm.allgather(supervisor.stop_request)), None)
 
