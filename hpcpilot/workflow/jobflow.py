@@ -72,7 +72,11 @@ def begin(ctx: RankContext, run: JobRun) -> None:
     with timed(run, "setup"):
         run.scratch = make_scratch(ctx, run.pandaid)
         ctx.log_router.open(run.pandaid)
-        job_logger(ctx, run).detail("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
+        job_log = job_logger(ctx, run)
+        job_log.detail("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
+        if run.cores < run.spec.core_count:  # its memory limit and ATHENA_PROC_NUMBER shrink with it
+            job_log.warning("asks for %d cores, the rank has %d: runs on %d (raise --cores-per-rank)",
+                            run.spec.core_count, run.cores, run.cores)
 
 
 def make_scratch(ctx: RankContext, pandaid: int) -> Path:

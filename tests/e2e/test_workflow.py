@@ -121,6 +121,15 @@ def assert_types_the_panda_server_accepts(attributes: dict) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_job_asking_for_more_cores_than_the_rank_has_runs_on_them_and_says_so(tmp_path: Path) -> None:
+    definition, data = copy_job(302, coreCount=8)
+    run = run_pilot(write_access_point(tmp_path / "ap", {302: definition}, {302: data}), "grid",
+                    "--cores-per-rank", "2")
+    assert run.attributes(302)["jobStatus"] == "finished" and run.attributes(302)["coreCount"] == 2
+    assert "asks for 8 cores, the rank has 2: runs on 2" in run.stderr
+
+
+@pytest.mark.timeout(120)
 def test_good_job_declarations_follow_the_protocol(tmp_path: Path) -> None:
     definition, data = copy_job(301, coreCount=2, attemptNr=3)
     definition["logGUID"] = "log-guid-301"
