@@ -54,6 +54,7 @@ class Collector:
         self.total = total
         self.results = list(results)
         self.running = 0
+        self.ran = 0  # jobs run by this worker: the rate leaves out those declared without running
         self.ranks_done = 1  # rank 0 itself is accounted for by the caller's loop
         self.stop_requests: list[Any] = []
         self.interval = interval
@@ -65,6 +66,7 @@ class Collector:
 
     def add(self, result: JobResult) -> None:
         self.running -= 1
+        self.ran += 1
         self.results.append(result)
 
     def poll(self) -> None:
@@ -96,6 +98,6 @@ class Collector:
         elapsed = self.last_line - self.started_at
         done = len(self.results)
         failed = sum(result.status == "failed" for result in self.results)
-        rate = done / elapsed * 60 if elapsed > 0 else 0.0
+        rate = self.ran / elapsed * 60 if elapsed > 0 else 0.0
         log.info("progress: %d/%d done (%d failed), %d running, %.0f s elapsed, %.1f jobs/min",
                  done, self.total, failed, max(0, self.running), elapsed, rate)
