@@ -139,7 +139,9 @@ class KernelCopy:
         self._source, self._target = source_fd, target_fd
         self._expected = source_size
         self._checked_regular = False
-        self._methods = [self._copy_file_range, self._sendfile, self._read_write]
+        # Functions, not bound methods: a list of its own bound methods would make each KernelCopy a reference
+        # cycle, left for the cyclic collector (one per file copied, piling up between full collections).
+        self._methods = [KernelCopy._copy_file_range, KernelCopy._sendfile, KernelCopy._read_write]
         self._buffer: bytearray | None = None
         self.copied = 0
 
@@ -148,7 +150,7 @@ class KernelCopy:
         the kernel copy refuses) raises NotRegularFile: read by the fallbacks, a device may never end."""
         while True:
             try:
-                done = self._methods[0](count)
+                done = self._methods[0](self, count)
             except OSError as error:
                 self._refuse_unless_regular()
                 if error.errno not in _UNSUPPORTED or len(self._methods) == 1:

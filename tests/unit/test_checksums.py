@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import io
 import os
 import subprocess
 import tarfile
 import threading
+import weakref
 import zlib
 from pathlib import Path
 
@@ -361,3 +363,31 @@ def test_copy_into_never_follows_a_symlink_nor_waits_on_a_fifo(tmp_path, swap):
         with pytest.raises(OSError):
             checksums.copy_into_with_checksum(source, target.fileno())
     assert (tmp_path / "target").read_bytes() == b""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("refused", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_a_kernel_copy_is_freed_without_the_cyclic_collector(tmp_path, monkeypatch, refused):
+    """One KernelCopy per file copied: in a reference cycle, each would wait for a full collection,
+    piling up over thousands of jobs."""
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "refused")
+
+    for name in refused:
+        monkeypatch.setattr(os, name, refuse)
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(b"x" * 1000)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with open(source, "rb") as reading, open(target, "wb") as writing:
+            copy = checksums.KernelCopy(reading.fileno(), writing.fileno())
+            while copy.chunk(300):
+                pass
+            freed = weakref.ref(copy)
+            del copy
+        assert freed() is None
+    finally:
+        if enabled:
+            gc.enable()
+    assert target.read_bytes() == source.read_bytes()
