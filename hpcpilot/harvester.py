@@ -31,6 +31,7 @@ _TEXT_ENCODING = locale.getpreferredencoding(False)  # what Path.read_text decod
 # Overlaps the metadata latency of a shared filesystem when reading many job files.
 READ_THREADS = 8
 READ_CHUNK = 256  # job directories per thread pool task
+JOB_DIR_CACHE = 1024  # job directory paths kept: far more than a rank has jobs in flight
 
 
 class AccessPoint:
@@ -60,6 +61,8 @@ class AccessPoint:
             return self.root
         job_dir = self._job_dirs.get(pandaid)
         if job_dir is None:  # asked for several times per job: made once
+            if len(self._job_dirs) >= JOB_DIR_CACHE:  # kept for every job, they added up over a long run
+                self._job_dirs.clear()  # (one call: safe while other threads look paths up)
             job_dir = self._job_dirs[pandaid] = self.root / str(pandaid)
         return job_dir
 

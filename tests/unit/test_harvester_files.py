@@ -25,6 +25,7 @@ from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_output
 from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
+from hpcpilot import harvester
 from hpcpilot.harvester import AccessPoint, EventStatusPublisher
 from hpcpilot.jobreport import output_guids
 from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
@@ -121,6 +122,17 @@ def test_many_to_one_reads_every_job_in_the_listed_order(tmp_path):
     jobs = access_point.read_jobs()
     assert [job.pandaid for job in jobs] == [1003, 1001, 1002]
     assert jobs == [parse_job(defs[p]) for p in (1003, 1001, 1002)]
+
+
+def test_job_directory_paths_kept_do_not_grow_with_the_jobs_done(tmp_path, monkeypatch):
+    """Kept to spare making a path several times per job, they must not pile up one per job of a long run."""
+    monkeypatch.setattr(harvester, "JOB_DIR_CACHE", 10, raising=False)
+    root = write_access_point(tmp_path / "ap", definitions(1001))
+    access_point = AccessPoint(root, FILES)
+    for pandaid in range(1, 1000):
+        assert access_point.job_dir(pandaid) == root / str(pandaid)
+    assert len(access_point._job_dirs) <= 10
+    assert access_point.job_dir(999) is access_point.job_dir(999)  # still made once while in use
 
 
 def test_many_to_one_layout_links_inputs_and_catalogues_them(tmp_path):
