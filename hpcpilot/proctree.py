@@ -447,6 +447,7 @@ class LeftoverSweep:
     def __init__(self) -> None:
         self._finished: set[bytes] = set()
         self._token_of: dict[tuple[int, int], bytes | None] = {}
+        self._carried: set[bytes | None] = set()  # the tokens live processes carried at the last look
         self._uid = os.getuid()
         self._lock = threading.Lock()
 
@@ -460,12 +461,20 @@ class LeftoverSweep:
         with self._lock:
             if not self._finished:
                 return []
-            return end_processes(self._leftovers, grace, poll, "finished payloads")
+            killed = end_processes(self._leftovers, grace, poll, "finished payloads")
+            self._forget_ended()
+            return killed
+
+    def _forget_ended(self) -> None:
+        """Keep only the tokens live processes still carry: kept for every finished payload, they added up over a
+        long run, and a token nobody carries comes back on no process (only a holder hands it on)."""
+        self._finished &= self._carried
 
     def _leftovers(self) -> dict[int, ProcStat]:
         table = read_proc_table()
         self._token_of = {key: token for key, token in self._token_of.items() if not _is_gone(key, table)}
         holders = {stat.pid for stat in table.values() if not stat.zombie and self._is_leftover(stat)}
+        self._carried = {self._token_of[stat.key] for stat in table.values() if not stat.zombie}
         self._reap_leftover_zombies(table)
         return {pid: table[pid] for pid in _with_descendants(holders, table)
                 if not table[pid].zombie and _may_signal(pid)}

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hpcpilot import proctree
 from hpcpilot.proctree import (
     TOKEN_ENV, LeftoverSweep, ProcessTree, TreeSample, become_subreaper, new_token, read_proc_table,
     reap_orphans,
@@ -326,6 +327,38 @@ def test_sweep_ends_only_leftovers_of_finished_payloads(launch):
     sweep.sweep(grace=5.0)
     wait_until(lambda: is_gone(escaped))
     assert not is_gone(child) and running.popen.poll() is None
+
+
+@pytest.mark.timeout(30)
+def test_sweep_forgets_the_tokens_nobody_carries_any_more(launch):
+    """A token is kept per finished payload: over a long run they must not pile up once their leftovers are gone."""
+    payload = launch(ESCAPE)
+    escaped = payload.pid_from("escaped")
+    payload.popen.wait(timeout=10)
+    sweep = LeftoverSweep()
+    for _ in range(100):  # payloads that left nothing behind
+        sweep.add(new_token())
+    sweep.add(payload.token)
+    sweep.sweep(grace=5.0)
+    wait_until(lambda: is_gone(escaped))
+    assert sweep._finished == set()
+
+
+@pytest.mark.timeout(30)
+def test_sweep_keeps_the_token_of_a_leftover_still_alive(launch, monkeypatch):
+    """One that survived the sweep (stuck in the kernel, say) is looked for again at the next."""
+    payload = launch(ESCAPE)
+    escaped = payload.pid_from("escaped")
+    payload.popen.wait(timeout=10)
+    sweep = LeftoverSweep()
+    sweep.add(new_token())
+    sweep.add(payload.token)
+    monkeypatch.setattr(proctree, "end_processes", lambda find, *args: sorted(find()))  # finds, ends nothing
+    assert escaped in sweep.sweep(grace=0.1)
+    assert sweep._finished == {payload.token.encode()}
+    monkeypatch.undo()
+    sweep.sweep(grace=5.0)
+    wait_until(lambda: is_gone(escaped))
 
 
 @pytest.mark.timeout(30)
