@@ -53,6 +53,7 @@ TAG_REPORT, TAG_RANGE = 31, 32  # rank -> rank 0: ("want" | "entries" | "done", 
 END_OF_JOB = "end of job"  # rank 0's last answer to a rank that is done: no more ranges will follow
 TICK_SECONDS = 0.01
 DECLARE_EVERY = 0.2  # seconds: how long finished ranges may wait to be declared together
+DECLARE_SHARE = 0.1  # of rank 0's time, at most, for declaring (see declaration_due)
 FEED_POLL_SECONDS = 0.5
 WAIT = object()  # "no range yet, ask again later"
 PREFETCH = 8  # ranges a rank holds ready, so its payload never waits for a round trip to rank 0
@@ -215,6 +216,14 @@ def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
     return found
 
 
+def declaration_due(started: float, ended: float) -> float:
+    """When the declaration after one made from ``started`` to ``ended`` is due: DECLARE_EVERY later, or later
+    still when it was slow. While Harvester has not taken the dump, every declaration rewrites the journal of
+    all the ranges waiting, which grows with them (81 ms at 10,000): spaced out, they keep to DECLARE_SHARE of
+    rank 0's time, and Harvester, which cannot see them before it takes the dump, loses nothing."""
+    return ended + max(DECLARE_EVERY, (ended - started) / DECLARE_SHARE)
+
+
 class Dispatcher:
     """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
 
@@ -225,7 +234,7 @@ class Dispatcher:
         self.wants: deque[int] = deque()
         self.answers: dict[int, list[EventRange | None]] = {rank: [] for rank in range(comm.size)}  # given, in order
         self.pending_entries: list[dict] = []
-        self.last_declared = time.monotonic()
+        self.next_declaration = time.monotonic() + DECLARE_EVERY
         self.outcomes: dict[int, RankOutcome] = {}
         self.failed = 0  # ranges failed here, not by a rank
         self.error: PilotError | None = None  # ranges cannot be declared
@@ -247,10 +256,11 @@ class Dispatcher:
             self._give(self.wants.popleft(), answer)
         for rejected in self.source.take_rejected():
             self._fail([rejected.range_id], ErrorCode.ES_FATAL, f"malformed event range: {rejected.reason}")
-        if self.pending_entries and time.monotonic() - self.last_declared >= DECLARE_EVERY:
+        if self.pending_entries and time.monotonic() >= self.next_declaration:
             self.declare_pending()
 
     def declare_pending(self) -> None:
+        started = time.monotonic()
         if self.pending_entries and self.error is None:
             try:
                 self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
@@ -261,7 +271,7 @@ class Dispatcher:
                                         f"{self.ctx.publisher.journal_path(self.job.pandaid)}: {error.strerror or error}")
                 self.job_log.error("%s", self.error.diag)
                 self.stopping = True
-        self.last_declared = time.monotonic()
+        self.next_declaration = declaration_due(started, time.monotonic())
 
     def all_done(self) -> bool:
         return len(self.outcomes) == self.comm.size
