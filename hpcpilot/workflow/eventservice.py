@@ -224,6 +224,33 @@ def declaration_due(started: float, ended: float) -> float:
     return ended + max(DECLARE_EVERY, (ended - started) / DECLARE_SHARE)
 
 
+class AnswerLedger:
+    """Per rank, rank 0's answers in the order given, as long as the rank may not have taken them: those it
+    never took are failed when it ends. A rank asking again says how many it took, and those are forgotten
+    (kept, they added up to every range of a long job)."""
+
+    def __init__(self, ranks: int):
+        self._given: dict[int, deque[EventRange | None]] = {rank: deque() for rank in range(ranks)}
+        self._forgotten = dict.fromkeys(range(ranks), 0)
+
+    def give(self, rank: int, answer: EventRange | None) -> None:
+        self._given[rank].append(answer)
+
+    def taken(self, rank: int, received: int) -> None:
+        given = self._given[rank]
+        while self._forgotten[rank] < received and given:
+            given.popleft()
+            self._forgotten[rank] += 1
+
+    def never_taken(self, rank: int, received: int) -> list[EventRange]:
+        """The ranges given to a rank that ended having taken ``received`` answers; it is then forgotten."""
+        self.taken(rank, received)
+        return [answer for answer in self._given.pop(rank) if answer is not None]
+
+    def kept(self, rank: int) -> int:
+        return len(self._given[rank])
+
+
 class Dispatcher:
     """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
 
@@ -232,7 +259,7 @@ class Dispatcher:
         self.source = RangeSource(ctx, job, batch=max(8, 4 * comm.size))
         self.local_give = local_give
         self.wants: deque[int] = deque()
-        self.answers: dict[int, list[EventRange | None]] = {rank: [] for rank in range(comm.size)}  # given, in order
+        self.answers = AnswerLedger(comm.size)
         self.pending_entries: list[dict] = []
         self.next_declaration = time.monotonic() + DECLARE_EVERY
         self.outcomes: dict[int, RankOutcome] = {}
@@ -241,8 +268,10 @@ class Dispatcher:
         self.stopping = False
         self._sent: list[Any] = []
 
-    def want(self, rank: int) -> None:
+    def want(self, rank: int, received: int) -> None:
+        """Rank ``rank`` asks for another range, having taken ``received`` answers so far."""
         self.wants.append(rank)
+        self.answers.taken(rank, received)
 
     def add_entries(self, entries: list[dict]) -> None:
         self.pending_entries.extend(entries)
@@ -280,7 +309,7 @@ class Dispatcher:
         """The rank takes no more answers: none go to it any more, and the ranges it never took are failed."""
         self.outcomes[rank] = outcome
         self.wants = deque(asker for asker in self.wants if asker != rank)
-        never_taken = [answer for answer in self.answers.pop(rank)[outcome.received:] if answer is not None]
+        never_taken = self.answers.never_taken(rank, outcome.received)
         self._fail([r.eventRangeID for r in never_taken], outcome.failure_code, f"rank {rank} ended before taking them")
         if rank != 0:
             self._sent.append(self.comm.isend(END_OF_JOB, dest=rank, tag=TAG_RANGE))
@@ -306,7 +335,7 @@ class Dispatcher:
         self.add_entries(failed_ranges(self.job_log, range_ids, code, diag))
 
     def _give(self, rank: int, answer: EventRange | None) -> None:
-        self.answers[rank].append(answer)
+        self.answers.give(rank, answer)
         if rank == 0:
             self.local_give(answer)
         else:
@@ -321,7 +350,7 @@ class Dispatcher:
             kind, body = self.comm.recv(source=any_source(), tag=TAG_REPORT, status=status)
             rank = status.Get_source()
             if kind == "want":
-                self.want(rank)
+                self.want(rank, body)
             elif kind == "entries":
                 self.add_entries(body)
             else:
@@ -502,9 +531,9 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
 
     def ask() -> None:
         if dispatcher is not None:
-            dispatcher.want(0)
+            dispatcher.want(0, work.outcome.received)
         else:
-            sent.append(comm.isend(("want", None), dest=0, tag=TAG_REPORT))
+            sent.append(comm.isend(("want", work.outcome.received), dest=0, tag=TAG_REPORT))
 
     def report_entries(entries: list[dict]) -> None:
         if dispatcher is not None:

@@ -27,3 +27,21 @@ def test_slow_declarations_are_spaced_out_to_a_tenth_of_rank_0s_time():
 
     assert declaration_due(100.0, 100.001) == pytest.approx(100.001 + DECLARE_EVERY)
     assert declaration_due(100.0, 100.081) == pytest.approx(100.081 + 0.81)
+
+
+def test_answers_a_rank_took_are_forgotten_and_those_it_never_took_are_found():
+    """Rank 0 keeps its answers to a rank only until the rank says it took them (kept, they added up to every
+    range of a long job); when the rank ends, those given after the last one it took are its lost ranges."""
+    from hpcpilot.eventservice import EventRange
+    from hpcpilot.workflow.eventservice import AnswerLedger
+
+    ranges = [EventRange(f"4711-1-1-{i}", i * 10 + 1, i * 10 + 10, "EVNT.1", "guid", "mc") for i in range(1000)]
+    ledger = AnswerLedger(2)
+    for done, event_range in enumerate(ranges):
+        ledger.give(1, event_range)
+        ledger.taken(1, done)  # the rank asks again having taken all but the last answer
+    assert ledger.kept(1) == 1
+    ledger.give(1, None)  # "no more events": no range to fail
+    assert ledger.never_taken(1, 999) == [ranges[-1]]
+    ledger.give(0, ranges[0])
+    assert ledger.never_taken(0, 0) == [ranges[0]]
