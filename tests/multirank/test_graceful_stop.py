@@ -60,6 +60,16 @@ def _status(ap: Path, pandaid: int) -> str | None:
         return None
 
 
+def rank_1_waiting_for_rank_0(ap: Path, pilot: subprocess.Popen) -> psutil.Process:
+    """Rank 1 once its job 2 has finished while rank 0's job 1 runs on: it is past its last job."""
+    deadline = time.monotonic() + 60
+    while (_status(ap, 1), _status(ap, 2)) != ("running", "finished") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (_status(ap, 1), _status(ap, 2)) == ("running", "finished")
+    time.sleep(1)  # rank 1 is past its last job, waiting for rank 0
+    return rank_processes(pilot)[1]
+
+
 def sleeping_worker(tmp_path: Path) -> Path:
     return write_access_point(tmp_path / "ap", {p: job_definition(p, "sleep", LONG_SLEEP) for p in JOBS})
 
@@ -170,12 +180,7 @@ def test_a_signal_to_a_rank_done_with_its_share_stops_the_others(tmp_path: Path)
     still stops the worker (it was ignored: rank 0's job ran to its end, and the pilot exited 0)."""
     ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "sleep", LONG_SLEEP), 2: job_definition(2, "true")})
     pilot = start_pilot(ap, 2)
-    deadline = time.monotonic() + 60
-    while (_status(ap, 1), _status(ap, 2)) != ("running", "finished") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (_status(ap, 1), _status(ap, 2)) == ("running", "finished")
-    time.sleep(1)  # rank 1 is past its last job, waiting for rank 0
-    rank_processes(pilot)[1].send_signal(signal.SIGTERM)
+    rank_1_waiting_for_rank_0(ap, pilot).send_signal(signal.SIGTERM)
     returncode, stderr = finish(pilot, STOP_BOUND)
     assert returncode == 143, stderr[-3000:]
     attributes = json.loads((ap / "1" / "worker_attributes.json").read_text())
@@ -194,12 +199,7 @@ def test_ranks_waiting_for_the_event_service_jobs_sleep_and_take_a_stop(tmp_path
                                      eventService="True")}
     ap = write_access_point(tmp_path / "ap", definitions)
     pilot = start_pilot(ap, 2)
-    deadline = time.monotonic() + 60
-    while (_status(ap, 1), _status(ap, 2)) != ("running", "finished") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (_status(ap, 1), _status(ap, 2)) == ("running", "finished")
-    time.sleep(1)  # rank 1 is past its last job, waiting for rank 0
-    rank_1 = rank_processes(pilot)[1]
+    rank_1 = rank_1_waiting_for_rank_0(ap, pilot)
     before = sum(rank_1.cpu_times()[:2])
     time.sleep(3)
     cpu = sum(rank_1.cpu_times()[:2]) - before
