@@ -67,7 +67,7 @@ class PayloadGuard:
             self.process.wait()
 
     def _send(self, line: bytes) -> None:
-        if self._broken:
+        if self._broken or self._pipe < 0:  # no guard, or the rank gave up on it (abandon)
             return
         try:
             os.write(self._pipe, line)  # far below PIPE_BUF: written whole, even from many threads at once

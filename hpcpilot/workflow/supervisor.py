@@ -1,7 +1,8 @@
 """The per-rank watch kept between job events: stop requests, heartbeat, pending declarations.
 
 A stop that starts on one rank (signal, stop file, deadline) is announced to
-every other rank, so all of them stop gracefully together.
+every other rank, so all of them stop gracefully together. A rank that falls
+silent (see liveness) ends the whole pilot instead: nothing could wait for it.
 """
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import logging
 import time
 from typing import Any, Callable
 
+from ..errors import ExitCode
 from ..lifetime import Deadline
 from ..mpi import any_source, wait_idly
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
+from .liveness import PeerWatch
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,12 @@ class Supervisor:
         self.stop_request: StopRequest | None = None
         self._sent: list[Any] = []  # isend requests, which keep their buffers alive; a rank announces once
         self._received = 0
+        self.peers = PeerWatch(comm, ctx.config.rank_silence_limit)
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
     def tick(self) -> None:
+        if silent := self.peers.silent_peer():
+            self._give_up(*silent)
         if self.stop_request is None:
             self._look_for_stop()
         if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
@@ -91,11 +97,22 @@ class Supervisor:
         # Ranks done early sleep (a blocking collective would spin on the cores) and keep watching: a stop
         # only this rank sees (a signal to it alone) must still reach the ranks whose jobs run on.
         wait_idly(self.comm, tick=self.tick)
-        announced = self.comm.allgather(bool(self._sent))  # each rank that did told every other one once
-        for _ in range(sum(announced) - announced[self.ctx.rank] - self._received):
+        announced, rounds = zip(*self.comm.allgather((bool(self._sent), self.peers.rounds)))
+        for _ in range(sum(announced) - announced[self.ctx.rank] - self._received):  # each told every other once
             self.comm.recv(source=any_source(), tag=STOP_TAG)
         for request in self._sent:
             request.wait()
+        self.peers.settle(list(rounds))
+
+    def _give_up(self, peer: int, silence: float) -> None:
+        """A peer is gone, so no collective can complete: MPI_Abort ends every rank (the launcher ends the job),
+        and each rank's guard then ends its payloads. Jobs not yet final stay undeclared, as after a launcher's
+        clean-up: Harvester fails them with the worker, or a run on this access point reruns them."""
+        log.error("rank %d not heard from for %.0f s (rank_silence_limit %g s): it died or hangs, and the "
+                  "launcher left the other ranks running; aborting every rank (exit code %d); a rerun on this "
+                  "access point runs the jobs that were not declared yet",
+                  peer, silence, self.ctx.config.rank_silence_limit, ExitCode.SITE_PROBLEM)
+        self.comm.Abort(ExitCode.SITE_PROBLEM)
 
     def _heartbeat(self) -> None:
         try:

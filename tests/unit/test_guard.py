@@ -63,6 +63,19 @@ def test_a_rank_that_gives_up_takes_its_payloads_with_it() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_payloads_reaped_after_the_rank_gave_up_are_no_warning(caplog) -> None:
+    """A payload thread that reaps its payload after abandon() has nothing to tell the guard, and the guard
+    is not "gone": it did what it was asked."""
+    payload = sleeper(new_token())
+    rank = PayloadGuard()
+    rank.started(payload.pid)
+    rank.abandon()
+    payload.wait(timeout=20)
+    rank.ended(payload.pid)
+    assert "guard gone" not in caplog.text
+
+
+@pytest.mark.timeout(30)
 def test_a_goodbye_leaves_every_process_alone() -> None:
     payload = sleeper(new_token())
     rank = PayloadGuard()

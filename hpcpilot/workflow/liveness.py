@@ -1,0 +1,66 @@
+"""Ranks watch each other for the whole run: a rank gone silent ends the pilot.
+
+A launcher may leave the other ranks running when one dies (srun does, by
+default: Slurm's WaitTime=0 and no --kill-on-bad-exit). Rank 0 would then
+wait for the dead rank's results forever while it keeps the heartbeat
+fresh, and Harvester would see a live worker until the allocation ends.
+So rank 0 and every other rank tell each other that they are alive, a few
+times per ``rank_silence_limit``; a peer not heard from for that long (dead,
+stopped, or on a hung node) makes the rank give up.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..mpi import any_source, new_status
+
+ALIVE_TAG = 29
+SAYS_PER_LIMIT = 10  # a peer misses this many "alive" messages in a row before it counts as silent
+
+
+class PeerWatch:
+    """Rank 0 watches every rank; every other rank watches rank 0. A ``limit`` of 0 watches nothing."""
+
+    def __init__(self, comm: Any, limit: float):
+        self.comm = comm
+        self.limit = limit
+        self.peers = [] if comm.size == 1 or not limit else [0] if comm.rank else list(range(1, comm.size))
+        now = time.monotonic()
+        self.heard = dict.fromkeys(self.peers, now)
+        self.rounds = 0  # "alive" messages sent to each peer
+        self.received = 0
+        self._next_round = now
+        self._sent: list[Any] = []  # isend requests, which keep their buffers alive
+
+    def silent_peer(self) -> tuple[int, float] | None:
+        """Say this rank is alive when due, take in what peers said; (a silent peer, its silence) or None."""
+        if not self.peers:
+            return None
+        now = time.monotonic()
+        if now >= self._next_round:
+            self._say_alive()
+            self._next_round = now + self.limit / SAYS_PER_LIMIT
+        self._listen(now)
+        silent = min(self.peers, key=self.heard.__getitem__)
+        return (silent, now - self.heard[silent]) if now - self.heard[silent] > self.limit else None
+
+    def _say_alive(self) -> None:
+        self._sent = [request for request in self._sent if not request.Test()]
+        self._sent += [self.comm.isend(None, dest=peer, tag=ALIVE_TAG) for peer in self.peers]
+        self.rounds += 1
+
+    def _listen(self, now: float) -> None:
+        status = new_status()
+        while self.comm.iprobe(source=any_source(), tag=ALIVE_TAG, status=status):
+            self.comm.recv(source=status.Get_source(), tag=ALIVE_TAG)
+            self.heard[status.Get_source()] = now
+            self.received += 1
+
+    def settle(self, rounds_by_rank: list[int]) -> None:
+        """Once no rank watches any more: take in what the peers said since this rank last listened (left
+        unreceived, MPICH would leave its shared memory behind) and see this rank's own messages delivered."""
+        for _ in range(sum(rounds_by_rank[peer] for peer in self.peers) - self.received):
+            self.comm.recv(source=any_source(), tag=ALIVE_TAG)
+        for request in self._sent:
+            request.wait()

@@ -1,0 +1,79 @@
+"""A rank that dies or hangs while the launcher leaves the others running ends the pilot (exit 64) within
+``rank_silence_limit``, instead of holding the allocation, heartbeat fresh, until its end."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from tests.multirank.test_graceful_stop import (JOBS, LONG_SLEEP, _status, finish, rank_processes,
+                                                sleeping_worker, start_pilot, wait_until_running)
+
+SILENCE_LIMIT = 2.0
+SILENCE_ENV = {"HPCPILOT_RANK_SILENCE_LIMIT": str(SILENCE_LIMIT)}
+ABORT_BOUND = SILENCE_LIMIT + 15  # the limit, a tick, MPI_Abort and the launcher's clean-up, on a loaded machine
+
+
+def payloads_left() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if LONG_SLEEP in (p.info["cmdline"] or [])]
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_gone_soon(ranks: list[psutil.Process]) -> None:
+    """A process may still be exiting when the launcher returns: give it a moment."""
+    deadline = time.monotonic() + 10
+    while any(map(alive, ranks)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, ranks))
+
+
+def assert_no_payload_left() -> None:
+    """Each rank's guard ends its payloads once the rank is gone: give the guards a moment."""
+    deadline = time.monotonic() + 10
+    while payloads_left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert payloads_left() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("silent_rank", [1, 0])
+def test_a_rank_gone_silent_aborts_every_rank_with_exit_64(tmp_path: Path, silent_rank: int) -> None:
+    """SIGSTOP makes a hung rank that MPICH's launcher does not see: the rank watching it gives up."""
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2, env=SILENCE_ENV)
+    wait_until_running(ap, 2)
+    ranks = rank_processes(pilot)
+    ranks[silent_rank].suspend()
+    stopped = time.monotonic()
+    returncode, stderr = finish(pilot, 60)
+    assert time.monotonic() - stopped < ABORT_BOUND
+    assert returncode == 64, stderr[-3000:]
+    assert f"rank {silent_rank} not heard from" in stderr
+    assert_gone_soon(ranks)  # the silent one too: the launcher SIGKILLs the ranks after MPI_Abort
+    assert_no_payload_left()
+    # Nothing was declared final for the jobs left: Harvester or a rerun decides.
+    assert not {_status(ap, pandaid) for pandaid in JOBS} & {"finished", "failed"}
+
+
+@pytest.mark.timeout(120)
+def test_ranks_busy_or_waiting_for_long_are_not_taken_for_silent(tmp_path: Path) -> None:
+    """A limit of 1 s, while rank 1 runs a 5 s payload and rank 0, done early, waits for it: every rank
+    still says it is alive, the run ends normally."""
+    jobs = {1: job_definition(1, "true"), 2: job_definition(2, "sleep", "5")}  # dealt round-robin: 2 to rank 1
+    ap = write_access_point(tmp_path / "ap", jobs)
+    pilot = start_pilot(ap, 2, env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    returncode, stderr = finish(pilot, 60)
+    assert returncode == 0, stderr[-3000:]
+    assert "not heard from" not in stderr
+    for pandaid in jobs:
+        assert json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"] == "finished"
