@@ -228,8 +228,7 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
                comm: Any) -> list[JobResult]:
     """Run this rank's jobs; rank 0 also collects everyone's results and learns of every stop."""
     valid = [job for job in plan.share if isinstance(job, JobSpec)]
-    invalid = [_declare_invalid(ctx.access_point, job, comm.rank, ctx.host)
-               for job in plan.share if isinstance(job, InvalidJob)]
+    invalid = _declare_invalid_share(ctx, plan.share, supervisor)
     if comm.rank == 0:
         collector = Collector(comm, plan.total, plan.already_declared + invalid, ctx.config.progress_interval)
         runner = RankRunner(ctx, valid, cores, deadline, collector.add, collector.note_started)
@@ -247,6 +246,18 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
     runner.run(tick=supervisor.tick)
     reporter.close(supervisor.stop_request)
     return []
+
+
+def _declare_invalid_share(ctx: RankContext, share: list[JobSpec | InvalidJob],
+                           supervisor: Supervisor) -> list[JobResult]:
+    """This rank's invalid jobs, declared failed one by one (tens of thousands take minutes): the heartbeat
+    and the other ranks must not take the rank for dead meanwhile."""
+    declared = []
+    for job in share:
+        if isinstance(job, InvalidJob):
+            declared.append(_declare_invalid(ctx.access_point, job, ctx.rank, ctx.host))
+            supervisor.keep_alive()
+    return declared
 
 
 def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, supervisor: Supervisor,

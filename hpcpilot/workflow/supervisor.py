@@ -38,14 +38,19 @@ class Supervisor:
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
     def tick(self) -> None:
-        if silent := self.peers.silent_peer():
-            self._give_up(*silent)
+        self.keep_alive()
         if self.stop_request is None:
             self._look_for_stop()
-        if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
-            self._heartbeat()
         if self._due("flush", FLUSH_INTERVAL):
             self.ctx.publisher.flush()
+
+    def keep_alive(self) -> None:
+        """What tells Harvester and the other ranks that this rank lives; alone, where stops cannot be acted on
+        yet (many invalid jobs declared before the first runs)."""
+        if silent := self.peers.silent_peer():
+            self._give_up(*silent)
+        if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
+            self._heartbeat()
 
     def adopt(self, request: StopRequest | None) -> None:
         """A stop learnt some other way (e.g. in a rank's final report)."""

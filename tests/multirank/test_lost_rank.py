@@ -77,3 +77,17 @@ def test_ranks_busy_or_waiting_for_long_are_not_taken_for_silent(tmp_path: Path)
     assert "not heard from" not in stderr
     for pandaid in jobs:
         assert json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(120)
+def test_ranks_declaring_many_invalid_jobs_are_not_taken_for_silent(tmp_path: Path) -> None:
+    """4000 invalid definitions take each of 2 ranks seconds to declare, far over a 1 s limit: the ranks
+    say they are alive between declarations."""
+    jobs = {p: job_definition(p, "true", logFile="../escape") for p in range(1, 4001)}  # 1371 each
+    ap = write_access_point(tmp_path / "ap", jobs)
+    pilot = start_pilot(ap, 2, env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    returncode, stderr = finish(pilot, 90)
+    assert returncode == 0, stderr[-3000:]
+    assert "not heard from" not in stderr
+    summary = json.loads((ap / "hpcpilot_summary.json").read_text())
+    assert (summary["failed"], summary["undeclared"]) == (4000, 0)
