@@ -239,6 +239,11 @@ class AccessPoint:
     def write_summary(self, summary: Any) -> None:
         write_json(self.root / self.files.summary, summary)
 
+    def request_kill(self, reason: str) -> None:
+        """Ask Harvester to cancel this worker's batch job (it looks only for the file): the pilot gave up,
+        and a rank the launcher cannot end (hung in the kernel) would otherwise hold the allocation."""
+        write_json(self.root / self.files.kill_worker, {"reason": reason, "time": time.time()})
+
     def touch_heartbeat(self) -> None:
         path = self.root / self.files.heartbeat
         write_json(path, {"time": time.time()}, fsync=False)

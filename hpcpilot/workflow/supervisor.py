@@ -111,12 +111,18 @@ class Supervisor:
 
     def _give_up(self, peer: int, silence: float) -> None:
         """A peer is gone, so no collective can complete: MPI_Abort ends every rank (the launcher ends the job),
-        and each rank's guard then ends its payloads. Jobs not yet final stay undeclared, as after a launcher's
-        clean-up: Harvester fails them with the worker, or a run on this access point reruns them."""
-        log.error("rank %d not heard from for %.0f s (rank_silence_limit %g s): it died or hangs, and the "
-                  "launcher left the other ranks running; aborting every rank (exit code %d); a rerun on this "
-                  "access point runs the jobs that were not declared yet",
-                  peer, silence, self.ctx.config.rank_silence_limit, ExitCode.SITE_PROBLEM)
+        and each rank's guard then ends its payloads; Harvester is asked to cancel the batch job too, in case
+        the launcher cannot end a hung rank. Jobs not yet final stay undeclared, as after a launcher's clean-up:
+        Harvester fails them with the worker, or a run on this access point reruns them."""
+        limit = self.ctx.config.rank_silence_limit
+        reason = f"rank {peer} not heard from for {silence:.0f} s (rank_silence_limit {limit:g} s)"
+        log.error("%s: it died or hangs, and the launcher left the other ranks running; aborting every rank "
+                  "(exit code %d) and asking Harvester to cancel the worker; a rerun on this access point runs the "
+                  "jobs that were not declared yet", reason, ExitCode.SITE_PROBLEM)
+        try:
+            self.ctx.access_point.request_kill(reason)
+        except OSError as error:
+            log.warning("cannot write %s: %s", self.ctx.config.files.kill_worker, error)
         self.comm.Abort(ExitCode.SITE_PROBLEM)
 
     def _heartbeat(self) -> None:

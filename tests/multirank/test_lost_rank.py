@@ -59,6 +59,7 @@ def test_a_rank_gone_silent_aborts_every_rank_with_exit_64(tmp_path: Path, silen
     assert time.monotonic() - stopped < ABORT_BOUND
     assert returncode == 64, stderr[-3000:]
     assert f"rank {silent_rank} not heard from" in stderr
+    assert f"rank {silent_rank} not heard from" in json.loads((ap / "kill_worker.json").read_text())["reason"]
     assert_gone_soon(ranks)  # the silent one too: the launcher SIGKILLs the ranks after MPI_Abort
     assert_no_payload_left()
     # Nothing was declared final for the jobs left: Harvester or a rerun decides.
@@ -75,6 +76,7 @@ def test_ranks_busy_or_waiting_for_long_are_not_taken_for_silent(tmp_path: Path)
     returncode, stderr = finish(pilot, 60)
     assert returncode == 0, stderr[-3000:]
     assert "not heard from" not in stderr
+    assert not (ap / "kill_worker.json").exists()
     for pandaid in jobs:
         assert json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"] == "finished"
 
@@ -89,5 +91,6 @@ def test_ranks_declaring_many_invalid_jobs_are_not_taken_for_silent(tmp_path: Pa
     returncode, stderr = finish(pilot, 90)
     assert returncode == 0, stderr[-3000:]
     assert "not heard from" not in stderr
+    assert not (ap / "kill_worker.json").exists()
     summary = json.loads((ap / "hpcpilot_summary.json").read_text())
     assert (summary["failed"], summary["undeclared"]) == (4000, 0)

@@ -35,8 +35,8 @@ def test_a_rank_killed_under_srun_ends_the_step_within_the_silence_limit(slurm_c
                                                                           tmp_path: Path) -> None:
     ap = sleeping_worker(tmp_path)
     name = f"hpcpilot-lost-rank-{os.getpid()}"
-    command = ["srun", "-J", name, "-n", "2", "--mpi=pmi2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
-               "--cores-per-rank", "2"]
+    command = ["srun", "-J", name, "-n", "2", "--mpi=pmi2", sys.executable, "-m", "hpcpilot", "run",
+               "--access-point", str(ap), "--cores-per-rank", "2"]
     env = {**os.environ, **SILENCE_ENV, "HPCPILOT_DECLARE_RUNNING_AFTER": "0"}
     pilot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                              start_new_session=True)
@@ -50,4 +50,5 @@ def test_a_rank_killed_under_srun_ends_the_step_within_the_silence_limit(slurm_c
     assert time.monotonic() - killed < ABORT_BOUND, stderr[-3000:]
     assert returncode != 0
     assert "rank 1 not heard from" in stderr
+    assert (ap / "kill_worker.json").exists()  # Harvester cancels the batch job, should a rank hang on
     assert_no_payload_left()
