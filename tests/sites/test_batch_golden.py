@@ -29,13 +29,13 @@ EXPECTED = {
     "nersc": {
         "directives": ["#SBATCH --nodes=4", "#SBATCH --time=90", "#SBATCH --signal=SIGUSR1@300",
                        f"#SBATCH --output={ACCESS_POINT}/hpcpilot-%j.out", "#SBATCH --constraint=cpu"],
-        "launcher": "exec srun --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE "
+        "launcher": "exec srun --kill-on-bad-exit=1 --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE "
                     "--cpus-per-task=$((2 * CORES_PER_RANK)) --cpu-bind=cores hpcpilot run",
     },
     "bnl": {
         "directives": ["#SBATCH --nodes=4", "#SBATCH --time=90", "#SBATCH --signal=SIGUSR1@300",
                        "#SBATCH --exclusive"],
-        "launcher": "exec srun --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE "
+        "launcher": "exec srun --kill-on-bad-exit=1 --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE "
                     "--cpus-per-task=$CORES_PER_RANK hpcpilot run",
     },
 }

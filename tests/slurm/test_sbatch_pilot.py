@@ -5,7 +5,7 @@ The BNL site's script (Slurm + ``srun``) is rendered for this one-node cluster
 lays it. Case 1 runs a 12-job worker to the end on 2 ranks; case 2 lets Slurm
 send SIGUSR1 before a short time limit; case 3 repeats case 2 through the
 Harvester template, rendered and submitted the way Harvester's Slurm
-submitter does it.
+submitter does it; case 4 SIGKILLs a rank, which ends the job step at once.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -255,3 +257,43 @@ def test_harvester_rendered_template_stops_gracefully_on_sigusr1(
     assert record["TimeLimit"] == TIME_LIMIT and record["NumNodes"] == "1"
     assert_stopped_by_sigusr1(access_point, job_id, state)
     assert_no_payload_left(seconds)
+
+
+@pytest.mark.timeout(STARTUP_ALLOWANCE + FULL_RUN_TIMEOUT + 60)
+def test_a_rank_killed_ends_the_job_step_at_once(slurm_cluster: SlurmCluster, jobs_cancelled_after: Path) -> None:
+    """The script's srun has --kill-on-bad-exit: Slurm ends the step as soon as a rank dies, long before the
+    pilot's own rank_silence_limit (600 s by default) would; each rank's guard ends its payloads."""
+    tmp_path = jobs_cancelled_after
+    seconds = long_sleep()
+    access_point = sleeping_worker(tmp_path / "ap", seconds)
+    script = concrete_script(tmp_path, access_point, "00:10:00")
+    outcome: dict[str, tuple[str, str]] = {}
+    batch = threading.Thread(target=lambda: outcome.update(job=sbatch_and_wait(
+        script, cwd=access_point, timeout=FULL_RUN_TIMEOUT, env=batch_environment(tmp_path))))
+    batch.start()
+    try:
+        _wait_for_rank_with_payloads(access_point, rank=1, timeout=FULL_RUN_TIMEOUT / 2).kill()
+        killed = time.monotonic()
+    finally:
+        batch.join(FULL_RUN_TIMEOUT)
+    assert "job" in outcome, f"the batch job did not end within {FULL_RUN_TIMEOUT} s of a rank's death"
+    job_id, state = outcome["job"]
+    assert time.monotonic() - killed < 60, pilot_logs(access_point, job_id)[-3000:]
+    assert state in ("FAILED", "CANCELLED"), pilot_logs(access_point, job_id)[-3000:]
+    assert_no_payload_left(seconds)
+
+
+def _wait_for_rank_with_payloads(access_point: Path, rank: int, timeout: float) -> psutil.Process:
+    """Slurm's task ``rank`` of the pilot on ``access_point``, once it has payloads running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if (str(access_point) in (process.info["cmdline"] or [])
+                        and process.environ().get("SLURM_PROCID") == str(rank)
+                        and any("sleep" in child.name() for child in process.children(recursive=True))):
+                    return process
+            except psutil.Error:  # gone meanwhile, or not ours to read
+                continue
+        time.sleep(0.5)
+    pytest.fail(f"task {rank} of the pilot never ran payloads")

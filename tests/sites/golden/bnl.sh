@@ -23,4 +23,4 @@ cd "$ACCESS_POINT" || exit 64
 
 if ! command -v hpcpilot >/dev/null; then echo "hpcpilot: command not found on PATH" >&2; exit 64; fi
 
-exec srun --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE --cpus-per-task=$CORES_PER_RANK hpcpilot run --access-point "$ACCESS_POINT" --site bnl
+exec srun --kill-on-bad-exit=1 --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE --cpus-per-task=$CORES_PER_RANK hpcpilot run --access-point "$ACCESS_POINT" --site bnl

@@ -24,4 +24,4 @@ cd "$ACCESS_POINT" || exit 64
 module load python
 if ! command -v hpcpilot >/dev/null; then echo "hpcpilot: command not found on PATH" >&2; exit 64; fi
 
-exec srun --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE --cpus-per-task=$((2 * CORES_PER_RANK)) --cpu-bind=cores hpcpilot run --access-point "$ACCESS_POINT" --site nersc
+exec srun --kill-on-bad-exit=1 --nodes=$NODES --ntasks-per-node=$RANKS_PER_NODE --cpus-per-task=$((2 * CORES_PER_RANK)) --cpu-bind=cores hpcpilot run --access-point "$ACCESS_POINT" --site nersc
