@@ -32,7 +32,8 @@ YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
 these flags.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
-64 some job could not be declared in the access point; 65 bad
+64 some job could not be declared in the access point, or a rank fell
+silent for rank_silence_limit (600 s: it died or hangs); 65 bad
 configuration or site; 66 the demo access point cannot be written; 70
 internal error; 77 access point unreadable or malformed; 81 the pilot's
 lifetime ran out; 82 no jobs; 128+N stopped by signal N."""
