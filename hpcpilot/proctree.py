@@ -11,8 +11,8 @@ token ``HPCPILOT_JOB_TOKEN=<token>`` in its environment. Its members are:
 
 Parent pids, groups and sessions come from one pass over ``/proc/*/stat``
 (a monitor pass shares one such table among all payloads); environments are
-read only when a member has vanished (it may have left orphans behind) or at
-kill time, and each process at most once.
+read only of processes born after the root, each at most once, at every
+look (an orphan may have left while the root runs, before any look saw it).
 
 Once a payload has exited, what it left in its process group is ended at once
 (``ProcessTree.end_leftovers``, cheap when the group is empty); what left the
@@ -293,6 +293,8 @@ class ProcessTree:
         self.token = token
         self._token_entry = f"{TOKEN_ENV}={token}\0".encode()
         self._session = _payload_session(root_pid) if session_id is None else session_id
+        root = _read_stat(root_pid)
+        self._born = root.start_ticks if root else 0  # nothing older can carry the token
         self._members: dict[tuple[int, int], ProcStat] = {}
         self._without_token: set[tuple[int, int]] = set()
         self._io = IoLedger()
@@ -302,34 +304,22 @@ class ProcessTree:
 
     # ---- membership -------------------------------------------------------
 
-    def pids(self, scan_environ: bool = False, table: ProcTable | None = None) -> set[int]:
-        """Pids of the live members now (zombies excluded).
-
-        ``scan_environ`` forces a search for the token in every environment
-        of our uid; it happens anyway when a member has vanished. ``table``
-        (from ``read_proc_table``) saves reading ``/proc`` again.
-        """
+    def pids(self, table: ProcTable | None = None) -> set[int]:
+        """Pids of the live members now (zombies excluded). ``table`` (from ``read_proc_table``) saves
+        reading ``/proc`` again."""
         with self._lock:
-            return set(self._refresh(scan_environ, table))
+            return set(self._refresh(table))
 
-    def _refresh(self, scan_environ: bool, table: ProcTable | None = None) -> dict[int, ProcStat]:
+    def _refresh(self, table: ProcTable | None = None) -> dict[int, ProcStat]:
         table = self._table = read_proc_table() if table is None else table
         seeds = self._seeds(table)
-        if scan_environ or self._lost_members(table):
-            seeds |= self._token_holders(table, exclude=seeds)
+        seeds |= self._token_holders(table, exclude=seeds)
         members = {pid: table[pid] for pid in _with_descendants(seeds, table)
                    if not table[pid].zombie and _may_signal(pid)}
         self._reap_member_zombies(table)
         self._members = {stat.key: stat for stat in members.values()}
         self._forget_gone(table)
         return members
-
-    def _lost_members(self, table: ProcTable) -> bool:
-        """True if the root or a known member died: it may have left unseen orphans."""
-        root = table.get(self.root_pid)
-        if root is None or root.zombie:
-            return True
-        return any(_is_gone(key, table) or table[key[0]].zombie for key in self._members)
 
     def _seeds(self, table: ProcTable) -> set[int]:
         seeds = {key[0] for key in self._members if not _is_gone(key, table)}
@@ -342,7 +332,8 @@ class ProcessTree:
     def _token_holders(self, table: ProcTable, exclude: set[int]) -> set[int]:
         holders = set()
         for stat in table.values():
-            if stat.pid in exclude or stat.zombie or stat.key in self._without_token:
+            older = stat.start_ticks < self._born  # cannot have inherited the token
+            if older or stat.pid in exclude or stat.zombie or stat.key in self._without_token:
                 continue
             if self._carries_token(stat.pid):
                 holders.add(stat.pid)
@@ -375,7 +366,7 @@ class ProcessTree:
         during the grace period included.
         """
         with self._lock:
-            return end_processes(lambda: self._refresh(scan_environ=True), grace, poll,
+            return end_processes(self._refresh, grace, poll,
                                  f"payload {self.root_pid}")
 
     def end_leftovers(self, grace: float) -> list[int]:
@@ -410,7 +401,7 @@ class ProcessTree:
         ``/proc`` among the trees of many payloads.
         """
         with self._lock:
-            members = self._refresh(scan_environ=False, table=table)
+            members = self._refresh(table)
             self._io.settle(self._table, members)
             # Parents before children (a child starts after its parent): a child reaped
             # between the two reads is then not counted twice, in itself and in its parent.

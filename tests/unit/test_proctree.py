@@ -210,6 +210,15 @@ def test_sample_sees_memory_of_a_python_child(launch):
 
 
 @pytest.mark.timeout(30)
+def test_sample_sees_memory_of_an_orphan_that_left_while_the_root_runs(launch):
+    # The subshell that started it is gone before the first sample: only the token tells it is the payload's.
+    payload = launch(f"(setsid {sys.executable} -c \"import pathlib, time; b = b'x' * (200 * {MB}); "
+                     "pathlib.Path('ready').touch(); time.sleep(60)\" &); sleep 60")
+    payload.wait_for("ready")
+    assert payload.tree.sample().pss >= 150 * 1024  # kB
+
+
+@pytest.mark.timeout(30)
 def test_io_of_a_finished_child_is_counted_once(launch):
     payload = launch("dd if=/dev/zero of=data bs=1M count=20 status=none; touch done; sleep 60")
     totals = []
