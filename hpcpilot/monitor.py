@@ -202,7 +202,10 @@ class Monitor:
     def _looping(self, watch: Watch) -> PilotError | None:
         if not watch.run.spec.looping_check:
             return None
-        idle = time.time() - _newest_change(watch.run.scratch, ignore={TIMESERIES_NAME})
+        try:
+            idle = time.time() - _newest_change(watch.run.scratch, ignore={TIMESERIES_NAME})
+        except OSError:  # the payload removed its scratch: nobody can tell (and the other payloads' pass goes on)
+            return None
         if idle > self.limits.looping_limit:
             return PilotError(ErrorCode.LOOPING_JOB, f"looping job: no file in the work directory modified for "
                               f"{idle:.1f} s (limit {self.limits.looping_limit:g} s)")

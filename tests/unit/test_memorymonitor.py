@@ -260,3 +260,17 @@ def test_periodic_sweep_ends_leftovers_while_payloads_run(start_payload):
         assert not running.process.has_exited()
     finally:
         monitor.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_payload_that_removed_its_scratch_spoils_no_pass(start_payload):
+    gone, idle = start_payload('rm -rf "$PWD"; sleep 60'), start_payload("sleep 60")
+    while gone.scratch.exists():
+        time.sleep(0.02)
+    killed = []
+    monitor = Monitor(Limits(looping_limit=0), kill=killed.append)
+    watches = [monitor.watch(run) for run in (gone, idle)]
+    for watch in watches:
+        watch.due["looping"] = 0.0
+    monitor.check_now()
+    assert killed == [idle] and idle.error.code == 1150 and not gone.failed
