@@ -132,9 +132,9 @@ def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> Pil
     space is failed for the space, and one whose stdout grew over the limit fails for it, as a longer one
     would."""
     error = runtime_failure(run.container_runtime, exit.returncode) or payload.exit_error(exit)
-    if error is not None and exit.returncode > 0:
-        shortage = ctx.monitor.space_shortage(run.scratch)
-        return PilotError(shortage.code, f"{error.diag}; {shortage.diag}") if shortage else error
+    if error is not None and exit.returncode > 0:  # the disk check's order: space first, then stdout
+        found = ctx.monitor.space_shortage(run.scratch) or ctx.monitor.stdout_excess(run.scratch)
+        return PilotError(found.code, f"{error.diag}; {found.diag}") if found else error
     return error or ctx.monitor.stdout_excess(run.scratch)
 
 

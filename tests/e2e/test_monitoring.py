@@ -100,3 +100,13 @@ def test_filling_scratch_fails_with_no_local_space(tmp_path: Path, small_tmpfs: 
     assert "free space" in attributes["pilotErrorDiag"]
     assert run.attributes(22)["jobStatus"] == "finished"
     assert survivors() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_payload_that_fails_after_outgrowing_the_stdout_limit_fails_for_its_stdout(tmp_path: Path) -> None:
+    """Ended before the disk check came round, it gets 1106 as a longer one would, whatever its exit code."""
+    ap = write_access_point(tmp_path / "ap", {31: job_definition(31, "bash", "-c 'head -c 3000000 /dev/zero; exit 1'")})
+    run = run_pilot(ap, "grid", env={"HPCPILOT_LIMITS__MAX_STDOUT_MB": "1"})
+    attributes = run.attributes(31)
+    assert (attributes["pilotErrorCode"], attributes["transExitCode"]) == (1106, 1), attributes
+    assert "exited with code 1" in attributes["pilotErrorDiag"] and "stdout" in attributes["pilotErrorDiag"]
