@@ -368,6 +368,7 @@ class RankEventWork:
     run: JobRun
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
+    keeping_alive: Callable[[Callable[[], None]], None] = lambda work: work()  # the rank's watch goes on meanwhile
     outcome: RankOutcome = field(init=False)
     ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
     asked: int = 0  # requests to rank 0 not answered yet
@@ -383,7 +384,7 @@ class RankEventWork:
     def start(self) -> None:
         declares = self.ctx.rank == 0  # one rank speaks for the job
         jobflow.begin(self.ctx, self.run)
-        jobflow.stage_in(self.ctx, self.run)
+        self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run))  # every rank copies: may take minutes
         if self.run.failed:
             raise self.run.error
         self.channel = EventChannel(self._provide, socket_path=_socket_path(self.run.scratch)).start()
@@ -523,8 +524,10 @@ class RankEventWork:
 
 
 def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
-                          tick: Callable[[], None], set_stop_handler: Callable[[Callable], None]) -> JobRun:
-    """All ranks process the ranges of ``job``; rank 0 declares them and then the job."""
+                          tick: Callable[[], None], set_stop_handler: Callable[[Callable], None],
+                          keeping_alive: Callable[[Callable[[], None]], None] = lambda work: work()) -> JobRun:
+    """All ranks process the ranges of ``job``; rank 0 declares them and then the job. ``keeping_alive`` runs
+    the long file work the ranks wait for while they tell each other they are alive."""
     run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
     dispatcher: Dispatcher | None = None
     sent: list[Any] = []
@@ -541,7 +544,7 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         else:
             sent.append(comm.isend(("entries", entries), dest=0, tag=TAG_REPORT))
 
-    work = RankEventWork(ctx, run, ask, report_entries)
+    work = RankEventWork(ctx, run, ask, report_entries, keeping_alive)
     if ctx.rank == 0:
         dispatcher = Dispatcher(ctx, comm, job, work.give, work.job_log)
     set_stop_handler(lambda request: _stop(work, dispatcher, request))

@@ -278,7 +278,7 @@ def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, superviso
                 results.append(JobResult.of_run(run))
             continue
         run = run_event_service_job(ctx, comm, job, cores, supervisor.tick,
-                                    lambda handler: setattr(supervisor, "on_stop", handler))
+                                    lambda handler: setattr(supervisor, "on_stop", handler), supervisor.keeping_alive)
         if comm.rank == 0:
             results.append(JobResult.of_run(run))
     return results

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from concurrent import futures
+from typing import Any, Callable, TypeVar
 
 from ..errors import ExitCode
 from ..lifetime import Deadline
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 STOP_TAG = 23
 FLUSH_INTERVAL = 10.0
+ALIVE_POLL_SECONDS = 0.1
+T = TypeVar("T")
 
 
 class Supervisor:
@@ -51,6 +54,15 @@ class Supervisor:
             self._give_up(*silent)
         if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
             self._heartbeat()
+
+    def keeping_alive(self, work: Callable[[], T]) -> T:
+        """``work`` (file copies the main thread would wait for, e.g. an event service job's stage-in on every
+        rank at once) in a thread of its own while this rank says it is alive; stops wait for its end, as before."""
+        with futures.ThreadPoolExecutor(1, thread_name_prefix=f"rank{self.ctx.rank}-alive") as pool:
+            done = pool.submit(work)
+            while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
+                self.keep_alive()
+            return done.result()
 
     def adopt(self, request: StopRequest | None) -> None:
         """A stop learnt some other way (e.g. in a rank's final report)."""

@@ -493,3 +493,24 @@ def test_a_rank_done_early_still_says_it_is_alive_while_the_others_work(tmp_path
     by_range = range_entries(entries)
     assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
     assert all(entry["eventStatus"] == "finished" for (entry,) in by_range.values())
+
+
+@pytest.mark.timeout(240)
+def test_ranks_staging_in_for_long_are_not_taken_for_silent(tmp_path: Path) -> None:
+    """Every rank copies the job's 300 MB input on its own, far over a 1 s rank_silence_limit on 4 ranks: the
+    ranks say they are alive while they copy (they did not: the first rank done took another for dead)."""
+    all_ranges = ranges(4)
+    ap = es_worker_running(tmp_path, SLOW_ON_RANK_0_PAYLOAD.replace("time.sleep(2.5)", "pass"), all_ranges)
+    block, size, adler = bytes(range(256)) * 4096, 300, 1
+    with open(ap / "EVNT.big", "wb") as big:
+        for _ in range(size):
+            big.write(block)
+            adler = zlib.adler32(block, adler)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)].update(inFiles="EVNT.big", fsize=str(size * len(block)), GUID="guid-big",
+                                    checksum=f"ad:{adler:08x}", scopeIn="mc")
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    run, entries = run_es(ap, "mpi4", serving=[], env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "not heard from" not in run.stderr
+    assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
