@@ -572,7 +572,7 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
         dispatcher.declare_pending()
         dispatcher.wait_for_sends()
-        _declare_job(ctx, work, dispatcher)
+        keeping_alive(lambda: _declare_job(ctx, work, dispatcher))  # its log tarball: gigabytes, maybe
     jobflow.clean_scratch(ctx, run)
     return run
 

@@ -514,3 +514,23 @@ def test_ranks_staging_in_for_long_are_not_taken_for_silent(tmp_path: Path) -> N
     assert run.returncode == 0, run.stderr[-3000:]
     assert "not heard from" not in run.stderr
     assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
+
+
+@pytest.mark.timeout(240)
+def test_rank_0_packing_a_large_log_is_not_taken_for_silent(tmp_path: Path) -> None:
+    """Rank 0's payload writes 200 MB that do not compress: packing them into the job's log tarball takes rank 0
+    seconds, far over a 1 s rank_silence_limit, while rank 1 waits for the end. Rank 0 says it is alive meanwhile
+    (it did not: rank 1 took it for dead, the tarball half written)."""
+    loud = SLOW_ON_RANK_0_PAYLOAD.replace("time.sleep(2.5)", "pass").replace("    client.request()\n    while", """\
+    if os.environ["HPCPILOT_RANK"] == "0":
+        for _ in range(200):
+            os.write(1, os.urandom(1 << 20))
+    client.request()
+    while""", 1)
+    all_ranges = ranges(4)
+    ap = es_worker_running(tmp_path, loud, all_ranges)
+    run, entries = run_es(ap, "mpi2", serving=[], env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "not heard from" not in run.stderr
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
+    assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
