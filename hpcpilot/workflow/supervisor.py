@@ -7,6 +7,7 @@ silent (see liveness) ends the whole pilot instead: nothing could wait for it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Any, Callable, TypeVar
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 STOP_TAG = 23
 FLUSH_INTERVAL = 10.0
 ALIVE_POLL_SECONDS = 0.1
+KILL_FILE_WAIT = 5.0  # seconds: a hung filesystem must not keep a rank that gives up from aborting
 T = TypeVar("T")
 
 
@@ -131,11 +133,20 @@ class Supervisor:
         log.error("%s: it died or hangs, and the launcher left the other ranks running; aborting every rank "
                   "(exit code %d) and asking Harvester to cancel the worker; a rerun on this access point runs the "
                   "jobs that were not declared yet", reason, ExitCode.SITE_PROBLEM)
+        # In a thread of its own: the filesystem may hang (maybe why the peer fell silent), the abort must not.
+        writer = threading.Thread(target=self._request_kill, args=(reason,), name="kill-worker", daemon=True)
+        writer.start()
+        writer.join(KILL_FILE_WAIT)
+        if writer.is_alive():
+            log.warning("%s not written after %g s: aborting without it", self.ctx.config.files.kill_worker,
+                        KILL_FILE_WAIT)
+        self.comm.Abort(ExitCode.SITE_PROBLEM)
+
+    def _request_kill(self, reason: str) -> None:
         try:
             self.ctx.access_point.request_kill(reason)
         except OSError as error:
             log.warning("cannot write %s: %s", self.ctx.config.files.kill_worker, error)
-        self.comm.Abort(ExitCode.SITE_PROBLEM)
 
     def _heartbeat(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import psutil
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from hpcpilot.workflow.supervisor import KILL_FILE_WAIT
 from tests.multirank.test_graceful_stop import (JOBS, LONG_SLEEP, _status, finish, rank_processes,
                                                 sleeping_worker, start_pilot, wait_until_running)
 
@@ -94,3 +96,31 @@ def test_ranks_declaring_many_invalid_jobs_are_not_taken_for_silent(tmp_path: Pa
     assert not (ap / "kill_worker.json").exists()
     summary = json.loads((ap / "hpcpilot_summary.json").read_text())
     assert (summary["failed"], summary["undeclared"]) == (4000, 0)
+
+
+HUNG_KILL_FILE = """\
+import time
+import hpcpilot.harvester
+hpcpilot.harvester.AccessPoint.request_kill = lambda self, reason: time.sleep(3600)  # the filesystem hangs
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_giving_up_aborts_though_the_kill_file_cannot_be_written(tmp_path: Path) -> None:
+    """The shared filesystem may hang (perhaps why the peer fell silent): writing kill_worker.json must not keep
+    the rank that gives up from aborting (it did: the pilot hung on, holding the allocation)."""
+    (tmp_path / "hang").mkdir()
+    (tmp_path / "hang" / "sitecustomize.py").write_text(HUNG_KILL_FILE)
+    python_path = os.pathsep.join(filter(None, [str(tmp_path / "hang"), os.environ.get("PYTHONPATH")]))
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2, env={**SILENCE_ENV, "PYTHONPATH": python_path})
+    wait_until_running(ap, 2)
+    ranks = rank_processes(pilot)
+    ranks[1].suspend()
+    stopped = time.monotonic()
+    returncode, stderr = finish(pilot, 60)
+    assert time.monotonic() - stopped < ABORT_BOUND + KILL_FILE_WAIT
+    assert returncode == 64, stderr[-3000:]
+    assert "rank 1 not heard from" in stderr and "kill_worker.json not written" in stderr
+    assert_gone_soon(ranks)
+    assert_no_payload_left()
