@@ -17,6 +17,7 @@ from ..mpi import any_source, new_status
 
 ALIVE_TAG = 29
 SAYS_PER_LIMIT = 10  # a peer misses this many "alive" messages in a row before it counts as silent
+AWAY_SHARE = 0.5  # of the limit: a rank that did not look for this long was away itself (see _excuse)
 
 
 class PeerWatch:
@@ -31,6 +32,7 @@ class PeerWatch:
         self.rounds = 0  # "alive" messages sent to each peer
         self.received = 0
         self._next_round = now
+        self._looked = now  # when this rank last listened
         self._sent: list[Any] = []  # isend requests, which keep their buffers alive
 
     def silent_peer(self) -> tuple[int, float] | None:
@@ -38,12 +40,21 @@ class PeerWatch:
         if not self.peers:
             return None
         now = time.monotonic()
+        self._excuse(now - self._looked)
+        self._looked = now
         if now >= self._next_round:
             self._say_alive()
             self._next_round = now + self.limit / SAYS_PER_LIMIT
         self._listen(now)
         silent = min(self.peers, key=self.heard.__getitem__)
         return (silent, now - self.heard[silent]) if now - self.heard[silent] > self.limit else None
+
+    def _excuse(self, away: float) -> None:
+        """This rank was away itself (the whole job suspended, the node frozen): a peer not heard meanwhile
+        was not silent for want of a listener, and every rank would otherwise abort on resuming."""
+        if away > self.limit * AWAY_SHARE:
+            for peer in self.peers:
+                self.heard[peer] += away
 
     def _say_alive(self) -> None:
         self._sent = [request for request in self._sent if not request.Test()]

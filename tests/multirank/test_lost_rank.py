@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -124,3 +125,25 @@ def test_a_rank_giving_up_aborts_though_the_kill_file_cannot_be_written(tmp_path
     assert "rank 1 not heard from" in stderr and "kill_worker.json not written" in stderr
     assert_gone_soon(ranks)
     assert_no_payload_left()
+
+
+@pytest.mark.timeout(120)
+def test_the_whole_job_suspended_and_resumed_is_no_silent_rank(tmp_path: Path) -> None:
+    """A batch system may suspend a whole job (SIGSTOP to every task, as Slurm's suspend and gang scheduling do)
+    for longer than the limit: on resuming, no rank takes another for dead (every rank did, and aborted)."""
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 4, env=SILENCE_ENV)
+    wait_until_running(ap, 4)
+    ranks = rank_processes(pilot)
+    for rank in ranks:
+        rank.suspend()
+    time.sleep(2.5 * SILENCE_LIMIT)
+    for rank in ranks:
+        rank.resume()
+    time.sleep(2 * SILENCE_LIMIT)
+    assert pilot.poll() is None
+    ranks[0].send_signal(signal.SIGTERM)
+    returncode, stderr = finish(pilot, 60)
+    assert returncode == 143, stderr[-3000:]
+    assert "not heard from" not in stderr
+    assert not (ap / "kill_worker.json").exists()
