@@ -130,13 +130,18 @@ class Monitor:
 
     def _check(self, watch: Watch, now: float, checks: dict[str, Callable[[Watch], PilotError | None]],
                intervals: dict[str, float]) -> None:
-        error = self._walltime(watch)
+        """Every check that is due runs: the first limit exceeded is the job's error, the others are logged
+        (PROTOCOL.md: report the first error, log all), and the memory sample goes into the series."""
+        errors = [self._walltime(watch)]
         for name, check in checks.items():
-            if error is None and now >= watch.due[name]:
+            if now >= watch.due[name]:
                 watch.due[name] = now + intervals[name]
-                error = check(watch)
-        if error is not None and watch.run.stop_payload(error):  # not if it has just ended by itself
-            log.error("job %d: %s", watch.run.pandaid, error.diag)
+                errors.append(check(watch))
+        first, *others = [error for error in errors if error is not None] or [None]
+        if first is not None and watch.run.stop_payload(first):  # not if it has just ended by itself
+            log.error("job %d: %s", watch.run.pandaid, first.diag)
+            for other in others:
+                log.error("job %d: also %d %s", watch.run.pandaid, other.code, other.diag)
             self.kill(watch.run)
 
     def _walltime(self, watch: Watch) -> PilotError | None:

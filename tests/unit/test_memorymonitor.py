@@ -274,3 +274,22 @@ def test_a_payload_that_removed_its_scratch_spoils_no_pass(start_payload):
         watch.due["looping"] = 0.0
     monitor.check_now()
     assert killed == [idle] and idle.error.code == 1150 and not gone.failed
+
+
+@pytest.mark.timeout(60)
+def test_limits_exceeded_in_one_pass_are_all_logged_and_the_first_is_the_error(start_payload, caplog):
+    """Walltime and memory both over their limits: the job fails for the walltime (checked first), the memory
+    breach is logged too and its sample kept (the pass stopped at the first one, and said nothing more)."""
+    run = start_payload(f"{sys.executable} -c 'import time; x = bytearray(50 << 20); open(\"ready\", \"w\"); "
+                        "time.sleep(60)'")
+    while not (run.scratch / "ready").exists():
+        time.sleep(0.02)
+    killed = []
+    monitor = Monitor(Limits(walltime_default=1, memory_limit_mb=20), kill=killed.append)
+    watch = monitor.watch(run)
+    watch.started -= 5  # as if it had run 5 s: over the 1 s walltime
+    watch.due["memory"] = 0.0
+    monitor.check_now()
+    assert killed == [run] and run.error.code == 1213
+    assert watch.series.count == 1
+    assert "also 1235 PSS" in caplog.text
