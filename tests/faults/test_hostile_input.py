@@ -20,6 +20,7 @@ from .conftest import (GOOD_IDS, WITH_UMASK_000, assert_bystanders_finished, ass
                        run_pilot_under, with_bystanders)
 
 HOSTILE = 6666
+MB = 1 << 20
 DECOY = b"DECOY-CONTENT-never-to-be-published"
 SHADOW_MARK = b"root:"  # the first bytes of /etc/shadow
 
@@ -253,19 +254,50 @@ def test_a_job_report_that_cannot_be_written_does_not_keep_the_job_from_being_de
 
 
 @pytest.mark.timeout(120)
-def test_a_payload_stdout_over_the_limit_is_left_out_of_the_log_tarball(tmp_path: Path) -> None:
-    """A sparse file of any size takes the payload no time to make, and would take the pilot hours to pack.
-    The job fails for it (1106) as a longer one would at the disk check, even though it ended first."""
+def test_only_the_ends_of_a_payload_stdout_over_the_limit_go_into_the_log_tarball(tmp_path: Path) -> None:
+    """A sparse file of any size takes the payload no time to make, and would take the pilot hours to pack:
+    its first and last MB go in. The job fails for it (1106) as a longer one would at the disk check, even
+    though it ended first."""
     definition, data = copy_job(HOSTILE)
     definition.update(transformation="bash", jobPars=f"-c 'tr a-z A-Z < in.{HOSTILE} > out.{HOSTILE}; "
                                                     "truncate -s 3M payload.stdout'")
     run = run_pilot(worker(tmp_path, definition, data), "mpi2", env={"HPCPILOT_LIMITS__MAX_STDOUT_MB": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert_failed_with(run, HOSTILE, 1106, "payload stdout 3.0 MB exceeded limit 1 MB")
-    members = {member.name.split("/")[-1]: member for member in log_tarball_members(run, HOSTILE)}
-    assert "payload.stdout" not in members and "payload.stderr" in members
-    assert "left out of the log tarball" in run.stderr
+    stdout = tarball_file(run, HOSTILE, "payload.stdout")
+    gap = b"\n[hpcpilot: 1048576 bytes left out here; payload.stdout was 3145728 bytes, over max_stdout_mb]\n"
+    assert stdout == bytes(MB) + gap + bytes(MB)
+    assert "only its first and last 1 MB go into the log tarball" in run.stderr
     assert_bystanders_finished(run)
+
+
+STDOUT_WITH_SECRETS = b"""\
+import sys
+secret, mb = sys.argv[1].encode(), 1 << 20
+data = bytearray(b"x" * 3 * mb)
+for at in (0, mb - len(secret) // 2, 2 * mb - len(secret) // 2, 3 * mb - len(secret)):  # cut in two at both cuts
+    data[at:at + len(secret)] = secret
+sys.stdout.buffer.write(data)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_ends_of_a_payload_stdout_over_the_limit_carry_no_secret_not_even_half_of_one(tmp_path: Path) -> None:
+    script = {"write.py": STDOUT_WITH_SECRETS}
+    definition = with_inputs(job_definition(HOSTILE, "python3", f"write.py {SECRET}", pilotSecrets=SECRET), script)
+    run = run_pilot(worker(tmp_path, definition, script), "grid", env={"HPCPILOT_LIMITS__MAX_STDOUT_MB": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    stdout = tarball_file(run, HOSTILE, "payload.stdout")
+    assert stdout.startswith(b"***xxx") and stdout.endswith(b"xxx***") and b"bytes left out here" in stdout
+    half = len(SECRET) // 2
+    assert SECRET[:half].encode() not in stdout and SECRET[half:].encode() not in stdout
+    assert not _leaks(run, HOSTILE, (SECRET,))
+
+
+def tarball_file(run, pandaid: int, name: str) -> bytes:
+    entry = next(e for e in run.declared(pandaid) if e["type"] == "log")
+    with tarfile.open(entry["path"]) as tar:
+        return tar.extractfile(f"log.{pandaid}/{name}").read()
 
 
 # -- the job directory itself -----------------------------------------------------------------------
