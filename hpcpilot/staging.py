@@ -29,6 +29,7 @@ from .checksums import (KERNEL_CHUNK_SIZE, ChecksummingWriter, CopyFailed, CopyO
 from .errors import ErrorCode, PilotError
 from .jobs import FileSpec, JobSpec
 from .logtarball import write_tarball
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,43 @@ def write_log_tarball(job: JobSpec, scratch: Path, job_dir: Path, members: Itera
     except OSError as error:
         raise PilotError(ErrorCode.LOG_TARBALL_FAILED, f"cannot write log tarball {target.name}: {error}") from None
     return declaration("log", target, writer.checksum, job.log.guid)
+
+
+EXCERPT_BYTES = 1 << 20  # of each end of a payload output too large for the log tarball
+
+
+def excerpt(scratch: Path, name: str, secrets: tuple[str, ...]) -> bytes:
+    """The first and last EXCERPT_BYTES of a file of scratch, a line between them saying what was left out
+    (b"" if it is not a regular file or cannot be read). Each end also loses, where it was cut, as many bytes
+    as the longest secret has: a secret cut in two would not be found, and half of one would go out."""
+    try:  # through scratch itself, never through a link the payload put in its place
+        directory = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        return b""
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return b""
+        if status.st_size <= 2 * EXCERPT_BYTES:  # a limit under 2 MB: nothing to leave out
+            return _redact_bytes(os.pread(fd, status.st_size, 0), secrets)
+        cut = max((len(secret.encode()) for secret in secrets), default=0)
+        head = os.pread(fd, EXCERPT_BYTES, 0)[:EXCERPT_BYTES - cut]
+        tail = os.pread(fd, EXCERPT_BYTES, status.st_size - EXCERPT_BYTES)[cut:]
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    gap = f"\n[hpcpilot: {status.st_size - len(head) - len(tail)} bytes left out here; {name} was " \
+          f"{status.st_size} bytes, over max_stdout_mb]\n"
+    return _redact_bytes(head, secrets) + gap.encode() + _redact_bytes(tail, secrets)
+
+
+def _redact_bytes(data: bytes, secrets: tuple[str, ...]) -> bytes:
+    return redact(data.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")
 
 
 def _regular_members(scratch: Path, members: Iterable[str]) -> list[str]:

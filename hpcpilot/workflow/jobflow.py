@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from ..errors import ErrorCode, PilotError
 from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
-from ..redaction import redact, redact_files
+from ..redaction import redact_files
 from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
@@ -222,7 +221,6 @@ def _keep_in_scratch(run: JobRun, files: dict[str, bytes]) -> None:
 
 
 PAYLOAD_OUTPUTS = (payload.STDOUT_NAME, payload.STDERR_NAME)
-EXCERPT_BYTES = 1 * MB  # of each end of a payload output too large for the log tarball
 
 
 def _log_members(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> list[str]:
@@ -234,50 +232,18 @@ def _log_members(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) 
         size = _size_in(run.scratch, name)
         if size > limit:
             job_log.warning("%s is %d MB, over max_stdout_mb (%d MB): only its first and last %d MB go into "
-                            "the log tarball", name, size // MB, ctx.config.limits.max_stdout_mb, EXCERPT_BYTES // MB)
+                            "the log tarball", name, size // MB, ctx.config.limits.max_stdout_mb,
+                            staging.EXCERPT_BYTES // MB)
         else:
             members.append(name)
     return members
 
 
 def _excerpts_of_the_too_large(run: JobRun, members: list[str]) -> dict[str, bytes]:
-    """For each payload output left out of the log tarball, its two ends, to see how it began and ended."""
-    left_out = [name for name in PAYLOAD_OUTPUTS if name not in members and _size_in(run.scratch, name)]
-    return {name: excerpt for name in left_out if (excerpt := _excerpt(run.scratch, name, run.spec.secrets))}
-
-
-def _excerpt(scratch: Path, name: str, secrets: tuple[str, ...]) -> bytes:
-    """The first and last EXCERPT_BYTES of a file of scratch, a line between them saying what was left out
-    (b"" if it is not a regular file or cannot be read). Each end also loses, where it was cut, as many bytes
-    as the longest secret has: a secret cut in two would not be found, and half of one would go out."""
-    try:  # through scratch itself, never through a link the payload put in its place
-        directory = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        return b""
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            return b""
-        if status.st_size <= 2 * EXCERPT_BYTES:  # a limit under 2 MB: nothing to leave out
-            return _redact_bytes(os.pread(fd, status.st_size, 0), secrets)
-        cut = max((len(secret.encode()) for secret in secrets), default=0)
-        head = os.pread(fd, EXCERPT_BYTES, 0)[:EXCERPT_BYTES - cut]
-        tail = os.pread(fd, EXCERPT_BYTES, status.st_size - EXCERPT_BYTES)[cut:]
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-    gap = f"\n[hpcpilot: {status.st_size - len(head) - len(tail)} bytes left out here; {name} was " \
-          f"{status.st_size} bytes, over max_stdout_mb]\n"
-    return _redact_bytes(head, secrets) + gap.encode() + _redact_bytes(tail, secrets)
-
-
-def _redact_bytes(data: bytes, secrets: tuple[str, ...]) -> bytes:
-    return redact(data.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")
+    """For each payload output left out of the log tarball (over the limit), its two ends, to see how it began
+    and ended."""
+    left_out = [name for name in PAYLOAD_OUTPUTS if name not in members]
+    return {name: ends for name in left_out if (ends := staging.excerpt(run.scratch, name, run.spec.secrets))}
 
 
 def _size_in(scratch: Path | None, name: str) -> int:
