@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,23 +49,42 @@ def assert_no_payload_left() -> None:
     assert payloads_left() == []
 
 
+def assert_aborts_once_silenced(pilot: subprocess.Popen, ap: Path, rank: int, bound: float) -> str:
+    """SIGSTOP ``rank`` (a hung rank, which MPICH's launcher does not see): the pilot ends with 64 within
+    ``bound``, naming it, and no rank nor payload is left; returns the pilot's stderr."""
+    wait_until_running(ap, 2)
+    ranks = rank_processes(pilot)
+    ranks[rank].suspend()
+    stopped = time.monotonic()
+    returncode, stderr = finish(pilot, 60)
+    assert time.monotonic() - stopped < bound
+    assert returncode == 64, stderr[-3000:]
+    assert f"rank {rank} not heard from" in stderr
+    assert_gone_soon(ranks)  # the silent one too: the launcher SIGKILLs the ranks after MPI_Abort
+    assert_no_payload_left()
+    return stderr
+
+
+def assert_no_rank_taken_for_silent(ap: Path, stderr: str) -> None:
+    assert "not heard from" not in stderr
+    assert not (ap / "kill_worker.json").exists()
+
+
+def run_to_the_end_under_a_1_s_limit(ap: Path, timeout: float) -> None:
+    """The pilot on 2 ranks with a 1 s rank_silence_limit: it exits 0, no rank taken for silent."""
+    pilot = start_pilot(ap, 2, env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    returncode, stderr = finish(pilot, timeout)
+    assert returncode == 0, stderr[-3000:]
+    assert_no_rank_taken_for_silent(ap, stderr)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("silent_rank", [1, 0])
 def test_a_rank_gone_silent_aborts_every_rank_with_exit_64(tmp_path: Path, silent_rank: int) -> None:
     """SIGSTOP makes a hung rank that MPICH's launcher does not see: the rank watching it gives up."""
     ap = sleeping_worker(tmp_path)
-    pilot = start_pilot(ap, 2, env=SILENCE_ENV)
-    wait_until_running(ap, 2)
-    ranks = rank_processes(pilot)
-    ranks[silent_rank].suspend()
-    stopped = time.monotonic()
-    returncode, stderr = finish(pilot, 60)
-    assert time.monotonic() - stopped < ABORT_BOUND
-    assert returncode == 64, stderr[-3000:]
-    assert f"rank {silent_rank} not heard from" in stderr
+    assert_aborts_once_silenced(start_pilot(ap, 2, env=SILENCE_ENV), ap, silent_rank, ABORT_BOUND)
     assert f"rank {silent_rank} not heard from" in json.loads((ap / "kill_worker.json").read_text())["reason"]
-    assert_gone_soon(ranks)  # the silent one too: the launcher SIGKILLs the ranks after MPI_Abort
-    assert_no_payload_left()
     # Nothing was declared final for the jobs left: Harvester or a rerun decides.
     assert not {_status(ap, pandaid) for pandaid in JOBS} & {"finished", "failed"}
 
@@ -75,11 +95,7 @@ def test_ranks_busy_or_waiting_for_long_are_not_taken_for_silent(tmp_path: Path)
     still says it is alive, the run ends normally."""
     jobs = {1: job_definition(1, "true"), 2: job_definition(2, "sleep", "5")}  # dealt round-robin: 2 to rank 1
     ap = write_access_point(tmp_path / "ap", jobs)
-    pilot = start_pilot(ap, 2, env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
-    returncode, stderr = finish(pilot, 60)
-    assert returncode == 0, stderr[-3000:]
-    assert "not heard from" not in stderr
-    assert not (ap / "kill_worker.json").exists()
+    run_to_the_end_under_a_1_s_limit(ap, 60)
     for pandaid in jobs:
         assert json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"] == "finished"
 
@@ -90,11 +106,7 @@ def test_ranks_declaring_many_invalid_jobs_are_not_taken_for_silent(tmp_path: Pa
     say they are alive between declarations."""
     jobs = {p: job_definition(p, "true", logFile="../escape") for p in range(1, 4001)}  # 1371 each
     ap = write_access_point(tmp_path / "ap", jobs)
-    pilot = start_pilot(ap, 2, env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
-    returncode, stderr = finish(pilot, 90)
-    assert returncode == 0, stderr[-3000:]
-    assert "not heard from" not in stderr
-    assert not (ap / "kill_worker.json").exists()
+    run_to_the_end_under_a_1_s_limit(ap, 90)
     summary = json.loads((ap / "hpcpilot_summary.json").read_text())
     assert (summary["failed"], summary["undeclared"]) == (4000, 0)
 
@@ -115,16 +127,8 @@ def test_a_rank_giving_up_aborts_though_the_kill_file_cannot_be_written(tmp_path
     python_path = os.pathsep.join(filter(None, [str(tmp_path / "hang"), os.environ.get("PYTHONPATH")]))
     ap = sleeping_worker(tmp_path)
     pilot = start_pilot(ap, 2, env={**SILENCE_ENV, "PYTHONPATH": python_path})
-    wait_until_running(ap, 2)
-    ranks = rank_processes(pilot)
-    ranks[1].suspend()
-    stopped = time.monotonic()
-    returncode, stderr = finish(pilot, 60)
-    assert time.monotonic() - stopped < ABORT_BOUND + KILL_FILE_WAIT
-    assert returncode == 64, stderr[-3000:]
-    assert "rank 1 not heard from" in stderr and "kill_worker.json not written" in stderr
-    assert_gone_soon(ranks)
-    assert_no_payload_left()
+    stderr = assert_aborts_once_silenced(pilot, ap, 1, ABORT_BOUND + KILL_FILE_WAIT)
+    assert "kill_worker.json not written" in stderr
 
 
 @pytest.mark.timeout(120)
@@ -145,5 +149,4 @@ def test_the_whole_job_suspended_and_resumed_is_no_silent_rank(tmp_path: Path) -
     ranks[0].send_signal(signal.SIGTERM)
     returncode, stderr = finish(pilot, 60)
     assert returncode == 143, stderr[-3000:]
-    assert "not heard from" not in stderr
-    assert not (ap / "kill_worker.json").exists()
+    assert_no_rank_taken_for_silent(ap, stderr)

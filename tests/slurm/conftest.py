@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+import psutil
 import pytest
 
 log = logging.getLogger(__name__)
@@ -273,3 +274,15 @@ def jobs_cancelled_after(tmp_path: Path) -> Iterator[Path]:
     deadline = time.monotonic() + 60
     while any(_job_in_queue(job_id) for job_id in leftovers) and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
+
+
+def slurm_task(access_point: Path, rank: int) -> psutil.Process | None:
+    """The pilot process Slurm started as task ``rank`` on ``access_point``, if there is one now."""
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if (str(access_point) in (process.info["cmdline"] or [])
+                    and process.environ().get("SLURM_PROCID") == str(rank)):
+                return process
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return None

@@ -33,6 +33,7 @@ from .conftest import (
     pilot_bin_dir,
     sbatch_and_wait,
     slurm_job_record,
+    slurm_task,
 )
 
 pytestmark = pytest.mark.slurm
@@ -287,13 +288,11 @@ def _wait_for_rank_with_payloads(access_point: Path, rank: int, timeout: float) 
     """Slurm's task ``rank`` of the pilot on ``access_point``, once it has payloads running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for process in psutil.process_iter(["cmdline"]):
-            try:
-                if (str(access_point) in (process.info["cmdline"] or [])
-                        and process.environ().get("SLURM_PROCID") == str(rank)
-                        and any("sleep" in child.name() for child in process.children(recursive=True))):
-                    return process
-            except psutil.Error:  # gone meanwhile, or not ours to read
-                continue
+        task = slurm_task(access_point, rank)
+        try:
+            if task is not None and any("sleep" in child.name() for child in task.children(recursive=True)):
+                return task
+        except psutil.Error:  # gone meanwhile
+            pass
         time.sleep(0.5)
     pytest.fail(f"task {rank} of the pilot never ran payloads")

@@ -8,26 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.multirank.test_graceful_stop import finish, sleeping_worker, wait_until_running
 from tests.multirank.test_lost_rank import ABORT_BOUND, SILENCE_ENV, assert_no_payload_left
 
-from .conftest import COMMAND_TIMEOUT, STARTUP_ALLOWANCE, SlurmCluster
+from .conftest import COMMAND_TIMEOUT, STARTUP_ALLOWANCE, SlurmCluster, slurm_task
 
 pytestmark = pytest.mark.slurm
-
-
-def srun_rank(ap: Path, rank: int) -> psutil.Process:
-    """The pilot process Slurm started as task ``rank`` on ``ap``."""
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if str(ap) in (process.info["cmdline"] or []) and process.environ().get("SLURM_PROCID") == str(rank):
-                return process
-        except psutil.Error:  # gone meanwhile, or not ours to read
-            continue
-    pytest.fail(f"no task {rank} of the pilot on {ap}")
 
 
 @pytest.mark.timeout(STARTUP_ALLOWANCE + 120)
@@ -42,7 +30,9 @@ def test_a_rank_killed_under_srun_ends_the_step_within_the_silence_limit(slurm_c
                              start_new_session=True)
     try:
         wait_until_running(ap, 2)
-        srun_rank(ap, 1).kill()
+        task = slurm_task(ap, 1)
+        assert task is not None, f"no task 1 of the pilot on {ap}"
+        task.kill()
         killed = time.monotonic()
         returncode, stderr = finish(pilot, 60)
     finally:  # killing srun does not end its step: a step left hanging would hold the node
