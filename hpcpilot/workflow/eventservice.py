@@ -368,7 +368,7 @@ class RankEventWork:
     run: JobRun
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
-    keeping_alive: Callable[[Callable[[], None]], None] = lambda work: work()  # the rank's watch goes on meanwhile
+    keeping_alive: Callable[[Callable[[], None]], None]  # runs long file work while the rank's watch goes on
     outcome: RankOutcome = field(init=False)
     ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
     asked: int = 0  # requests to rank 0 not answered yet
@@ -525,7 +525,7 @@ class RankEventWork:
 
 def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
                           tick: Callable[[], None], set_stop_handler: Callable[[Callable], None],
-                          keeping_alive: Callable[[Callable[[], None]], None] = lambda work: work()) -> JobRun:
+                          keeping_alive: Callable[[Callable[[], None]], None]) -> JobRun:
     """All ranks process the ranges of ``job``; rank 0 declares them and then the job. ``keeping_alive`` runs
     the long file work the ranks wait for while they tell each other they are alive."""
     run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
