@@ -194,19 +194,22 @@ def read_json(path: Path | str, limit: int = MAX_READ) -> Any:
         raise ValueError(f"{path}: JSON nested too deeply") from None
 
 
-def read_bytes(path: Path | str, limit: int = MAX_READ) -> bytes:
+def read_bytes(path: Path | str, limit: int = MAX_READ, short_read_is_end: bool = False) -> bytes:
     """The content of the regular file at ``path``; never waits on a FIFO or reads a device without end.
 
-    Read to the end (a short read is not the end everywhere: FUSE, /proc); a
-    file that is empty or longer than one read is first checked to be a
-    regular file of at most ``limit`` bytes, so a file of usual size costs no
-    stat.
+    Read to the end (a short read is not the end everywhere: FUSE, /proc),
+    unless the caller knows the file's filesystem ends a read only at the end
+    of the file (``short_read_is_end``); a file that is empty or longer than
+    one read is first checked to be a regular file of at most ``limit`` bytes,
+    so a file of usual size costs no stat.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # open() of a FIFO waits for a writer
     try:
         chunks, total = [_read(fd, path)], 0
         if len(chunks[0]) in (0, READ_SIZE):
             _check_regular_within(fd, path, limit)
+        elif short_read_is_end:
+            return chunks[0]
         while chunks[-1]:
             total += len(chunks[-1])
             if total > limit:
@@ -215,6 +218,33 @@ def read_bytes(path: Path | str, limit: int = MAX_READ) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# Filesystems whose reads of a regular file fill the buffer up to the file's end (through the page cache or
+# a client that loops until it has all): on them, a short read is the end. FUSE, which may hand on its
+# daemon's short reads (direct_io), and procfs, which hands out a page at a time, are not among them.
+FILLING_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "overlay",
+                                 "nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph"})
+
+
+def short_read_is_end(path: Path | str) -> bool:
+    """Whether a short read of a regular file on the filesystem of ``path`` means its end; False when unsure.
+
+    The filesystem is the mount whose device is the one of ``path`` (one stat
+    and one read of /proc/self/mountinfo, on the node, not on ``path``'s
+    filesystem).
+    """
+    try:
+        device = os.stat(path).st_dev
+        with open("/proc/self/mountinfo", "rb") as mounts:
+            lines = mounts.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    # a line: ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - TYPE SOURCE SUPER_OPTIONS
+    types = {line.split(" - ", 1)[1].split()[0] for line in lines
+             if " - " in line and line.split()[2] == wanted}
+    return len(types) == 1 and types <= FILLING_FILESYSTEMS
 
 
 def _check_regular_within(fd: int, path: Path | str, limit: int) -> None:

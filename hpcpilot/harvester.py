@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomicfile import json_bytes, read_bytes, read_json, rename_no_replace, write_json, write_new
+from .atomicfile import json_bytes, read_bytes, read_json, rename_no_replace, short_read_is_end, write_json, write_new
 from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import (SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service,
@@ -44,6 +44,7 @@ class AccessPoint:
         self.many_to_one = _is_many_to_one(self.root, files)
         self._root_text = str(self.root)
         self._job_dirs: dict[int, Path] = {}
+        self._short_read_is_end = False  # learnt once the access point is known to be readable
         # names no input, output or log may take: Harvester's files and the pilot's, here and in scratch
         self.reserved_names = SCRATCH_NAMES | {getattr(files, f.name) for f in fields(files)
                                                if f.name != "job_spec_format"}
@@ -84,6 +85,7 @@ class AccessPoint:
         """Every job definition of this worker as read, not yet validated; or invalid with its code
         (when its file cannot be read or decoded)."""
         self._check_readable()
+        self._short_read_is_end = short_read_is_end(self.root)  # then one read takes a usual spec file
         if self.many_to_one:
             return self._read_job_dirs_in_pool(self._read_pandaids())
         spec = self.root / self.files.job_spec
@@ -192,11 +194,10 @@ class AccessPoint:
             return [RawJob(expected, expected, definitions.get(str(expected), _only(definitions)))]
         return [RawJob(_pandaid_or_zero(key), key, raw) for key, raw in definitions.items()]
 
-    @staticmethod
-    def _spec_text(spec: Path | str) -> str | JobDefinitionError:
+    def _spec_text(self, spec: Path | str) -> str | JobDefinitionError:
         """The spec file's text, or the error that says why it cannot be read (returned: threads hand it on)."""
         try:
-            return _read_text(os.fspath(spec))
+            return _read_text(os.fspath(spec), self._short_read_is_end)
         except FileNotFoundError:
             return JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist")
         except (OSError, UnicodeDecodeError) as error:
@@ -421,9 +422,9 @@ def _same_file(first: Path, second: Path) -> bool:
         return False
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, short_read_is_end: bool) -> str:
     """What ``Path.read_text`` returns, without the layers of a buffered text file (read many times over)."""
-    text = read_bytes(path).decode(_TEXT_ENCODING)
+    text = read_bytes(path, short_read_is_end=short_read_is_end).decode(_TEXT_ENCODING)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text  # universal newlines
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.atomicfile import (READ_SIZE, TEMP_PREFIX, atomic_writer, declared_later, publish_json_if_absent,
-                                 read_bytes, read_json, rename_no_replace, write_json, write_new)
+                                 read_bytes, read_json, rename_no_replace, short_read_is_end, write_json, write_new)
 
 ORIGINAL = {"jobStatus": "running"}
 
@@ -305,6 +305,24 @@ def test_read_bytes_reads_on_past_short_reads():
     with open("/proc/kallsyms", "rb") as handle:
         expected = handle.read()
     assert len(expected) > READ_SIZE and read_bytes("/proc/kallsyms") == expected
+
+
+def test_a_short_read_is_the_end_on_the_filesystems_that_fill_their_reads(tmp_path):
+    assert short_read_is_end(tmp_path)  # ext4 or tmpfs wherever the tests run
+    assert short_read_is_end("/dev/shm")
+
+
+@pytest.mark.parametrize("path", ["/proc/self", "/sys/kernel", "/nonexistent/access/point"])
+def test_a_short_read_is_not_the_end_where_unsure(path):
+    assert not short_read_is_end(path)
+
+
+@pytest.mark.timeout(30)
+def test_read_bytes_stops_at_a_short_read_only_when_told_it_is_the_end():
+    if not os.access("/proc/kallsyms", os.R_OK):
+        pytest.skip("no readable /proc/kallsyms")
+    first = read_bytes("/proc/kallsyms", short_read_is_end=True)
+    assert 0 < len(first) < READ_SIZE and len(read_bytes("/proc/kallsyms")) > READ_SIZE
 
 
 @pytest.mark.timeout(10)

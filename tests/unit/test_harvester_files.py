@@ -12,6 +12,8 @@ import pwd
 import select
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
@@ -122,6 +124,24 @@ def test_many_to_one_reads_every_job_in_the_listed_order(tmp_path):
     jobs = access_point.read_jobs()
     assert [job.pandaid for job in jobs] == [1003, 1001, 1002]
     assert jobs == [parse_job(defs[p]) for p in (1003, 1001, 1002)]
+
+
+@pytest.mark.timeout(60)
+def test_each_job_definition_takes_one_read_on_a_local_filesystem(tmp_path):
+    """A shared filesystem pays for every call: a short first read of a spec file on a filesystem that fills
+    its reads is the whole file, with no second read to find the end (the /proc case reads on: see
+    test_atomicfile)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed (apt-get install -y strace)")
+    root = write_access_point(tmp_path / "ap", definitions(1001, 1002, 1003))
+    trace = tmp_path / "trace"
+    script = "import sys; from hpcpilot.harvester import AccessPoint; from hpcpilot.config import HarvesterFiles; " \
+             "AccessPoint(sys.argv[1], HarvesterFiles()).read_jobs()"
+    subprocess.run([strace, "-f", "-y", "-qq", "-e", "trace=read", "-o", str(trace), sys.executable, "-c", script,
+                    str(root)], check=True, timeout=50)
+    spec_reads = [line for line in trace.read_text().splitlines() if f"/{FILES.job_spec}>" in line]
+    assert len(spec_reads) == 3, spec_reads
 
 
 def test_job_directory_paths_kept_do_not_grow_with_the_jobs_done(tmp_path, monkeypatch):
