@@ -165,7 +165,7 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any, signa
     root = None
     if comm.rank == 0:
         try:
-            root = make_demo(args.dir or default_directory(), args.jobs)
+            root = make_demo(args.dir or default_directory(), args.jobs, config.files)
             log.info("demo access point written to %s", root)
         except OSError as error:
             log.error("cannot write the demo access point (choose another with --dir): %s", error)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from .config import HarvesterFiles
 
 FIRST_PANDAID = 5_000_001
 BAD_CHECKSUM_INDEX = 13
@@ -23,8 +24,9 @@ def default_directory() -> Path:
     return Path.cwd() / time.strftime("hpcpilot-demo-%Y%m%d-%H%M%S")
 
 
-def make_demo(root: Path, n_jobs: int = 16) -> Path:
-    """Write the demo access point under ``root``; returns it."""
+def make_demo(root: Path, n_jobs: int = 16, files: HarvesterFiles = HarvesterFiles()) -> Path:
+    """Write the demo access point under ``root`` with the file names and spec format the pilot will read
+    (``files``); returns it."""
     definitions, inputs = {}, {}
     for index in range(n_jobs):
         pandaid = FIRST_PANDAID + index
@@ -38,4 +40,4 @@ def make_demo(root: Path, n_jobs: int = 16) -> Path:
         if index == BAD_CHECKSUM_INDEX:
             definition["checksum"] = "ad:00000001"
         definitions[pandaid], inputs[pandaid] = definition, {name_in: data}
-    return write_access_point(root, definitions, inputs)
+    return write_access_point(root, definitions, inputs, files)

@@ -38,3 +38,13 @@ def test_a_demo_directory_that_cannot_be_written_is_a_message_and_66(tmp_path: P
 def test_a_demo_of_no_jobs_is_refused_by_the_command_line(tmp_path: Path) -> None:
     run = run_demo(tmp_path, "--jobs", "0", launch="grid")
     assert run.returncode == 2 and "--jobs: 0: must be at least 1" in run.stderr
+
+
+@pytest.mark.timeout(200)
+def test_the_demo_is_written_with_the_job_spec_name_and_format_the_pilot_reads(tmp_path: Path) -> None:
+    """A site set up for the messenger's pandaJobData.out in cgi must get a demo its pilot can read."""
+    (tmp_path / "site.yaml").write_text("files:\n  job_spec: pandaJobData.out\n  job_spec_format: cgi\n")
+    run = run_demo(tmp_path, "--dir", "demo", "--jobs", "2", "--config", "site.yaml", launch="grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 finished, 0 failed" in run.stdout, run.stdout[-3000:]
+    assert (tmp_path / "demo" / "5000001" / "pandaJobData.out").is_file()
