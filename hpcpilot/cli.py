@@ -40,7 +40,7 @@ lifetime ran out; 82 no jobs; 128+N stopped by signal N."""
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scratch", type=Path, metavar="DIR",
+    parser.add_argument("--scratch", type=_path, metavar="DIR",
                         help="node-local directory for job scratch (default: the site's scratch candidates, then "
                              "$TMPDIR, then the system temp dir)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the jobs of an access point", description=RUN_DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--access-point", type=Path, metavar="DIR",
+    run.add_argument("--access-point", type=_path, metavar="DIR",
                      help="the worker's access point, where Harvester placed the jobs (required here or as the "
                           "setting access_point)")
     _add_run_options(run)
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("sites", help="list the site plugins; * marks the one detected here",
                         description="List the site plugins registered under the entry point group hpcpilot.sites.")
     return parser
+
+
+def _path(text: str) -> Path:
+    """A directory argument; an empty one (an unset variable in a batch script) would mean the current one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a directory")
+    return Path(text)
 
 
 def _at_least_one(text: str) -> int:

@@ -146,6 +146,8 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         return None
     if isinstance(value, (Mapping, list, tuple)) or (isinstance(value, (bool, float)) and kind is int):
         raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}")
+    if kind is Path and isinstance(value, str) and not value.strip():  # Path("") is the current directory
+        raise ConfigError(f"{name}: empty; give a directory, or leave the setting out")
     if isinstance(value, kind):
         return value
     if kind is bool:

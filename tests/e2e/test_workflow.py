@@ -258,6 +258,17 @@ def test_configuration_mistakes_exit_65_before_any_job(tmp_path: Path) -> None:
     assert without.returncode == 65 and "the access point is required" in without.stderr
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option", ["--access-point", "--scratch"])
+def test_an_empty_directory_option_is_refused_not_taken_for_the_current_directory(tmp_path: Path, option) -> None:
+    """``--scratch "$LOCAL_SSD"`` with the variable unset must not put scratch where the pilot was started."""
+    ap = write_access_point(tmp_path / "ap", {2102: job_definition(2102, "true")})
+    argv = [sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap), option, ""]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=50, cwd=tmp_path)
+    assert run.returncode == 2 and f"argument {option}: empty" in run.stderr, run.stderr[-2000:]
+    assert not (ap / "2102" / "worker_attributes.json").exists()
+
+
 @pytest.mark.timeout(120)
 def test_a_lifetime_inside_its_margin_is_said_at_once(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {2301: job_definition(2301, "true")})

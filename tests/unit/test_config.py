@@ -238,6 +238,18 @@ def test_a_non_integer_yaml_value_for_an_integer_setting_is_a_config_error(tmp_p
     config_error(yaml_file=yaml_file(tmp_path, f"cores_per_rank: {value}\n"))
 
 
+@pytest.mark.parametrize("source", ["environment", "yaml"])
+@pytest.mark.parametrize("setting", ["scratch", "access_point"])
+def test_an_empty_path_is_a_config_error_not_the_current_directory(tmp_path, source, setting):
+    """HPCPILOT_SCRATCH=$LOCAL_SSD with the variable unset put job scratch in the current directory: in a batch
+    script the access point, on the shared filesystem, without a word."""
+    if source == "environment":
+        message = config_error(environ={f"HPCPILOT_{setting.upper()}": ""})
+    else:
+        message = config_error(yaml_file=yaml_file(tmp_path, f"{setting}: ''\n"))
+    assert setting in message and "empty" in message
+
+
 def test_an_unknown_log_level_is_a_config_error():
     assert "log_level" in config_error(environ={"HPCPILOT_LOG_LEVEL": "LOUD"})
 
