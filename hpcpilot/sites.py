@@ -313,7 +313,11 @@ class Site:
         """Text of this site's batch script template (Harvester placeholders + hpcpilot_* ones)."""
         if self.data.plugin_dir is None:
             raise SitePluginError(f"site {self.name}: no plugin directory holds its {self.data.batch_template}")
-        return (self.data.plugin_dir / self.data.batch_template).read_text()
+        path = self.data.plugin_dir / self.data.batch_template
+        try:
+            return path.read_text()
+        except OSError as error:  # a misnamed or missing batch.template: say which site and file
+            raise SitePluginError(f"site {self.name}: batch template {path}: {error.strerror}") from None
 
     def signal_margin_seconds(self) -> int:
         """How long before the walltime limit the pilot is told to wrap up (SIGUSR1)."""

@@ -1,6 +1,7 @@
 """Choosing a site, and plugins that are broken, found through real entry points."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -152,3 +153,24 @@ def test_a_site_built_from_data_alone_uses_generic_defaults():
     assert site.scheduler() == "none"
     assert site.container_runtimes() == []
     assert not site.detect({"HOSTNAME": "tiny"})
+
+
+@pytest.mark.timeout(120)
+def test_a_plugin_whose_batch_template_is_missing_gets_a_message_not_a_traceback(tmp_path):
+    install_outside_plugin(
+        tmp_path,
+        """
+        from hpcpilot.sites import Site
+
+        class SummitSite(Site):
+            pass
+        """,
+        "name: summit\nscheduler: none\nbatch:\n  template: batch.lsf.in\n",
+    )
+    repository = Path(__file__).resolve().parents[2]  # this checkout's hpcpilot, not an installed one
+    result = subprocess.run(
+        [sys.executable, "-m", "hpcpilot", "batch-script", "--site", "summit", "--nodes", "1", "--walltime",
+         "01:00:00", "--access-point", "/ap"], capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(repository)]), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "site summit: batch template" in result.stderr and "batch.lsf.in" in result.stderr
