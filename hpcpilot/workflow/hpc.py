@@ -211,13 +211,15 @@ def default_cores_per_rank(comm: Any) -> int:
 
 
 def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
-    """Node-local storage as the site chooses it (--scratch first); the shared filesystem as last resort."""
-    try:
-        base = site.choose_scratch(config.scratch, os.environ) / f"hpcpilot-{os.getpid()}"
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return base
-    except (OSError, PilotError) as error:
-        log.warning("node-local scratch unusable: %s", error)
+    """Node-local storage: --scratch, else (or when it is unusable) as the site chooses it; the shared
+    filesystem as last resort only, not while a node-local directory can still be had."""
+    for wanted in dict.fromkeys([config.scratch, None]):
+        try:
+            base = site.choose_scratch(wanted, os.environ) / f"hpcpilot-{os.getpid()}"
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return base
+        except (OSError, PilotError) as error:
+            log.warning("node-local scratch unusable: %s%s", error, "; trying the site's choice" if wanted else "")
     fallback = access_point.state_dir / "scratch"
     log.warning("no node-local scratch could be created; using the shared filesystem at %s", fallback)
     fallback.mkdir(parents=True, exist_ok=True)

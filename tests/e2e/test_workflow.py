@@ -270,6 +270,21 @@ def test_an_empty_directory_option_is_refused_not_taken_for_the_current_director
 
 
 @pytest.mark.timeout(120)
+def test_an_unusable_scratch_option_falls_back_to_node_local_scratch_not_the_shared_filesystem(tmp_path: Path) -> None:
+    """README: the shared filesystem only as a last resort. A --scratch that cannot be created went straight
+    there, past a usable $TMPDIR."""
+    ap = write_access_point(tmp_path / "ap", {2103: job_definition(2103, "true")})
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tmp").mkdir()
+    run = run_pilot(ap, "grid", "--scratch", str(tmp_path / "file" / "scratch"), "--keep-scratch",
+                    env={"TMPDIR": str(tmp_path / "tmp")})
+    assert run.returncode == 0 and run.attributes(2103)["jobStatus"] == "finished", run.stderr[-2000:]
+    assert "node-local scratch unusable" in run.stderr and "shared filesystem" not in run.stderr
+    assert list((tmp_path / "tmp").glob("hpcpilot-*/job-2103-*"))
+    assert not (ap / ".hpcpilot" / "scratch").exists()
+
+
+@pytest.mark.timeout(120)
 def test_a_lifetime_inside_its_margin_is_said_at_once(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {2301: job_definition(2301, "true")})
     run = run_pilot(ap, "grid", "--lifetime", "5")
