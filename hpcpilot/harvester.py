@@ -32,6 +32,7 @@ _TEXT_ENCODING = locale.getpreferredencoding(False)  # what Path.read_text decod
 READ_THREADS = 8
 READ_CHUNK = 256  # job directories per thread pool task
 JOB_DIR_CACHE = 1024  # job directory paths kept: far more than a rank has jobs in flight
+SPEC_NAMES = ("HPCJobs.json", "pandaJobData.out")  # Harvester's two names for the job spec (PROTOCOL.md)
 
 
 class AccessPoint:
@@ -91,7 +92,8 @@ class AccessPoint:
         spec = self.root / self.files.job_spec
         if not spec.exists():
             raise WorkerError(ExitCode.NO_JOBS, f"no jobs in {self.root}: neither "
-                              f"{self.files.worker_pandaids} nor {self.files.job_spec} is there")
+                              f"{self.files.worker_pandaids} nor {self.files.job_spec} is there"
+                              f"{self._spec_name_hint()}")
         definitions = self._definitions(spec, self._spec_text(spec), expected=None)
         if not definitions:
             raise WorkerError(ExitCode.NO_JOBS, f"{spec} holds no job definition")
@@ -180,7 +182,17 @@ class AccessPoint:
         if text is None:
             return InvalidJob(pandaid, ErrorCode.FILE_HANDLING, f"job directory {self.job_dir(pandaid)} is a "
                               f"symlink to {self.job_dir(pandaid).resolve()}, outside the access point; refused")
+        if isinstance(text, JobDefinitionError) and text.code == ErrorCode.NO_SUCH_FILE:
+            text = JobDefinitionError(text.code, text.diag + self._spec_name_hint(self.job_dir(pandaid)))
         return self._definitions(self._spec_path(pandaid), text, expected=pandaid)[0]
+
+    def _spec_name_hint(self, *directories: Path) -> str:
+        """Harvester names the job spec HPCJobs.json or, its messenger's default, pandaJobData.out: when the
+        configured name is missing and the other is there, say which setting to change."""
+        for other in SPEC_NAMES:
+            if other != self.files.job_spec and any(_exists(d / other) for d in (*directories, self.root)):
+                return f"; {other} is there: set files.job_spec to it (HPCPILOT_FILES__JOB_SPEC={other})"
+        return ""
 
     def _definitions(self, spec: Path | str, text: str | JobDefinitionError, expected: int | None
                      ) -> list[RawJob | InvalidJob]:

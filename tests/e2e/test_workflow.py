@@ -244,6 +244,23 @@ def test_worker_exit_codes(tmp_path: Path) -> None:
     assert run_pilot(tmp_path / "none", "mpi2").returncode == 82
 
 
+@pytest.mark.timeout(60)
+def test_a_job_spec_under_harvesters_other_name_is_pointed_out(tmp_path: Path) -> None:
+    """Harvester's messenger writes pandaJobData.out by default: the pilot looking for HPCJobs.json must say
+    which setting to change, not only that its file is missing."""
+    hint = "pandaJobData.out is there: set files.job_spec to it (HPCPILOT_FILES__JOB_SPEC=pandaJobData.out)"
+    spec = {"PandaID": "2104", "transformation": "true", "jobPars": ""}
+    (tmp_path / "many" / "2104").mkdir(parents=True)
+    (tmp_path / "many" / "worker_pandaids.json").write_text("[2104]")
+    (tmp_path / "many" / "2104" / "pandaJobData.out").write_text(json.dumps({"2104": spec}))
+    many = run_pilot(tmp_path / "many")
+    assert many.returncode == 0 and hint in many.attributes(2104)["pilotErrorDiag"], many.stderr[-2000:]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "pandaJobData.out").write_text(json.dumps({"2104": spec}))
+    one = run_pilot(tmp_path / "one")
+    assert one.returncode == 82 and hint in one.stderr, one.stderr[-2000:]
+
+
 @pytest.mark.timeout(120)
 def test_configuration_mistakes_exit_65_before_any_job(tmp_path: Path) -> None:
     """A misspelt site or an unusable file name is the user's mistake: a message, no traceback, no job run."""
