@@ -219,11 +219,17 @@ class AccessPoint:
         """The spec file's text as {PandaID string: definition}."""
         if self.files.job_spec_format == "cgi":
             definition = dict(urllib.parse.parse_qsl(text.strip(), keep_blank_values=True))
+            if "PandaID" not in definition and text.lstrip().startswith("{"):  # Harvester wrote it in json
+                raise JobDefinitionError(ErrorCode.GENERAL, f"{os.path.basename(spec)} holds JSON, not key=value&...: "
+                                         "set files.job_spec_format to json (HPCPILOT_FILES__JOB_SPEC_FORMAT=json)")
             return {definition.get("PandaID", ""): definition}
         try:
             content = json.loads(text)
         except (ValueError, RecursionError) as error:
-            raise JobDefinitionError(ErrorCode.GENERAL, f"{os.path.basename(spec)} is not valid JSON: {error}") from None
+            hint = ("; it holds key=value&...: set files.job_spec_format to cgi (HPCPILOT_FILES__JOB_SPEC_FORMAT=cgi)"
+                    if "PandaID=" in text else "")  # Harvester's jobSpecFileFormat: cgi
+            raise JobDefinitionError(ErrorCode.GENERAL,
+                                     f"{os.path.basename(spec)} is not valid JSON: {error}{hint}") from None
         if not isinstance(content, dict):
             raise JobDefinitionError(ErrorCode.GENERAL, f"{os.path.basename(spec)} must hold a JSON object")
         if "PandaID" in content:  # a bare definition rather than {PandaID: definition}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.config import HarvesterFiles
 
 from .conftest import LAUNCHES, assert_declared_file_matches, communicate_or_kill, run_pilot, tarball_members
 
@@ -259,6 +260,18 @@ def test_a_job_spec_under_harvesters_other_name_is_pointed_out(tmp_path: Path) -
     (tmp_path / "one" / "pandaJobData.out").write_text(json.dumps({"2104": spec}))
     one = run_pilot(tmp_path / "one")
     assert one.returncode == 82 and hint in one.stderr, one.stderr[-2000:]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("written, read", [("cgi", "json"), ("json", "cgi")])
+def test_a_job_spec_in_the_other_format_is_pointed_out(tmp_path: Path, written, read) -> None:
+    """Harvester's jobSpecFileFormat and the pilot's files.job_spec_format disagree: the diagnostic names the
+    setting (in cgi it said only "field 'PandaID': None is not a positive integer")."""
+    files = HarvesterFiles(job_spec_format=written)
+    ap = write_access_point(tmp_path / "ap", {2105: job_definition(2105, "true")}, files=files)
+    run = run_pilot(ap, env={"HPCPILOT_FILES__JOB_SPEC_FORMAT": read})
+    diag = run.attributes(2105)["pilotErrorDiag"]
+    assert run.returncode == 0 and f"HPCPILOT_FILES__JOB_SPEC_FORMAT={written}" in diag, run.stderr[-2000:]
 
 
 @pytest.mark.timeout(120)
