@@ -28,8 +28,10 @@ class StopRequest:
                    f"{name} received by rank {rank} on {socket.gethostname()}")
 
     @classmethod
-    def for_stop_file(cls, path: str) -> "StopRequest":
-        return cls(ErrorCode.SIGTERM, signal_exit_code(signal.SIGTERM), f"stop file {path} appeared")
+    def for_stop_file(cls, path: str, there_at_start: bool = False) -> "StopRequest":
+        reason = (f"stop file {path} was there when the jobs were to start (an earlier stop's? remove it to run "
+                  "them)" if there_at_start else f"stop file {path} appeared")
+        return cls(ErrorCode.SIGTERM, signal_exit_code(signal.SIGTERM), reason)
 
     @classmethod
     def for_deadline(cls) -> "StopRequest":

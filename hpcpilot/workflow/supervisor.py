@@ -39,6 +39,7 @@ class Supervisor:
         self.stop_request: StopRequest | None = None
         self._sent: list[Any] = []  # isend requests, which keep their buffers alive; a rank announces once
         self._received = 0
+        self._stop_file_looked_for = False  # one there at the first look may be an earlier stop's
         self.peers = PeerWatch(comm, ctx.config.rank_silence_limit)
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
@@ -93,7 +94,8 @@ class Supervisor:
         if self.ctx.rank != 0 or not self._due("stop_file", self.ctx.config.limits.check_interval):
             return None
         path = self.ctx.access_point.root / self.ctx.config.files.stop_file
-        return StopRequest.for_stop_file(str(path)) if path.exists() else None
+        first_look, self._stop_file_looked_for = not self._stop_file_looked_for, True
+        return StopRequest.for_stop_file(str(path), there_at_start=first_look) if path.exists() else None
 
     def _announce(self, request: StopRequest) -> None:
         for rank in range(self.comm.size):

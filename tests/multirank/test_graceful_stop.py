@@ -142,6 +142,19 @@ def test_stop_file_stops_the_worker(tmp_path: Path) -> None:
     assert_all_declared(ap, 1201)
 
 
+@pytest.mark.timeout(150)
+def test_a_stop_file_there_at_the_start_stops_the_run_and_says_to_remove_the_file(tmp_path: Path) -> None:
+    """Left by an earlier stop, it stops a rerun at once (as it may be meant to): the diagnostic must not say it
+    appeared, but that it was there from the start, and how to run the jobs."""
+    ap = sleeping_worker(tmp_path)
+    (ap / "hpcpilot_stop").touch()
+    returncode, stderr = finish(start_pilot(ap, 2), STOP_BOUND)
+    assert returncode == 143, stderr[-3000:]
+    assert "was there when the jobs were to start" in stderr and "remove it to run them" in stderr
+    assert "appeared" not in stderr
+    assert_all_declared(ap, 1201)
+
+
 @pytest.mark.timeout(120)
 def test_a_stop_every_rank_sees_itself_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
     """The lifetime ends on every rank at once, so each announces the stop to the others. Every notice must
