@@ -89,7 +89,11 @@ def _escape_braces(text: str) -> str:
 def _directive_lines(site: Site, extra_directives: Sequence[str]) -> str:
     """Directive lines, each preceded by a newline (the template puts them after its own)."""
     prefix = DIRECTIVE_PREFIX[site.scheduler()]
-    return "".join(f"\n{prefix} {directive}" for directive in [*site.batch_directives(), *extra_directives])
+    directives = [*site.batch_directives(), *extra_directives]
+    for directive in directives:
+        if "\n" in directive or "\r" in directive:  # its next line would be a command of the script, not a directive
+            raise BatchScriptError(f"directive {directive!r}: one line each (give several --directive)")
+    return "".join(f"\n{prefix} {directive}" for directive in directives)
 
 
 def site_values(

@@ -92,6 +92,13 @@ def test_extra_directives_and_pilot_arguments_are_added():
     assert re.search(r"--site nersc --stagein-mode link$", script, re.MULTILINE)
 
 
+@pytest.mark.parametrize("directive", ["--account=m2616\nrm -rf $HOME", "--qos=debug\r"])
+def test_a_directive_of_several_lines_is_refused(directive):
+    """Its next line would run as a command of the batch script."""
+    with pytest.raises(BatchScriptError, match="one line each"):
+        render_batch_script(load_site("nersc"), 1, "00:30:00", ACCESS_POINT, extra_directives=[directive])
+
+
 @pytest.mark.parametrize("bad", ["1:30", "01:61:00", "abc", "00:00:00"])
 def test_bad_walltime_is_refused(bad):
     with pytest.raises(BatchScriptError, match="walltime"):
