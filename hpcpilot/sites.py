@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .errors import ErrorCode, PilotError
+from .errors import ErrorCode, ExitCode, PilotError
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,12 @@ def _chosen_name(environ: Mapping[str, str]) -> str | None:
 
 def run_sites(args: argparse.Namespace) -> int:
     """``hpcpilot sites``: print one line per site; '*' marks the one that matches here."""
-    for line in sites_report():
+    try:
+        lines = sites_report()
+    except SitePluginError as error:  # e.g. two packages registering one name: no site can be told apart
+        print(f"hpcpilot sites: {error}", file=sys.stderr)
+        return ExitCode.GENERAL
+    for line in lines:
         print(line)
     return 0
 

@@ -174,3 +174,15 @@ def test_a_plugin_whose_batch_template_is_missing_gets_a_message_not_a_traceback
         env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(repository)]), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "site summit: batch template" in result.stderr and "batch.lsf.in" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_sites_command_names_a_site_registered_twice_without_a_traceback(tmp_path):
+    install_outside_plugin(tmp_path, "from hpcpilot.sites import Site\n\nclass SummitSite(Site):\n    pass\n",
+                           "name: nersc\n")
+    entry_points_file = tmp_path / "outside_site-1.0.dist-info" / "entry_points.txt"
+    entry_points_file.write_text(entry_points_file.read_text().replace("summit =", "nersc ="))
+    result = subprocess.run([sys.executable, "-m", "hpcpilot", "sites"], capture_output=True, text=True, timeout=60,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 65 and "Traceback" not in result.stderr, result.stderr
+    assert "site plugin 'nersc': registered twice" in result.stderr
