@@ -118,14 +118,18 @@ def _check_file_names(files: HarvesterFiles) -> None:
         raise ConfigError(f"files: {', '.join(shared)} named for more than one file; each needs a name of its own")
 
 
+# Limits that 0 would not turn off (as it does walltime_default or memory_limit_mb) but make fail every job.
+POSITIVE_LIMITS = frozenset({"looping_limit", "max_stdout_mb"})
+
+
 def _check_amounts(prefix: str, settings: Any) -> None:
-    """Every number is finite and not negative; every interval positive (0 would make a monitor spin).
-    ``not value >= 0`` also refuses NaN."""
+    """Every number is finite and not negative; every interval positive (0 would make a monitor spin), and
+    the limits no job could keep at 0. ``not value >= 0`` also refuses NaN."""
     for item in fields(settings):
         value = getattr(settings, item.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        positive = item.name.endswith("_interval")
+        positive = item.name.endswith("_interval") or item.name in POSITIVE_LIMITS
         if not (value > 0 if positive else value >= 0) or value == float("inf"):
             raise ConfigError(f"{prefix}{item.name} {value}: must be a finite number, "
                               f"{'greater than 0' if positive else 'not negative'}")

@@ -175,6 +175,8 @@ def test_yaml_values_keep_their_types(tmp_path):
     ("HPCPILOT_LIMITS__DISK_INTERVAL", "0", "limits.disk_interval"),
     ("HPCPILOT_LIMITS__KILL_GRACE", "-3", "limits.kill_grace"),
     ("HPCPILOT_LIMITS__MAX_STDOUT_MB", "-1", "limits.max_stdout_mb"),
+    ("HPCPILOT_LIMITS__MAX_STDOUT_MB", "0", "limits.max_stdout_mb"),  # would fail every job (1106)
+    ("HPCPILOT_LIMITS__LOOPING_LIMIT", "0", "limits.looping_limit"),  # would fail every job (1150)
     ("HPCPILOT_STOP_BOUND", "inf", "stop_bound"),
     ("HPCPILOT_HEARTBEAT_INTERVAL", "0", "heartbeat_interval"),
 ])
