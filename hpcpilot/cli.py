@@ -57,8 +57,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="site plugin for scratch, payload setup, containers (default: the one detected, "
                              "else generic); see 'hpcpilot sites'")
     parser.add_argument("--lifetime", type=float, metavar="SECONDS",
-                        help="the pilot's lifetime; the batch job's end time (Slurm, PBS, Cobalt) also counts, "
-                             "less a safety margin (lifetime_margin, default 180 s)")
+                        help="the pilot's lifetime (0: none of its own); the batch job's end time (Slurm, PBS, "
+                             "Cobalt) also counts, less a safety margin (lifetime_margin, default 180 s)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     parser.add_argument("--mpi", action="store_true", help="initialise MPI even without a recognised launcher")
 
