@@ -46,7 +46,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     parser.add_argument("--cores-per-rank", type=int, metavar="N",
                         help="cores each rank may use; payloads share them by coreCount "
-                             "(default: the cores this process may use / ranks on the node)")
+                             "(default: the CPUs the launcher bound this rank to, if it bound each rank to "
+                             "CPUs of its own; else the node's CPUs shared among its ranks)")
     parser.add_argument("--keep-scratch", action="store_true", default=None,
                         help="keep each job's scratch directory for debugging")
     parser.add_argument("--stagein-mode", choices=STAGEIN_MODES,

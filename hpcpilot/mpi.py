@@ -89,15 +89,16 @@ def world(force_mpi: bool = False) -> Any:
     return MPI.COMM_WORLD
 
 
-def local_rank_count(comm: Any) -> int:
-    """How many ranks of ``comm`` share this node."""
+def node_cpu_sets(comm: Any) -> list[set[int]]:
+    """The CPUs each rank of ``comm`` on this node may run on (collective: every rank calls it)."""
+    own = os.sched_getaffinity(0)
     if isinstance(comm, SerialComm):
-        return 1
+        return [own]
     from mpi4py import MPI
 
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return node_comm.Get_size()
+        return node_comm.allgather(own)
     finally:
         node_comm.Free()
 

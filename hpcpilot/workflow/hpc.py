@@ -24,7 +24,7 @@ from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
-from ..mpi import local_rank_count, wait_idly
+from ..mpi import node_cpu_sets, wait_idly
 from ..sites import Site
 from ..stopping import SignalWatch, StopRequest
 from . import jobflow
@@ -206,8 +206,17 @@ def _rank_context(config: Config, access_point: AccessPoint, rank: int, site: Si
 
 
 def default_cores_per_rank(comm: Any) -> int:
-    """The cores this process may use, shared among the ranks on this node."""
-    return max(1, len(os.sched_getaffinity(0)) // local_rank_count(comm))
+    """The cores this rank may use (collective)."""
+    return cores_of_rank(os.sched_getaffinity(0), node_cpu_sets(comm))
+
+
+def cores_of_rank(own: set[int], node_sets: list[set[int]]) -> int:
+    """A rank the launcher bound to CPUs of its own (srun --cpu-bind, aprun -cc, mpiexec -bind-to) has them
+    all; ranks that share CPUs share them evenly."""
+    every = set().union(*node_sets)
+    if sum(len(cpus) for cpus in node_sets) == len(every):  # no CPU in two sets
+        return len(own)
+    return max(1, len(every) // len(node_sets))
 
 
 def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
