@@ -70,6 +70,9 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     if comm.rank == 0:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
                  plan.total, comm.size, cores, ctx.scratch_base)
+        if cores > len(os.sched_getaffinity(0)):  # a setting meant for other nodes, or for no binding
+            log.warning("cores_per_rank %d is more than the %d CPU(s) rank 0 may run on: its payloads will "
+                        "share them", cores, len(os.sched_getaffinity(0)))
     ctx.monitor.start()
     try:
         supervisor = Supervisor(ctx, comm, deadline, signals)

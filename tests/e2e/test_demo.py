@@ -48,3 +48,10 @@ def test_the_demo_is_written_with_the_job_spec_name_and_format_the_pilot_reads(t
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 finished, 0 failed" in run.stdout, run.stdout[-3000:]
     assert (tmp_path / "demo" / "5000001" / "pandaJobData.out").is_file()
+
+
+@pytest.mark.timeout(200)
+def test_more_cores_per_rank_than_the_rank_may_use_runs_with_a_warning(tmp_path: Path) -> None:
+    run = run_demo(tmp_path, "--dir", "demo", "--jobs", "2", "--cores-per-rank", "4096", launch="grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cores_per_rank 4096 is more than the" in run.stderr and "its payloads will share them" in run.stderr
