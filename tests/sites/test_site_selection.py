@@ -24,6 +24,7 @@ def test_explicit_name_wins_over_detection():
 def test_detection_picks_the_matching_site():
     assert select_site(None, {"NERSC_HOST": "perlmutter"}).name == "nersc"
     assert select_site(None, {"HOSTNAME": "thetamom3"}).name == "theta"
+    assert select_site(None, {"HOSTNAME": "nid03824", "COBALT_JOBID": "4711"}).name == "theta"  # aprun's ranks
     assert select_site(None, {"HOSTNAME": "titan-batch4"}).name == "titan"
     assert select_site(None, {"SLURM_SUBMIT_HOST": "icsubmit01.sdcc.bnl.gov"}).name == "bnl"
 
