@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterator
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -33,3 +37,46 @@ def _mapped_segments() -> set[str]:
         except OSError:  # gone, or not ours to read
             continue
     return mapped
+
+
+SLOWFS = Path(__file__).with_name("slowfs.py")
+
+
+@pytest.fixture
+def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mounts tests/slowfs.py (a FUSE filesystem, in a process of its own) and gives the path of its one large
+    file, e.g. ``slow_file(delay=0.05)``; skips the test where FUSE cannot be mounted. Every mount is
+    unmounted and its process ended at the end of the test."""
+    mounts: list[tuple[Path, subprocess.Popen]] = []
+
+    def mount(size: int = 1 << 30, delay: float = 0.05, short: int | None = None, lifetime: float = 300) -> Path:
+        mountpoint = tmp_path / f"slowfs-{len(mounts)}"
+        mountpoint.mkdir()
+        options = ["--size", str(size), "--delay", str(delay), "--lifetime", str(lifetime)]
+        process = subprocess.Popen([sys.executable, str(SLOWFS), str(mountpoint), *options, *(
+            ["--short", str(short)] if short else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        mounts.append((mountpoint, process))
+        _wait_for_mount(mountpoint, process)
+        return mountpoint / "big.root"
+
+    try:
+        yield mount
+    finally:
+        for mountpoint, process in mounts:
+            subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for_mount(mountpoint: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 15
+    while not os.path.ismount(mountpoint):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, stderr = process.communicate()
+            pytest.skip(f"cannot mount a FUSE filesystem here (needs /dev/fuse, libfuse2 and fusepy): "
+                        f"{stderr.strip()[-300:] or 'no mount after 15 s'}")
+        time.sleep(0.05)
