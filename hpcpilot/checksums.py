@@ -42,6 +42,11 @@ _LOOKAHEAD = 16  # hand-overs the copier may run ahead of the checksummer
 READ_BACK_MIN = 64 * 1024  # the smallest buffer for reading a copy back (a file may grow while it is copied)
 # What copy_file_range / sendfile answer when the pair of filesystems (or the kernel) does not support them.
 _UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF})
+NEVER = threading.Event()  # the ``cancel`` of a copy nothing cancels (never set)
+
+
+class CopyCancelled(Exception):
+    """The copy was cancelled (its ``cancel`` event was set) between two chunks; the partial target is removed."""
 
 
 class RunningChecksum:
@@ -71,26 +76,31 @@ class RunningChecksum:
         return self.md5 if kind == "md5" else self.adler32
 
 
-def copy_with_checksum(source: Path, target: BinaryIO | None, want_md5: bool = False) -> RunningChecksum:
-    """Copy ``source`` into the open ``target`` (None: read only), checksumming in the same pass."""
+def copy_with_checksum(source: Path, target: BinaryIO | None, want_md5: bool = False,
+                       cancel: threading.Event = NEVER) -> RunningChecksum:
+    """Copy ``source`` into the open ``target`` (None: read only), checksumming in the same pass; ``cancel``
+    set ends it (CopyCancelled) after the chunk being read."""
     with open(source, "rb", buffering=0) as handle:
-        return _copy_from(handle, target, want_md5)
+        return _copy_from(handle, target, want_md5, cancel)
 
 
-def _copy_from(handle: BinaryIO, target: BinaryIO | None, want_md5: bool) -> RunningChecksum:
+def _copy_from(handle: BinaryIO, target: BinaryIO | None, want_md5: bool,
+               cancel: threading.Event = NEVER) -> RunningChecksum:
     running = RunningChecksum(want_md5)
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
     while count := handle.readinto(buffer):
+        if cancel.is_set():
+            raise CopyCancelled(f"cancelled after {running.size} bytes")
         running.update(view[:count])
         if target is not None:
             target.write(view[:count])
     return running
 
 
-def file_checksum(path: Path, want_md5: bool = False) -> RunningChecksum:
+def file_checksum(path: Path, want_md5: bool = False, cancel: threading.Event = NEVER) -> RunningChecksum:
     """Checksum a file without copying it."""
-    return copy_with_checksum(path, None, want_md5)
+    return copy_with_checksum(path, None, want_md5, cancel)
 
 
 class ChecksummingWriter:
@@ -267,7 +277,8 @@ class _Failed:
     error: BaseException
 
 
-def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = True) -> Iterator[RunningChecksum]:
+def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = True,
+                              cancel: threading.Event = NEVER) -> Iterator[RunningChecksum]:
     """Copy every order's source to its new target; yield, in order, each target's checksum.
 
     The copier thread copies by kernel calls and runs at most a few chunks
@@ -277,10 +288,12 @@ def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = Tru
     place in the order, after every earlier file was yielded. When the
     consumer stops early, the targets it was not given are removed.
     ``in_thread=False`` copies everything first, then checksums: for small
-    files, where a thread costs more than the overlap gains.
+    files, where a thread costs more than the overlap gains. ``cancel`` set
+    (e.g. by the rank's stop) ends the copy after its current chunk: the
+    partial target is removed and CopyCancelled raised in its place.
     """
     stop = threading.Event()
-    messages, copier = _start_copier(_copier, (iter(orders),), stop, in_thread)
+    messages, copier = _start_copier(_copier, (iter(orders), cancel), stop, in_thread)
     reading: _Started | None = None
     running = RunningChecksum()
     message: object = "not yet"
@@ -350,21 +363,23 @@ class _Stopped(Exception):
     """The checksummer gave up: the copier stops after its current chunk."""
 
 
-def _copier(orders: Iterator[CopyOrder], messages: queue.Queue, stop: threading.Event) -> None:
+def _copier(orders: Iterator[CopyOrder], cancel: threading.Event, messages: queue.Queue,
+            stop: threading.Event) -> None:
     try:
         for order in orders:  # the iterator may raise (a replica that is not there): in order, like a copy error
-            if stop.is_set():
-                break
-            _copy_one(order, messages, stop)
+            if stop.is_set() or cancel.is_set():
+                raise _Stopped()
+            _copy_one(order, messages, stop, cancel)
     except _Stopped:
-        pass
+        if not stop.is_set():  # cancelled, while the checksummer still waits: it raises this in its thread
+            messages.put(_Failed(CopyCancelled("cancelled")))
     except BaseException as error:  # handed to the checksummer, which raises it in its own thread
         messages.put(_Failed(error))
     finally:
         messages.put(None)
 
 
-def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) -> None:
+def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event, cancel: threading.Event) -> None:
     try:  # without blocking: opening a FIFO would wait for a writer (the copy refuses it)
         source_fd = os.open(order.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
@@ -376,7 +391,7 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
         raise CopyFailed(order, error) from None
     try:
         messages.put(_Started(order, os.dup(target_fd)))
-        _copy_chunks(KernelCopy(source_fd, target_fd, order.size), messages, stop)
+        _copy_chunks(KernelCopy(source_fd, target_fd, order.size), messages, stop, cancel)
     except BaseException as error:
         order.target.unlink(missing_ok=True)  # a partial copy goes at once: a full disk frees up for the others
         if isinstance(error, OSError):
@@ -392,8 +407,9 @@ class NotRegularFile(OSError):
     """A copy source that is a directory, FIFO, socket or device."""
 
 
-def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event) -> None:
-    while not stop.is_set():
+def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event,
+                 cancel: threading.Event = NEVER) -> None:
+    while not (stop.is_set() or cancel.is_set()):
         offset = copy.copied
         count = copy.chunk(KERNEL_CHUNK_SIZE)
         if count == 0:

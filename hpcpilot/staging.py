@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Mapping
 from xml.sax.saxutils import quoteattr
 
 from .atomicfile import declared_later
-from .checksums import (KERNEL_CHUNK_SIZE, ChecksummingWriter, CopyFailed, CopyOrder, NotRegularFile,
+from .checksums import (KERNEL_CHUNK_SIZE, NEVER, ChecksummingWriter, CopyFailed, CopyOrder, NotRegularFile,
                         RunningChecksum, copy_files_with_checksums, copy_into_with_checksum, file_checksum, matches)
 from .errors import ErrorCode, PilotError
 from .jobs import FileSpec, JobSpec
@@ -47,21 +48,23 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
     return "direct" if job.transfer_type == "direct" else configured
 
 
-def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str) -> int:
+def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str, cancel: threading.Event = NEVER) -> int:
     """Bring every input of ``job`` into ``scratch`` by ``mode`` (one of STAGEIN_MODES); returns the bytes
-    verified."""
+    verified. ``cancel`` set ends the copies and reads (CopyCancelled) within a chunk, the partial copy
+    removed: gigabytes from a slow shared filesystem take minutes that a stopping pilot does not have."""
     if mode not in STAGEIN_MODES:
         raise ValueError(f"stage-in mode {mode!r}: choose one of {', '.join(STAGEIN_MODES)}")
     _check_space_for_inputs(job, scratch, mode)
     if mode == "copy":
-        total = _copy_inputs(job, job_dir, scratch)
+        total = _copy_inputs(job, job_dir, scratch, cancel)
     else:
-        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode) for spec in job.inputs)
+        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode, cancel)
+                    for spec in job.inputs)
     _write_pool_file_catalog(job, scratch)
     return total
 
 
-def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
+def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: threading.Event) -> int:
     """Copy the inputs in order, each verified as it lands while the kernel copies the next ones.
 
     The replicas are resolved (and refused) one by one as the copy reaches
@@ -71,7 +74,7 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path) -> int:
     orders = (CopyOrder(_replica_path(spec, job_dir), scratch / spec.lfn, _wants_md5(spec), spec.fsize)
               for spec in job.inputs)
     total = 0
-    with closing(copy_files_with_checksums(orders, in_thread=_worth_a_thread(job.inputs))) as copied:
+    with closing(copy_files_with_checksums(orders, _worth_a_thread(job.inputs), cancel)) as copied:
         for spec in job.inputs:
             try:
                 running = next(copied)
@@ -135,11 +138,11 @@ def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
                          f"{needed} bytes declared, {free} bytes free")
 
 
-def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str) -> int:
+def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: threading.Event) -> int:
     """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``)."""
     try:
         target.symlink_to(source.resolve())
-        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec))
+        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), cancel)
     except OSError as error:
         raise _stagein_error(spec, source, error) from None
     size = running.size if running else source.stat().st_size

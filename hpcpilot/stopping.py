@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 from dataclasses import dataclass
 
-from .errors import ErrorCode, ExitCode, signal_error_code, signal_exit_code
+from .errors import ErrorCode, ExitCode, PilotError, signal_error_code, signal_exit_code
 
 # Signals that ask for a graceful stop (batch systems send SIGTERM or SIGUSR1 before the kill).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT, signal.SIGXCPU)
@@ -36,6 +37,21 @@ class StopRequest:
     @classmethod
     def for_deadline(cls) -> "StopRequest":
         return cls(ErrorCode.WALLTIME, ExitCode.MAX_TIME, "pilot lifetime (less its safety margin) reached")
+
+    def not_started(self) -> PilotError:
+        """The error of a job the stop keeps from starting."""
+        return PilotError(self.code, f"not started: {self.reason}")
+
+
+class StopEvent(threading.Event):
+    """A rank's stop, for the work of its other threads to see (e.g. an input copy, which ends at its next
+    chunk): set once, with the request that the jobs it ends are declared with."""
+
+    request: StopRequest | None = None
+
+    def stop(self, request: StopRequest) -> None:
+        self.request = request
+        self.set()
 
 
 class SignalWatch:

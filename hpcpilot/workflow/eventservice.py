@@ -376,6 +376,7 @@ class RankEventWork:
     restarts: int = 0
     done: bool = False
     process: Any = None
+    channel: Any = None  # the payload's EventChannel, once the inputs are in
 
     def __post_init__(self) -> None:
         self.outcome = RankOutcome(self.ctx.rank)
@@ -387,6 +388,8 @@ class RankEventWork:
         self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run))  # every rank copies: may take minutes
         if self.run.failed:
             raise self.run.error
+        if self.ctx.stopping.is_set():  # came as the copy ended: no payload starts after a stop
+            raise self.ctx.stopping.request.not_started()
         self.channel = EventChannel(self._provide, socket_path=_socket_path(self.run.scratch)).start()
         self.run.status = jobflow.JobStatus.RUNNING
         if declares:
@@ -423,7 +426,8 @@ class RankEventWork:
     def stop(self, request: StopRequest) -> None:
         """Graceful stop: no more ranges; the payload ends; what is in flight is declared failed."""
         self.outcome.error = self.outcome.error or PilotError(request.code, f"stopped: {request.reason}")
-        self.channel.no_more_ranges()
+        if self.channel is not None:  # none yet while the inputs are copied (the stop ends the copy)
+            self.channel.no_more_ranges()
         self.ranges.put(None)
         jobflow.terminate_in_background(self.run, self.ctx.config.limits.kill_grace)
 

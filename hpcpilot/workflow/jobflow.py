@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import payload, staging
+from ..checksums import CopyCancelled
 from ..config import Config
 from ..container import runtime_failure, runtime_of, wrap_command
 from ..errors import ErrorCode, PilotError
@@ -31,6 +32,7 @@ from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
 from ..sites import Site
+from ..stopping import StopEvent
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class RankContext:
     monitor: Monitor
     site: Site
     guard: PayloadGuard | None = None  # ends the payloads if this rank dies
+    stopping: StopEvent = field(default_factory=StopEvent)  # set by the rank's stop, for the work in its threads
     environment: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the payloads' base
 
 
@@ -92,10 +95,17 @@ def make_scratch(ctx: RankContext, pandaid: int) -> Path:
 
 
 def stage_in(ctx: RankContext, run: JobRun) -> None:
+    """The job's inputs into its scratch. The rank's stop ends the copy within a chunk (a stopping pilot has
+    no minutes to wait for gigabytes): the job is failed as not started, with the stop's code."""
     job_log = job_logger(ctx, run)
     mode = staging.stagein_mode(run.spec, ctx.config.stagein_mode)
     with timed(run, "stagein"), recorded(run, job_log):
-        size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode)
+        try:
+            size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode,
+                                    ctx.stopping)
+        except CopyCancelled:
+            job_log.warning("stage-in ended by the stop, its partial copy removed")
+            return run.fail(ctx.stopping.request.not_started())
         job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
 
 

@@ -90,7 +90,7 @@ class RankRunner:
     def stop(self, request: StopRequest) -> None:
         """Graceful stop: nothing new starts, running payloads end, every job is declared."""
         self.stopping = request
-        not_started = PilotError(request.code, f"not started: {request.reason}")
+        not_started = request.not_started()
         while self.waiting:
             run = self.waiting.popleft()
             run.fail(not_started)
@@ -110,7 +110,7 @@ class RankRunner:
         if phase == "stagein":
             self.staging.discard(run.pandaid)
             if self.stopping and not run.failed:
-                run.fail(PilotError(self.stopping.code, f"not started: {self.stopping.reason}"))
+                run.fail(self.stopping.not_started())
             if run.failed:
                 self._submit("stageout", run)
             else:

@@ -60,11 +60,15 @@ class Supervisor:
 
     def keeping_alive(self, work: Callable[[], T]) -> T:
         """``work`` (file copies the main thread would wait for, e.g. an event service job's stage-in on every
-        rank at once) in a thread of its own while this rank says it is alive; stops wait for its end, as before."""
+        rank at once) in a thread of its own while this rank says it is alive and looks for a stop: one sets
+        ``ctx.stopping``, which ends an input copy at its next chunk. Nothing else of ``tick`` runs meanwhile
+        (the publisher's flush is not for two threads)."""
         with futures.ThreadPoolExecutor(1, thread_name_prefix=f"rank{self.ctx.rank}-alive") as pool:
             done = pool.submit(work)
             while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
                 self.keep_alive()
+                if self.stop_request is None:
+                    self._look_for_stop()
             return done.result()
 
     def adopt(self, request: StopRequest | None) -> None:
@@ -83,6 +87,7 @@ class Supervisor:
 
     def _stop(self, request: StopRequest) -> None:
         self.stop_request = request
+        self.ctx.stopping.stop(request)  # first: the work of other threads sees it at once
         log.warning("graceful stop: %s; ending running payloads, declaring every job with %d",
                     request.reason, request.code)
         self.on_stop(request)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import tarfile
 import threading
+import time
 import weakref
 import zlib
 from pathlib import Path
@@ -391,3 +392,45 @@ def test_a_kernel_copy_is_freed_without_the_cyclic_collector(tmp_path, monkeypat
         if enabled:
             gc.enable()
     assert target.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("in_thread", [True, False])
+def test_a_cancelled_copy_stops_before_the_next_file(tmp_path, in_thread):
+    orders, contents = _orders(tmp_path, [50_000] * 4)
+    cancel = threading.Event()
+    threads_before = threading.active_count()
+    copied = checksums.copy_files_with_checksums(orders, in_thread, cancel)
+    cancel.set()  # before the first: nothing is copied
+    with pytest.raises(checksums.CopyCancelled):
+        next(copied)
+    assert list((tmp_path / "dst").iterdir()) == []
+    assert threading.active_count() == threads_before
+
+
+@pytest.mark.timeout(60)
+def test_a_copy_from_a_slow_filesystem_is_cancelled_within_a_chunk(tmp_path, slow_file):
+    """A real slow source (FUSE: minutes for the whole file): the copy ends soon after the cancel, and the
+    partial target is removed."""
+    source = slow_file(1 << 30)
+    (tmp_path / "dst").mkdir()
+    order = checksums.CopyOrder(source, tmp_path / "dst" / "copy", size=1 << 30)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(checksums.CopyCancelled):
+        list(checksums.copy_files_with_checksums([order], cancel=cancel))
+    assert time.monotonic() - started < 6
+    assert list((tmp_path / "dst").iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_checksum_of_a_slow_file_is_cancelled_within_a_chunk(slow_file):
+    """What the link mode reads: the whole replica."""
+    source = slow_file(1 << 30)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(checksums.CopyCancelled):
+        file_checksum(source, cancel=cancel)
+    assert time.monotonic() - started < 6
