@@ -1,4 +1,4 @@
-"""A test-only FUSE filesystem: one large read-only regular file of zeros, served slowly, as from a shared
+"""A test-only FUSE filesystem: one large read-only regular file, served slowly, as from a shared
 filesystem under load. Run as a process of its own:
 
     python tests/slowfs.py MOUNTPOINT --size BYTES --delay SECONDS_PER_READ [--short BYTES] [--lifetime S]
@@ -21,6 +21,8 @@ from pathlib import Path
 from fuse import FUSE, FuseOSError, Operations
 
 FILE_NAME = "big.root"
+CYCLE = 251  # byte i of the file is i % CYCLE: a read from a wrong offset shows
+PATTERN = bytes(range(CYCLE)) * ((8 << 20) // CYCLE + 2)  # longer than the kernel's largest read request
 
 
 class SlowFile(Operations):
@@ -42,7 +44,8 @@ class SlowFile(Operations):
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         time.sleep(self.delay)
         size = min(size, self.short or size, max(0, self.size - offset))
-        return bytes(size)
+        start = offset % CYCLE
+        return PATTERN[start:start + size]
 
 
 def unmount(mountpoint: Path) -> None:

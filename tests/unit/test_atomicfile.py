@@ -373,3 +373,18 @@ def test_a_new_file_that_cannot_be_written_whole_is_removed(tmp_path):
                          text=True, timeout=20)
     assert run.stdout.split() == [str(errno.EFBIG)], run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_short_read_is_not_the_end_on_fuse(slow_file):
+    assert not short_read_is_end(slow_file(1 << 20, delay=0))
+
+
+@pytest.mark.timeout(60)
+def test_read_bytes_reads_a_fuse_file_whole_past_its_short_reads(slow_file):
+    """A real FUSE filesystem (direct_io, so the kernel hands its short reads on) answering every read with
+    1000 bytes: the file is read whole, in order."""
+    size = 3 * READ_SIZE + 123
+    path = slow_file(size, delay=0, short=1000)
+    assert len(read_bytes(path, short_read_is_end=True)) == 1000  # what stopping at a short read would give
+    assert read_bytes(path) == (bytes(range(251)) * (size // 251 + 1))[:size]
