@@ -105,7 +105,8 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
                                     ctx.stopping)
         except CopyCancelled:
             job_log.warning("stage-in ended by the stop, its partial copy removed")
-            return run.fail(ctx.stopping.request.not_started())
+            run.fail(ctx.stopping.request.not_started())
+            return
         job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
 
 
