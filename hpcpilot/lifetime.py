@@ -52,6 +52,15 @@ def pilot_deadline(lifetime: float | None, margin: float, environ: Mapping[str, 
     return Deadline(min(ends) if ends else None, margin)
 
 
+# Where each batch system puts the ID of the batch job it runs us in (LSF: LSB_JOBID).
+BATCH_ID_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "COBALT_JOBID", "LSB_JOBID")
+
+
+def batch_id(environ: Mapping[str, str]) -> str:
+    """This batch job's ID, as its batch system names it; "" outside one. PanDA shows it as a job's batchID."""
+    return next((environ[name] for name in BATCH_ID_VARIABLES if environ.get(name)), "")
+
+
 def batch_end_time(environ: Mapping[str, str], run: Callable[..., subprocess.CompletedProcess]) -> float | None:
     for reader in (_slurm_end, _cobalt_end, _pbs_end):
         try:
