@@ -38,6 +38,7 @@ STAGEIN_MODES = ("copy", "link", "direct")  # copy and verify; symlink and verif
 
 _MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_INPUT, "md5": ErrorCode.MD5_MISMATCH_INPUT}
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"
+MAX_OUTPUT_BYTES = 500 << 30  # Pilot 3's limit (PROTOCOL.md, section 5): a larger output is refused with 1124
 
 
 def stagein_mode(job: JobSpec, configured: str) -> str:
@@ -248,6 +249,9 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str) -> 
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} was not produced")
     if status.st_size == 0:
         raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
+    if status.st_size > MAX_OUTPUT_BYTES:  # refused before copying: hours on the shared filesystem, for nothing
+        raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {spec.lfn} of {status.st_size} bytes exceeds the "
+                         f"limit of {MAX_OUTPUT_BYTES} bytes")
     target = job_dir / spec.lfn
     try:
         running = copy_out(source, target)

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.accesspoint_writer import job_definition, with_inputs, write_access_point
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.jobs import parse_job
-from hpcpilot.staging import stage_in, stagein_mode
+from hpcpilot.staging import MAX_OUTPUT_BYTES, stage_in, stage_out_outputs, stagein_mode
 
 
 @pytest.mark.parametrize("mode", ["COPY", "bogus", ""])
@@ -41,3 +42,16 @@ def test_a_job_in_a_container_gets_copies_it_can_see(tmp_path: Path, fields: dic
     job = parse_job(definition)
     stage_in(job, ap / "5003", scratch, stagein_mode(job, configured))
     assert not (scratch / "in.dat").is_symlink() and (scratch / "in.dat").read_bytes() == b"data"
+
+
+def test_an_output_over_500_gb_fails_the_job_with_1124_before_it_is_copied(tmp_path: Path) -> None:
+    """PROTOCOL.md, section 5: any output over 500 GB -> 1124. A sparse file has the size at no cost."""
+    job = parse_job(with_outputs(job_definition(501, "true"), ["huge.root"]))
+    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
+    scratch.mkdir(), job_dir.mkdir()
+    with open(scratch / "huge.root", "wb") as handle:
+        handle.truncate(MAX_OUTPUT_BYTES + 1)
+    with pytest.raises(PilotError) as failure:
+        stage_out_outputs(job, scratch, job_dir)
+    assert failure.value.code == ErrorCode.OUTPUT_TOO_LARGE and "huge.root" in failure.value.diag
+    assert not (job_dir / "huge.root").exists()
