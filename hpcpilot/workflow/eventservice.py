@@ -69,6 +69,7 @@ class RankOutcome:
     events: int = 0
     error: PilotError | None = None
     received: int = 0  # answers taken from rank 0: those sent after them never reached the rank
+    cpu_seconds: float = 0.0  # of its payloads: the job's CPU time is every rank's
 
     @property
     def failure_code(self) -> int:
@@ -496,7 +497,7 @@ class RankEventWork:
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()
-        self.run.cpu_seconds += exit.cpu_seconds
+        self.outcome.cpu_seconds += exit.cpu_seconds
         self.process.terminate(self.ctx.config.limits.kill_grace)  # what it left behind
         self.process = self.run.process = None
         if self.run.failed:  # the monitor stopped it at a limit
@@ -624,6 +625,7 @@ def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) 
         run.fail(PilotError(ErrorCode.ES_NO_EVENTS, "no event ranges received from Harvester"))
     n_events = sum(o.events for o in outcomes) + sum(r.n_events for r in earlier)
     failed = sum(o.failed for o in outcomes) + dispatcher.failed + dispatcher.source.earlier_failed
+    run.cpu_seconds = sum(o.cpu_seconds for o in outcomes)  # cpuConsumptionTime: the payloads of every rank
     run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished, nEventRangesFailed=failed)
     jobflow.stage_out(ctx, run)
     log.info("job %d: %d event ranges finished (%d events), %d failed, on %d ranks",

@@ -513,3 +513,22 @@ def test_rank_0_packing_a_large_log_is_not_taken_for_silent(tmp_path: Path) -> N
     assert "not heard from" not in run.stderr
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
     assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
+
+
+CPU_BURNING_PAYLOAD = """
+import os, sys, time
+end = time.process_time() + 2.0  # CPU seconds every rank's payload spends, besides its ranges
+while time.process_time() < end:
+    pass
+os.execv(sys.executable, [sys.executable, "-m", "hpcpilot.eventservice.reference_payload"])
+"""
+
+
+@pytest.mark.timeout(180)
+def test_the_jobs_cpu_time_is_that_of_every_ranks_payload(tmp_path: Path) -> None:
+    """cpuConsumptionTime is the job's: the payloads of both ranks spent 2 s of CPU each, not rank 0's alone."""
+    ap = es_worker_running(tmp_path, CPU_BURNING_PAYLOAD, preplaced=ranges(8))
+    run, _ = run_es(ap, "mpi2", serving=[])
+    attributes = run.attributes(PANDAID)
+    assert attributes["jobStatus"] == "finished", run.stderr[-3000:]
+    assert attributes["cpuConsumptionTime"] >= 4, attributes
