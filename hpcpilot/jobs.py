@@ -309,10 +309,10 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         pandaid=pandaid,
         transformation=transformation,
         job_pars=_text(raw, "jobPars"),
-        core_count=_integer(raw, "coreCount", 1, minimum=1),
+        core_count=_integer(raw, "coreCount", 1) or 1,  # PanDA's 0 is unset, as its NULL (so Pilot 3 takes it)
         min_ram_mb=_integer(raw, "minRamCount", 0),
         max_disk_mb=_integer(raw, "maxDiskCount", 0),
-        max_walltime=_integer(raw, "maxWalltime", None, minimum=1),
+        max_walltime=_integer(raw, "maxWalltime", None) or None,  # 0: no limit, as NULL
         looping_check=_flag(raw, "loopingCheck", True),
         transfer_type=_text(raw, "transferType"),
         attempt_nr=_integer(raw, "attemptNr", 0),

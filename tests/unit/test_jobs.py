@@ -93,6 +93,13 @@ def test_integer_fields_accept_strings_and_numbers():
     assert numbers == (8, 2000, 500, 3600, 3)
 
 
+@pytest.mark.parametrize("zero", [0, "0"])
+def test_a_zero_core_count_or_walltime_is_unset_as_panda_means_it(zero):
+    """PanDA sends 0 for a job without them (Pilot 3 takes a core and no walltime limit): not a bad job."""
+    job = parse_job(definition(coreCount=zero, maxWalltime=zero))
+    assert (job.core_count, job.max_walltime) == (1, None)
+
+
 @pytest.mark.parametrize("null", ["NULL", "", None, "None", "  NULL  "])
 def test_null_fields_take_their_defaults(null):
     job = parse_job(definition(coreCount=null, minRamCount=null, maxWalltime=null, attemptNr=null,
@@ -315,13 +322,11 @@ def test_a_missing_transformation_is_rejected():
 
 @pytest.mark.parametrize("field, value", [
     ("coreCount", "eight"),
-    ("coreCount", "0"),
     ("coreCount", "-4"),
     ("coreCount", "2.5"),
     ("minRamCount", "-1"),
     ("minRamCount", "lots"),
     ("maxDiskCount", "1e3"),
-    ("maxWalltime", "0"),
     ("maxWalltime", "1h"),
     ("attemptNr", "first"),
     ("coreCount", [1]),
