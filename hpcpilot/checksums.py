@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Protocol
 
 from .atomicfile import RawWriter
 from .jobs import Checksum
@@ -42,7 +42,15 @@ _LOOKAHEAD = 16  # hand-overs the copier may run ahead of the checksummer
 READ_BACK_MIN = 64 * 1024  # the smallest buffer for reading a copy back (a file may grow while it is copied)
 # What copy_file_range / sendfile answer when the pair of filesystems (or the kernel) does not support them.
 _UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF})
-NEVER = threading.Event()  # the ``cancel`` of a copy nothing cancels (never set)
+
+
+class Cancel(Protocol):
+    """What ends a copy between two chunks once set: a threading.Event, or anything as cheap to ask."""
+
+    def is_set(self) -> bool: ...
+
+
+NEVER: Cancel = threading.Event()  # the ``cancel`` of a copy nothing cancels (never set)
 
 
 class CopyCancelled(Exception):
@@ -77,7 +85,7 @@ class RunningChecksum:
 
 
 def copy_with_checksum(source: Path, target: BinaryIO | None, want_md5: bool = False,
-                       cancel: threading.Event = NEVER) -> RunningChecksum:
+                       cancel: Cancel = NEVER) -> RunningChecksum:
     """Copy ``source`` into the open ``target`` (None: read only), checksumming in the same pass; ``cancel``
     set ends it (CopyCancelled) after the chunk being read."""
     with open(source, "rb", buffering=0) as handle:
@@ -85,7 +93,7 @@ def copy_with_checksum(source: Path, target: BinaryIO | None, want_md5: bool = F
 
 
 def _copy_from(handle: BinaryIO, target: BinaryIO | None, want_md5: bool,
-               cancel: threading.Event = NEVER) -> RunningChecksum:
+               cancel: Cancel = NEVER) -> RunningChecksum:
     running = RunningChecksum(want_md5)
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
@@ -98,7 +106,7 @@ def _copy_from(handle: BinaryIO, target: BinaryIO | None, want_md5: bool,
     return running
 
 
-def file_checksum(path: Path, want_md5: bool = False, cancel: threading.Event = NEVER) -> RunningChecksum:
+def file_checksum(path: Path, want_md5: bool = False, cancel: Cancel = NEVER) -> RunningChecksum:
     """Checksum a file without copying it."""
     return copy_with_checksum(path, None, want_md5, cancel)
 
@@ -237,12 +245,14 @@ def checksum_mapped_range(fd: int, offset: int, count: int, running: RunningChec
 
 @dataclass(frozen=True)
 class CopyOrder:
-    """One file for ``copy_files_with_checksums``: ``target`` must not exist yet."""
+    """One file for ``copy_files_with_checksums``: ``target`` must not exist yet. ``cancel`` set ends its copy
+    (and those after it) after the current chunk."""
 
     source: Path
     target: Path
     want_md5: bool = False
     size: int | None = None  # as declared: spares a stat of the source on a shared filesystem
+    cancel: Cancel = NEVER
 
 
 class CopyFailed(Exception):
@@ -277,8 +287,7 @@ class _Failed:
     error: BaseException
 
 
-def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = True,
-                              cancel: threading.Event = NEVER) -> Iterator[RunningChecksum]:
+def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = True) -> Iterator[RunningChecksum]:
     """Copy every order's source to its new target; yield, in order, each target's checksum.
 
     The copier thread copies by kernel calls and runs at most a few chunks
@@ -288,12 +297,14 @@ def copy_files_with_checksums(orders: Iterable[CopyOrder], in_thread: bool = Tru
     place in the order, after every earlier file was yielded. When the
     consumer stops early, the targets it was not given are removed.
     ``in_thread=False`` copies everything first, then checksums: for small
-    files, where a thread costs more than the overlap gains. ``cancel`` set
-    (e.g. by the rank's stop) ends the copy after its current chunk: the
-    partial target is removed and CopyCancelled raised in its place.
+    files, where a thread costs more than the overlap gains. An order's
+    ``cancel`` set (e.g. by the rank's stop, or its time limit) ends its copy
+    after the current chunk: the partial target is removed and CopyCancelled
+    raised in its place. The orders are taken one by one as the copier
+    reaches them: an order made by a generator is made as its copy begins.
     """
     stop = threading.Event()
-    messages, copier = _start_copier(_copier, (iter(orders), cancel), stop, in_thread)
+    messages, copier = _start_copier(_copier, (iter(orders),), stop, in_thread)
     reading: _Started | None = None
     running = RunningChecksum()
     message: object = "not yet"
@@ -363,13 +374,12 @@ class _Stopped(Exception):
     """The checksummer gave up: the copier stops after its current chunk."""
 
 
-def _copier(orders: Iterator[CopyOrder], cancel: threading.Event, messages: queue.Queue,
-            stop: threading.Event) -> None:
+def _copier(orders: Iterator[CopyOrder], messages: queue.Queue, stop: threading.Event) -> None:
     try:
         for order in orders:  # the iterator may raise (a replica that is not there): in order, like a copy error
-            if stop.is_set() or cancel.is_set():
+            if stop.is_set() or order.cancel.is_set():
                 raise _Stopped()
-            _copy_one(order, messages, stop, cancel)
+            _copy_one(order, messages, stop)
     except _Stopped:
         if not stop.is_set():  # cancelled, while the checksummer still waits: it raises this in its thread
             messages.put(_Failed(CopyCancelled("cancelled")))
@@ -379,7 +389,7 @@ def _copier(orders: Iterator[CopyOrder], cancel: threading.Event, messages: queu
         messages.put(None)
 
 
-def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event, cancel: threading.Event) -> None:
+def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) -> None:
     try:  # without blocking: opening a FIFO would wait for a writer (the copy refuses it)
         source_fd = os.open(order.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
@@ -391,7 +401,7 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event, ca
         raise CopyFailed(order, error) from None
     try:
         messages.put(_Started(order, os.dup(target_fd)))
-        _copy_chunks(KernelCopy(source_fd, target_fd, order.size), messages, stop, cancel)
+        _copy_chunks(KernelCopy(source_fd, target_fd, order.size), messages, stop, order.cancel)
     except BaseException as error:
         order.target.unlink(missing_ok=True)  # a partial copy goes at once: a full disk frees up for the others
         if isinstance(error, OSError):
@@ -407,8 +417,7 @@ class NotRegularFile(OSError):
     """A copy source that is a directory, FIFO, socket or device."""
 
 
-def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event,
-                 cancel: threading.Event = NEVER) -> None:
+def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event, cancel: Cancel = NEVER) -> None:
     while not (stop.is_set() or cancel.is_set()):
         offset = copy.copied
         count = copy.chunk(KERNEL_CHUNK_SIZE)
@@ -418,7 +427,8 @@ def _copy_chunks(copy: KernelCopy, messages: queue.Queue, stop: threading.Event,
     raise _Stopped()
 
 
-def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False) -> RunningChecksum:
+def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False,
+                            cancel: Cancel = NEVER) -> RunningChecksum:
     """Copy ``source`` (a file nobody else writes) into ``target_fd`` by kernel calls, checksumming the source.
 
     The sum is read from the source right behind the copy; if the source
@@ -426,21 +436,22 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
     summed and the bytes written are the same by construction. The source is
     opened once, never through a symlink nor waiting on a FIFO, and must be a
     regular file: a payload may swap what stands at its name between the
-    pilot's check and its copy.
+    pilot's check and its copy. ``cancel`` set ends the copy (CopyCancelled)
+    after the current chunk; the partial target is the caller's to remove.
     """
     fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb", buffering=0) as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(errno.EINVAL, f"{source} is not a regular file")
         before = _identity(fd)
-        running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, size=before[0])
+        running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, before[0], cancel)
         if _identity(fd) == before:
             return running
         log.warning("%s changed while it was copied; copying it again", source)
         os.ftruncate(target_fd, 0)
         os.lseek(target_fd, 0, os.SEEK_SET)
         handle.seek(0)
-        return _copy_from(handle, RawWriter(target_fd), want_md5)
+        return _copy_from(handle, RawWriter(target_fd), want_md5, cancel)
 
 
 def _identity(fd: int) -> tuple[int, int, int]:
@@ -448,15 +459,18 @@ def _identity(fd: int) -> tuple[int, int, int]:
     return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
-def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool, size: int) -> RunningChecksum:
+def _kernel_copy_checksumming_source(source_fd: int, target_fd: int, want_md5: bool, size: int,
+                                     cancel: Cancel) -> RunningChecksum:
     stop = threading.Event()
     failure: list[BaseException] = []
+    copy = KernelCopy(source_fd, target_fd, size)
 
     def copy_all(ranges: Any, stop: threading.Event) -> None:
         try:
-            _copy_chunks(KernelCopy(source_fd, target_fd, size), ranges, stop)
+            _copy_chunks(copy, ranges, stop, cancel)
         except _Stopped:
-            pass
+            if not stop.is_set():  # cancelled, not abandoned by the checksummer: the copy is incomplete
+                failure.append(CopyCancelled(f"cancelled after {copy.copied} bytes"))
         except BaseException as error:
             failure.append(error)
         finally:

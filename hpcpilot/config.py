@@ -66,6 +66,15 @@ class Limits:
     looping_limit: float = 7200.0  # no file in scratch modified for this long
     min_free_space_mb: int = 1024
     max_stdout_mb: int = 2048
+    # One file's stage-in or stage-out may take base + per_mb x its MB, at most max (Pilot 3's, PROTOCOL.md 5).
+    transfer_timeout_base: float = 400.0
+    transfer_timeout_per_mb: float = 1.0
+    transfer_timeout_max: float = 10800.0
+
+    def transfer_timeout(self, size: int) -> float:
+        """The seconds a file of ``size`` bytes may take to stage in or out (MB as in the other limits: MiB)."""
+        return min(self.transfer_timeout_base + self.transfer_timeout_per_mb * size / (1 << 20),
+                   self.transfer_timeout_max)
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,7 @@ def _check_file_names(files: HarvesterFiles) -> None:
 
 
 # Limits that 0 would not turn off (as it does walltime_default or memory_limit_mb) but make fail every job.
-POSITIVE_LIMITS = frozenset({"looping_limit", "max_stdout_mb"})
+POSITIVE_LIMITS = frozenset({"looping_limit", "max_stdout_mb", "transfer_timeout_base", "transfer_timeout_max"})
 
 
 def _check_amounts(prefix: str, settings: Any) -> None:

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 import stat
-import threading
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from xml.sax.saxutils import quoteattr
 
 from .atomicfile import declared_later
-from .checksums import (KERNEL_CHUNK_SIZE, NEVER, ChecksummingWriter, CopyFailed, CopyOrder, NotRegularFile,
-                        RunningChecksum, copy_files_with_checksums, copy_into_with_checksum, file_checksum, matches)
+from .checksums import (KERNEL_CHUNK_SIZE, NEVER, Cancel, ChecksummingWriter, CopyCancelled, CopyFailed, CopyOrder,
+                        NotRegularFile, RunningChecksum, copy_files_with_checksums, copy_into_with_checksum,
+                        file_checksum, matches)
 from .errors import ErrorCode, PilotError
 from .jobs import FileSpec, JobSpec
 from .logtarball import write_tarball
@@ -40,6 +42,31 @@ _MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_INPUT, "md5": ErrorCode
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"
 MAX_OUTPUT_BYTES = 500 << 30  # Pilot 3's limit (PROTOCOL.md, section 5): a larger output is refused with 1124
 
+TimeLimit = Callable[[int], float]  # the seconds a file of so many bytes may take to stage (Limits.transfer_timeout)
+
+
+def no_time_limit(size: int) -> float:
+    return math.inf
+
+
+class TransferDeadline:
+    """The ``cancel`` of one file's transfer: set by ``stop`` (the rank's), or once ``limit`` seconds have passed
+    since it was made. Made as the file's transfer begins: per file, as Pilot 3 counts, rather than per job
+    (the sum of its files' limits), since the copier takes the files one by one anyway and a per-file clock
+    costs nothing more. Asked once per chunk: one clock read."""
+
+    def __init__(self, stop: Cancel, limit: float):
+        self.stop, self.limit = stop, limit
+        self.started = time.monotonic()
+        self._end = self.started + limit
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or time.monotonic() > self._end
+
+    def timed_out(self, code: ErrorCode, what: str) -> PilotError:
+        return PilotError(code, f"{what} timed out after {time.monotonic() - self.started:.0f} s, over its limit "
+                          f"of {self.limit:.0f} s")
+
 
 def stagein_mode(job: JobSpec, configured: str) -> str:
     """copy for a job in a container, which sees only its scratch (a link would lead out of it); else
@@ -49,41 +76,68 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
     return "direct" if job.transfer_type == "direct" else configured
 
 
-def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str, cancel: threading.Event = NEVER) -> int:
+def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str, cancel: Cancel = NEVER,
+             time_limit: TimeLimit = no_time_limit) -> int:
     """Bring every input of ``job`` into ``scratch`` by ``mode`` (one of STAGEIN_MODES); returns the bytes
     verified. ``cancel`` set ends the copies and reads (CopyCancelled) within a chunk, the partial copy
-    removed: gigabytes from a slow shared filesystem take minutes that a stopping pilot does not have."""
+    removed: gigabytes from a slow shared filesystem take minutes that a stopping pilot does not have. An
+    input whose copy or read takes longer than ``time_limit`` of its size ends the same way, and fails the
+    job with 1151."""
     if mode not in STAGEIN_MODES:
         raise ValueError(f"stage-in mode {mode!r}: choose one of {', '.join(STAGEIN_MODES)}")
     _check_space_for_inputs(job, scratch, mode)
     if mode == "copy":
-        total = _copy_inputs(job, job_dir, scratch, cancel)
+        total = _copy_inputs(job, job_dir, scratch, cancel, time_limit)
     else:
-        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode, cancel)
+        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode, cancel, time_limit)
                     for spec in job.inputs)
     _write_pool_file_catalog(job, scratch)
     return total
 
 
-def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: threading.Event) -> int:
+def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, time_limit: TimeLimit) -> int:
     """Copy the inputs in order, each verified as it lands while the kernel copies the next ones.
 
     The replicas are resolved (and refused) one by one as the copy reaches
     them, and the first failure in input order is the one reported, as if
     the files were copied one after the other.
     """
-    orders = (CopyOrder(_replica_path(spec, job_dir), scratch / spec.lfn, _wants_md5(spec), spec.fsize)
-              for spec in job.inputs)
+    deadlines: list[TransferDeadline] = []
+    orders = _copy_orders(job, job_dir, scratch, cancel, time_limit, deadlines)
     total = 0
-    with closing(copy_files_with_checksums(orders, _worth_a_thread(job.inputs), cancel)) as copied:
-        for spec in job.inputs:
+    with closing(copy_files_with_checksums(orders, _worth_a_thread(job.inputs))) as copied:
+        for index, spec in enumerate(job.inputs):
             try:
                 running = next(copied)
             except CopyFailed as failure:
                 raise _stagein_error(spec, failure.order.source, failure.error) from None
+            except CopyCancelled:
+                if cancel.is_set():
+                    raise  # the stop's: the job is not started
+                raise deadlines[index].timed_out(ErrorCode.STAGEIN_TIMEOUT, f"stage-in of {spec.lfn}") from None
             _verify_input(spec, running.size, running)
             total += running.size
     return total
+
+
+def _copy_orders(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, time_limit: TimeLimit,
+                 deadlines: list[TransferDeadline]) -> Iterator[CopyOrder]:
+    """One order per input, made as the copier reaches it: its deadline (appended to ``deadlines``) counts from
+    the start of its own copy."""
+    for spec in job.inputs:
+        source = _replica_path(spec, job_dir)
+        deadlines.append(deadline := TransferDeadline(cancel, time_limit(_input_size(spec, source))))
+        yield CopyOrder(source, scratch / spec.lfn, _wants_md5(spec), spec.fsize, deadline)
+
+
+def _input_size(spec: FileSpec, source: Path) -> int:
+    """As declared, else as found (0 if not found: the copy reports why)."""
+    if spec.fsize is not None:
+        return spec.fsize
+    try:
+        return source.stat().st_size
+    except OSError:
+        return 0
 
 
 def _worth_a_thread(inputs: tuple[FileSpec, ...]) -> bool:
@@ -139,13 +193,19 @@ def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
                          f"{needed} bytes declared, {free} bytes free")
 
 
-def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: threading.Event) -> int:
+def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: Cancel,
+                time_limit: TimeLimit) -> int:
     """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``)."""
+    deadline = TransferDeadline(cancel, time_limit(_input_size(spec, source)))
     try:
         target.symlink_to(source.resolve())
-        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), cancel)
+        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), deadline)
     except OSError as error:
         raise _stagein_error(spec, source, error) from None
+    except CopyCancelled:
+        if cancel.is_set():
+            raise  # the stop's: the job is not started
+        raise deadline.timed_out(ErrorCode.STAGEIN_TIMEOUT, f"stage-in (checksum read) of {spec.lfn}") from None
     size = running.size if running else source.stat().st_size
     _verify_input(spec, size, running)
     return size
@@ -232,14 +292,15 @@ def check_scratch_is_ours(scratch: Path) -> None:
                          "(it is no longer a directory of the pilot's); nothing in it is used")
 
 
-def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path,
-                      guids: Mapping[str, str] = MappingProxyType({})) -> list[dict[str, Any]]:
+def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path, guids: Mapping[str, str] = MappingProxyType({}),
+                      time_limit: TimeLimit = no_time_limit) -> list[dict[str, Any]]:
     """Publish every declared output in the job directory; returns their declarations. ``guids``: the GUIDs
-    the payload gave its outputs (by LFN); an output without one gets a new GUID."""
-    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, "")) for spec in job.outputs]
+    the payload gave its outputs (by LFN); an output without one gets a new GUID. An output whose copy takes
+    longer than ``time_limit`` of its size fails the job with 1152, and leaves nothing under its name."""
+    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, ""), time_limit) for spec in job.outputs]
 
 
-def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str) -> dict[str, Any]:
+def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, time_limit: TimeLimit) -> dict[str, Any]:
     source = inside_scratch(scratch, spec.lfn)
     try:
         status = os.stat(source)
@@ -253,20 +314,24 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str) -> 
         raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {spec.lfn} of {status.st_size} bytes exceeds the "
                          f"limit of {MAX_OUTPUT_BYTES} bytes")
     target = job_dir / spec.lfn
+    deadline = TransferDeadline(NEVER, time_limit(status.st_size))  # a stop lets the outputs out
     try:
-        running = copy_out(source, target)
+        running = copy_out(source, target, deadline)
     except OSError as error:
         raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
+    except CopyCancelled:
+        raise deadline.timed_out(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {spec.lfn} to {job_dir}") from None
     return declaration("output", target, running, guid or spec.guid)
 
 
-def copy_out(source: Path, target: Path) -> RunningChecksum:
-    """Copy ``source`` from scratch to ``target`` in the job directory, to be declared once complete.
+def copy_out(source: Path, target: Path, cancel: Cancel = NEVER) -> RunningChecksum:
+    """Copy ``source`` from scratch to ``target`` in the job directory, to be declared once complete; a
+    failed or cancelled copy leaves nothing at ``target``.
 
     The source in scratch is ours: its sum is the sum of the bytes published.
     """
     with declared_later(target) as handle:
-        return copy_into_with_checksum(source, handle.fd)
+        return copy_into_with_checksum(source, handle.fd, cancel=cancel)
 
 
 def declaration(kind: str, path: Path, running: RunningChecksum, guid: str) -> dict[str, Any]:

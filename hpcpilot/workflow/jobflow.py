@@ -103,7 +103,7 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
     with timed(run, "stagein"), recorded(run, job_log):
         try:
             size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode,
-                                    ctx.stopping)
+                                    ctx.stopping, ctx.config.limits.transfer_timeout)
         except CopyCancelled:
             job_log.warning("stage-in ended by the stop, its partial copy removed")
             run.fail(ctx.stopping.request.not_started())
@@ -195,7 +195,8 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
         if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
             with recorded(run, job_log):
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir,
-                                                                output_guids(own_report))
+                                                                output_guids(own_report),
+                                                                ctx.config.limits.transfer_timeout)
         report = own_report if own_report is not None else minimal_report(run)
         run.work_dir_bytes = tree_size(run.scratch)
         run.finish()

@@ -1,6 +1,7 @@
 """adler32 / md5 while bytes pass (hpcpilot.checksums), against zlib and hashlib."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import hashlib
@@ -397,10 +398,11 @@ def test_a_kernel_copy_is_freed_without_the_cyclic_collector(tmp_path, monkeypat
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("in_thread", [True, False])
 def test_a_cancelled_copy_stops_before_the_next_file(tmp_path, in_thread):
-    orders, contents = _orders(tmp_path, [50_000] * 4)
     cancel = threading.Event()
+    orders, contents = _orders(tmp_path, [50_000] * 4)
+    orders = [dataclasses.replace(order, cancel=cancel) for order in orders]
     threads_before = threading.active_count()
-    copied = checksums.copy_files_with_checksums(orders, in_thread, cancel)
+    copied = checksums.copy_files_with_checksums(orders, in_thread)
     cancel.set()  # before the first: nothing is copied
     with pytest.raises(checksums.CopyCancelled):
         next(copied)
@@ -414,12 +416,12 @@ def test_a_copy_from_a_slow_filesystem_is_cancelled_within_a_chunk(tmp_path, slo
     partial target is removed."""
     source = slow_file(1 << 30)
     (tmp_path / "dst").mkdir()
-    order = checksums.CopyOrder(source, tmp_path / "dst" / "copy", size=1 << 30)
     cancel = threading.Event()
+    order = checksums.CopyOrder(source, tmp_path / "dst" / "copy", size=1 << 30, cancel=cancel)
     threading.Timer(1.0, cancel.set).start()
     started = time.monotonic()
     with pytest.raises(checksums.CopyCancelled):
-        list(checksums.copy_files_with_checksums([order], cancel=cancel))
+        list(checksums.copy_files_with_checksums([order]))
     assert time.monotonic() - started < 6
     assert list((tmp_path / "dst").iterdir()) == []
 

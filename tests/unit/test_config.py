@@ -177,11 +177,20 @@ def test_yaml_values_keep_their_types(tmp_path):
     ("HPCPILOT_LIMITS__MAX_STDOUT_MB", "-1", "limits.max_stdout_mb"),
     ("HPCPILOT_LIMITS__MAX_STDOUT_MB", "0", "limits.max_stdout_mb"),  # would fail every job (1106)
     ("HPCPILOT_LIMITS__LOOPING_LIMIT", "0", "limits.looping_limit"),  # would fail every job (1150)
+    ("HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE", "0", "limits.transfer_timeout_base"),  # a small file: 1151 at once
+    ("HPCPILOT_LIMITS__TRANSFER_TIMEOUT_MAX", "0", "limits.transfer_timeout_max"),  # every file: 1151 at once
+    ("HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB", "-1", "limits.transfer_timeout_per_mb"),
     ("HPCPILOT_STOP_BOUND", "inf", "stop_bound"),
     ("HPCPILOT_HEARTBEAT_INTERVAL", "0", "heartbeat_interval"),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_setting(variable, value, setting):
     assert setting in config_error(environ={variable: value})
+
+
+@pytest.mark.parametrize("size, seconds", [(0, 400), (100 << 20, 500), (20000 << 20, 10800)])
+def test_a_files_transfer_timeout_is_pilot_3s(size, seconds):
+    """PROTOCOL.md, section 5: min(400 s + 1 s per MB, 3 h)."""
+    assert Config().limits.transfer_timeout(size) == seconds
 
 
 @pytest.mark.parametrize("cli, setting", [({"cores_per_rank": "x"}, "cores_per_rank"),

@@ -1,11 +1,13 @@
 """hpcpilot.staging as other programs call it: misuse is a clear error, never a quiet other behaviour."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.config import Limits
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.jobs import parse_job
 from hpcpilot.staging import MAX_OUTPUT_BYTES, stage_in, stage_out_outputs, stagein_mode
@@ -55,3 +57,33 @@ def test_an_output_over_500_gb_fails_the_job_with_1124_before_it_is_copied(tmp_p
         stage_out_outputs(job, scratch, job_dir)
     assert failure.value.code == ErrorCode.OUTPUT_TOO_LARGE and "huge.root" in failure.value.diag
     assert not (job_dir / "huge.root").exists()
+
+
+TINY_LIMITS = Limits(transfer_timeout_base=1, transfer_timeout_per_mb=0.001)  # 1 GiB: about 2 s
+
+
+@pytest.mark.timeout(60)
+def test_an_output_copy_past_its_time_limit_fails_the_job_with_1152(tmp_path: Path, slow_file) -> None:
+    """An output on a slow filesystem (FUSE: minutes for the whole file) is cancelled at its limit, and
+    nothing is left under its name in the job directory."""
+    source = slow_file(1 << 30)  # scratch is the slow filesystem, the output its one file
+    job = parse_job(with_outputs(job_definition(502, "true"), [source.name]))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    started = time.monotonic()
+    with pytest.raises(PilotError) as failure:
+        stage_out_outputs(job, source.parent, job_dir, time_limit=TINY_LIMITS.transfer_timeout)
+    assert time.monotonic() - started < 15
+    assert failure.value.code == ErrorCode.STAGEOUT_TIMEOUT, failure.value.diag
+    assert source.name in failure.value.diag and "limit of 2 s" in failure.value.diag
+    assert list(job_dir.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_an_output_copy_within_its_time_limit_is_staged_out(tmp_path: Path, slow_file) -> None:
+    source = slow_file(6 << 20, delay=0.01)  # over one chunk: the copier thread and the checksummer both run
+    job = parse_job(with_outputs(job_definition(503, "true"), [source.name]))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    [declared] = stage_out_outputs(job, source.parent, job_dir, time_limit=TINY_LIMITS.transfer_timeout)
+    assert declared["fsize"] == 6 << 20 and (job_dir / source.name).read_bytes() == source.read_bytes()
