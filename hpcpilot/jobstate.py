@@ -129,8 +129,15 @@ def _final_attributes(run: JobRun) -> dict[str, Any]:
         "cpuConsumptionUnit": "s",
         "cpuConversionFactor": 1.0,
         "pilotTiming": "|".join(str(round(run.seconds[phase], 3)) for phase in PHASES),
-        "jobMetrics": f"coreCount={run.cores} nInputFiles={len(run.spec.inputs)} workDirSize={run.work_dir_bytes}",
+        "jobMetrics": _job_metrics(run),
     }
+
+
+def _job_metrics(run: JobRun) -> str:
+    """PanDA's ``key=value`` string; nEvents where the pilot counts them (event service jobs)."""
+    events = run.extra_attributes.get("nEvents")
+    return (f"coreCount={run.cores}" + (f" nEvents={events}" if events is not None else "")
+            + f" nInputFiles={len(run.spec.inputs)} workDirSize={run.work_dir_bytes}")
 
 
 def invalid_job_attributes(job: InvalidJob, node: str) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def test_every_range_is_declared_once_with_its_output(tmp_path: Path, launch: st
         assert_finished_output(entry, event_range)
     attributes = run.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 300, 60)
+    assert "nEvents=300" in attributes["jobMetrics"].split()  # PanDA's metrics carry the events too
     assert [e["type"] for e in entries if "eventRangeID" not in e] == ["log"]
     ranks = {line.split("[")[1].split("@")[0] for line in run.stderr.splitlines() if "payload: " in line}
     assert len(ranks) == int(launch[-1]), "every rank runs a payload"
