@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 from .errors import ErrorCode, PilotError
 from .jobs import InvalidJob, JobSpec
+from .lifetime import batch_id
 from .redaction import redact
 
 
@@ -100,6 +102,15 @@ class JobRun:
         self.status = JobStatus.FAILED if self.failed else JobStatus.FINISHED
 
 
+# The batch job every job of this pilot runs in: PanDA shows it as the job's batchID (Harvester forwards it).
+BATCH_ID = batch_id(os.environ)
+
+
+def _where(node: str) -> dict[str, str]:
+    """Where a job ran: the node, and the batch job if there is one."""
+    return {"node": node, "batchID": BATCH_ID} if BATCH_ID else {"node": node}
+
+
 def worker_attributes(run: JobRun) -> dict[str, Any]:
     """``worker_attributes.json`` for ``run`` as it stands now."""
     code = run.error.code if run.error else ErrorCode.OK
@@ -107,7 +118,7 @@ def worker_attributes(run: JobRun) -> dict[str, Any]:
         "jobStatus": run.status.value,
         "pilotErrorCode": int(code),
         "pilotErrorDiag": redact(run.error.diag, run.spec.secrets) if run.error else "",
-        "node": run.node,
+        **_where(run.node),
         "coreCount": run.cores,
         "attemptNr": run.spec.attempt_nr,
         "startTime": utc_text(run.start_time),
@@ -145,7 +156,7 @@ def invalid_job_attributes(job: InvalidJob, node: str) -> dict[str, Any]:
     now = utc_text(time.time())
     return {
         "jobStatus": JobStatus.FAILED.value, "pilotErrorCode": int(job.code), "pilotErrorDiag": job.diag,
-        "node": node, "startTime": now, "endTime": now,
+        **_where(node), "startTime": now, "endTime": now,
     }
 
 

@@ -28,7 +28,6 @@ from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
 from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_report
-from ..lifetime import batch_id
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
@@ -283,12 +282,8 @@ def declare_running(ctx: RankContext, run: JobRun) -> None:
 
 
 def _write_attributes(ctx: RankContext, run: JobRun) -> None:
-    attributes = worker_attributes(run)
-    batch = batch_id(ctx.environment)
-    if batch:  # Harvester forwards it to PanDA, which shows in which batch job the job ran
-        attributes.setdefault("batchID", batch)
     try:
-        ctx.access_point.write_attributes(run.pandaid, attributes, durable=run.end_time is not None)
+        ctx.access_point.write_attributes(run.pandaid, worker_attributes(run), durable=run.end_time is not None)
     except OSError as error:
         raise PilotError(ErrorCode.FILE_HANDLING, f"cannot declare the job in "
                          f"{ctx.access_point.job_dir(run.pandaid)}: {error.strerror}") from None

@@ -521,8 +521,10 @@ def test_each_rank_validates_its_share_and_declares_its_invalid_jobs(tmp_path: P
 def test_the_batch_jobs_id_is_declared_as_batch_id(tmp_path: Path) -> None:
     """PanDA shows the batch job a job ran in (batchID, one of the attributes Harvester forwards)."""
     definition, data = copy_job(303)
-    ap = write_access_point(tmp_path / "ap", {303: definition}, {303: data})
+    invalid = {**job_definition(304, "true"), "coreCount": "eight"}  # declared failed before it runs: the same ID
+    ap = write_access_point(tmp_path / "ap", {303: definition, 304: invalid}, {303: data})
     run = run_pilot(ap, "grid", env={"SLURM_JOB_ID": "4242", "SLURM_JOB_END_TIME": str(int(time.time()) + 3600)})
     attributes = run.attributes(303)
     assert attributes["jobStatus"] == "finished" and attributes["batchID"] == "4242", attributes
     assert_types_the_panda_server_accepts(attributes)
+    assert (run.attributes(304)["jobStatus"], run.attributes(304)["batchID"]) == ("failed", "4242")
