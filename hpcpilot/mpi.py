@@ -89,9 +89,9 @@ def world(force_mpi: bool = False) -> Any:
     return MPI.COMM_WORLD
 
 
-def node_cpu_sets(comm: Any) -> list[set[int]]:
-    """The CPUs each rank of ``comm`` on this node may run on (collective: every rank calls it)."""
-    own = os.sched_getaffinity(0)
+def node_cpu_sets(comm: Any, own: set[int]) -> list[set[int]]:
+    """The CPUs each rank of ``comm`` on this node may run on, given this rank's ``own`` (collective: every rank
+    calls it)."""
     if isinstance(comm, SerialComm):
         return [own]
     from mpi4py import MPI

@@ -70,9 +70,10 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     if comm.rank == 0:
         log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
                  plan.total, comm.size, cores, ctx.scratch_base)
-        if cores > len(os.sched_getaffinity(0)):  # a setting meant for other nodes, or for no binding
+        available = len(os.sched_getaffinity(0))
+        if cores > available:  # a setting meant for other nodes, or for no binding
             log.warning("cores_per_rank %d is more than the %d CPU(s) rank 0 may run on: its payloads will "
-                        "share them", cores, len(os.sched_getaffinity(0)))
+                        "share them", cores, available)
     ctx.monitor.start()
     try:
         supervisor = Supervisor(ctx, comm, deadline, signals)
@@ -210,7 +211,8 @@ def _rank_context(config: Config, access_point: AccessPoint, rank: int, site: Si
 
 def default_cores_per_rank(comm: Any) -> int:
     """The cores this rank may use (collective)."""
-    return cores_of_rank(os.sched_getaffinity(0), node_cpu_sets(comm))
+    own = os.sched_getaffinity(0)
+    return cores_of_rank(own, node_cpu_sets(comm, own))
 
 
 def cores_of_rank(own: set[int], node_sets: list[set[int]]) -> int:
