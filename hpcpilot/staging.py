@@ -63,7 +63,11 @@ class TransferDeadline:
     def is_set(self) -> bool:
         return self.stop.is_set() or time.monotonic() > self._end
 
-    def timed_out(self, code: ErrorCode, what: str) -> PilotError:
+    def cancelled(self, code: ErrorCode, what: str) -> Exception:
+        """Why the transfer was cancelled: the stop (CopyCancelled, for the caller's stop handling), else its
+        time limit (``code``)."""
+        if self.stop.is_set():
+            return CopyCancelled(f"{what} ended by the stop")
         return PilotError(code, f"{what} timed out after {time.monotonic() - self.started:.0f} s, over its limit "
                           f"of {self.limit:.0f} s")
 
@@ -112,9 +116,7 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, tim
             except CopyFailed as failure:
                 raise _stagein_error(spec, failure.order.source, failure.error) from None
             except CopyCancelled:
-                if cancel.is_set():
-                    raise  # the stop's: the job is not started
-                raise deadlines[index].timed_out(ErrorCode.STAGEIN_TIMEOUT, f"stage-in of {spec.lfn}") from None
+                raise deadlines[index].cancelled(ErrorCode.STAGEIN_TIMEOUT, f"stage-in of {spec.lfn}") from None
             _verify_input(spec, running.size, running)
             total += running.size
     return total
@@ -203,9 +205,7 @@ def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: C
     except OSError as error:
         raise _stagein_error(spec, source, error) from None
     except CopyCancelled:
-        if cancel.is_set():
-            raise  # the stop's: the job is not started
-        raise deadline.timed_out(ErrorCode.STAGEIN_TIMEOUT, f"stage-in (checksum read) of {spec.lfn}") from None
+        raise deadline.cancelled(ErrorCode.STAGEIN_TIMEOUT, f"stage-in (checksum read) of {spec.lfn}") from None
     size = running.size if running else source.stat().st_size
     _verify_input(spec, size, running)
     return size
@@ -320,7 +320,7 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
     except OSError as error:
         raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
     except CopyCancelled:
-        raise deadline.timed_out(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {spec.lfn} to {job_dir}") from None
+        raise deadline.cancelled(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {spec.lfn} to {job_dir}") from None
     return declaration("output", target, running, guid or spec.guid)
 
 
