@@ -288,7 +288,11 @@ class RawJob:
 
     @property
     def event_service(self) -> bool:
-        return isinstance(self.definition, dict) and is_event_service(self.definition)
+        """An unreadable eventService counts as False here: the job then fails its validation, which says why."""
+        try:
+            return isinstance(self.definition, dict) and is_event_service(self.definition)
+        except JobDefinitionError:
+            return False
 
 
 def _pandaid_or_zero(key: Any) -> int:

@@ -17,7 +17,8 @@ from .errors import ErrorCode, JobDefinitionError
 MAX_LFN_LENGTH = 255
 _CHECKSUM_PATTERNS = {"adler32": re.compile(r"[0-9a-f]{8}"), "md5": re.compile(r"[0-9a-f]{32}")}
 _CHECKSUM_PREFIXES = {"ad": "adler32", "md": "md5"}
-_FALSE_WORDS = {"false", "0", "no", "off"}
+_TRUE_WORDS = frozenset(("true", "1", "yes", "on"))
+_FALSE_WORDS = frozenset(("false", "0", "no", "off"))
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; int64 range
 _NULL_WORDS = frozenset(("", "NULL", "None"))
 
@@ -114,7 +115,11 @@ def _flag(raw: Mapping[str, Any], field: str, default: bool) -> bool:
     value = raw.get(field)
     if _is_null(value):
         return default
-    return str(value).strip().lower() not in _FALSE_WORDS
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS or word in _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    # Not taken as true, as any word but a false one once was: "maybe" would make a job an event service job
+    raise _fail(ErrorCode.GENERAL, field, f"{value!r} is neither true nor false (PanDA sends \"True\" or \"False\")")
 
 
 def _file_list(raw: Mapping[str, Any], field: str) -> list[str]:

@@ -518,6 +518,18 @@ def test_each_rank_validates_its_share_and_declares_its_invalid_jobs(tmp_path: P
 
 
 @pytest.mark.timeout(120)
+def test_a_job_whose_event_service_flag_is_unreadable_fails_and_the_others_run(tmp_path: Path) -> None:
+    definitions = {pandaid: job_definition(pandaid, "true") for pandaid in (1711, 1712)}
+    definitions[1711]["eventService"] = "maybe"
+    run = run_pilot(write_access_point(tmp_path / "ap", definitions), "mpi2")
+    assert run.returncode == 0, run.stderr[-2000:]
+    attributes = run.attributes(1711)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1008), attributes
+    assert "eventService" in attributes["pilotErrorDiag"] and "maybe" in attributes["pilotErrorDiag"]
+    assert run.attributes(1712)["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(120)
 def test_the_batch_jobs_id_is_declared_as_batch_id(tmp_path: Path) -> None:
     """PanDA shows the batch job a job ran in (batchID, one of the attributes Harvester forwards)."""
     definition, data = copy_job(303)

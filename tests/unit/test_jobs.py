@@ -124,6 +124,15 @@ def test_flags_read_true_and_false_words(word, expected):
     assert job.looping_check is expected
 
 
+@pytest.mark.parametrize("field", ["eventService", "loopingCheck"])
+@pytest.mark.parametrize("word", ["maybe", "2", "ja", "[]"])
+def test_a_flag_neither_true_nor_false_makes_the_job_invalid(field, word):
+    """Any word but a false one once counted as true: "maybe" made a job an event service job."""
+    with pytest.raises(JobDefinitionError, match=f"{field}.*neither true nor false") as caught:
+        parse_job(definition(**{field: word}))
+    assert caught.value.code == ErrorCode.GENERAL
+
+
 def test_missing_log_file_gets_the_conventional_name():
     raw = definition()
     del raw["logFile"]
