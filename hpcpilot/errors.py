@@ -57,6 +57,59 @@ class ErrorCode(IntEnum):
     BAD_FILE_NAME = 1371
     PREEMPTED = 1379
 
+    @property
+    def message(self) -> str:
+        """What the code means, in PROTOCOL.md's words: for people reading a code without its diagnostic."""
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    ErrorCode.OK: "no error",
+    ErrorCode.GENERAL: "general pilot error",
+    ErrorCode.NO_LOCAL_SPACE: "not enough local space",
+    ErrorCode.STAGEIN_FAILED: "stage-in failed",
+    ErrorCode.NO_SUCH_FILE: "no such file",
+    ErrorCode.WORKDIR_TOO_LARGE: "work directory too large",
+    ErrorCode.STDOUT_TOO_LARGE: "payload stdout too large",
+    ErrorCode.SETUP_FAILED: "payload setup failed",
+    ErrorCode.OUTPUT_TOO_LARGE: "output file too large",
+    ErrorCode.STAGEOUT_FAILED: "stage-out failed",
+    ErrorCode.MD5_MISMATCH_OUTPUT: "md5 mismatch on output",
+    ErrorCode.MD5_MISMATCH_INPUT: "md5 mismatch on input",
+    ErrorCode.LOOPING_JOB: "looping job (no file touched)",
+    ErrorCode.STAGEIN_TIMEOUT: "stage-in timed out",
+    ErrorCode.STAGEOUT_TIMEOUT: "stage-out timed out",
+    ErrorCode.MISSING_OUTPUT: "expected output file missing",
+    ErrorCode.ADLER32_MISMATCH_INPUT: "adler32 mismatch on input",
+    ErrorCode.ADLER32_MISMATCH_OUTPUT: "adler32 mismatch on output",
+    ErrorCode.NO_JOB_REPORT: "payload wrote no job report",
+    ErrorCode.LFN_TOO_LONG: "LFN too long",
+    ErrorCode.MKDIR_FAILED: "could not create a directory",
+    ErrorCode.KILLED_BY_SIGNAL: "killed by a signal",
+    ErrorCode.SIGTERM: "killed by SIGTERM",
+    ErrorCode.SIGQUIT: "killed by SIGQUIT",
+    ErrorCode.SIGSEGV: "killed by SIGSEGV",
+    ErrorCode.SIGXCPU: "killed by SIGXCPU",
+    ErrorCode.SIGBUS: "killed by SIGBUS",
+    ErrorCode.SIGUSR1: "killed by SIGUSR1",
+    ErrorCode.SIGINT: "killed by SIGINT",
+    ErrorCode.WALLTIME: "walltime or pilot lifetime reached",
+    ErrorCode.PAYLOAD_FAILED_UNKNOWN: "payload failed, reason unknown",
+    ErrorCode.ES_RECOVERABLE: "event service: recoverable error",
+    ErrorCode.ES_FATAL: "event service: fatal error",
+    ErrorCode.PAYLOAD_MEMORY: "payload exceeded maximum memory",
+    ErrorCode.ES_NO_EVENTS: "event service: no events",
+    ErrorCode.FILE_HANDLING: "file handling failure",
+    ErrorCode.PAYLOAD_EXIT: "payload non-zero exit",
+    ErrorCode.LIST_LENGTH_MISMATCH: "aligned per-file lists differ in length",
+    ErrorCode.UNKNOWN_CHECKSUM_TYPE: "unknown checksum type",
+    ErrorCode.LOG_TARBALL_FAILED: "log tarball creation failed",
+    ErrorCode.EMPTY_OUTPUT: "empty (zero size) output file",
+    ErrorCode.CHECKSUM_CALCULATION: "checksum calculation failed",
+    ErrorCode.BAD_FILE_NAME: "bad output file name",
+    ErrorCode.PREEMPTED: "preempted",
+}
+
 
 _SIGNAL_CODES = {
     signal.SIGTERM: ErrorCode.SIGTERM,

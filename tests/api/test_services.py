@@ -1,0 +1,83 @@
+"""hpcpilot.api.services as a payload wrapper calls it: a real process tree, the batch environment, the codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.api.services import ErrorCode, ProcessMonitor, batch_end_time, batch_job_id, error_message
+
+MB = 1 << 20
+# A parent holding 40 MB starts a child holding 40 MB that writes 2 MB; both then wait for the "done" file.
+TREE = """
+import os, subprocess, sys, time
+held = bytearray(40 << 20)
+for i in range(0, len(held), 4096): held[i] = 1
+if sys.argv[1] == "parent":
+    subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", sys.argv[2], sys.argv[3]])
+else:
+    with open(os.path.join(sys.argv[3], "written"), "wb") as out:
+        out.write(b"x" * (2 << 20)); out.flush(); os.fsync(out.fileno())
+    open(os.path.join(sys.argv[3], "ready"), "w").close()
+while not os.path.exists(os.path.join(sys.argv[3], "done")): time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    process = subprocess.Popen([sys.executable, "-c", TREE, "parent", TREE, str(tmp_path)], start_new_session=True)
+    try:
+        give_up = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < give_up and process.poll() is None, "the process tree did not start"
+            time.sleep(0.05)
+        yield process
+    finally:
+        (tmp_path / "done").touch()
+        process.wait(timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_sample_sums_memory_and_io_over_the_process_and_its_descendants(tree, tmp_path: Path) -> None:
+    monitor = ProcessMonitor(tree.pid, timeseries_path=tmp_path / "series.tsv")
+    sample = monitor.sample()
+    assert sample.nprocs == 2
+    assert sample.rss >= 80 * MB // 1024  # kB: both processes' 40 MB
+    assert sample.wchar >= 2 * MB  # bytes: the child's write
+    summary = monitor.summary()
+    assert summary["maxRSS"] == sample.rss and summary["totWCHAR"] == sample.wchar
+    lines = (tmp_path / "series.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:3] == ["Time", "VMEM", "PSS"] and len(lines) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_summary_before_any_sample_is_zeros(tree) -> None:
+    summary = ProcessMonitor(tree.pid).summary()
+    assert summary["maxPSS"] == 0 and summary["rateRBYTES"] == 0
+
+
+def test_a_process_that_is_not_there_is_refused_with_what_to_do() -> None:
+    no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids stay below it
+    with pytest.raises(ProcessLookupError, match="start it first"):
+        ProcessMonitor(no_such_pid)
+
+
+def test_the_batch_jobs_end_and_id_come_from_its_environment() -> None:
+    assert batch_end_time({"SLURM_JOB_END_TIME": "1900000000"}) == 1900000000.0
+    assert batch_job_id({"PBS_JOBID": "77.titan-batch"}) == "77.titan-batch"
+    assert batch_end_time({}) is None and batch_job_id({}) == ""
+
+
+def test_every_pilot_error_code_says_what_it_means() -> None:
+    assert error_message(1171) == "adler32 mismatch on input"
+    assert error_message(ErrorCode.STAGEOUT_TIMEOUT) == "stage-out timed out"
+    messages = [code.message for code in ErrorCode]
+    assert all(messages) and len(set(messages)) == len(messages)
+
+
+def test_a_number_that_is_no_pilot_error_code_is_refused() -> None:
+    with pytest.raises(ValueError, match="4242 is not a pilot error code"):
+        error_message(4242)
