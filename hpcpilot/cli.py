@@ -184,18 +184,16 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any, signa
     exit_code = run_worker(config, comm, site, signals)
     summary = config.access_point / config.files.summary
     if comm.rank == 0 and summary.exists():
-        _print_demo_table(summary)
+        _print_demo_outcome(summary)
     return exit_code
 
 
-def _print_demo_table(summary_path: Path) -> None:
-    from .jobstate import JobResult
-    from .workflow.hpc import result_table
-
+def _print_demo_outcome(summary_path: Path) -> None:
+    """The outcome and where to look: the table of jobs is already in the log (standard error)."""
     summary = json.loads(summary_path.read_text())
-    print(result_table([JobResult(**row) for row in summary["jobs"]]))
-    print(f"\n{summary['finished']} finished, {summary['failed']} failed; "
-          f"access point: {summary_path.parent}")
+    print(f"{summary['finished']} finished, {summary['failed']} failed; access point: {summary_path.parent}")
+    print(f"what Harvester reads is in {summary_path.parent}/<PandaID>/: worker_attributes.json, jobReport.json, "
+          f"event_status.dump.json, the outputs and the log tarball; every job's row is in {summary_path.name}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_the_demo_in_a_relative_directory_runs_its_jobs(tmp_path: Path) -> None:
     run = run_demo(tmp_path, "--dir", "demo")
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"14 finished, 2 failed; access point: {tmp_path / 'demo'}" in run.stdout
+    assert (run.stdout + run.stderr).count("PandaID status") == 1  # the table of jobs, in the log alone
 
 
 @pytest.mark.timeout(60)
