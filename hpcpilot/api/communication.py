@@ -1,0 +1,318 @@
+"""The Harvester shared-file protocol from the pilot's side (shared/PROTOCOL.md, sections 1-2).
+
+For programs that play the pilot's part towards Harvester: a payload wrapper,
+another pilot, a site tool, a test harness. :class:`AccessPointClient` reads
+what Harvester placed in one worker's access point and writes what Harvester
+reads back, with the file names, layouts and hand-off rules hpcpilot itself
+uses (it is a thin layer over :mod:`hpcpilot.harvester`)::
+
+    from hpcpilot.api.communication import AccessPointClient, JobSpec
+
+    client = AccessPointClient("/shared/harvester/worker-42")
+    for job in client.jobs():
+        if not isinstance(job, JobSpec):              # invalid: say so, never drop it
+            client.set_state(job.pandaid, "failed", pilotErrorCode=int(job.code), pilotErrorDiag=job.diag)
+            continue
+        client.set_state(job.pandaid, "running", node="nid00042", coreCount=job.core_count)
+        ...                                           # run it; write its outputs into client.job_dir(job.pandaid)
+        entries = [client.file_declaration(client.job_dir(job.pandaid) / out.lfn) for out in job.outputs]
+        client.declare_files(job.pandaid, entries)    # False: queued until Harvester takes its last dump
+        client.write_job_report(job.pandaid, {"exitCode": 0})
+        client.set_state(job.pandaid, "finished", transExitCode=0)
+    client.heartbeat()
+    client.flush()                                    # call again until it returns 0
+
+Rules the client keeps, and checks before anything is written:
+
+- Only the worker's own PandaIDs (those with a definition in the access
+  point) are accepted: Harvester reads nothing for another job, and in a
+  OneToOne access point the files of any job are the files of *the* job.
+- ``worker_attributes.json`` is one flat object, rewritten whole and
+  atomically: ``jobStatus`` plus attributes whose values are strings,
+  numbers, booleans or null (PROTOCOL.md lists the keys PanDA takes; format
+  times with :func:`utc_text`).
+- ``event_status.dump.json`` entries use ``type`` (never ``filetype``),
+  ``chksum`` as 8 hex digits without ``ad:``, absolute paths inside the
+  access point (Harvester stages out from there; node-local files are out of
+  its reach). Declare the job's log tarball as ``log``: without one, Harvester
+  packs a second tarball itself. A dump Harvester has not yet renamed to ``.read`` is never
+  replaced: later entries wait in a hidden journal and go out with
+  :meth:`~AccessPointClient.flush`. One client (or one pilot) declares for a
+  job: a second one would replace the first one's waiting entries.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..atomicfile import json_bytes
+from ..checksums import file_checksum
+from ..config import Config, HarvesterFiles
+from ..errors import WorkerError
+from ..eventservice.declarations import failed_entries, finished_entry
+from ..eventservice.harvester_events import read_ranges, request_ranges
+from ..eventservice.ranges import EventRange, InvalidEventRange
+from ..harvester import AccessPoint, EventStatusPublisher, RawJob
+from ..jobs import InvalidJob, JobSpec
+from ..jobstate import FINAL_STATES, JobStatus, utc_text
+from ..staging import declaration
+
+__all__ = ["AccessPointClient", "EventRange", "InvalidEventRange", "InvalidJob", "JobSpec", "JobStatus",
+           "WorkerError", "utc_text", "FILE_TYPES", "STATES"]
+
+STATES = tuple(status.value for status in JobStatus)  # starting, running, finished, failed
+FILE_TYPES = ("output", "log", "checkpoint", "es_output", "zip_output")  # what Harvester stages out
+EVENT_FILE_TYPES = ("es_output", "zip_output")  # Harvester also reads their eventRangeID and eventStatus
+_ADLER32 = re.compile(r"[0-9a-f]{8}")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class AccessPointClient:
+    """One worker's access point, seen from the pilot's side.
+
+    ``root`` must already be laid out by Harvester (it fills it before the
+    batch job starts): whether it is ManyToOne (a sub-directory per PandaID)
+    or OneToOne (the job's files at the top) is read from it once, here.
+    ``files`` names the exchanged files (defaults: Harvester's shipped ones).
+
+    Raises ValueError for file names that cannot be used. The job definitions
+    are read by :meth:`jobs` and, once, by the first call given a PandaID:
+    those raise :class:`WorkerError` when the access point cannot be read or
+    holds no job.
+    """
+
+    def __init__(self, root: Path | str, files: HarvesterFiles | None = None):
+        files = Config(files=files or HarvesterFiles()).validated().files  # ConfigError is a ValueError
+        self._access_point = AccessPoint(Path(root), files)
+        self._publisher = EventStatusPublisher(self._access_point)
+        self._definitions: dict[int, RawJob | InvalidJob] | None = None  # read once, when first needed
+
+    @property
+    def root(self) -> Path:
+        return self._access_point.root
+
+    @property
+    def files(self) -> HarvesterFiles:
+        return self._access_point.files
+
+    @property
+    def many_to_one(self) -> bool:
+        """True: one sub-directory per PandaID; False: OneToOne, the job's files at the top."""
+        return self._access_point.many_to_one
+
+    # -- Harvester -> pilot ------------------------------------------------
+
+    def jobs(self) -> list[JobSpec | InvalidJob]:
+        """Every job definition of the worker, read afresh and validated; an invalid one says why
+        (``code``: the PanDA error code to declare it failed with, ``diag``: the reason)."""
+        return self._access_point.read_jobs()
+
+    def pandaids(self) -> list[int]:
+        """The PandaIDs this client writes for: every job with a definition in the access point."""
+        return list(self._known_definitions())
+
+    def job_dir(self, pandaid: int) -> Path:
+        """Where the job's files go (outputs, log tarball): its sub-directory, or the top for OneToOne."""
+        self._check_known(pandaid)
+        return self._access_point.job_dir(pandaid)
+
+    # -- pilot -> Harvester: per job -----------------------------------------
+
+    def set_state(self, pandaid: int, status: str | JobStatus, **attributes: Any) -> None:
+        """Write the job's ``worker_attributes.json`` whole and atomically: ``jobStatus`` and ``attributes``.
+
+        ``status``: starting, running, finished or failed (only the last two are final for Harvester; they
+        are also flushed to disk before they count as written).
+        """
+        state = _status(status)
+        if "jobStatus" in attributes:
+            raise ValueError("set_state: give the job status as the 'status' argument, not as jobStatus=")
+        for name, value in attributes.items():
+            _check_attribute(name, value)
+        self._write_job_file(pandaid, lambda: self._access_point.write_attributes(
+            pandaid, {"jobStatus": state.value, **attributes}, durable=state.value in FINAL_STATES))
+
+    def write_job_report(self, pandaid: int, report: Any) -> None:
+        """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData)."""
+        _check_serialisable(report, f"job report of job {pandaid}")
+        self._write_job_file(pandaid, lambda: self._access_point.write_job_report(pandaid, report))
+
+    def file_declaration(self, path: Path | str, kind: str = "output", guid: str | None = None) -> dict[str, Any]:
+        """The ``event_status.dump.json`` entry for the file at ``path`` (``kind`` output or log): absolute
+        path, size and adler32 taken by reading it once, ``guid`` (a new one if not given). Declare it
+        with :meth:`declare_files`."""
+        if kind not in ("output", "log"):
+            raise ValueError(f"file_declaration: kind {kind!r}: choose output or log (for an event range's "
+                             "output use range_finished)")
+        path = self._readable_file(path)
+        return declaration(kind, path, file_checksum(path), guid or "")
+
+    def range_finished(self, range_id: str, path: Path | str, guid: str | None = None) -> dict[str, Any]:
+        """The entry of a finished event range whose output is at ``path`` (type es_output; read once)."""
+        return finished_entry(range_id, self._readable_file(path), guid)
+
+    @staticmethod
+    def ranges_failed(range_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Status-only entries (no file) for event ranges that failed."""
+        return failed_entries(range_ids)
+
+    def declare_files(self, pandaid: int, entries: Iterable[Mapping[str, Any]]) -> bool:
+        """Hand ``entries`` to Harvester in the job's ``event_status.dump.json``, after any still waiting.
+
+        True when Harvester can see them now; False when they wait because Harvester has not yet taken the
+        previous dump (renamed it to ``.read``): :meth:`flush` sends them once it has. Every entry is checked
+        first (ValueError / TypeError naming the entry and what is wrong); none is declared if one is bad.
+        """
+        self._check_known(pandaid)
+        checked = [self._checked_entry(index, entry) for index, entry in enumerate(entries)]
+        return self._publisher.declare(pandaid, checked)
+
+    def flush(self) -> int:
+        """Publish the entries that wait, for every job whose dump Harvester has taken; returns how many
+        jobs still wait (0: all declared). Call it again later until it returns 0."""
+        return self._publisher.flush()
+
+    @property
+    def waiting(self) -> set[int]:
+        """PandaIDs whose declared entries Harvester cannot see yet."""
+        return self._publisher.waiting
+
+    # -- pilot -> Harvester: the worker ------------------------------------
+
+    def heartbeat(self) -> None:
+        """Touch ``worker_heartbeat.json`` (Harvester looks at its mtime where the queue sets worker_heartbeat)."""
+        self._access_point.touch_heartbeat()
+
+    def request_kill(self, reason: str) -> None:
+        """Ask Harvester to cancel the worker's batch job (``kill_worker.json``; ``reason`` is for people)."""
+        self._access_point.request_kill(reason)
+
+    # -- event service (files at the top; Harvester serves OneToOne workers) -
+
+    def request_event_ranges(self, pandaid: int, n_ranges: int, task_id: int | str | None = None,
+                             jobset_id: int | str | None = None) -> bool:
+        """Ask Harvester for ``n_ranges`` event ranges of the job (``worker_requestevents.json``).
+
+        ``task_id``/``jobset_id`` default to the job definition's. False when an earlier request is still
+        there (Harvester deletes it once served): nothing is written, ask again later.
+        """
+        self._check_known(pandaid)
+        if task_id is None or jobset_id is None:
+            job = self._valid_job(pandaid, "request_event_ranges needs task_id and jobset_id")
+            # as the pilot asks: a NULL ID goes out as Harvester wrote it
+            task_id = job.task_id or "NULL" if task_id is None else task_id
+            jobset_id = job.jobset_id or "NULL" if jobset_id is None else jobset_id
+        return request_ranges(self.root, self.files, pandaid, n_ranges, task_id, jobset_id)
+
+    def event_ranges(self, pandaid: int) -> list[EventRange] | None:
+        """The ranges of Harvester's latest answer for the job (``JobsEventRanges.json``, validated:
+        InvalidEventRange names a bad one). None: no answer yet (or one half-written: read again later);
+        []: no more events. The answer stays until the next one: tell new ranges by their eventRangeID."""
+        self._check_known(pandaid)
+        return read_ranges(self.root, self.files, pandaid)
+
+    # -- checks ------------------------------------------------------------
+
+    def _known_definitions(self) -> dict[int, RawJob | InvalidJob]:
+        if self._definitions is None:
+            items = self._access_point.read_definitions()
+            self._definitions = {item.pandaid: item for item in items if item.pandaid}
+        return self._definitions
+
+    def _check_known(self, pandaid: int) -> None:
+        if isinstance(pandaid, bool) or not isinstance(pandaid, int):
+            raise TypeError(f"PandaID {pandaid!r}: must be an int")
+        known = self._known_definitions()
+        if pandaid not in known:
+            raise ValueError(f"PandaID {pandaid} is not a job of the access point {self.root} (its jobs: "
+                             f"{', '.join(map(str, sorted(known))) or 'none'}): Harvester would read nothing "
+                             "written for it")
+
+    def _valid_job(self, pandaid: int, need: str) -> JobSpec:
+        job = self._access_point.validated(self._known_definitions()[pandaid])
+        if isinstance(job, InvalidJob):
+            raise ValueError(f"{need}: job {pandaid} has an invalid definition ({job.diag}); give them")
+        return job
+
+    def _write_job_file(self, pandaid: int, write: Callable[[], None]) -> None:
+        """Run ``write`` once the job's directory is known to be inside the access point and there (an invalid
+        job's may be missing: it is made, as the pilot does to declare such a job failed)."""
+        self._check_known(pandaid)
+        if not self._access_point.job_dir_is_inside(pandaid):
+            raise ValueError(f"job directory {self._access_point.job_dir(pandaid)} is a symlink out of the access "
+                             f"point {self.root}: nothing is written there")
+        self._access_point.job_dir(pandaid).mkdir(mode=0o755, parents=True, exist_ok=True)
+        write()
+
+    def _readable_file(self, path: Path | str) -> Path:
+        path = self._inside(Path(path).absolute(), f"file {path}")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such regular file to declare")
+        return path
+
+    def _inside(self, path: Path, what: str) -> Path:
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"{what} is outside the access point {self.root}: Harvester stages out from the "
+                             "shared access point; copy the file into the job's directory (job_dir) first")
+        return path
+
+    def _checked_entry(self, index: int, entry: Mapping[str, Any]) -> dict[str, Any]:
+        what = f"event_status entry {index}"
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{what}: must be a dict, got {type(entry).__name__}")
+        entry = dict(entry)
+        _check_serialisable(entry, what)
+        if "filetype" in entry:
+            raise ValueError(f"{what}: has 'filetype'; Harvester reads the key 'type' (and drops the entry without it)")
+        if "path" in entry:
+            self._check_file_entry(entry, f"{what} ({entry.get('path')})")
+        else:
+            _require(entry, ("eventRangeID", "eventStatus"), f"{what}: an entry without 'path' is an event status")
+        return entry
+
+    def _check_file_entry(self, entry: dict[str, Any], what: str) -> None:
+        if entry.get("type") not in FILE_TYPES:
+            raise ValueError(f"{what}: 'type' {entry.get('type')!r}: choose one of {', '.join(FILE_TYPES)}")
+        if not isinstance(entry["path"], str) or not Path(entry["path"]).is_absolute():
+            raise ValueError(f"{what}: 'path' must be an absolute path (Harvester stages out from it as given)")
+        self._inside(Path(entry["path"]), what)
+        chksum = entry.get("chksum")
+        if chksum is not None and not (isinstance(chksum, str) and _ADLER32.fullmatch(chksum)):
+            raise ValueError(f"{what}: 'chksum' {chksum!r}: adler32 as 8 lower-case hex digits, without 'ad:'")
+        fsize = entry.get("fsize")
+        if fsize is not None and (isinstance(fsize, bool) or not isinstance(fsize, int) or fsize < 0):
+            raise ValueError(f"{what}: 'fsize' {fsize!r}: the size in bytes, an int")
+        if entry["type"] in EVENT_FILE_TYPES:
+            _require(entry, ("eventRangeID", "eventStatus"), f"{what}: type {entry['type']}")
+
+
+def _status(status: str | JobStatus) -> JobStatus:
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise ValueError(f"job status {status!r}: choose one of {', '.join(STATES)}") from None
+
+
+def _check_attribute(name: str, value: Any) -> None:
+    """worker_attributes.json is one flat object whose values Harvester forwards to PanDA as they are."""
+    if not isinstance(value, _SCALARS):
+        raise TypeError(f"attribute {name}: {type(value).__name__} values cannot go into worker_attributes.json, "
+                        "a flat object: give a string, number, boolean or None (jobMetrics: one 'key=value ...' string)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"attribute {name}: {value} is not a number JSON can carry")
+
+
+def _check_serialisable(content: Any, what: str) -> None:
+    try:
+        json_bytes(content)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{what} is not JSON-serialisable: {error}") from None
+
+
+def _require(entry: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
+    missing = [key for key in keys if not isinstance(entry.get(key), str) or not entry[key]]
+    if missing:
+        raise ValueError(f"{what}: needs {' and '.join(repr(k) for k in missing)} (text); "
+                         f"Harvester reads {' and '.join(keys)}")

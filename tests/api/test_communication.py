@@ -1,0 +1,293 @@
+"""hpcpilot.api.communication on access points laid out as Harvester does, read back as Harvester reads them."""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from hpcpilot.api.communication import AccessPointClient, EventRange, InvalidJob, JobSpec, WorkerError
+from hpcpilot.atomicfile import TEMP_PREFIX
+from hpcpilot.config import HarvesterFiles
+
+DUMP = "event_status.dump.json"
+
+
+def definitions(*pandaids: int, **fields) -> dict[int, dict]:
+    return {p: job_definition(p, "run.sh", f"--job {p}", **fields) for p in pandaids}
+
+
+def harvester_dir(root: Path, pandaid: int, many_to_one: bool) -> Path:
+    """Where Harvester's messenger looks for a job's files (get_access_point: MultiJobs has a sub-directory)."""
+    return root / str(pandaid) if many_to_one else root
+
+
+def harvester_takes(job_dir: Path) -> list[dict] | None:
+    """Harvester's hand-off of event_status.dump.json (get_files_to_stage_out, acknowledge_events_files):
+    take a ``.read`` left from before, else rename the dump to ``.read``; read it; rename it to
+    ``.read.<timestamp>``. None when there was nothing to take."""
+    dump, taken = job_dir / DUMP, job_dir / (DUMP + ".read")
+    if not taken.exists():
+        if not dump.exists():
+            return None
+        dump.rename(taken)
+    content = json.loads(taken.read_text())
+    taken.rename(taken.with_name(f"{taken.name}.{time.strftime('%Y-%m-%d_%H_%M_%S')}.{time.monotonic_ns()}"))
+    return [entry for entries in content.values() for entry in entries]
+
+
+def write_output(client: AccessPointClient, pandaid: int, name: str, data: bytes) -> Path:
+    path = client.job_dir(pandaid) / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> AccessPointClient:
+    return AccessPointClient(write_access_point(tmp_path / "ap", definitions(1001, 1002)))
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+
+def test_jobs_are_validated_and_an_invalid_one_says_why(tmp_path):
+    jobs = definitions(1001, 1002)
+    jobs[1002]["coreCount"] = "many"
+    client = AccessPointClient(write_access_point(tmp_path / "ap", jobs))
+    valid, invalid = sorted(client.jobs(), key=lambda job: job.pandaid)
+    assert isinstance(valid, JobSpec) and valid.command == "run.sh --job 1001"
+    assert isinstance(invalid, InvalidJob) and invalid.pandaid == 1002
+    assert "coreCount" in invalid.diag
+    assert client.pandaids() == [1001, 1002]
+
+
+def test_an_access_point_without_jobs_is_a_worker_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkerError, match="no jobs"):
+        AccessPointClient(tmp_path / "empty").jobs()
+
+
+# -- both layouts ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("many_to_one", [True, False], ids=["ManyToOne", "OneToOne"])
+def test_each_file_lands_where_harvester_reads_it(tmp_path, many_to_one):
+    root = write_access_point(tmp_path / "ap", definitions(2001), many_to_one=many_to_one)
+    client = AccessPointClient(root)
+    assert client.many_to_one is many_to_one
+    job_dir = harvester_dir(root, 2001, many_to_one)
+    assert client.job_dir(2001) == job_dir
+
+    client.set_state(2001, "running", node="nid001", coreCount=8)
+    assert json.loads((job_dir / "worker_attributes.json").read_text()) == {
+        "jobStatus": "running", "node": "nid001", "coreCount": 8}
+    client.write_job_report(2001, {"exitCode": 0})
+    assert json.loads((job_dir / "jobReport.json").read_text()) == {"exitCode": 0}
+    entry = client.file_declaration(write_output(client, 2001, "out.root", b"payload output"))
+    assert client.declare_files(2001, [entry]) is True
+    assert json.loads((job_dir / DUMP).read_text()) == {"2001": [entry]}
+    client.heartbeat()
+    client.request_kill("gave up")
+    assert (root / "worker_heartbeat.json").is_file()
+    assert json.loads((root / "kill_worker.json").read_text())["reason"] == "gave up"
+    assert [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)] == []
+
+
+def test_configured_file_names_are_used(tmp_path):
+    files = HarvesterFiles(job_spec="pandaJobData.out", worker_attributes="attrs.json", event_status="dump.json")
+    root = write_access_point(tmp_path / "ap", definitions(1001), files=files)
+    client = AccessPointClient(root, files)
+    client.set_state(1001, "starting")
+    client.declare_files(1001, [{"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}])
+    assert json.loads((root / "1001" / "attrs.json").read_text()) == {"jobStatus": "starting"}
+    assert (root / "1001" / "dump.json").is_file()
+    assert not (root / "1001" / "worker_attributes.json").exists()
+
+
+def test_unusable_file_names_are_refused_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="files.event_status"):
+        AccessPointClient(tmp_path, HarvesterFiles(event_status="../dump.json"))
+
+
+# -- worker_attributes.json ------------------------------------------------------------------------------------
+
+
+def test_a_final_state_replaces_the_passing_one_whole(client):
+    client.set_state(1001, "running", node="nid001", startTime="2026-01-01 00:00:00")
+    client.set_state(1001, "finished", transExitCode=0, endTime="2026-01-01 01:00:00")
+    attributes = json.loads((client.root / "1001" / "worker_attributes.json").read_text())
+    assert attributes == {"jobStatus": "finished", "transExitCode": 0, "endTime": "2026-01-01 01:00:00"}
+
+
+def test_an_unknown_status_is_refused_naming_the_four(client):
+    with pytest.raises(ValueError, match="starting, running, finished, failed"):
+        client.set_state(1001, "done")
+    assert not (client.root / "1001" / "worker_attributes.json").exists()
+
+
+@pytest.mark.parametrize("value", [{1, 2}, {"nested": 1}, [1, 2], b"bytes", float("nan")])
+def test_an_attribute_that_is_no_flat_json_value_is_refused_before_anything_is_written(client, value):
+    client.set_state(1001, "running")
+    attributes = client.root / "1001" / "worker_attributes.json"
+    before = attributes.read_bytes()
+    with pytest.raises((TypeError, ValueError), match="attribute maxRSS"):
+        client.set_state(1001, "failed", pilotErrorCode=1008, maxRSS=value)
+    assert attributes.read_bytes() == before
+
+
+def test_the_status_is_not_given_twice(client):
+    with pytest.raises(ValueError, match="'status' argument"):
+        client.set_state(1001, "running", jobStatus="finished")
+
+
+def test_a_job_report_that_is_no_json_is_refused(client):
+    with pytest.raises(TypeError, match="job report of job 1001"):
+        client.write_job_report(1001, {"files": {Path("a")}})
+    assert not (client.root / "1001" / "jobReport.json").exists()
+
+
+def test_a_pandaid_not_in_the_access_point_is_refused_naming_its_jobs(client):
+    """Harvester reads only its jobs' files: whatever is written for another PandaID is lost."""
+    for write in (lambda: client.set_state(9999, "running"), lambda: client.write_job_report(9999, {}),
+                  lambda: client.declare_files(9999, []), lambda: client.event_ranges(9999)):
+        with pytest.raises(ValueError, match=r"PandaID 9999 .* \(its jobs: 1001, 1002\)"):
+            write()
+    assert not (client.root / "9999").exists()
+
+
+def test_an_invalid_job_can_be_declared_failed_even_without_its_directory(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(1001, 1002))
+    for name in ("HPCJobs.json", "PoolFileCatalog_H.xml"):
+        (root / "1002" / name).unlink()
+    (root / "1002").rmdir()
+    client = AccessPointClient(root)
+    (invalid,) = [job for job in client.jobs() if isinstance(job, InvalidJob)]
+    client.set_state(invalid.pandaid, "failed", pilotErrorCode=int(invalid.code), pilotErrorDiag=invalid.diag)
+    assert json.loads((root / "1002" / "worker_attributes.json").read_text())["jobStatus"] == "failed"
+
+
+# -- event_status.dump.json --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["output", "log"])
+def test_a_file_declaration_carries_what_harvester_would_otherwise_read_the_file_for(client, kind):
+    data = b"x" * 100_000
+    path = write_output(client, 1001, "out.root", data)
+    entry = client.file_declaration(path, kind, guid="g-1")
+    assert entry == {"type": kind, "path": str(path), "fsize": len(data),
+                     "chksum": f"{zlib.adler32(data) & 0xFFFFFFFF:08x}", "guid": "g-1"}
+    assert client.file_declaration(path)["guid"]  # one is made when not given
+
+
+def test_a_file_declaration_refuses_other_kinds_missing_files_and_files_outside(client, tmp_path):
+    path = write_output(client, 1001, "out.root", b"data")
+    with pytest.raises(ValueError, match="choose output or log"):
+        client.file_declaration(path, "checkpoint")
+    with pytest.raises(FileNotFoundError, match="no such regular file"):
+        client.file_declaration(client.job_dir(1001) / "missing.root")
+    outside = tmp_path / "scratch.root"
+    outside.write_bytes(b"node-local")
+    with pytest.raises(ValueError, match="outside the access point"):
+        client.file_declaration(outside)
+    (client.job_dir(1001) / "link.root").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the access point"):
+        client.file_declaration(client.job_dir(1001) / "link.root")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"filetype": "output", "path": "/ap/1001/x"}, "Harvester reads the key 'type'"),
+    ({"type": "input", "path": "{job_dir}/x"}, "'type' 'input': choose one of output, log"),
+    ({"type": "output", "path": "x"}, "absolute path"),
+    ({"type": "output", "path": "/elsewhere/x"}, "outside the access point"),
+    ({"type": "output", "path": "{job_dir}/x", "chksum": "ad:0a1b2c3d"}, "without 'ad:'"),
+    ({"type": "output", "path": "{job_dir}/x", "fsize": "12"}, "'fsize'"),
+    ({"type": "es_output", "path": "{job_dir}/x"}, "needs 'eventRangeID' and 'eventStatus'"),
+    ({"eventRangeID": "1-2-3-4-5"}, "needs 'eventStatus'"),
+    ({"type": "output", "path": "{job_dir}/x", "guid": {1}}, "not JSON-serialisable"),
+    ("output", "must be a dict"),
+])
+def test_a_bad_entry_is_refused_and_nothing_is_declared(client, entry, problem):
+    if isinstance(entry, dict) and "path" in entry:
+        entry = {**entry, "path": entry["path"].format(job_dir=client.job_dir(1001))}
+    good = {"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}
+    with pytest.raises((ValueError, TypeError), match=problem) as error:
+        client.declare_files(1001, [good, entry])
+    assert "entry 1" in str(error.value)
+    assert not (client.job_dir(1001) / DUMP).exists()
+    assert client.waiting == set()
+
+
+def test_entries_wait_for_harvester_to_take_the_dump_and_each_is_read_once(client):
+    """Plays Harvester: a dump it has not renamed yet is never replaced; what waits goes out after the hand-off."""
+    job_dir = client.job_dir(1001)
+    first = [client.file_declaration(write_output(client, 1001, "a.root", b"a"))]
+    second = [client.file_declaration(write_output(client, 1001, "b.root", b"b")),
+              *client.ranges_failed(["7-1-1-1-1"])]
+    third = [client.file_declaration(write_output(client, 1001, "log.tgz", b"log"), "log")]
+    read: list[dict] = []
+
+    assert client.declare_files(1001, first) is True
+    unread = (job_dir / DUMP).read_bytes()
+    assert client.declare_files(1001, second) is False  # Harvester has not taken the first dump
+    assert client.flush() == 1 and client.waiting == {1001}
+    assert (job_dir / DUMP).read_bytes() == unread
+
+    read += harvester_takes(job_dir)
+    assert client.declare_files(1001, third) is True  # the waiting entries go out with these
+    assert client.flush() == 0
+    read += harvester_takes(job_dir)
+    assert harvester_takes(job_dir) is None
+    assert client.flush() == 0 and client.waiting == set()
+    assert read == [*first, *second, *third]
+
+
+def test_flush_publishes_what_waits_once_harvester_took_the_dump(client):
+    entry = {"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}
+    later = {"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}
+    client.declare_files(1001, [entry])
+    client.declare_files(1001, [later])
+    assert harvester_takes(client.job_dir(1001)) == [entry]
+    assert client.flush() == 0
+    assert harvester_takes(client.job_dir(1001)) == [later]
+
+
+def test_a_finished_event_range_is_an_es_output_entry(client):
+    path = write_output(client, 1001, "ev.root", b"events")
+    entry = client.range_finished("7-1-1-1-10", path)
+    assert entry["type"] == "es_output" and entry["eventStatus"] == "finished" and entry["path"] == str(path)
+    assert client.declare_files(1001, [entry]) is True
+
+
+# -- event service files -----------------------------------------------------------------------------------------
+
+
+def test_event_ranges_are_asked_for_with_the_job_s_ids_and_read_from_harvester_s_answer(tmp_path):
+    root = write_access_point(tmp_path / "ap", definitions(4711, taskID="123", jobsetID="77"), many_to_one=False)
+    client = AccessPointClient(root)
+    assert client.event_ranges(4711) is None
+    assert client.request_event_ranges(4711, 2) is True
+    assert json.loads((root / "worker_requestevents.json").read_text()) == {
+        "4711": {"nRanges": 2, "taskID": 123, "jobsetID": 77}}
+    assert client.request_event_ranges(4711, 2) is False  # not served yet: the request stays as it is
+
+    answer = [{"eventRangeID": "4711-123-1-1-1", "startEvent": 1, "lastEvent": 10, "LFN": "EVNT.1",
+               "GUID": "g", "scope": "mc"}]
+    (root / "JobsEventRanges.json").write_text(json.dumps({"4711": answer})[:-5])  # Harvester writes in place
+    assert client.event_ranges(4711) is None
+    (root / "JobsEventRanges.json").write_text(json.dumps({"4711": answer}))
+    (root / "worker_requestevents.json").unlink()  # Harvester deletes the request it served
+    assert client.event_ranges(4711) == [EventRange.from_dict(answer[0])]
+    (root / "JobsEventRanges.json").write_text(json.dumps({"4711": []}))
+    assert client.event_ranges(4711) == []
+
+
+def test_event_ranges_of_a_job_with_an_invalid_definition_need_explicit_ids(tmp_path):
+    jobs = definitions(4711)
+    jobs[4711]["coreCount"] = "many"
+    client = AccessPointClient(write_access_point(tmp_path / "ap", jobs, many_to_one=False))
+    with pytest.raises(ValueError, match="needs task_id and jobset_id"):
+        client.request_event_ranges(4711, 2)
+    assert client.request_event_ranges(4711, 2, task_id=1, jobset_id=2) is True
