@@ -35,7 +35,7 @@ Rules the client keeps, and checks before anything is written:
   ``chksum`` as 8 hex digits without ``ad:``, absolute paths inside the
   access point (Harvester stages out from there; node-local files are out of
   its reach). Declare the job's log tarball as ``log``: without one, Harvester
-  packs a second tarball itself. A dump Harvester has not yet renamed to ``.read`` is never
+  packs the job's directory itself when the worker ends. A dump Harvester has not yet renamed to ``.read`` is never
   replaced: later entries wait in a hidden journal and go out with
   :meth:`~AccessPointClient.flush`. One client (or one pilot) declares for a
   job: a second one would replace the first one's waiting entries.
