@@ -119,7 +119,9 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
 
 def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
     """Rank 0 reads the definitions and scatters them; each rank validates its own share (rank 0 only
-    reads, however many ranks there are). Unreadable jobs are declared failed at once."""
+    reads, however many ranks there are). Jobs rank 0 finds invalid (unreadable ones, event service ones)
+    go into its own share, declared failed first thing with the heartbeat kept (tens of thousands take
+    minutes)."""
     shares, plan, status = None, WorkPlan(), ExitCode.SUCCESS
     with _collector_paused():
         if comm.rank == 0:
@@ -130,9 +132,8 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
                 event_jobs = [access_point.validated(item) for item in readable if item.event_service]
                 plan.event_jobs = [job for job in event_jobs if isinstance(job, JobSpec)]
                 invalid = [job for job in [*definitions, *event_jobs] if isinstance(job, InvalidJob)]
-                host = socket.gethostname() if invalid else ""
-                plan.already_declared += [_declare_invalid(access_point, job, comm.rank, host) for job in invalid]
                 shares = balanced_shares([item for item in readable if not item.event_service], comm.size)
+                shares[0] = [*invalid, *shares[0]]
             except WorkerError as error:
                 log.error("%s", error)
                 status = error.exit_code

@@ -517,6 +517,27 @@ def test_each_rank_validates_its_share_and_declares_its_invalid_jobs(tmp_path: P
         assert "transformation" in attributes["pilotErrorDiag"]
 
 
+@pytest.mark.timeout(300)
+def test_the_heartbeat_is_kept_while_unreadable_definitions_are_declared(tmp_path: Path) -> None:
+    """Declaring tens of thousands of unreadable jobs takes minutes: Harvester must not meanwhile take the
+    worker for dead (they were all declared before the first heartbeat)."""
+    jobs = 1500
+    ap = write_access_point(tmp_path / "ap", {pandaid: job_definition(pandaid, "true")
+                                              for pandaid in range(20001, 20001 + jobs)})
+    for pandaid in range(20001, 20001 + jobs):
+        (ap / str(pandaid) / "HPCJobs.json").write_text("{not json")
+    command = [*LAUNCHES["mpi2"], sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    with open(tmp_path / "stderr", "w+") as stderr:  # a file, not a pipe: nobody reads it while polling
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        heartbeat = ap / HarvesterFiles().heartbeat
+        while not heartbeat.exists() and process.poll() is None:
+            time.sleep(0.005)
+        declared_by_then = len(list(ap.glob("*/worker_attributes.json")))
+        communicate_or_kill(process, 240, "hpcpilot")
+    assert len(list(ap.glob("*/worker_attributes.json"))) == jobs, (tmp_path / "stderr").read_text()[-2000:]
+    assert declared_by_then < jobs / 2, f"the first heartbeat came after {declared_by_then} of {jobs} declarations"
+
+
 @pytest.mark.timeout(120)
 def test_a_job_whose_event_service_flag_is_unreadable_fails_and_the_others_run(tmp_path: Path) -> None:
     definitions = {pandaid: job_definition(pandaid, "true") for pandaid in (1711, 1712)}
