@@ -440,9 +440,8 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
     after the current chunk; the partial target is the caller's to remove.
     """
     fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    _refuse_unless_regular(fd, source)  # before open(), which refuses a directory less tellingly
     with open(fd, "rb", buffering=0) as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(errno.EINVAL, f"{source} is not a regular file")
         before = _identity(fd)
         running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, before[0], cancel)
         if _identity(fd) == before:
@@ -452,6 +451,18 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
         os.lseek(target_fd, 0, os.SEEK_SET)
         handle.seek(0)
         return _copy_from(handle, RawWriter(target_fd), want_md5, cancel)
+
+
+def _refuse_unless_regular(fd: int, source: Path) -> None:
+    """NotRegularFile (``fd`` closed) unless ``fd`` is a regular file."""
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, f"{source} is not a regular file")
 
 
 def _identity(fd: int) -> tuple[int, int, int]:

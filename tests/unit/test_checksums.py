@@ -367,6 +367,19 @@ def test_copy_into_never_follows_a_symlink_nor_waits_on_a_fifo(tmp_path, swap):
     assert (tmp_path / "target").read_bytes() == b""
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_copy_into_refuses_what_is_not_a_regular_file_as_such_and_closes_it(tmp_path, kind):
+    source = tmp_path / "source"
+    source.mkdir() if kind == "directory" else os.mkfifo(source)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with open(tmp_path / "target", "wb") as target:
+        with pytest.raises(checksums.NotRegularFile, match="not a regular file"):
+            checksums.copy_into_with_checksum(source, target.fileno())
+        assert len(os.listdir("/proc/self/fd")) == open_before + 1  # the target only
+    assert (tmp_path / "target").read_bytes() == b""
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("refused", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
 def test_a_kernel_copy_is_freed_without_the_cyclic_collector(tmp_path, monkeypatch, refused):
