@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 STAGEIN_MODES = ("copy", "link", "direct")  # copy and verify; symlink and verify; let the payload read in place
 
-_MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_INPUT, "md5": ErrorCode.MD5_MISMATCH_INPUT}
+INPUT_MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_INPUT, "md5": ErrorCode.MD5_MISMATCH_INPUT}
+# An output whose expected sum is given (hpcpilot.api.data; the pilot's own outputs have none to check).
+OUTPUT_MISMATCH_CODES = {"adler32": ErrorCode.ADLER32_MISMATCH_OUTPUT, "md5": ErrorCode.MD5_MISMATCH_OUTPUT}
 POOL_FILE_CATALOG = "PoolFileCatalog.xml"
 MAX_OUTPUT_BYTES = 500 << 30  # Pilot 3's limit (PROTOCOL.md, section 5): a larger output is refused with 1124
 
@@ -114,7 +116,7 @@ def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, tim
             try:
                 running = next(copied)
             except CopyFailed as failure:
-                raise _stagein_error(spec, failure.order.source, failure.error) from None
+                raise stagein_error(spec.lfn, failure.order.source, failure.error) from None
             except CopyCancelled:
                 raise deadlines[index].cancelled(ErrorCode.STAGEIN_TIMEOUT, f"stage-in of {spec.lfn}") from None
             _verify_input(spec, running.size, running)
@@ -176,11 +178,11 @@ def _check_regular_replica(spec: FileSpec, source: Path) -> None:
         raise PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {spec.lfn} from {source}: {error.strerror}") from None
     if not stat.S_ISREG(mode):
         # A directory fails to read; a FIFO or device would block or never end: refuse them all.
-        raise _not_regular(spec, source)
+        raise _not_regular(spec.lfn, source)
 
 
-def _not_regular(spec: FileSpec, source: Path) -> PilotError:
-    return PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} at {source} is not a regular file")
+def _not_regular(name: str, source: Path) -> PilotError:
+    return PilotError(ErrorCode.STAGEIN_FAILED, f"input {name} at {source} is not a regular file")
 
 
 def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
@@ -203,7 +205,7 @@ def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: C
         target.symlink_to(source.resolve())
         running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), deadline)
     except OSError as error:
-        raise _stagein_error(spec, source, error) from None
+        raise stagein_error(spec.lfn, source, error) from None
     except CopyCancelled:
         raise deadline.cancelled(ErrorCode.STAGEIN_TIMEOUT, f"stage-in (checksum read) of {spec.lfn}") from None
     size = running.size if running else source.stat().st_size
@@ -211,14 +213,15 @@ def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: C
     return size
 
 
-def _stagein_error(spec: FileSpec, source: Path, error: OSError) -> PilotError:
+def stagein_error(name: str, source: Path, error: OSError) -> PilotError:
+    """The job error for ``error``, raised while staging in the input ``name`` from ``source``."""
     if isinstance(error, NotRegularFile):
-        return _not_regular(spec, source)
+        return _not_regular(name, source)
     if isinstance(error, FileNotFoundError) and error.filename == str(source):
-        return PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn} not found at {source}")
+        return PilotError(ErrorCode.STAGEIN_FAILED, f"input {name} not found at {source}")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return PilotError(ErrorCode.NO_LOCAL_SPACE, f"no space left in scratch for input {spec.lfn}: {error}")
-    return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {spec.lfn} from {source}: {error.strerror}")
+        return PilotError(ErrorCode.NO_LOCAL_SPACE, f"no space left in scratch for input {name}: {error}")
+    return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {name} from {source}: {error.strerror}")
 
 
 def _verify_input(spec: FileSpec, size: int, running: RunningChecksum | None) -> None:
@@ -226,7 +229,7 @@ def _verify_input(spec: FileSpec, size: int, running: RunningChecksum | None) ->
         raise PilotError(ErrorCode.STAGEIN_FAILED, f"input {spec.lfn}: size {size} differs from declared {spec.fsize}")
     if running is not None and not matches(running, spec.checksum):
         kind = spec.checksum.kind
-        raise PilotError(_MISMATCH_CODES[kind],
+        raise PilotError(INPUT_MISMATCH_CODES[kind],
                          f"input {spec.lfn}: {kind} {running.value(kind)} differs from declared {spec.checksum.value}")
 
 
@@ -318,10 +321,15 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
     try:
         running = copy_out(source, target, deadline)
     except OSError as error:
-        raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {spec.lfn} to {job_dir}: {error}") from None
+        raise stageout_error(spec.lfn, job_dir, error) from None
     except CopyCancelled:
         raise deadline.cancelled(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {spec.lfn} to {job_dir}") from None
     return declaration("output", target, running, guid or spec.guid)
+
+
+def stageout_error(name: str, target_dir: Path, error: OSError) -> PilotError:
+    """The job error for ``error``, raised while staging out the output ``name`` to ``target_dir``."""
+    return PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name} to {target_dir}: {error}")
 
 
 def copy_out(source: Path, target: Path, cancel: Cancel = NEVER) -> RunningChecksum:
