@@ -80,3 +80,38 @@ def _wait_for_mount(mountpoint: Path, process: subprocess.Popen) -> None:
             pytest.skip(f"cannot mount a FUSE filesystem here (needs /dev/fuse, libfuse2 and fusepy): "
                         f"{stderr.strip()[-300:] or 'no mount after 15 s'}")
         time.sleep(0.05)
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def tmpfs_at() -> Iterator[Callable[[Path], Path]]:
+    """``tmpfs_at(dir)`` mounts a real 1 MiB filesystem on ``dir``: writing more fails with ENOSPC. Skips the
+    test where it cannot be mounted (not root); every mount is unmounted at the end of the test."""
+    mounted: list[Path] = []
+
+    def mount_small_tmpfs(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path))
+        except (subprocess.CalledProcessError, FileNotFoundError) as error:
+            pytest.skip(f"cannot mount a tmpfs here: {getattr(error, 'stderr', error)}")
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount_small_tmpfs
+    finally:
+        for path in reversed(mounted):
+            unmount(path)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path, tmpfs_at: Callable[[Path], Path]) -> Path:
+    return tmpfs_at(tmp_path / "tmpfs")

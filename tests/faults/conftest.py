@@ -13,6 +13,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs
 
+from ..conftest import mount as _mount, unmount as _umount
 from ..e2e.conftest import RUN_TIMEOUT, PilotRun, run_pilot
 
 GOOD_IDS = (9001, 9002, 9003)  # the bystanders every faulty worker also holds
@@ -61,38 +62,6 @@ def run_pilot_under(prefix: list[str], access_point: Path, launch: str = "mpi2",
                     env: dict | None = None, timeout: float = RUN_TIMEOUT) -> PilotRun:
     """``run_pilot`` with ``prefix`` (setpriv, a umask shell...) in front of the launcher."""
     return run_pilot(access_point, launch, *options, env=env, timeout=timeout, prefix=tuple(prefix))
-
-
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, text=True, timeout=30)
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def tmpfs_at() -> Iterator:
-    """``tmpfs_at(dir)`` mounts a real 1 MiB filesystem on ``dir``: writing more fails with ENOSPC."""
-    mounted: list[Path] = []
-
-    def mount_small_tmpfs(path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path))
-        except (subprocess.CalledProcessError, FileNotFoundError) as error:
-            pytest.skip(f"cannot mount a tmpfs here: {getattr(error, 'stderr', error)}")
-        mounted.append(path)
-        return path
-
-    yield mount_small_tmpfs
-    for path in reversed(mounted):
-        _umount(path)
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path, tmpfs_at) -> Path:
-    return tmpfs_at(tmp_path / "tmpfs")
 
 
 @pytest.fixture
