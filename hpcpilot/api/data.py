@@ -39,8 +39,9 @@ checksum not ad:/md:/8 hex   1314             1314
 stopped (``stop`` set)       1099             1137
 ===========================  ===============  ===============
 
-Arguments: a ``Transfer`` takes ``str`` or ``Path``; a negative or
-non-integer ``size`` raises ValueError when it is made. Anything in
+Arguments: a ``Transfer`` takes ``str`` or ``Path``; a ``size`` that is
+not an int >= 0, or a ``checksum`` that is not a str, raises ValueError when
+it is made (a str that is no checksum fails its transfer with 1314). Anything in
 ``transfers`` that is not a Transfer raises TypeError before any file is
 touched. A destination whose directory does not exist, and a source that is
 the destination itself (the same path, a link to it or a hard link), are
@@ -89,6 +90,8 @@ class Transfer:
         object.__setattr__(self, "destination", Path(self.destination))
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"Transfer of {self.source}: size {self.size!r} is not a number of bytes (int >= 0)")
+        if self.checksum is not None and not isinstance(self.checksum, str):  # a bad str: that transfer's 1314
+            raise ValueError(f"Transfer of {self.source}: checksum {self.checksum!r} is not a str")
 
 
 @dataclass(frozen=True)
@@ -177,29 +180,36 @@ def _transfer_all(transfers: Iterable[Transfer], direction: _Direction, stop: Ca
     return [_transfer_one(transfer, direction, stop, limits) for transfer in transfers]
 
 
+class _Refused(PilotError):
+    """The copy completed, and was refused for its size or checksum: ``copied`` is what was copied."""
+
+    def __init__(self, code: ErrorCode, diag: str, copied: RunningChecksum):
+        super().__init__(code, diag)
+        self.copied = copied
+
+
 def _transfer_one(transfer: Transfer, direction: _Direction, stop: Cancel, limits: Limits) -> TransferResult:
     started = time.monotonic()
-    copied: list[RunningChecksum] = []  # what was copied, also when it is refused
     try:
         expected = _expected_checksum(transfer)
         source = _source_path(transfer, direction)
         if stop.is_set():
             raise PilotError(direction.failed, f"{direction.name} of {transfer.source}: stopped before copying; "
                              "transfer it again")
-        _copy(transfer, source, expected, direction, TransferDeadline(stop, limits.transfer_timeout(
-            _size_for_limit(transfer, source))), copied)
+        deadline = TransferDeadline(stop, limits.transfer_timeout(_size_for_limit(transfer, source)))
+        copied = _copy(transfer, source, expected, direction, deadline)
     except PilotError as error:
         diag = f"{error.diag}; {_ADVICE[error.code]}" if error.code in _ADVICE else error.diag
         log.warning("%s of %s to %s failed: %s", direction.name, transfer.source, transfer.destination, diag)
-        return _result(transfer, copied, started, error.code, diag)
+        return _result(transfer, error.copied if isinstance(error, _Refused) else None, started, error.code, diag)
     log.info("%s of %s to %s: %d bytes, adler32 %s", direction.name, transfer.source, transfer.destination,
-             copied[0].size, copied[0].adler32)
+             copied.size, copied.adler32)
     return _result(transfer, copied, started, ErrorCode.OK, "")
 
 
-def _result(transfer: Transfer, copied: list[RunningChecksum], started: float, code: int,
+def _result(transfer: Transfer, copied: RunningChecksum | None, started: float, code: int,
             diag: str) -> TransferResult:
-    size, adler = (copied[0].size, copied[0].adler32) if copied else (0, "")
+    size, adler = (copied.size, copied.adler32) if copied else (0, "")
     return TransferResult(transfer, size, adler, int(code), diag, time.monotonic() - started)
 
 
@@ -240,7 +250,7 @@ def _size_for_limit(transfer: Transfer, source: Path) -> int:
 
 
 def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction: _Direction,
-          deadline: TransferDeadline, copied: list[RunningChecksum]) -> None:
+          deadline: TransferDeadline) -> RunningChecksum:
     """Copy into a temp file beside the destination and rename it into place once verified; any failure
     (raised as PilotError) removes the temp file."""
     what = f"{direction.name} of {transfer.source}"
@@ -248,7 +258,6 @@ def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction
         with atomic_writer(transfer.destination) as handle:
             running = copy_into_with_checksum(source, handle.fd, expected is not None and expected.kind == "md5",
                                               deadline)
-            copied.append(running)
             _verify(transfer, running, expected, direction)
     except CopyCancelled:
         cancelled = deadline.cancelled(direction.timeout, what)
@@ -257,14 +266,15 @@ def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction
         raise cancelled from None
     except OSError as error:
         raise direction.copy_error(transfer, source, error) from None
+    return running
 
 
 def _verify(transfer: Transfer, running: RunningChecksum, expected: Checksum | None, direction: _Direction) -> None:
     if transfer.size is not None and running.size != transfer.size:
-        raise PilotError(direction.failed, f"{direction.name} of {transfer.source}: size {running.size} differs "
-                         f"from the expected {transfer.size}; the source is not the file expected: fetch it "
-                         "again, or correct the expected size")
+        raise _Refused(direction.failed, f"{direction.name} of {transfer.source}: size {running.size} differs "
+                       f"from the expected {transfer.size}; the source is not the file expected: fetch it "
+                       "again, or correct the expected size", running)
     if not matches(running, expected):
         assert expected is not None
-        raise PilotError(direction.mismatch[expected.kind], f"{direction.name} of {transfer.source}: {expected.kind} "
-                         f"{running.value(expected.kind)} differs from the expected {expected.value}")
+        raise _Refused(direction.mismatch[expected.kind], f"{direction.name} of {transfer.source}: {expected.kind} "
+                       f"{running.value(expected.kind)} differs from the expected {expected.value}", running)

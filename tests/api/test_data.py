@@ -299,6 +299,12 @@ def test_a_size_that_is_not_a_byte_count_is_a_value_error(size) -> None:
         Transfer("a", "b", size=size)
 
 
+@pytest.mark.parametrize("checksum", [0x0A1B2C3D, b"ad:0a1b2c3d"])
+def test_a_checksum_that_is_not_a_str_is_a_value_error(checksum) -> None:
+    with pytest.raises(ValueError, match="is not a str"):
+        Transfer("a", "b", checksum=checksum)
+
+
 def test_no_transfers_no_results() -> None:
     assert stage_in([]) == [] and stage_out(iter([])) == []
 
