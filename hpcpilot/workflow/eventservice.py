@@ -64,9 +64,6 @@ class RankOutcome:
     """What one rank did for the job, sent to rank 0 when it is done."""
 
     rank: int
-    finished: int = 0
-    failed: int = 0
-    events: int = 0
     error: PilotError | None = None
     received: int = 0  # answers taken from rank 0: those sent after them never reached the rank
     cpu_seconds: float = 0.0  # of its payloads: the job's CPU time is every rank's
@@ -252,6 +249,26 @@ class AnswerLedger:
         return len(self._given[rank])
 
 
+@dataclass
+class DeclaredCounts:
+    """The ranges declared to Harvester (staged for the dump), by status, and the events of those finished:
+    what the job reports. A range the payload finished whose entry could not be staged is not among them."""
+
+    finished: int = 0
+    failed: int = 0
+    events: int = 0
+
+    def add(self, entries: list[dict], events_of: dict[str, int]) -> None:
+        """Count ``entries`` just staged, taking each range's events from ``events_of``."""
+        for entry in entries:
+            events = events_of.pop(entry["eventRangeID"], 0)
+            if entry["eventStatus"] == "finished":
+                self.finished += 1
+                self.events += events
+            else:
+                self.failed += 1
+
+
 class Dispatcher:
     """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
 
@@ -264,7 +281,8 @@ class Dispatcher:
         self.pending_entries: list[dict] = []
         self.next_declaration = time.monotonic() + DECLARE_EVERY
         self.outcomes: dict[int, RankOutcome] = {}
-        self.failed = 0  # ranges failed here, not by a rank
+        self.declared = DeclaredCounts()
+        self.events_of: dict[str, int] = {}  # of each range handed out and not declared yet
         self.error: PilotError | None = None  # ranges cannot be declared
         self.stopping = False
         self._sent: list[Any] = []
@@ -294,8 +312,9 @@ class Dispatcher:
         if self.pending_entries and self.error is None:
             try:
                 self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
-                self.ctx.publisher.publish(self.job.pandaid)
+                self.declared.add(self.pending_entries, self.events_of)  # staged: Harvester will see them
                 self.pending_entries = []
+                self.ctx.publisher.publish(self.job.pandaid)
             except OSError as error:  # no range can be declared: none is handed out any more
                 self.error = PilotError(ErrorCode.FILE_HANDLING, f"cannot declare event ranges in "
                                         f"{self.ctx.publisher.journal_path(self.job.pandaid)}: {error.strerror or error}")
@@ -332,11 +351,12 @@ class Dispatcher:
         self._fail([r.eventRangeID for r in unstarted], code, "the job ended before they were handed out")
 
     def _fail(self, range_ids: list[str], code: int, diag: str) -> None:
-        self.failed += len(range_ids)
         self.add_entries(failed_ranges(self.job_log, range_ids, code, diag))
 
     def _give(self, rank: int, answer: EventRange | None) -> None:
         self.answers.give(rank, answer)
+        if answer is not None:
+            self.events_of[answer.eventRangeID] = answer.n_events
         if rank == 0:
             self.local_give(answer)
         else:
@@ -450,8 +470,6 @@ class RankEventWork:
                 entry = self._stage_out(result)
             except PilotError as error:
                 return self._failed([result.range_id], error.code, error.diag)
-            self.outcome.finished += 1
-            self.outcome.events += result.event_range.n_events
             return [entry]
         if isinstance(result, RangeFailed):
             return self._failed([result.range_id], ErrorCode.ES_RECOVERABLE,
@@ -461,7 +479,6 @@ class RankEventWork:
         return []
 
     def _failed(self, range_ids: list[str], code: int, diag: str) -> list[dict]:
-        self.outcome.failed += len(range_ids)
         return failed_ranges(self.job_log, range_ids, code, diag)
 
     def _unstarted(self) -> list[str]:
@@ -615,16 +632,18 @@ def _stop(work: RankEventWork, dispatcher: Dispatcher | None, request: StopReque
 
 
 def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) -> None:
-    """The job's final state from every rank's outcome: finished unless no events came or a rank failed."""
+    """The job's final state from every rank's outcome: finished unless no events came or a rank failed. Its
+    counts are of the ranges declared, by this run or an earlier one."""
     run, outcomes, earlier = work.run, list(dispatcher.outcomes.values()), dispatcher.source.earlier
     error = dispatcher.first_error()
-    finished = sum(o.finished for o in outcomes) + len(earlier)
+    declared = dispatcher.declared
+    finished = declared.finished + len(earlier)
     if error is not None:
         run.fail(error)
     elif dispatcher.source.handed_out == 0 and not earlier:
         run.fail(PilotError(ErrorCode.ES_NO_EVENTS, "no event ranges received from Harvester"))
-    n_events = sum(o.events for o in outcomes) + sum(r.n_events for r in earlier)
-    failed = sum(o.failed for o in outcomes) + dispatcher.failed + dispatcher.source.earlier_failed
+    n_events = declared.events + sum(r.n_events for r in earlier)
+    failed = declared.failed + dispatcher.source.earlier_failed
     run.cpu_seconds = sum(o.cpu_seconds for o in outcomes)  # cpuConsumptionTime: the payloads of every rank
     run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished, nEventRangesFailed=failed)
     jobflow.stage_out(ctx, run)

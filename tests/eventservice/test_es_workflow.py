@@ -370,6 +370,56 @@ def test_a_directory_in_place_of_the_pending_declarations_is_a_diagnostic_not_a_
     assert not (ap / DUMP).is_dir() and not list(ap.glob(DUMP + ".read*")), "no directory handed to Harvester"
 
 
+UNDECLARABLE_AFTER_TWO_PAYLOAD = """
+import glob, json, os, sys, time
+from hpcpilot.eventservice.client import EventChannelClient
+job_dir = sys.argv[1]
+
+def declared():
+    found = set()
+    for path in glob.glob(os.path.join(job_dir, "event_status.dump.json*")):
+        try:
+            found.update(e["eventRangeID"] for e in json.load(open(path))["7001"] if "eventRangeID" in e)
+        except (OSError, ValueError):  # taken by Harvester meanwhile
+            continue
+    return found
+
+with EventChannelClient.from_environment() as client:
+    client.request()
+    reported = []
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            if len(reported) == 2:  # both declared: a directory then takes the place of the pilot's journal
+                while not set(reported) <= declared():
+                    time.sleep(0.05)
+                os.mkdir(os.path.join(job_dir, ".hpcpilot-pending.json"))
+            path = os.path.abspath(event_range.eventRangeID + ".out")
+            open(path, "w").write("x")
+            client.finished(path, event_range.eventRangeID, 0.1, 0.1)
+            reported.append(event_range.eventRangeID)
+        client.request()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_ranges_whose_declaration_failed_are_not_counted_finished(tmp_path: Path) -> None:
+    """The payload finishes ranges after the pilot can no longer declare any: the job counts only the two
+    ranges (and their events) that Harvester was told of, not those it never learns about."""
+    ap = es_worker_running(tmp_path, UNDECLARABLE_AFTER_TWO_PAYLOAD, ranges(8))
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)]["jobPars"] += f" {ap}"
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    run, entries = run_es(ap, "grid", serving=[])
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr[-3000:]
+    assert "cannot declare event ranges in" in run.stderr
+    by_range = range_entries(entries)
+    assert len(by_range) == 2 and all(entry["eventStatus"] == "finished" for (entry,) in by_range.values())
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1303), attributes
+    assert (attributes["nEventRangesFinished"], attributes["nEvents"], attributes["nEventRangesFailed"]) == \
+        (2, 10, 0), attributes
+
+
 SAME_NAME_PAYLOAD = """
 import os
 from hpcpilot.eventservice.client import EventChannelClient
@@ -438,6 +488,9 @@ def test_odd_output_paths_fail_their_range_not_the_worker(tmp_path: Path) -> Non
     assert len(finished) == 2 and len(by_range) - len(finished) == 4
     for range_id, entry in finished.items():
         assert Path(entry["path"]).read_text() == f"output of {range_id}" and entry["path"].endswith("." + range_id)
+    attributes = run.attributes(PANDAID)  # a range whose output could not be copied counts failed, not finished
+    assert (attributes["nEventRangesFinished"], attributes["nEvents"], attributes["nEventRangesFailed"]) == \
+        (2, 10, 4), attributes
 
 
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
