@@ -317,19 +317,27 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {spec.lfn} of {status.st_size} bytes exceeds the "
                          f"limit of {MAX_OUTPUT_BYTES} bytes")
     target = job_dir / spec.lfn
-    deadline = TransferDeadline(NEVER, time_limit(status.st_size))  # a stop lets the outputs out
     try:
-        running = copy_out(source, target, deadline)
+        running = copy_out_in_time(source, target, time_limit(status.st_size))
     except OSError as error:
         raise stageout_error(spec.lfn, job_dir, error) from None
-    except CopyCancelled:
-        raise deadline.cancelled(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {spec.lfn} to {job_dir}") from None
     return declaration("output", target, running, guid or spec.guid)
 
 
 def stageout_error(name: str, target_dir: Path, error: OSError) -> PilotError:
     """The job error for ``error``, raised while staging out the output ``name`` to ``target_dir``."""
     return PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name} to {target_dir}: {error}")
+
+
+def copy_out_in_time(source: Path, target: Path, limit: float) -> RunningChecksum:
+    """``copy_out`` ended after ``limit`` seconds with 1152, leaving nothing at ``target``. A stop lets it go on:
+    an output is the job's work done, worth its copy."""
+    deadline = TransferDeadline(NEVER, limit)
+    try:
+        return copy_out(source, target, deadline)
+    except CopyCancelled:
+        raise deadline.cancelled(ErrorCode.STAGEOUT_TIMEOUT, f"stage-out of {target.name} to {target.parent}") \
+            from None
 
 
 def copy_out(source: Path, target: Path, cancel: Cancel = NEVER) -> RunningChecksum:

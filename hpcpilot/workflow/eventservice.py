@@ -507,7 +507,8 @@ class RankEventWork:
         try:  # any path the payload reports: below a file, too long, with a NUL byte, swapped meanwhile
             source = staging.inside_scratch(self.run.scratch, os.path.relpath(
                 os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays
-            running = staging.copy_out(source, target)  # on disk before it is declared, like any output
+            limit = self.ctx.config.limits.transfer_timeout(os.stat(source).st_size)  # as any output's copy
+            running = staging.copy_out_in_time(source, target, limit)  # on disk before it is declared
         except (OSError, ValueError) as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)

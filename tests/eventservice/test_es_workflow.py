@@ -96,11 +96,11 @@ def assert_finished_output(entry: dict, event_range: dict) -> None:
     assert data == expected_output(event_range)
 
 
-def run_es(ap: Path, launch: str, serving: list[dict], env: dict | None = None):
+def run_es(ap: Path, launch: str, serving: list[dict], env: dict | None = None, options: tuple[str, ...] = ()):
     with FakeHarvester(ap, serving, interval=0.05):
         consumer = DumpConsumer(ap)
         consumer.start()
-        run = run_pilot(ap, launch, env={**FAST, **(env or {})})
+        run = run_pilot(ap, launch, *options, env={**FAST, **(env or {})})
         return run, consumer.finish()
 
 
@@ -491,6 +491,66 @@ def test_odd_output_paths_fail_their_range_not_the_worker(tmp_path: Path) -> Non
     attributes = run.attributes(PANDAID)  # a range whose output could not be copied counts failed, not finished
     assert (attributes["nEventRangesFinished"], attributes["nEvents"], attributes["nEventRangesFailed"]) == \
         (2, 10, 4), attributes
+
+
+SLOW_OUTPUT_PAYLOAD = """
+import os, subprocess, sys
+from hpcpilot.eventservice.client import EventChannelClient
+os.mkdir("slow")  # the slow filesystem, seen from scratch: the pilot copies no output from outside it
+subprocess.run(["mount", "--bind", sys.argv[1], "slow"], check=True)
+with EventChannelClient.from_environment() as client:
+    client.request()
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            range_id = event_range.eventRangeID
+            path = os.path.abspath(range_id + ".out")
+            if range_id.endswith("-0-1"):
+                path = os.path.abspath("slow/big.root")
+            else:
+                open(path, "w").write("output of " + range_id)
+            client.finished(path, range_id, 0.1, 0.1)
+        client.request()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path,
+                                                                                     slow_file) -> None:
+    """A range's output is copied to the job directory under the time limit of any output (tiny here, about 2 s
+    for a 1 GiB file served over minutes): over it, the partial copy is removed and the range declared failed
+    (1152, in the log); the other ranges are declared finished."""
+    if os.geteuid() != 0:
+        pytest.skip("the payload bind-mounts the slow filesystem into its scratch: needs root")
+    slow = slow_file(1 << 30)
+    all_ranges = ranges(6)
+    ap = es_worker_running(tmp_path, SLOW_OUTPUT_PAYLOAD, all_ranges)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)]["jobPars"] += f" {slow.parent}"
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    scratch = tmp_path / "scratch"
+    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001"}
+    try:
+        run, entries = run_es(ap, "grid", serving=[], env=limits, options=("--scratch", str(scratch)))
+    finally:
+        for mountpoint in mounts_below(scratch):  # the payload's bind mount
+            subprocess.run(["umount", "-l", mountpoint], check=False)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    slow_id = all_ranges[0]["eventRangeID"]
+    assert f"(1152: stage-out of big.root.{slow_id} to {ap} timed out after" in run.stderr, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert by_range.pop(slow_id) == [{"eventRangeID": slow_id, "eventStatus": "failed"}]
+    for range_id, (entry,) in by_range.items():
+        assert entry["eventStatus"] == "finished" and Path(entry["path"]).read_text() == f"output of {range_id}"
+    assert not list(ap.glob("big.root*")), "the partial copy is removed"
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == \
+        ("finished", 5, 1), attributes
+
+
+def mounts_below(directory: Path) -> list[str]:
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{directory}/")]
 
 
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
