@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from .. import payload, staging
 from ..atomicfile import read_bytes, read_json
+from ..checksums import KERNEL_CHUNK_SIZE, RunningChecksum
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost, RejectedRange
@@ -389,7 +390,7 @@ class RankEventWork:
     run: JobRun
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
-    keeping_alive: Callable[[Callable[[], None]], None]  # runs long file work while the rank's watch goes on
+    keeping_alive: Callable[[Callable[[], Any]], Any]  # runs long file work while the rank's watch goes on
     outcome: RankOutcome = field(init=False)
     ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
     asked: int = 0  # requests to rank 0 not answered yet
@@ -507,11 +508,20 @@ class RankEventWork:
         try:  # any path the payload reports: below a file, too long, with a NUL byte, swapped meanwhile
             source = staging.inside_scratch(self.run.scratch, os.path.relpath(
                 os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays
-            limit = self.ctx.config.limits.transfer_timeout(os.stat(source).st_size)  # as any output's copy
-            running = staging.copy_out_in_time(source, target, limit)  # on disk before it is declared
+            size = os.stat(source).st_size
+            running = self._copy_out(source, target, size)  # on disk before it is declared, like any output
         except (OSError, ValueError) as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
         return finished_entry(result.range_id, target, checksum=running)
+
+    def _copy_out(self, source: Path, target: Path, size: int) -> RunningChecksum:
+        """Within the time limit of any output's copy. One of more than a chunk may take minutes: it runs while
+        the rank's watch goes on (telling the other ranks it lives, looking for stops); a smaller one takes
+        less time than handing it to a thread would, where the filesystem is well."""
+        limit = self.ctx.config.limits.transfer_timeout(size)
+        if size <= KERNEL_CHUNK_SIZE:
+            return staging.copy_out_in_time(source, target, limit)
+        return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit))
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()
@@ -548,7 +558,7 @@ class RankEventWork:
 
 def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
                           tick: Callable[[], None], set_stop_handler: Callable[[Callable], None],
-                          keeping_alive: Callable[[Callable[[], None]], None]) -> JobRun:
+                          keeping_alive: Callable[[Callable[[], Any]], Any]) -> JobRun:
     """All ranks process the ranges of ``job``; rank 0 declares them and then the job. ``keeping_alive`` runs
     the long file work the ranks wait for while they tell each other they are alive."""
     run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))

@@ -514,11 +514,13 @@ with EventChannelClient.from_environment() as client:
 
 
 @pytest.mark.timeout(240)
-def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path,
-                                                                                     slow_file) -> None:
+@pytest.mark.parametrize("launch", ["grid", "mpi2"])
+def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path, slow_file,
+                                                                                     launch: str) -> None:
     """A range's output is copied to the job directory under the time limit of any output (tiny here, about 2 s
     for a 1 GiB file served over minutes): over it, the partial copy is removed and the range declared failed
-    (1152, in the log); the other ranges are declared finished."""
+    (1152, in the log); the other ranges are declared finished. Meanwhile the copying rank says it is alive: a
+    1 s rank_silence_limit does not end the pilot."""
     if os.geteuid() != 0:
         pytest.skip("the payload bind-mounts the slow filesystem into its scratch: needs root")
     slow = slow_file(1 << 30)
@@ -528,9 +530,10 @@ def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goe
     definition[str(PANDAID)]["jobPars"] += f" {slow.parent}"
     (ap / "HPCJobs.json").write_text(json.dumps(definition))
     scratch = tmp_path / "scratch"
-    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001"}
+    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
+              "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
     try:
-        run, entries = run_es(ap, "grid", serving=[], env=limits, options=("--scratch", str(scratch)))
+        run, entries = run_es(ap, launch, serving=[], env=limits, options=("--scratch", str(scratch)))
     finally:
         for mountpoint in mounts_below(scratch):  # the payload's bind mount
             subprocess.run(["umount", "-l", mountpoint], check=False)
