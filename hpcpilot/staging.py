@@ -329,10 +329,10 @@ def stageout_error(name: str, target_dir: Path, error: OSError) -> PilotError:
     return PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name} to {target_dir}: {error}")
 
 
-def copy_out_in_time(source: Path, target: Path, limit: float) -> RunningChecksum:
-    """``copy_out`` ended after ``limit`` seconds with 1152, leaving nothing at ``target``. A stop lets it go on:
-    an output is the job's work done, worth its copy."""
-    deadline = TransferDeadline(NEVER, limit)
+def copy_out_in_time(source: Path, target: Path, limit: float, stop: Cancel = NEVER) -> RunningChecksum:
+    """``copy_out`` ended after ``limit`` seconds with 1152, or by ``stop`` (CopyCancelled), leaving nothing at
+    ``target``. A job's outputs let a stop go by: they are its work done, worth their copy."""
+    deadline = TransferDeadline(stop, limit)
     try:
         return copy_out(source, target, deadline)
     except CopyCancelled:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from .. import payload, staging
 from ..atomicfile import read_bytes, read_json
-from ..checksums import KERNEL_CHUNK_SIZE, RunningChecksum
+from ..checksums import KERNEL_CHUNK_SIZE, CopyCancelled, RunningChecksum
 from ..errors import ErrorCode, PilotError
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost, RejectedRange
@@ -516,12 +516,17 @@ class RankEventWork:
 
     def _copy_out(self, source: Path, target: Path, size: int) -> RunningChecksum:
         """Within the time limit of any output's copy. One of more than a chunk may take minutes: it runs while
-        the rank's watch goes on (telling the other ranks it lives, looking for stops); a smaller one takes
-        less time than handing it to a thread would, where the filesystem is well."""
+        the rank's watch goes on (telling the other ranks it lives, looking for stops), and a stop ends it, or
+        keeps it from starting: a stopping pilot has no minutes to give one range, which PanDA hands out again.
+        A smaller one takes less time than handing it to a thread would, where the filesystem is well."""
         limit = self.ctx.config.limits.transfer_timeout(size)
         if size <= KERNEL_CHUNK_SIZE:
             return staging.copy_out_in_time(source, target, limit)
-        return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit))
+        try:
+            return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit, self.ctx.stopping))
+        except CopyCancelled:
+            request = self.ctx.stopping.request
+            raise PilotError(request.code, f"copy of its output ended by the stop: {request.reason}") from None
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()

@@ -513,14 +513,10 @@ with EventChannelClient.from_environment() as client:
 """
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("launch", ["grid", "mpi2"])
-def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path, slow_file,
-                                                                                     launch: str) -> None:
-    """A range's output is copied to the job directory under the time limit of any output (tiny here, about 2 s
-    for a 1 GiB file served over minutes): over it, the partial copy is removed and the range declared failed
-    (1152, in the log); the other ranges are declared finished. Meanwhile the copying rank says it is alive: a
-    1 s rank_silence_limit does not end the pilot."""
+def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, during=lambda ap: None):
+    """The first of 6 ranges has a 1 GiB output on the slow filesystem (minutes to copy), the others small
+    ones; ``during(ap)`` runs on a thread of its own while the pilot runs. Returns the run, Harvester's entries,
+    the slow range's ID."""
     if os.geteuid() != 0:
         pytest.skip("the payload bind-mounts the slow filesystem into its scratch: needs root")
     slow = slow_file(1 << 30)
@@ -530,25 +526,60 @@ def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goe
     definition[str(PANDAID)]["jobPars"] += f" {slow.parent}"
     (ap / "HPCJobs.json").write_text(json.dumps(definition))
     scratch = tmp_path / "scratch"
-    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
-              "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
+    side = threading.Thread(target=during, args=(ap,), daemon=True)
+    side.start()
     try:
-        run, entries = run_es(ap, launch, serving=[], env=limits, options=("--scratch", str(scratch)))
+        run, entries = run_es(ap, launch, serving=[], env=env, options=("--scratch", str(scratch)))
     finally:
         for mountpoint in mounts_below(scratch):  # the payload's bind mount
             subprocess.run(["umount", "-l", mountpoint], check=False)
-    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    slow_id = all_ranges[0]["eventRangeID"]
-    assert f"(1152: stage-out of big.root.{slow_id} to {ap} timed out after" in run.stderr, run.stderr[-3000:]
     by_range = range_entries(entries)
-    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges), run.stderr[-3000:]
+    assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
+    assert not list(ap.glob("big.root*")), "the partial copy is removed"
+    return run, by_range, all_ranges[0]["eventRangeID"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("launch", ["grid", "mpi2"])
+def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path, slow_file,
+                                                                                     launch: str) -> None:
+    """A range's output is copied to the job directory under the time limit of any output (tiny here, about 2 s
+    for a 1 GiB file served over minutes): over it, the partial copy is removed and the range declared failed
+    (1152, in the log); the other ranges are declared finished. Meanwhile the copying rank says it is alive: a
+    1 s rank_silence_limit does not end the pilot."""
+    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
+              "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
+    run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, launch, limits)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"(1152: stage-out of big.root.{slow_id} to {run.access_point} timed out after" in run.stderr, \
+        run.stderr[-3000:]
     assert by_range.pop(slow_id) == [{"eventRangeID": slow_id, "eventStatus": "failed"}]
     for range_id, (entry,) in by_range.items():
         assert entry["eventStatus"] == "finished" and Path(entry["path"]).read_text() == f"output of {range_id}"
-    assert not list(ap.glob("big.root*")), "the partial copy is removed"
     attributes = run.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == \
         ("finished", 5, 1), attributes
+
+
+@pytest.mark.timeout(240)
+def test_a_stop_ends_a_range_output_copy_under_way_and_fails_that_range_with_its_code(tmp_path: Path,
+                                                                                      slow_file) -> None:
+    """The stop file comes while a 1 GiB range output is being copied, within its default limit (minutes):
+    the copy ends, its partial file removed, and the range is declared failed with the stop's code; the
+    pilot stops as from any stop (it waited for the whole copy)."""
+    def stop_once_copying(ap: Path) -> None:
+        deadline = time.monotonic() + 60
+        while not list(ap.glob("big.root.*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (ap / "hpcpilot_stop").touch()
+
+    run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, "mpi2", {}, during=stop_once_copying)
+    assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert by_range[slow_id] == [{"eventRangeID": slow_id, "eventStatus": "failed"}]
+    assert "(1201: copy of its output ended by the stop: " in run.stderr and slow_id in run.stderr
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
 
 
 def mounts_below(directory: Path) -> list[str]:
