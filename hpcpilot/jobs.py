@@ -28,6 +28,12 @@ class Checksum:
     kind: str  # "adler32" or "md5"
     value: str  # lower-case hex digits, no prefix
 
+    @property
+    def text(self) -> str:
+        """As a job definition writes it: ``ad:<8 hex>`` or ``md:<32 hex>`` (what ``parse_checksum`` reads)."""
+        prefix = next((prefix for prefix, kind in _CHECKSUM_PREFIXES.items() if kind == self.kind), self.kind)
+        return f"{prefix}:{self.value}"
+
 
 @dataclass(frozen=True)
 class FileSpec:

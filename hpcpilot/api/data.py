@@ -40,8 +40,10 @@ stopped (``stop`` set)       1099             1137
 ===========================  ===============  ===============
 
 Arguments: a ``Transfer`` takes ``str`` or ``Path``; a ``size`` that is
-not an int >= 0, or a ``checksum`` that is not a str, raises ValueError when
-it is made (a str that is no checksum fails its transfer with 1314). Anything in
+not an int >= 0, or a ``checksum`` that is neither a str nor a ``Checksum``
+(what a parsed job definition holds: ``size=spec.fsize, checksum=spec.checksum``
+for each ``spec`` of ``JobSpec.inputs``), raises ValueError when it is made
+(a str that is no checksum fails its transfer with 1314). Anything in
 ``transfers`` that is not a Transfer raises TypeError before any file is
 touched. A destination whose directory does not exist, and a source that is
 the destination itself (the same path, a link to it or a hard link), are
@@ -78,20 +80,23 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Transfer:
     """One file to copy: ``destination`` is the file to create (its directory must exist). ``size`` (bytes) and
-    ``checksum`` (``ad:<8 hex>``, ``md:<32 hex>`` or 8 bare hex digits, adler32) are checked when given."""
+    ``checksum`` (``ad:<8 hex>``, ``md:<32 hex>`` or 8 bare hex digits, adler32) are checked when given. A
+    parsed job definition's ``FileSpec.checksum`` (a ``Checksum``) is taken too, kept as its text."""
 
     source: Path
     destination: Path
     size: int | None = None
-    checksum: str | None = None
+    checksum: str | Checksum | None = None  # a Checksum is kept as its text
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "destination", Path(self.destination))
+        if isinstance(self.checksum, Checksum):  # JobSpec.inputs[i].checksum
+            object.__setattr__(self, "checksum", self.checksum.text)
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"Transfer of {self.source}: size {self.size!r} is not a number of bytes (int >= 0)")
         if self.checksum is not None and not isinstance(self.checksum, str):  # a bad str: that transfer's 1314
-            raise ValueError(f"Transfer of {self.source}: checksum {self.checksum!r} is not a str")
+            raise ValueError(f"Transfer of {self.source}: checksum {self.checksum!r} is not a str (or a Checksum)")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, write_access_point
+from hpcpilot.api.communication import AccessPointClient
 from hpcpilot.api.data import Transfer, TransferResult, adler32, stage_in, stage_out
 from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.checksums import NotRegularFile
@@ -323,3 +325,18 @@ def test_adler32_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
             adler32(path)
     with pytest.raises(FileNotFoundError):
         adler32(tmp_path / "missing")
+
+
+@DIRECTIONS
+def test_the_sizes_and_checksums_of_a_parsed_job_definition_are_taken_as_they_are(tmp_path: Path, local: Path,
+                                                                                   direction: tuple) -> None:
+    inputs = {"EVNT.1": DATA, "EVNT.2": DATA[:1000]}
+    definition = with_inputs(job_definition(4711, "true"), inputs)
+    definition["checksum"] = f"ad:{ADLER},md:{hashlib.md5(inputs['EVNT.2']).hexdigest()}"
+    access_point = write_access_point(tmp_path / "ap", {4711: definition}, {4711: inputs})
+    [job] = AccessPointClient(access_point).jobs()
+    (access_point / "4711" / "EVNT.2").resolve().write_bytes(DATA[1:1001])  # a replica gone bad
+    results = direction[0]([Transfer(access_point / "4711" / spec.lfn, local / spec.lfn, size=spec.fsize,
+                                     checksum=spec.checksum) for spec in job.inputs])
+    assert [result.error_code for result in results] == [0, direction[4]]
+    assert [result.transfer.checksum for result in results] == definition["checksum"].split(",")
