@@ -30,7 +30,8 @@ Rules the client keeps, and checks before anything is written:
 - ``worker_attributes.json`` is one flat object, rewritten whole and
   atomically: ``jobStatus`` plus attributes whose values are strings,
   numbers, booleans or null (PROTOCOL.md lists the keys PanDA takes; format
-  times with :func:`utc_text`).
+  times with :func:`utc_text`). Each write carries every attribute the
+  client was given for the job so far: Harvester may read only the last one.
 - ``event_status.dump.json`` entries use ``type`` (never ``filetype``),
   ``chksum`` as 8 hex digits without ``ad:``, absolute paths inside the
   access point (Harvester stages out from there; node-local files are out of
@@ -88,6 +89,7 @@ class AccessPointClient:
         self._access_point = AccessPoint(Path(root), files)
         self._publisher = EventStatusPublisher(self._access_point)
         self._definitions: dict[int, RawJob | InvalidJob] | None = None  # read once, when first needed
+        self._attributes: dict[int, dict[str, Any]] = {}  # per job, what set_state was given so far
 
     @property
     def root(self) -> Path:
@@ -121,7 +123,10 @@ class AccessPointClient:
     # -- pilot -> Harvester: per job -----------------------------------------
 
     def set_state(self, pandaid: int, status: str | JobStatus, **attributes: Any) -> None:
-        """Write the job's ``worker_attributes.json`` whole and atomically: ``jobStatus`` and ``attributes``.
+        """Write the job's ``worker_attributes.json`` whole and atomically: ``jobStatus``, the ``attributes``
+        given in earlier calls for the job and these ``attributes`` (a name given again takes its new value).
+        Harvester may never see a passing state (it reads on its own cycle): what ``running`` said, e.g.
+        ``node`` or ``startTime``, still reaches PanDA with ``finished``.
 
         ``status``: starting, running, finished or failed (only the last two are final for Harvester; they
         are also flushed to disk before they count as written).
@@ -131,8 +136,10 @@ class AccessPointClient:
             raise ValueError("set_state: give the job status as the 'status' argument, not as jobStatus=")
         for name, value in attributes.items():
             _check_attribute(name, value)
+        merged = {**self._attributes.get(pandaid, {}), **attributes}
         self._write_job_file(pandaid, lambda: self._access_point.write_attributes(
-            pandaid, {"jobStatus": state.value, **attributes}, durable=state.value in FINAL_STATES))
+            pandaid, {"jobStatus": state.value, **merged}, durable=state.value in FINAL_STATES))
+        self._attributes[pandaid] = merged
 
     def write_job_report(self, pandaid: int, report: Any) -> None:
         """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData)."""

@@ -115,11 +115,14 @@ def test_unusable_file_names_are_refused_naming_the_setting(tmp_path):
 # -- worker_attributes.json ------------------------------------------------------------------------------------
 
 
-def test_a_final_state_replaces_the_passing_one_whole(client):
-    client.set_state(1001, "running", node="nid001", startTime="2026-01-01 00:00:00")
-    client.set_state(1001, "finished", transExitCode=0, endTime="2026-01-01 01:00:00")
+def test_a_final_state_carries_what_the_passing_one_said(client):
+    """Harvester reads on its own cycle and may never see "running": its node and start time must reach it."""
+    client.set_state(1001, "running", node="nid001", startTime="2026-01-01 00:00:00", pilotErrorCode=0)
+    client.set_state(1002, "running", node="nid002")
+    client.set_state(1001, "failed", pilotErrorCode=1305, endTime="2026-01-01 01:00:00")
     attributes = json.loads((client.root / "1001" / "worker_attributes.json").read_text())
-    assert attributes == {"jobStatus": "finished", "transExitCode": 0, "endTime": "2026-01-01 01:00:00"}
+    assert attributes == {"jobStatus": "failed", "node": "nid001", "startTime": "2026-01-01 00:00:00",
+                          "pilotErrorCode": 1305, "endTime": "2026-01-01 01:00:00"}
 
 
 def test_an_unknown_status_is_refused_naming_the_four(client):
