@@ -16,6 +16,7 @@ uses (it is a thin layer over :mod:`hpcpilot.harvester`)::
         client.set_state(job.pandaid, "running", node="nid00042", coreCount=job.core_count)
         ...                                           # run it; write its outputs into client.job_dir(job.pandaid)
         entries = [client.file_declaration(client.job_dir(job.pandaid) / out.lfn) for out in job.outputs]
+        entries.append(client.file_declaration(client.job_dir(job.pandaid) / job.log.lfn, "log", job.log.guid))
         client.declare_files(job.pandaid, entries)    # False: queued until Harvester takes its last dump
         client.write_job_report(job.pandaid, {"exitCode": 0})
         client.set_state(job.pandaid, "finished", transExitCode=0)
@@ -148,8 +149,9 @@ class AccessPointClient:
 
     def file_declaration(self, path: Path | str, kind: str = "output", guid: str | None = None) -> dict[str, Any]:
         """The ``event_status.dump.json`` entry for the file at ``path`` (``kind`` output or log): absolute
-        path, size and adler32 taken by reading it once, ``guid`` (a new one if not given). Declare it
-        with :meth:`declare_files`."""
+        path, size and adler32 taken by reading it once, ``guid`` (a new one if not given: right for an
+        output; the log tarball takes the job's ``job.log.guid``, its logGUID, as the pilot gives it). Declare
+        it with :meth:`declare_files`."""
         if kind not in ("output", "log"):
             raise ValueError(f"file_declaration: kind {kind!r}: choose output or log (for an event range's "
                              "output use range_finished)")
