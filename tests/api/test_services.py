@@ -54,6 +54,23 @@ def test_a_sample_sums_memory_and_io_over_the_process_and_its_descendants(tree, 
 
 
 @pytest.mark.timeout(120)
+def test_a_sample_after_the_process_ended_leaves_the_summary_as_it_was(tmp_path: Path) -> None:
+    # one process, no descendants: it ends when its stdin closes
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        monitor = ProcessMonitor(process.pid, timeseries_path=tmp_path / "series.tsv")
+        assert monitor.sample().nprocs == 1
+        before = monitor.summary()
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+    assert monitor.sample().nprocs == 0
+    assert monitor.summary() == before
+    assert len((tmp_path / "series.tsv").read_text().splitlines()) == 2  # the header and the one sample
+
+
+@pytest.mark.timeout(120)
 def test_a_summary_before_any_sample_is_zeros(tree) -> None:
     summary = ProcessMonitor(tree.pid).summary()
     assert summary["maxPSS"] == 0 and summary["rateRBYTES"] == 0
