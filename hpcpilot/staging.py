@@ -221,7 +221,8 @@ def stagein_error(name: str, source: Path, error: OSError) -> PilotError:
         return PilotError(ErrorCode.STAGEIN_FAILED, f"input {name} not found at {source}")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return PilotError(ErrorCode.NO_LOCAL_SPACE, f"no space left in scratch for input {name}: {error}")
-    return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {name} from {source}: {error.strerror}")
+    # the whole error: it names the file that failed, the destination's temp file as often as the source
+    return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {name} from {source}: {error}")
 
 
 def _verify_input(spec: FileSpec, size: int, running: RunningChecksum | None) -> None:

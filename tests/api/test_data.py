@@ -17,6 +17,7 @@ from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.checksums import NotRegularFile
 from hpcpilot.config import Limits
 from hpcpilot.errors import ErrorCode
+from ..conftest import mount
 
 DATA = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit
 ADLER = f"{zlib.adler32(DATA):08x}"
@@ -340,3 +341,11 @@ def test_the_sizes_and_checksums_of_a_parsed_job_definition_are_taken_as_they_ar
                                      checksum=spec.checksum) for spec in job.inputs])
     assert [result.error_code for result in results] == [0, direction[4]]
     assert [result.transfer.checksum for result in results] == definition["checksum"].split(",")
+
+
+@pytest.mark.timeout(60)
+def test_a_destination_that_cannot_be_written_is_named_not_the_source(source: Path, small_tmpfs: Path) -> None:
+    mount("-o", "remount,ro", str(small_tmpfs))
+    result = only(stage_in([Transfer(source, small_tmpfs / "in.root")]))
+    assert result.error_code == 1099
+    assert "Read-only file system" in result.error_diag and str(small_tmpfs) in result.error_diag
