@@ -61,8 +61,8 @@ from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text
 from ..staging import declaration
 
-__all__ = ["AccessPointClient", "EventRange", "InvalidEventRange", "InvalidJob", "JobSpec", "JobStatus",
-           "WorkerError", "utc_text", "FILE_TYPES", "STATES"]
+__all__ = ["AccessPointClient", "EventRange", "HarvesterFiles", "InvalidEventRange", "InvalidJob", "JobSpec",
+           "JobStatus", "WorkerError", "utc_text", "FILE_TYPES", "STATES"]
 
 STATES = tuple(status.value for status in JobStatus)  # starting, running, finished, failed
 FILE_TYPES = ("output", "log", "checkpoint", "es_output", "zip_output")  # what Harvester stages out
@@ -77,7 +77,8 @@ class AccessPointClient:
     ``root`` must already be laid out by Harvester (it fills it before the
     batch job starts): whether it is ManyToOne (a sub-directory per PandaID)
     or OneToOne (the job's files at the top) is read from it once, here.
-    ``files`` names the exchanged files (defaults: Harvester's shipped ones).
+    ``files`` names the exchanged files (a :class:`HarvesterFiles`, re-exported here; defaults: Harvester's
+    shipped ones, e.g. ``HarvesterFiles(job_spec="pandaJobData.out")`` for the messenger's code default).
 
     Raises ValueError for file names that cannot be used. The job definitions
     are read by :meth:`jobs` and, once, by the first call given a PandaID:

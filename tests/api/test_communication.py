@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
-from hpcpilot.api.communication import AccessPointClient, EventRange, InvalidJob, JobSpec, WorkerError
+from hpcpilot.api.communication import AccessPointClient, EventRange, HarvesterFiles, InvalidJob, JobSpec, WorkerError
 from hpcpilot.atomicfile import TEMP_PREFIX
-from hpcpilot.config import HarvesterFiles
 
 DUMP = "event_status.dump.json"
 
@@ -94,6 +93,12 @@ def test_each_file_lands_where_harvester_reads_it(tmp_path, many_to_one):
     assert (root / "worker_heartbeat.json").is_file()
     assert json.loads((root / "kill_worker.json").read_text())["reason"] == "gave up"
     assert [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)] == []
+
+
+def test_the_file_names_setting_is_part_of_the_api():
+    """What the constructor takes is named by the API (the rest of hpcpilot is internal and may change)."""
+    import hpcpilot.api.communication as communication
+    assert "HarvesterFiles" in communication.__all__
 
 
 def test_configured_file_names_are_used(tmp_path):
