@@ -60,6 +60,10 @@ class MemorySeries:
     _stats: dict[str, _Accumulator] = field(default_factory=dict, init=False, repr=False)
 
     def add(self, sample: TreeSample) -> None:
+        """Keep ``sample``; one of a tree that has ended (no process) is left out: its zeros are no memory use,
+        and would pull the averages down and stretch the rates when the last pass comes after the exit."""
+        if not sample.nprocs:
+            return
         if self.start_time is None:
             self.start_time = sample.time
         for name in (*MEMORY_KEYS.values(), *IO_KEYS.values()):

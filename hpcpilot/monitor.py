@@ -161,9 +161,10 @@ class Monitor:
         process = watch.run.process
         if process is None or watch.series is None:
             return None
-        watch.series.add(process.tree.sample(table))
+        sample = process.tree.sample(table)
+        watch.series.add(sample)
         limit = self.memory_limit_kb(watch.run)
-        used = watch.series.last.pss or watch.series.last.rss
+        used = sample.pss or sample.rss
         if limit and used > limit:
             return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_mb(used * 1024)} exceeded limit "
                               f"{_mb(limit * 1024)} after {watch.elapsed():.0f} s")

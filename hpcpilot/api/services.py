@@ -51,8 +51,7 @@ class ProcessMonitor:
         """The tree's summed memory (kB) and I/O (bytes) now, also kept for ``summary`` unless the tree has
         ended (``nprocs`` 0): a last sample after the process exited leaves the averages and rates as they were."""
         sample = self._tree.sample()
-        if sample.nprocs:  # an ended tree's zeros are no memory use: they would pull the averages down
-            self._series.add(sample)
+        self._series.add(sample)
         return sample
 
     def summary(self) -> dict[str, int]:

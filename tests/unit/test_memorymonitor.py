@@ -101,6 +101,16 @@ def test_summary_io_totals_in_bytes_and_rates_per_second_of_wall_time():
     assert summary["rateRBYTES"] == 300 and summary["rateWBYTES"] == 400
 
 
+def test_a_sample_of_an_ended_tree_is_not_kept():
+    """The monitor's last pass may come after the payload exited: no process, no memory use."""
+    series = MemorySeries()
+    series.add(sample(1700000000.0, 1000, io=10))
+    series.add(sample(1700000010.0, 3000, io=30))
+    kept = series.summary()
+    series.add(sample(1700000020.0, 0, io=0, nprocs=0))
+    assert series.summary() == kept and series.count == 2
+
+
 def test_empty_series_summarises_to_zeros():
     assert set(MemorySeries().summary().values()) == {0}
 
