@@ -209,6 +209,8 @@ class AccessPointClient:
         there (Harvester deletes it once served): nothing is written, ask again later.
         """
         self._check_known(pandaid)
+        if isinstance(n_ranges, bool) or not isinstance(n_ranges, int):
+            raise TypeError(f"request_event_ranges: n_ranges {n_ranges!r}: give the number of ranges, an int")
         if task_id is None or jobset_id is None:
             job = self._valid_job(pandaid, "request_event_ranges needs task_id and jobset_id")
             # as the pilot asks: a NULL ID goes out as Harvester wrote it

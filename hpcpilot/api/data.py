@@ -176,6 +176,8 @@ def adler32(path: Path | str) -> str:
 
 def _transfer_all(transfers: Iterable[Transfer], direction: _Direction, stop: Cancel | None,
                   limits: Limits | None) -> list[TransferResult]:
+    if isinstance(transfers, Transfer):
+        raise TypeError(f"{direction.name}: give a list of Transfers, e.g. [Transfer(...)], not one Transfer")
     transfers = list(transfers)
     for transfer in transfers:  # all checked before the first file is touched
         if not isinstance(transfer, Transfer):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -38,14 +39,15 @@ class ProcessMonitor:
 
     Start the process with ``start_new_session=True``: what runs in its
     session is counted even once its parent has exited. ``timeseries_path``
-    gets one tab-separated line per sample (prmon's layout).
+    gets one tab-separated line per sample (prmon's layout). I/O rates are
+    per second since the monitor was made: make it as the process starts.
     """
 
     def __init__(self, pid: int, timeseries_path: Path | None = None):
         if not _exists(pid):
             raise ProcessLookupError(f"no process {pid} to monitor: start it first, then pass its pid")
         self._tree = ProcessTree(pid, new_token())
-        self._series = MemorySeries(timeseries_path)
+        self._series = MemorySeries(timeseries_path, start_time=time.time())  # rates: since the monitor began
 
     def sample(self) -> TreeSample:
         """The tree's summed memory (kB) and I/O (bytes) now, also kept for ``summary`` unless the tree has

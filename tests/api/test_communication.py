@@ -299,3 +299,11 @@ def test_event_ranges_of_a_job_with_an_invalid_definition_need_explicit_ids(tmp_
     with pytest.raises(ValueError, match="needs task_id and jobset_id"):
         client.request_event_ranges(4711, 2)
     assert client.request_event_ranges(4711, 2, task_id=1, jobset_id=2) is True
+
+
+@pytest.mark.parametrize("count", ["5", 2.0, True])
+def test_a_number_of_ranges_that_is_not_an_int_is_refused_with_what_to_give(tmp_path, count):
+    root = write_access_point(tmp_path / "ap", definitions(4711, taskID="123", jobsetID="77"), many_to_one=False)
+    with pytest.raises(TypeError, match="give the number of ranges, an int"):
+        AccessPointClient(root).request_event_ranges(4711, count)
+    assert not (root / "worker_requestevents.json").exists()

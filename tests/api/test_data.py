@@ -296,6 +296,13 @@ def test_anything_but_a_transfer_is_a_type_error_before_any_file_is_touched(sour
     assert os.listdir(local) == []
 
 
+@pytest.mark.parametrize("function", [stage_in, stage_out])
+def test_one_transfer_not_in_a_list_is_a_type_error_that_says_so(source: Path, local: Path, function) -> None:
+    with pytest.raises(TypeError, match="give a list of Transfers"):
+        function(Transfer(source, local / "first"))
+    assert os.listdir(local) == []
+
+
 @pytest.mark.parametrize("size", [-1, 1.5, "10", True])
 def test_a_size_that_is_not_a_byte_count_is_a_value_error(size) -> None:
     with pytest.raises(ValueError, match="is not a number of bytes"):

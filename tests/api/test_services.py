@@ -49,6 +49,7 @@ def test_a_sample_sums_memory_and_io_over_the_process_and_its_descendants(tree, 
     assert sample.wchar >= 2 * MB  # bytes: the child's write
     summary = monitor.summary()
     assert summary["maxRSS"] == sample.rss and summary["totWCHAR"] == sample.wchar
+    assert summary["rateWCHAR"] > 0  # per second since the monitor began: one sample is enough
     lines = (tmp_path / "series.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["Time", "VMEM", "PSS"] and len(lines) == 2
 
