@@ -207,7 +207,8 @@ def _transfer_one(transfer: Transfer, direction: _Direction, stop: Cancel, limit
         copied = _copy(transfer, source, expected, direction, deadline)
     except PilotError as error:
         diag = f"{error.diag}; {_ADVICE[error.code]}" if error.code in _ADVICE else error.diag
-        log.warning("%s of %s to %s failed: %s", direction.name, transfer.source, transfer.destination, diag)
+        # info, not a warning: the result carries it, for the caller to judge
+        log.info("%s of %s to %s failed: %s", direction.name, transfer.source, transfer.destination, diag)
         return _result(transfer, error.copied if isinstance(error, _Refused) else None, started, error.code, diag)
     log.info("%s of %s to %s: %d bytes, adler32 %s", direction.name, transfer.source, transfer.destination,
              copied.size, copied.adler32)
