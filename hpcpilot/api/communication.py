@@ -60,6 +60,7 @@ from ..harvester import AccessPoint, EventStatusPublisher, RawJob
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text
 from ..staging import declaration
+from .data import TransferResult
 
 __all__ = ["AccessPointClient", "EventRange", "HarvesterFiles", "InvalidEventRange", "InvalidJob", "JobSpec",
            "JobStatus", "WorkerError", "utc_text", "FILE_TYPES", "STATES"]
@@ -153,11 +154,19 @@ class AccessPointClient:
         path, size and adler32 taken by reading it once, ``guid`` (a new one if not given: right for an
         output; the log tarball takes the job's ``job.log.guid``, its logGUID, as the pilot gives it). Declare
         it with :meth:`declare_files`."""
-        if kind not in ("output", "log"):
-            raise ValueError(f"file_declaration: kind {kind!r}: choose output or log (for an event range's "
-                             "output use range_finished)")
         path = self._readable_file(path)
-        return declaration(kind, path, file_checksum(path), guid or "")
+        return declaration(_file_kind(kind), path, file_checksum(path), guid or "")
+
+    def transferred_declaration(self, result: TransferResult, kind: str = "output",
+                                guid: str | None = None) -> dict[str, Any]:
+        """As :meth:`file_declaration`, for a file that :func:`hpcpilot.api.data.stage_out` just wrote into the
+        access point: its size and adler32 come from ``result``, so the file is not read again (on a shared
+        filesystem that read would cost as much as the copy)."""
+        if not result.ok:
+            raise ValueError(f"the transfer to {result.transfer.destination} failed ({result.error_code}: "
+                             f"{result.error_diag}): there is nothing to declare")
+        path = self._readable_file(result.transfer.destination)
+        return declaration(_file_kind(kind), path, result, guid or "")  # result has the size and adler32
 
     def range_finished(self, range_id: str, path: Path | str, guid: str | None = None) -> dict[str, Any]:
         """The entry of a finished event range whose output is at ``path`` (type es_output; read once)."""
@@ -298,6 +307,13 @@ class AccessPointClient:
             raise ValueError(f"{what}: 'fsize' {fsize!r}: the size in bytes, an int")
         if entry["type"] in EVENT_FILE_TYPES:
             _require(entry, ("eventRangeID", "eventStatus"), f"{what}: type {entry['type']}")
+
+
+def _file_kind(kind: str) -> str:
+    if kind not in ("output", "log"):
+        raise ValueError(f"file_declaration: kind {kind!r}: choose output or log (for an event range's output "
+                         "use range_finished)")
+    return kind
 
 
 def _status(status: str | JobStatus) -> JobStatus:

@@ -10,6 +10,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from hpcpilot.api.communication import AccessPointClient, EventRange, HarvesterFiles, InvalidJob, JobSpec, WorkerError
+from hpcpilot.api.data import Transfer, stage_out
 from hpcpilot.atomicfile import TEMP_PREFIX
 
 DUMP = "event_status.dump.json"
@@ -188,6 +189,20 @@ def test_a_file_declaration_carries_what_harvester_would_otherwise_read_the_file
     assert entry == {"type": kind, "path": str(path), "fsize": len(data),
                      "chksum": f"{zlib.adler32(data) & 0xFFFFFFFF:08x}", "guid": "g-1"}
     assert client.file_declaration(path)["guid"]  # one is made when not given
+
+
+def test_a_file_just_staged_out_is_declared_from_its_transfer_without_reading_it_again(client, tmp_path):
+    local = tmp_path / "local.root"
+    local.write_bytes(b"y" * 70_000)
+    (result,) = stage_out([Transfer(local, client.job_dir(1001) / "out.root")])
+    with open(result.transfer.destination, "ab") as grown:  # read again, it would declare 70,001 bytes
+        grown.write(b"!")
+    entry = client.transferred_declaration(result, guid="g-2")
+    assert entry == {"type": "output", "path": str(client.job_dir(1001) / "out.root"), "fsize": 70_000,
+                     "chksum": f"{zlib.adler32(local.read_bytes()) & 0xFFFFFFFF:08x}", "guid": "g-2"}
+    (failed,) = stage_out([Transfer(tmp_path / "missing.root", client.job_dir(1001) / "none.root")])
+    with pytest.raises(ValueError, match="nothing to declare"):
+        client.transferred_declaration(failed)
 
 
 def test_a_file_declaration_refuses_other_kinds_missing_files_and_files_outside(client, tmp_path):
