@@ -65,6 +65,7 @@ class RankOutcome:
     """What one rank did for the job, sent to rank 0 when it is done."""
 
     rank: int
+    cores: int = 0  # its payload's: the job's coreCount is every rank's
     error: PilotError | None = None
     received: int = 0  # answers taken from rank 0: those sent after them never reached the rank
     cpu_seconds: float = 0.0  # of its payloads: the job's CPU time is every rank's
@@ -401,7 +402,7 @@ class RankEventWork:
     channel: Any = None  # the payload's EventChannel, once the inputs are in
 
     def __post_init__(self) -> None:
-        self.outcome = RankOutcome(self.ctx.rank)
+        self.outcome = RankOutcome(self.ctx.rank, cores=self.run.cores)
         self.job_log = jobflow.job_logger(self.ctx, self.run)
 
     def start(self) -> None:
@@ -661,6 +662,7 @@ def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) 
     n_events = declared.events + sum(r.n_events for r in earlier)
     failed = declared.failed + dispatcher.source.earlier_failed
     run.cpu_seconds = sum(o.cpu_seconds for o in outcomes)  # cpuConsumptionTime: the payloads of every rank
+    run.cores = sum(o.cores for o in outcomes)  # coreCount, which PanDA multiplies by the walltime: every rank's
     run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished, nEventRangesFailed=failed)
     jobflow.stage_out(ctx, run)
     log.info("job %d: %d event ranges finished (%d events), %d failed, on %d ranks",

@@ -673,10 +673,12 @@ os.execv(sys.executable, [sys.executable, "-m", "hpcpilot.eventservice.reference
 
 
 @pytest.mark.timeout(180)
-def test_the_jobs_cpu_time_is_that_of_every_ranks_payload(tmp_path: Path) -> None:
-    """cpuConsumptionTime is the job's: the payloads of both ranks spent 2 s of CPU each, not rank 0's alone."""
+def test_the_jobs_cpu_time_and_cores_are_those_of_every_ranks_payload(tmp_path: Path) -> None:
+    """cpuConsumptionTime and coreCount are the job's: the payloads of both ranks spent 2 s of CPU each on a core
+    each, not rank 0's alone."""
     ap = es_worker_running(tmp_path, CPU_BURNING_PAYLOAD, preplaced=ranges(8))
     run, _ = run_es(ap, "mpi2", serving=[])
     attributes = run.attributes(PANDAID)
     assert attributes["jobStatus"] == "finished", run.stderr[-3000:]
     assert attributes["cpuConsumptionTime"] >= 4, attributes
+    assert attributes["coreCount"] == 2 and "coreCount=2" in attributes["jobMetrics"], attributes  # a core each
