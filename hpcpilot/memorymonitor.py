@@ -108,6 +108,13 @@ class MemorySeries:
         return self.last.time - self.start_time
 
 
+def summed_summaries(summaries: list[dict[str, int]]) -> dict[str, int]:
+    """One summary of payloads that ran side by side (an event service job's, one per rank): each key summed.
+    The sum of their maxima bounds the job's maximum from above: the safe side for a memory figure."""
+    keys = dict.fromkeys(key for summary in summaries for key in summary)
+    return {key: sum(summary.get(key, 0) for summary in summaries) for key in keys}
+
+
 def timeseries_header() -> str:
     return "\t".join(TIMESERIES_COLUMNS) + "\n"
 

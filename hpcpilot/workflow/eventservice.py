@@ -37,6 +37,7 @@ from .. import payload, staging
 from ..atomicfile import read_bytes, read_json
 from ..checksums import KERNEL_CHUNK_SIZE, CopyCancelled, RunningChecksum
 from ..errors import ErrorCode, PilotError
+from ..memorymonitor import summed_summaries
 from ..eventservice.channel import MAX_SOCKET_PATH
 from ..eventservice import EventChannel, EventRange, RangeFailed, RangeFeed, RangeFinished, RangesLost, RejectedRange
 from ..eventservice.declarations import failed_entries, finished_entry
@@ -66,6 +67,7 @@ class RankOutcome:
 
     rank: int
     cores: int = 0  # its payload's: the job's coreCount is every rank's
+    memory: dict[str, int] = field(default_factory=dict)  # its payload's summary (maxRSS...), across restarts
     error: PilotError | None = None
     received: int = 0  # answers taken from rank 0: those sent after them never reached the rank
     cpu_seconds: float = 0.0  # of its payloads: the job's CPU time is every rank's
@@ -548,7 +550,9 @@ class RankEventWork:
         self._launch()
 
     def _finish(self) -> None:
-        self.ctx.monitor.unwatch(self.run)
+        watch = self.ctx.monitor.unwatch(self.run)
+        if watch is not None and watch.series.count:
+            self.outcome.memory = watch.series.summary()
         self.channel.stop()
         entries = []
         while not self.channel.results.empty():
@@ -663,6 +667,7 @@ def _declare_job(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher) 
     failed = declared.failed + dispatcher.source.earlier_failed
     run.cpu_seconds = sum(o.cpu_seconds for o in outcomes)  # cpuConsumptionTime: the payloads of every rank
     run.cores = sum(o.cores for o in outcomes)  # coreCount, which PanDA multiplies by the walltime: every rank's
+    run.extra_attributes.update(summed_summaries([o.memory for o in outcomes]))
     run.extra_attributes.update(nEvents=n_events, nEventRangesFinished=finished, nEventRangesFailed=failed)
     jobflow.stage_out(ctx, run)
     log.info("job %d: %d event ranges finished (%d events), %d failed, on %d ranks",

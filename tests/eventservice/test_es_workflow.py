@@ -663,6 +663,28 @@ def test_rank_0_packing_a_large_log_is_not_taken_for_silent(tmp_path: Path) -> N
     assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
 
 
+MEMORY_HOLDING_PAYLOAD = """
+import sys, time
+held = bytearray(60 << 20)  # 60 MiB on every rank, touched: resident
+for i in range(0, len(held), 4096): held[i] = 1
+time.sleep(1.5)  # long enough for the monitor's memory passes
+from hpcpilot.eventservice.reference_payload import main
+sys.exit(main([]))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_the_jobs_memory_summary_is_that_of_every_ranks_payload(tmp_path: Path) -> None:
+    """maxRSS..rateWBYTES are declared for an event service job too, summed over the ranks' payloads."""
+    ap = es_worker_running(tmp_path, MEMORY_HOLDING_PAYLOAD, preplaced=ranges(8))
+    run, _ = run_es(ap, "mpi2", serving=[], env={"HPCPILOT_LIMITS__MEMORY_INTERVAL": "0.3",
+                                                 "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.1"})
+    attributes = run.attributes(PANDAID)
+    assert attributes["jobStatus"] == "finished", run.stderr[-3000:]
+    assert attributes["maxRSS"] >= 2 * 60 * 1024, attributes  # kB: both ranks' 60 MiB
+    assert attributes["maxPSS"] > 0 and attributes["totRCHAR"] > 0, attributes
+
+
 CPU_BURNING_PAYLOAD = """
 import os, sys, time
 end = time.process_time() + 2.0  # CPU seconds every rank's payload spends, besides its ranges
