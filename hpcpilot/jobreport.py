@@ -24,6 +24,23 @@ def minimal_report(run: JobRun) -> dict:
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
 
 
+MAX_EXE_ERROR_DIAG = 500  # characters: PanDA's exeErrorDiag column
+
+
+def payload_error(report: Any) -> dict[str, Any]:
+    """exeErrorCode and exeErrorDiag as the payload's own report gives them, as Pilot 3 takes them: its
+    ``exeErrorCode`` and ``exeErrorDiag``, else its ``exitCode`` and ``exitMsg`` when the message is not "OK".
+    Empty when it says nothing usable (the payload's exit code then stands)."""
+    if not isinstance(report, dict):
+        return {}
+    code, diag = report.get("exeErrorCode"), report.get("exeErrorDiag")
+    if code is None and report.get("exitMsg", "OK") != "OK":
+        code, diag = report.get("exitCode"), report.get("exitMsg")
+    if type(code) is not int:  # not a bool either: PanDA takes a number
+        return {}
+    return {"exeErrorCode": code, "exeErrorDiag": diag[:MAX_EXE_ERROR_DIAG] if isinstance(diag, str) else ""}
+
+
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
 
 

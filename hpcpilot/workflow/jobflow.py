@@ -27,7 +27,7 @@ from ..guard import PayloadGuard
 from ..harvester import AccessPoint, EventStatusPublisher
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
-from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_report
+from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_error, payload_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
@@ -191,6 +191,7 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
     job_dir = ctx.access_point.job_dir(run.pandaid)
     with timed(run, "stageout"):
         own_report = payload_report(run)
+        run.extra_attributes.update(payload_error(own_report))
         if not run.failed and not run.spec.event_service:  # event service outputs are declared per range
             with recorded(run, job_log):
                 run.declared_files += staging.stage_out_outputs(run.spec, run.scratch, job_dir,

@@ -151,6 +151,22 @@ def test_good_job_declarations_follow_the_protocol(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_payloads_own_error_from_its_report_is_declared_as_exe_error(tmp_path: Path) -> None:
+    """Pilot 3 takes exeErrorCode/exeErrorDiag from the payload's report: a transform says why it failed there."""
+    failing = ('echo "{\\"exitCode\\": 65, \\"exitMsg\\": \\"TRF_EXEC_FAIL: Non-zero return code\\"}" '
+               '> jobReport.json; exit 65')
+    passing = 'echo "{\\"exitCode\\": 0, \\"exitMsg\\": \\"OK\\"}" > jobReport.json'
+    definitions = {1801: job_definition(1801, "bash", f"-c '{failing}'"),
+                   1802: job_definition(1802, "bash", f"-c '{passing}'")}
+    run = run_pilot(write_access_point(tmp_path / "ap", definitions), "grid")
+    failed, finished = run.attributes(1801), run.attributes(1802)
+    assert (failed["transExitCode"], failed["exeErrorCode"]) == (65, 65), failed
+    assert failed["exeErrorDiag"] == "TRF_EXEC_FAIL: Non-zero return code", failed
+    assert finished["exeErrorCode"] == 0 and "exeErrorDiag" not in finished, finished
+    assert_types_the_panda_server_accepts(failed)
+
+
+@pytest.mark.timeout(120)
 def test_payload_report_environment_and_parallel_slots(tmp_path: Path) -> None:
     """Four 1-core jobs on a 4-core rank run at once, each seeing its PandaID, rank and cores."""
     script = ('echo "{\\"pandaid\\": \\"$PANDAID\\", \\"rank\\": \\"$HPCPILOT_RANK\\", '

@@ -29,7 +29,7 @@ from hpcpilot.config import HarvesterFiles
 from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
 from hpcpilot import harvester
 from hpcpilot.harvester import AccessPoint, EventStatusPublisher
-from hpcpilot.jobreport import output_guids
+from hpcpilot.jobreport import output_guids, payload_error
 from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
 
 FILES = HarvesterFiles()
@@ -713,3 +713,20 @@ def test_pool_file_catalog_escapes_what_the_definition_brings():
 ])
 def test_output_guids_come_from_the_payload_report_of_any_shape(report, guids):
     assert output_guids(report) == guids
+
+
+@pytest.mark.parametrize("report, error", [
+    ({"exitCode": 65, "exitMsg": "TRF_EXEC_FAIL"}, {"exeErrorCode": 65, "exeErrorDiag": "TRF_EXEC_FAIL"}),
+    ({"exitCode": 0, "exitMsg": "OK"}, {}),
+    ({"exeErrorCode": 8, "exeErrorDiag": "athena crashed", "exitCode": 1, "exitMsg": "x"},
+     {"exeErrorCode": 8, "exeErrorDiag": "athena crashed"}),
+    ({"exeErrorCode": 8}, {"exeErrorCode": 8, "exeErrorDiag": ""}),
+    ({"exitCode": 65, "exitMsg": "x" * 2000}, {"exeErrorCode": 65, "exeErrorDiag": "x" * 500}),
+    ({"exitCode": "65", "exitMsg": "text code"}, {}),
+    ({"exitCode": True, "exitMsg": "a bool"}, {}),
+    ({"exitCode": 65}, {}),
+    ([], {}),
+    (None, {}),
+])
+def test_the_payloads_error_is_taken_from_its_report_of_any_shape(report, error):
+    assert payload_error(report) == error
