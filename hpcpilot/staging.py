@@ -130,14 +130,15 @@ def _copy_orders(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, tim
     the start of its own copy."""
     for spec in job.inputs:
         source = _replica_path(spec, job_dir)
-        deadlines.append(deadline := TransferDeadline(cancel, time_limit(_input_size(spec, source))))
+        deadlines.append(deadline := TransferDeadline(cancel, time_limit(size_for_time_limit(spec.fsize, source))))
         yield CopyOrder(source, scratch / spec.lfn, _wants_md5(spec), spec.fsize, deadline)
 
 
-def _input_size(spec: FileSpec, source: Path) -> int:
-    """As declared, else as found (0 if not found: the copy reports why)."""
-    if spec.fsize is not None:
-        return spec.fsize
+def size_for_time_limit(expected: int | None, source: Path) -> int:
+    """A file's size for its transfer's time limit: as expected, else as found (0 if not found: the copy
+    reports why)."""
+    if expected is not None:
+        return expected
     try:
         return source.stat().st_size
     except OSError:
@@ -200,7 +201,7 @@ def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
 def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: Cancel,
                 time_limit: TimeLimit) -> int:
     """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``)."""
-    deadline = TransferDeadline(cancel, time_limit(_input_size(spec, source)))
+    deadline = TransferDeadline(cancel, time_limit(size_for_time_limit(spec.fsize, source)))
     try:
         target.symlink_to(source.resolve())
         running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), deadline)

@@ -70,7 +70,8 @@ from ..checksums import NEVER, Cancel, CopyCancelled, NotRegularFile, RunningChe
 from ..config import Limits
 from ..errors import ErrorCode, PilotError
 from ..jobs import Checksum, parse_checksum
-from ..staging import INPUT_MISMATCH_CODES, OUTPUT_MISMATCH_CODES, TransferDeadline, stagein_error, stageout_error
+from ..staging import (INPUT_MISMATCH_CODES, OUTPUT_MISMATCH_CODES, TransferDeadline, size_for_time_limit,
+                       stagein_error, stageout_error)
 
 __all__ = ["Transfer", "TransferResult", "Limits", "stage_in", "stage_out", "adler32"]
 
@@ -203,7 +204,7 @@ def _transfer_one(transfer: Transfer, direction: _Direction, stop: Cancel, limit
         if stop.is_set():
             raise PilotError(direction.failed, f"{direction.name} of {transfer.source}: stopped before copying; "
                              "transfer it again")
-        deadline = TransferDeadline(stop, limits.transfer_timeout(_size_for_limit(transfer, source)))
+        deadline = TransferDeadline(stop, limits.transfer_timeout(size_for_time_limit(transfer.size, source)))
         copied = _copy(transfer, source, expected, direction, deadline)
     except PilotError as error:
         diag = f"{error.diag}; {_ADVICE[error.code]}" if error.code in _ADVICE else error.diag
@@ -245,16 +246,6 @@ def _source_path(transfer: Transfer, direction: _Direction) -> Path:
         raise PilotError(direction.failed, f"{direction.name} of {transfer.source}: the destination "
                          f"{transfer.destination} is the source itself; nothing copied")
     return source
-
-
-def _size_for_limit(transfer: Transfer, source: Path) -> int:
-    """As expected, else as found (0 if not found: the copy reports why)."""
-    if transfer.size is not None:
-        return transfer.size
-    try:
-        return source.stat().st_size
-    except OSError:
-        return 0
 
 
 def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction: _Direction,
