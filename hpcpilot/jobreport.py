@@ -69,13 +69,14 @@ def payload_report(run: JobRun) -> dict | None:
         report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME), MAX_REPORT_BYTES)
         if not isinstance(report, dict):
             return None
-        report = _trim_logfile_reports(report)
+        report = trim_logfile_reports(report)
         return redact_json(report, run.spec.secrets) if run.spec.secrets else report
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
 
 
-def _trim_logfile_reports(report: dict) -> dict:
+def trim_logfile_reports(report: dict) -> dict:
+    """``report`` with every executor's ``logfileReport`` over MAX_LOGFILE_REPORT_CHARS blanked, in place."""
     executors = report.get("executor")
     for executor in executors if isinstance(executors, list) else []:
         if isinstance(executor, dict) and len(json.dumps(executor.get("logfileReport", ""))) > MAX_LOGFILE_REPORT_CHARS:

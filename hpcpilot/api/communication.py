@@ -44,6 +44,7 @@ Rules the client keeps, and checks before anything is written:
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -57,6 +58,7 @@ from ..eventservice.declarations import failed_entries, finished_entry
 from ..eventservice.harvester_events import read_ranges, request_ranges
 from ..eventservice.ranges import EventRange, InvalidEventRange
 from ..harvester import AccessPoint, EventStatusPublisher, RawJob
+from ..jobreport import trim_logfile_reports
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text
 from ..staging import declaration
@@ -145,9 +147,13 @@ class AccessPointClient:
         self._attributes[pandaid] = merged
 
     def write_job_report(self, pandaid: int, report: Any) -> None:
-        """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData)."""
+        """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData), every
+        executor's large ``logfileReport`` blanked as the pilot does (``report`` itself is left as it is)."""
         _check_serialisable(report, f"job report of job {pandaid}")
-        self._write_job_file(pandaid, lambda: self._access_point.write_job_report(pandaid, report))
+        written = json.loads(json_bytes(report))  # a copy, to trim
+        if isinstance(written, dict):
+            written = trim_logfile_reports(written)
+        self._write_job_file(pandaid, lambda: self._access_point.write_job_report(pandaid, written))
 
     def file_declaration(self, path: Path | str, kind: str = "output", guid: str | None = None) -> dict[str, Any]:
         """The ``event_status.dump.json`` entry for the file at ``path`` (``kind`` output or log): absolute

@@ -191,6 +191,17 @@ def test_a_file_declaration_carries_what_harvester_would_otherwise_read_the_file
     assert client.file_declaration(path)["guid"]  # one is made when not given
 
 
+def test_a_job_report_is_written_with_large_log_excerpts_blanked_as_the_pilot_does(client):
+    """Harvester stores the report in a database: megabytes of an executor's logfileReport are blanked."""
+    report = {"exitCode": 0, "executor": [{"name": "EVNTtoHITS", "logfileReport": {"details": "x" * 20_000}},
+                                          {"name": "small", "logfileReport": {"countSummary": {"ERROR": 0}}}]}
+    client.write_job_report(1001, report)
+    written = json.loads((client.job_dir(1001) / "jobReport.json").read_text())
+    assert written["executor"] == [{"name": "EVNTtoHITS", "logfileReport": {}},
+                                   {"name": "small", "logfileReport": {"countSummary": {"ERROR": 0}}}]
+    assert len(report["executor"][0]["logfileReport"]["details"]) == 20_000  # the caller's own is left alone
+
+
 def test_a_file_just_staged_out_is_declared_from_its_transfer_without_reading_it_again(client, tmp_path):
     local = tmp_path / "local.root"
     local.write_bytes(b"y" * 70_000)
