@@ -149,8 +149,7 @@ class AccessPointClient:
     def write_job_report(self, pandaid: int, report: Any) -> None:
         """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData), every
         executor's large ``logfileReport`` blanked as the pilot does (``report`` itself is left as it is)."""
-        _check_serialisable(report, f"job report of job {pandaid}")
-        written = json.loads(json_bytes(report))  # a copy, to trim
+        written = json.loads(_serialised(report, f"job report of job {pandaid}"))  # a copy, to trim
         if isinstance(written, dict):
             written = trim_logfile_reports(written)
         self._write_job_file(pandaid, lambda: self._access_point.write_job_report(pandaid, written))
@@ -290,7 +289,7 @@ class AccessPointClient:
         if not isinstance(entry, Mapping):
             raise TypeError(f"{what}: must be a dict, got {type(entry).__name__}")
         entry = dict(entry)
-        _check_serialisable(entry, what)
+        _serialised(entry, what)
         if "filetype" in entry:
             raise ValueError(f"{what}: has 'filetype'; Harvester reads the key 'type' (and drops the entry without it)")
         if "path" in entry:
@@ -338,9 +337,10 @@ def _check_attribute(name: str, value: Any) -> None:
         raise ValueError(f"attribute {name}: {value} is not a number JSON can carry")
 
 
-def _check_serialisable(content: Any, what: str) -> None:
+def _serialised(content: Any, what: str) -> bytes:
+    """``content`` as JSON; TypeError naming ``what`` when it cannot be."""
     try:
-        json_bytes(content)
+        return json_bytes(content)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{what} is not JSON-serialisable: {error}") from None
 
