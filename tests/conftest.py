@@ -46,7 +46,8 @@ SLOWFS = Path(__file__).with_name("slowfs.py")
 def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """Mounts tests/slowfs.py (a FUSE filesystem, in a process of its own) and gives the path of its one large
     file, e.g. ``slow_file(delay=0.05)``; skips the test where FUSE cannot be mounted. Every mount is
-    unmounted and its process ended at the end of the test."""
+    unmounted and its process ended at the end of the test; ``slow_file.server(path)`` is the process serving
+    ``path``, for a test to end it sooner (the kernel then fails the reads it has not answered)."""
     mounts: list[tuple[Path, subprocess.Popen]] = []
 
     def mount(size: int = 1 << 30, delay: float = 0.05, short: int | None = None, lifetime: float = 300) -> Path:
@@ -59,13 +60,14 @@ def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         _wait_for_mount(mountpoint, process)
         return mountpoint / "big.root"
 
+    mount.server = lambda path: next(process for mountpoint, process in mounts if path.parent == mountpoint)
     try:
         yield mount
     finally:
         for mountpoint, process in mounts:
             subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
             try:
-                process.wait(10)
+                process.wait(3)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

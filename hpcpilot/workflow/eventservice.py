@@ -48,6 +48,7 @@ from ..mpi import any_source, new_status
 from ..stopping import StopRequest
 from . import jobflow
 from .jobflow import RankContext
+from .workers import Hung
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class RankEventWork:
     run: JobRun
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
-    keeping_alive: Callable[[Callable[[], Any]], Any]  # runs long file work while the rank's watch goes on
+    keeping_alive: Callable[..., Any]  # runs long file work while the rank's watch goes on (Supervisor's)
     outcome: RankOutcome = field(init=False)
     ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
     asked: int = 0  # requests to rank 0 not answered yet
@@ -410,7 +411,7 @@ class RankEventWork:
     def start(self) -> None:
         declares = self.ctx.rank == 0  # one rank speaks for the job
         jobflow.begin(self.ctx, self.run)
-        self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run))  # every rank copies: may take minutes
+        self._stage_in()
         if self.run.failed:
             raise self.run.error
         if self.ctx.stopping.is_set():  # came as the copy ended: no payload starts after a stop
@@ -423,6 +424,15 @@ class RankEventWork:
         # Under the same limits as any payload (walltime, memory, disk, looping), across restarts: the monitor
         # follows run.process, and a payload it kills fails the job instead of being restarted.
         self.ctx.monitor.watch(self.run)
+
+    def _stage_in(self) -> None:
+        """Every rank copies the inputs, which may take minutes, while it keeps its watch; a copy stuck past all
+        the inputs' time limits (a hung filesystem) fails the job, or at a stop counts as not started."""
+        allowance = staging.stage_in_allowance(self.run.spec, self.ctx.config.limits.transfer_timeout)
+        try:
+            self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run), allowance)
+        except Hung as hung:
+            self.run.fail(jobflow.stage_in_hung(self.ctx, self.run, hung.waited))
 
     def give(self, answer: EventRange | None) -> None:
         self.outcome.received += 1
@@ -525,11 +535,21 @@ class RankEventWork:
         limit = self.ctx.config.limits.transfer_timeout(size)
         if size <= KERNEL_CHUNK_SIZE:
             return staging.copy_out_in_time(source, target, limit)
+        hung_after = limit + self.ctx.config.limits.transfer_timeout(0)  # a copy past its limit ends within a chunk
         try:
-            return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit, self.ctx.stopping))
+            return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit, self.ctx.stopping),
+                                      hung_after)
+        except Hung as hung:
+            if not self.ctx.stopping.is_set():
+                raise PilotError(ErrorCode.STAGEOUT_TIMEOUT, "copy of its output hung: no answer from the "
+                                 f"filesystem after {hung.waited:.0f} s") from None
+            raise self._ended_by_stop() from None
         except CopyCancelled:
-            request = self.ctx.stopping.request
-            raise PilotError(request.code, f"copy of its output ended by the stop: {request.reason}") from None
+            raise self._ended_by_stop() from None
+
+    def _ended_by_stop(self) -> PilotError:
+        request = self.ctx.stopping.request
+        return PilotError(request.code, f"copy of its output ended by the stop: {request.reason}")
 
     def _payload_ended(self) -> None:
         exit = self.process.wait()

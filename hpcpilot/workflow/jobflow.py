@@ -110,6 +110,18 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
         job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
 
 
+def stage_in_hung(ctx: RankContext, run: JobRun, waited: float) -> PilotError:
+    """The job's error when its stage-in was given up on after ``waited`` seconds, stuck in a system call (a
+    hung filesystem): 1151, or at a stop, not started, as any stage-in the stop ended."""
+    job_logger(ctx, run).error("stage-in hung for %.0f s, a system call on its inputs never returned: declaring "
+                               "the job without it, its thread left behind; check the filesystem of %s", waited,
+                               ctx.access_point.job_dir(run.pandaid))
+    if ctx.stopping.is_set():
+        return ctx.stopping.request.not_started()
+    return PilotError(ErrorCode.STAGEIN_TIMEOUT, f"stage-in hung: no answer from the filesystem after {waited:.0f} s, "
+                      "past the time limits of all its inputs")
+
+
 def run_payload(ctx: RankContext, run: JobRun) -> None:
     job_log = job_logger(ctx, run)
     run.status = JobStatus.RUNNING

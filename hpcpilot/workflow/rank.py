@@ -6,6 +6,11 @@ enough of the rank's cores are free, while the next jobs' stage-in and the
 last jobs' stage-out overlap them, so the
 cores wait for I/O as little as possible. Only the calling (main) thread
 touches MPI: it runs the loop below and calls ``tick`` between events.
+
+A stage-in that outlasts all its inputs' time limits is stuck in a system
+call that a hung shared filesystem never answers (a slow copy ends at its
+own limit): the main thread declares the job failed without it and leaves
+its thread behind (see workers).
 """
 from __future__ import annotations
 
@@ -14,16 +19,17 @@ import queue
 import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import ErrorCode, PilotError
 from ..jobs import JobSpec
 from ..jobstate import JobResult, JobRun
 from ..lifetime import Deadline
+from ..staging import stage_in_allowance
 from ..stopping import StopRequest
 from . import jobflow
 from .jobflow import RankContext
+from .workers import HangClock, Workers
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,8 @@ class RankRunner:
         self.free_cores = cores
         self.deadline = deadline
         self.waiting = deque(JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores)) for job in jobs)
-        self.staging: set[int] = set()
+        self.staging: dict[int, JobRun] = {}
+        self.stagein_clocks: dict[int, HangClock] = {}  # started by the stage-in's thread
         self.ready: deque[JobRun] = deque()
         self.running: dict[int, JobRun] = {}
         self.stopping: StopRequest | None = None
@@ -50,7 +57,7 @@ class RankRunner:
         self.started = started
         self.events: queue.SimpleQueue[tuple[str, JobRun]] = queue.SimpleQueue()  # C-level: cheap hand-offs
         max_payloads = max(1, cores // max(1, min((r.cores for r in self.waiting), default=1)))
-        self.pool = ThreadPoolExecutor(max_payloads + 2 * PREFETCH, thread_name_prefix=f"rank{ctx.rank}")
+        self.pool = Workers(max_payloads + 2 * PREFETCH, f"rank{ctx.rank}")
 
     def run(self, tick: Callable[[], None] = lambda: None) -> None:
         """Run every job to its declaration; ``tick`` runs every TICK_SECONDS or so (not after every event:
@@ -66,14 +73,15 @@ class RankRunner:
                     pass
                 if time.monotonic() >= next_tick:
                     tick()
+                    self._give_up_hung_stageins()
                     next_tick = time.monotonic() + TICK_SECONDS / 2
         finally:
-            self.pool.shutdown(wait=True)
+            self.pool.close()
 
     def _start_what_fits(self) -> None:
         while self.waiting and len(self.staging) + len(self.ready) < PREFETCH:
             run = self.waiting.popleft()
-            self.staging.add(run.pandaid)
+            self.staging[run.pandaid] = run
             self.started(run.pandaid)
             self._submit("stagein", run)
         while self.ready and self.ready[0].cores <= self.free_cores:
@@ -91,6 +99,8 @@ class RankRunner:
         """Graceful stop: nothing new starts, running payloads end, every job is declared."""
         self.stopping = request
         not_started = request.not_started()
+        for clock in list(self.stagein_clocks.values()):  # a stage-in ends within a chunk of its copy at a stop
+            clock.stop()
         while self.waiting:
             run = self.waiting.popleft()
             run.fail(not_started)
@@ -104,11 +114,36 @@ class RankRunner:
                 self._terminate(run)
 
     def _terminate(self, run: JobRun) -> None:
-        jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_bound / 3))
+        jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self._stop_grace()))
+
+    def _stop_grace(self) -> float:
+        return self.ctx.config.stop_bound / 3
+
+    def _start_stagein_clock(self, run: JobRun) -> None:
+        clock = HangClock(stage_in_allowance(run.spec, self.ctx.config.limits.transfer_timeout), self._stop_grace())
+        if self.stopping:
+            clock.stop()
+        self.stagein_clocks[run.pandaid] = clock
+
+    def _give_up_hung_stageins(self) -> None:
+        for pandaid, clock in list(self.stagein_clocks.items()):
+            if clock.overrun() and (run := self.staging.pop(pandaid, None)) is not None:
+                del self.stagein_clocks[pandaid]
+                self._give_up_on_stagein(run, clock.waited())
+
+    def _give_up_on_stagein(self, run: JobRun, waited: float) -> None:
+        """Declare the job failed without its stage-in, whose thread stays stuck where it is; another thread
+        takes its place. At a stop the job counts as not started, as any stage-in the stop ended."""
+        run.fail(jobflow.stage_in_hung(self.ctx, run, waited))
+        run.seconds["stagein"] += waited
+        self.pool.add()
+        self._submit("stageout", run)
 
     def _advance(self, phase: str, run: JobRun) -> None:
         if phase == "stagein":
-            self.staging.discard(run.pandaid)
+            self.stagein_clocks.pop(run.pandaid, None)
+            if self.staging.pop(run.pandaid, None) is None:
+                return  # given up on as hung, and declared
             if self.stopping and not run.failed:
                 run.fail(self.stopping.not_started())
             if run.failed:
@@ -128,6 +163,8 @@ class RankRunner:
     def _run_phase(self, phase: str, run: JobRun) -> None:
         """One phase in a pool thread; after a payload, its stage-out follows in the same thread (one
         hand-over less per job), once the main thread has been told that the cores are free."""
+        if phase == "stagein":
+            self._start_stagein_clock(run)
         for step in (phase, "stageout") if phase == "payload" else (phase,):
             try:
                 self._run_guarded(step, run)

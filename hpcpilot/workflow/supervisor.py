@@ -7,6 +7,7 @@ silent (see liveness) ends the whole pilot instead: nothing could wait for it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent import futures
@@ -18,6 +19,7 @@ from ..mpi import any_source, wait_idly
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .liveness import PeerWatch
+from .workers import HangClock, Hung, in_thread_of_its_own
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,25 @@ class Supervisor:
         if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
             self._heartbeat()
 
-    def keeping_alive(self, work: Callable[[], T]) -> T:
+    def keeping_alive(self, work: Callable[[], T], hung_after: float = math.inf) -> T:
         """``work`` (file copies the main thread would wait for, e.g. an event service job's stage-in on every
         rank at once) in a thread of its own while this rank says it is alive and looks for a stop: one sets
         ``ctx.stopping``, which ends an input copy at its next chunk. Nothing else of ``tick`` runs meanwhile
-        (the publisher's flush is not for two threads)."""
-        with futures.ThreadPoolExecutor(1, thread_name_prefix=f"rank{self.ctx.rank}-alive") as pool:
-            done = pool.submit(work)
-            while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
-                self.keep_alive()
-                if self.stop_request is None:
-                    self._look_for_stop()
-            return done.result()
+        (the publisher's flush is not for two threads).
+
+        Work still going after ``hung_after`` seconds (a third of ``stop_bound`` after a stop) is stuck in a
+        system call a hung filesystem never answers: Hung is raised, its thread left behind."""
+        clock = HangClock(hung_after, self.ctx.config.stop_bound / 3)
+        done = in_thread_of_its_own(work, f"rank{self.ctx.rank}-alive")
+        while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
+            self.keep_alive()
+            if self.stop_request is None:
+                self._look_for_stop()
+            if self.stop_request is not None:
+                clock.stop()
+            if clock.overrun():
+                raise Hung(clock.waited())
+        return done.result()
 
     def adopt(self, request: StopRequest | None) -> None:
         """A stop learnt some other way (e.g. in a rank's final report)."""

@@ -1,0 +1,92 @@
+"""A rank's worker threads, which a hung filesystem cannot take hostage.
+
+A read from a shared filesystem can block for ever (a Lustre OST that died,
+a hard NFS mount whose server is gone), and no signal ends it. The rank then
+gives up on that job's phase and lets its thread sit: these are daemon
+threads, so the one left behind holds up neither the pilot's exit nor, once
+``add`` has replaced it, the rank's other jobs. (concurrent.futures joins its
+threads at exit, so a single hung read would keep the pilot from ending.)
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Workers:
+    """``count`` threads running the tasks given to ``submit`` in order of submission."""
+
+    def __init__(self, count: int, name: str):
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple] | None] = queue.SimpleQueue()
+        self._name = name
+        self._started = 0
+        for _ in range(count):
+            self.add()
+
+    def add(self) -> None:
+        """One thread more: in place of one that will not come back."""
+        self._started += 1
+        threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+
+    def submit(self, task: Callable[..., Any], *args: Any) -> None:
+        self._tasks.put((task, args))
+
+    def close(self) -> None:
+        """End the threads once they are idle; one hung in a system call stays until the process ends."""
+        for _ in range(self._started):
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            task, args = item
+            try:
+                task(*args)
+            except Exception:  # a thread lost to a bug would leave the rank short of one
+                log.exception("unexpected error in a worker thread")
+
+
+class HangClock:
+    """When to give up on work that may hang: ``allowance`` seconds after it starts, or ``stop_grace`` seconds
+    after a stop (by which a copy the stop ended has ended), whichever comes first."""
+
+    def __init__(self, allowance: float, stop_grace: float):
+        self.started = time.monotonic()
+        self.give_up = self.started + allowance
+        self.stop_grace = stop_grace
+
+    def stop(self) -> None:
+        self.give_up = min(self.give_up, time.monotonic() + self.stop_grace)
+
+    def overrun(self) -> bool:
+        return time.monotonic() > self.give_up
+
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Hung(Exception):
+    """Work given up on after ``waited`` seconds: its thread is stuck in a system call."""
+
+    def __init__(self, waited: float):
+        super().__init__(f"no answer after {waited:.0f} s")
+        self.waited = waited
+
+
+def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
+    """Start ``work`` in a daemon thread; its result, or what it raised, comes in the future."""
+    outcome: futures.Future = futures.Future()
+
+    def settle() -> None:
+        try:
+            outcome.set_result(work())
+        except BaseException as error:  # handed to whoever waits for the outcome
+            outcome.set_exception(error)
+
+    threading.Thread(target=settle, name=name, daemon=True).start()
+    return outcome

@@ -1,0 +1,127 @@
+"""An input read that never returns (a hung shared filesystem: a dead Lustre OST, a hard NFS mount whose server
+is gone) must not hang the pilot. The slow FUSE filesystem (tests/slowfs.py) answers no read for an hour here; a
+real pilot on 2 ranks gives up on the stage-in once it outlasts all its inputs' time limits, declares the job
+failed with 1151, runs the other jobs and declares all; at a stop it does so within its stop bound.
+
+The pilot's processes end only once the filesystem answers: a thread in a FUSE read that the server has taken
+waits for its answer in a sleep no signal ends (a hung Lustre or NFS read may do the same), and a process ends
+with its last thread. So each test ends the server once the pilot has written its summary, as an operator's
+remount would, and times the summary.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, write_access_point
+from tests.e2e.conftest import run_pilot
+from tests.multirank.test_graceful_stop import start_pilot
+from tests.multirank.test_stagein_timeout import TINY_LIMITS
+from tests.multirank.test_stop_during_stagein import (ES_JOB, SIZE, assert_declared_not_started, partial_copies,
+                                                      stop_one_rank, with_slow_input)
+from tests.multirank.test_graceful_stop import finish
+
+HUNG_JOB, QUICK_JOB = 8201, 8202
+NO_ANSWER = 3600.0  # seconds per read: none comes while the test runs
+ALLOWANCE = 1 + (1 + 0.001 * SIZE / (1 << 20))  # the fixed part, then the input's own limit: about 3 s
+STOP_BOUND = 6  # a third of it is the time a stage-in gets to end after a stop
+
+
+def env_with(limits: dict[str, str]) -> dict[str, str]:
+    return {**limits, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+
+
+def hung_and_quick_jobs(tmp_path: Path, replica: Path) -> Path:
+    quick = with_inputs(job_definition(QUICK_JOB, "true"), {"in.dat": b"data"})
+    return write_access_point(tmp_path / "ap", {HUNG_JOB: with_slow_input(job_definition(HUNG_JOB, "true"), replica),
+                                                QUICK_JOB: quick}, {QUICK_JOB: {"in.dat": b"data"}})
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("mode", ["copy", "link"])  # a copy's reads, or link mode's checksum reads
+def test_an_input_read_that_never_returns_fails_its_job_with_1151_and_the_pilot_ends(tmp_path: Path, slow_file,
+                                                                                   mode: str) -> None:
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    ap = hung_and_quick_jobs(tmp_path, replica)
+    summary = ServedUntilSummary(ap, slow_file.server(replica))
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"), "--stagein-mode", mode,
+                    env=env_with(TINY_LIMITS), timeout=90)
+    assert summary.seconds() < ALLOWANCE + 45, "the hung stage-in was waited for"
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    hung = run.attributes(HUNG_JOB)
+    assert (hung["jobStatus"], hung["pilotErrorCode"]) == ("failed", 1151), hung
+    assert hung["pilotErrorDiag"].startswith("stage-in hung: no answer from the filesystem after "), hung
+    assert "its thread left behind; check the filesystem of" in run.stderr
+    assert run.attributes(QUICK_JOB)["jobStatus"] == "finished"
+    assert (run.summary()["finished"], run.summary()["failed"]) == (1, 1)
+
+
+@pytest.mark.timeout(150)
+def test_a_stop_during_a_hung_stage_in_ends_the_pilot_within_its_stop_bound(tmp_path: Path, slow_file) -> None:
+    """With the default limits the stage-in would be given up on after minutes; the stop cuts that to a third
+    of the stop bound, and the job counts as not started, as any stage-in a stop ends."""
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    ap = write_access_point(tmp_path / "ap", {HUNG_JOB: with_slow_input(job_definition(HUNG_JOB, "true"), replica)})
+    scratch = tmp_path / "scratch"
+    pilot = start_pilot(ap, 2, "--scratch", str(scratch), env={"HPCPILOT_STOP_BOUND": str(STOP_BOUND)})
+    wait_for_a_stagein(scratch, pilot)
+    summary = ServedUntilSummary(ap, slow_file.server(replica))
+    stop_one_rank(pilot)
+    returncode, stderr = finish(pilot, 60)
+    assert summary.seconds() < STOP_BOUND + 10, "the stop waited for the hung stage-in"
+    assert returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert "stage-in hung for" in stderr
+    assert_declared_not_started(ap, HUNG_JOB)
+
+
+@pytest.mark.timeout(150)
+def test_an_event_service_jobs_hung_input_fails_the_job_with_1151_and_the_pilot_ends(tmp_path: Path,
+                                                                                    slow_file) -> None:
+    """Every rank copies the job's inputs while it keeps its watch; each gives up on its own hung copy."""
+    definition = job_definition(ES_JOB, sys.executable, "-m hpcpilot.eventservice.reference_payload",
+                                eventService="True")
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    ap = write_access_point(tmp_path / "ap", {ES_JOB: with_slow_input(definition, replica)})
+    summary = ServedUntilSummary(ap, slow_file.server(replica))
+    run = run_pilot(ap, "mpi2", "--scratch", str(tmp_path / "scratch"), env=env_with(TINY_LIMITS), timeout=90)
+    assert summary.seconds() < ALLOWANCE + 45, "the hung stage-in was waited for"
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    attributes = run.attributes(ES_JOB)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1151), attributes
+    assert attributes["pilotErrorDiag"].startswith("stage-in hung: no answer from the filesystem after "), attributes
+
+
+def wait_for_a_stagein(scratch: Path, pilot) -> None:
+    """Until the copy has begun: its target made in scratch, its first read not answered."""
+    deadline = time.monotonic() + 60
+    while not partial_copies(scratch):
+        if pilot.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the stage-in never began; pilot exit {pilot.poll()}")
+        time.sleep(0.1)
+
+
+class ServedUntilSummary(threading.Thread):
+    """Ends the slow filesystem's ``server`` once the pilot's summary is in ``ap``."""
+
+    def __init__(self, ap: Path, server: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.ap, self.server, self.after = ap, server, float("inf")
+        self.started = time.monotonic()
+        self.start()
+
+    def run(self) -> None:
+        while not (self.ap / "hpcpilot_summary.json").exists() and time.monotonic() - self.started < 120:
+            time.sleep(0.1)
+        self.after = time.monotonic() - self.started
+        self.server.kill()
+
+    def seconds(self) -> float:
+        """From this watch's start until the summary was written."""
+        self.join(10)
+        return self.after
