@@ -513,13 +513,14 @@ with EventChannelClient.from_environment() as client:
 """
 
 
-def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, during=lambda ap: None):
-    """The first of 6 ranges has a 1 GiB output on the slow filesystem (minutes to copy), the others small
-    ones; ``during(ap)`` runs on a thread of its own while the pilot runs. Returns the run, Harvester's entries,
-    the slow range's ID."""
+def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, during=lambda ap: None,
+                           delay: float = 0.05):
+    """The first of 6 ranges has a 1 GiB output on the slow filesystem (minutes to copy at ``delay`` s per read),
+    the others small ones; ``during(ap)`` runs on a thread of its own while the pilot runs. Returns the run,
+    Harvester's entries, the slow range's ID."""
     if os.geteuid() != 0:
         pytest.skip("the payload bind-mounts the slow filesystem into its scratch: needs root")
-    slow = slow_file(1 << 30)
+    slow = slow_file(1 << 30, delay=delay)
     all_ranges = ranges(6)
     ap = es_worker_running(tmp_path, SLOW_OUTPUT_PAYLOAD, all_ranges)
     definition = json.loads((ap / "HPCJobs.json").read_text())
@@ -536,7 +537,6 @@ def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, du
     by_range = range_entries(entries)
     assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges), run.stderr[-3000:]
     assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
-    assert not list(ap.glob("big.root*")), "the partial copy is removed"
     return run, by_range, all_ranges[0]["eventRangeID"]
 
 
@@ -551,6 +551,7 @@ def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goe
     limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
               "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
     run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, launch, limits)
+    assert not list(run.access_point.glob("big.root*")), "the partial copy is removed"
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert f"(1152: stage-out of big.root.{slow_id} to {run.access_point} timed out after" in run.stderr, \
         run.stderr[-3000:]
@@ -575,11 +576,38 @@ def test_a_stop_ends_a_range_output_copy_under_way_and_fails_that_range_with_its
         (ap / "hpcpilot_stop").touch()
 
     run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, "mpi2", {}, during=stop_once_copying)
+    assert not list(run.access_point.glob("big.root*")), "the partial copy is removed"
     assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert by_range[slow_id] == [{"eventRangeID": slow_id, "eventStatus": "failed"}]
     assert "(1201: copy of its output ended by the stop: " in run.stderr and slow_id in run.stderr
     attributes = run.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
+
+
+@pytest.mark.timeout(240)
+def test_a_range_output_copy_that_never_returns_fails_its_range_and_the_job_goes_on(tmp_path: Path,
+                                                                                    slow_file) -> None:
+    """The output's filesystem answers no read (a hung filesystem): the copy cannot end at its time limit, as it
+    checks that between reads, so the rank gives up on it (1152, "hung") and goes on with the job. Its thread
+    stays in the read, which no signal ends, so the filesystem's server is ended once the pilot has declared
+    everything, to let the pilot's processes end."""
+    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001"}
+
+    def end_the_server_after_the_summary(ap: Path) -> None:
+        deadline = time.monotonic() + 120
+        while not (ap / "hpcpilot_summary.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        slow_file.server(tmp_path / "slowfs-0" / "big.root").kill()
+
+    run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, "mpi2", limits,
+                                                    during=end_the_server_after_the_summary, delay=3600)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "(1152: copy of its output hung: no answer from the filesystem after " in run.stderr, run.stderr[-3000:]
+    assert by_range.pop(slow_id) == [{"eventRangeID": slow_id, "eventStatus": "failed"}]
+    assert all(entry["eventStatus"] == "finished" for (entry,) in by_range.values())
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == \
+        ("finished", 5, 1), attributes
 
 
 def mounts_below(directory: Path) -> list[str]:
