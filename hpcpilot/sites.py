@@ -36,6 +36,9 @@ ENTRY_POINT_GROUP = "hpcpilot.sites"
 GENERIC_SITE = "generic"
 SCHEDULERS = ("slurm", "pbs", "cobalt", "none")
 DATA_FILE = "site.yaml"
+# What the node hooks answer for a site.yaml that states no node figures (batch scripts need a number).
+PLACEHOLDER_CORES_PER_NODE = 1
+PLACEHOLDER_MEMORY_PER_NODE_MB = 2048
 
 
 class SitePluginError(Exception):
@@ -50,8 +53,8 @@ class SiteData:
     description: str = "a machine hpcpilot knows nothing particular about"
     scheduler: str = "none"
     launcher: str = "mpiexec -n $RANKS"
-    cores_per_node: int = 1
-    memory_per_node_mb: int = 2048
+    cores_per_node: int | None = None  # None: not stated in site.yaml
+    memory_per_node_mb: int | None = None
     scratch_candidates: tuple[str, ...] = ()
     min_scratch_free_mb: int = 1024
     setup_lines: tuple[str, ...] = ()
@@ -199,6 +202,26 @@ def _usable_scratch(path: Path, min_free_bytes: int) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class CoreMemory:
+    """RAM per core, and where the figure comes from (the log explaining a payload's memory limit says it)."""
+
+    mb: float
+    origin: str
+
+
+def machine_memory_mb() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+def machine_memory_per_core() -> CoreMemory:
+    """This machine's physical memory over all its CPUs (not the ones this process is bound to: under an MPI
+    launcher's binding that is one rank's share, and every core would seem to have the whole node's RAM)."""
+    memory, cpus = machine_memory_mb(), os.cpu_count() or 1
+    return CoreMemory(memory / cpus, f"this machine: {memory} MB / {cpus} CPUs")
+
+
 class Site:
     """A machine hpcpilot runs on. Every hook has a generic default driven by ``SiteData``.
 
@@ -326,10 +349,20 @@ class Site:
     # -- resources and description ---------------------------------------------
 
     def cores_per_node(self) -> int:
-        return self.data.cores_per_node
+        stated = self.data.cores_per_node
+        return PLACEHOLDER_CORES_PER_NODE if stated is None else stated
 
     def memory_per_node_mb(self) -> int:
-        return self.data.memory_per_node_mb
+        stated = self.data.memory_per_node_mb
+        return PLACEHOLDER_MEMORY_PER_NODE_MB if stated is None else stated
+
+    def memory_per_core(self) -> CoreMemory:
+        """RAM per core, for the memory limit of a job without minRamCount: the node's memory over its cores
+        where site.yaml states both, else (its figures would be placeholders) this machine's own."""
+        if not (self.data.cores_per_node and self.data.memory_per_node_mb):
+            return machine_memory_per_core()
+        memory, cores = self.memory_per_node_mb(), self.cores_per_node()
+        return CoreMemory(memory / cores, f"site {self.name}: {memory} MB / {cores} cores per node")
 
     def describe(self) -> str:
         """One line for humans: what the site is and how it runs."""
@@ -372,6 +405,7 @@ HOOKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "signal_margin_seconds": (),
     "cores_per_node": (),
     "memory_per_node_mb": (),
+    "memory_per_core": (),
     "describe": (),
 })
 

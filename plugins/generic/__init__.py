@@ -1,16 +1,15 @@
 """The fallback site: no scheduler assumed, mpiexec, scratch in $TMPDIR or the system temp dir."""
 import os
 
-import psutil
-
-from hpcpilot.sites import Site
+from hpcpilot.sites import Site, machine_memory_mb
 
 
 class GenericSite(Site):
-    """Generic: never detected (it is what remains); sizes are measured on this machine."""
+    """Generic: never detected (it is what remains); sizes are measured on this machine (its site.yaml states
+    none, so its RAM per core is this machine's too)."""
 
     def cores_per_node(self) -> int:
         return len(os.sched_getaffinity(0))
 
     def memory_per_node_mb(self) -> int:
-        return psutil.virtual_memory().total // (1024 * 1024)
+        return machine_memory_mb()

@@ -20,6 +20,7 @@ def test_site_loads_with_every_hook_and_its_own_name(registered_site):
     assert registered_site.scheduler() in SCHEDULERS
     assert registered_site.cores_per_node() >= 1
     assert registered_site.memory_per_node_mb() >= 1
+    assert registered_site.memory_per_core().mb > 0
 
 
 def test_describe_is_one_line_naming_scheduler_and_launcher(registered_site):
