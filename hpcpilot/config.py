@@ -61,8 +61,10 @@ class Limits:
     looping_interval: float = 900.0
     walltime_default: int | None = None  # for jobs without maxWalltime; None: no limit
     kill_grace: float = 10.0  # SIGTERM to SIGKILL
-    memory_grace: float = 2.0  # times minRamCount (MB)
-    memory_limit_mb: int | None = None  # overrides the job's own
+    # A payload's PSS limit: memory_limit_mb; else minRamCount x memory_grace; else, for a job without
+    # minRamCount, memory_grace x the site's RAM per core x the job's cores (Monitor.memory_limit).
+    memory_grace: float = 2.0  # 0: no limit from minRamCount or RAM per core
+    memory_limit_mb: int | None = None  # one limit for every payload, before both; None or 0: none
     looping_limit: float = 7200.0  # no file in scratch modified for this long
     min_free_space_mb: int = 1024
     max_stdout_mb: int = 2048

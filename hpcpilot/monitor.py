@@ -23,6 +23,7 @@ from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
 from .proctree import LeftoverSweep, ProcTable, read_proc_table
+from .sites import CoreMemory
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,30 @@ class Watch:
         return time.monotonic() - self.started
 
 
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A payload's PSS limit and where it comes from (the job log says both: why a payload was killed)."""
+
+    mb: float
+    source: str
+
+    @property
+    def kb(self) -> int:
+        return int(self.mb * 1024)
+
+    def __str__(self) -> str:
+        return f"{self.mb:.1f} MB PSS: {self.source}"
+
+
 class Monitor:
     """Watches every running payload of a rank from one background thread."""
 
-    def __init__(self, limits: Limits, kill: Callable[[JobRun], None], sweep_interval: float = SWEEP_INTERVAL):
+    def __init__(self, limits: Limits, kill: Callable[[JobRun], None], sweep_interval: float = SWEEP_INTERVAL,
+                 core_memory: CoreMemory | None = None):
+        """``core_memory``: the site's RAM per core, for jobs without minRamCount (None: those get no limit)."""
         self.limits = limits
         self.kill = kill
+        self.core_memory = core_memory
         self.sweep_interval = sweep_interval
         self._leftovers = LeftoverSweep()
         self._next_sweep = time.monotonic() + sweep_interval
@@ -150,11 +169,24 @@ class Monitor:
             return PilotError(ErrorCode.WALLTIME, f"walltime {watch.elapsed():.1f} s exceeded limit {limit} s")
         return None
 
-    def memory_limit_kb(self, run: JobRun) -> int | None:
+    def memory_limit(self, run: JobRun) -> MemoryLimit | None:
+        """Pilot 3's order: the configured limit, else the job's minRamCount x memory_grace, else memory_grace x
+        RAM per core x the cores the job runs on. None when there is none (a 0 limit, e.g. memory_grace 0, is
+        none too)."""
+        limit = self._memory_limit(run)
+        return limit if limit is not None and limit.kb > 0 else None
+
+    def _memory_limit(self, run: JobRun) -> MemoryLimit | None:
+        grace = self.limits.memory_grace
         if self.limits.memory_limit_mb:
-            return self.limits.memory_limit_mb * 1024
+            return MemoryLimit(self.limits.memory_limit_mb, "limits.memory_limit_mb")
         if run.spec.min_ram_mb:
-            return int(run.spec.min_ram_mb * self.limits.memory_grace * 1024)
+            return MemoryLimit(run.spec.min_ram_mb * grace, f"minRamCount {run.spec.min_ram_mb} MB x memory_grace "
+                               f"{grace:g}")
+        if self.core_memory is not None:
+            per_core = self.core_memory
+            return MemoryLimit(grace * per_core.mb * run.cores, f"no minRamCount: memory_grace {grace:g} x "
+                               f"{per_core.mb:.1f} MB per core ({per_core.origin}) x {run.cores} core(s)")
         return None
 
     def _memory(self, watch: Watch, table: ProcTable | None) -> PilotError | None:
@@ -163,11 +195,11 @@ class Monitor:
             return None
         sample = process.tree.sample(table)
         watch.series.add(sample)
-        limit = self.memory_limit_kb(watch.run)
+        limit = self.memory_limit(watch.run)
         used = sample.pss or sample.rss
-        if limit and used > limit:
+        if limit is not None and used > limit.kb:
             return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_mb(used * 1024)} exceeded limit "
-                              f"{_mb(limit * 1024)} after {watch.elapsed():.0f} s")
+                              f"{_mb(limit.kb * 1024)} after {watch.elapsed():.0f} s")
         return None
 
     def space_shortage(self, scratch: Path) -> PilotError | None:

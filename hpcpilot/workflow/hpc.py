@@ -203,7 +203,8 @@ def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int, host
 def _rank_context(config: Config, access_point: AccessPoint, rank: int, site: Site) -> RankContext:
     router = JobLogRouter(rank)
     logging.getLogger("hpcpilot").addHandler(router)
-    monitor = Monitor(config.limits, kill=lambda run: terminate_in_background(run, config.limits.kill_grace))
+    monitor = Monitor(config.limits, kill=lambda run: terminate_in_background(run, config.limits.kill_grace),
+                      core_memory=site.memory_per_core())
     if rank == 0:
         log.info("site %s: %s", site.name, site.describe())
     return RankContext(config, access_point, EventStatusPublisher(access_point), rank, socket.gethostname(),

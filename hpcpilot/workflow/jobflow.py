@@ -77,7 +77,8 @@ def begin(ctx: RankContext, run: JobRun) -> None:
         ctx.log_router.open(run.pandaid)
         job_log = job_logger(ctx, run)
         job_log.detail("rank %d, %d core(s), scratch %s", ctx.rank, run.cores, run.scratch)
-        if run.cores < run.spec.core_count:  # ATHENA_PROC_NUMBER shrinks with it (its memory limit does not)
+        job_log.detail("memory limit %s", ctx.monitor.memory_limit(run) or "none")
+        if run.cores < run.spec.core_count:  # ATHENA_PROC_NUMBER shrinks with it (a minRamCount limit does not)
             job_log.warning("asks for %d cores, the rank has %d: runs on %d (raise --cores-per-rank)",
                             run.spec.core_count, run.cores, run.cores)
 

@@ -2,6 +2,7 @@
 process tree gone, while the other jobs of the worker finish normally."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_outputs, write_access_point
 
+from ..sites.conftest import install_outside_plugin
 from .conftest import run_pilot, tarball_members
 
 FAST_LIMITS = {
@@ -22,7 +24,14 @@ FAST_LIMITS = {
 }
 MARK = uuid.uuid4().hex[:8]  # in every payload command line, to find survivors
 WALLTIME, MEMORY, LOOPING, STDOUT, IGNORES_TERM, ORPHAN, NORMAL = 11, 12, 13, 14, 15, 16, 17
-ALLOCATE = f"{sys.executable} -c 'import time; x = bytearray(300 * 2**20); time.sleep(60)' {MARK}"
+
+
+def allocate(mb: int, seconds: int) -> str:
+    """A payload that holds ``mb`` MB for ``seconds``."""
+    return f"{sys.executable} -c 'import time; x = bytearray({mb} * 2**20); time.sleep({seconds})' {MARK}"
+
+
+ALLOCATE = allocate(300, 60)
 
 
 def busy(seconds: int) -> str:
@@ -64,6 +73,45 @@ def test_each_limit_ends_its_payload_with_its_code(tmp_path: Path) -> None:
     for pandaid in (ORPHAN, NORMAL):
         assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
     assert survivors() == []
+
+
+SMALL_NODES = "name: summit\ncores_per_node: 64\nmemory_per_node_mb: 3200\n"  # 50 MB per core
+
+
+@pytest.mark.timeout(180)
+def test_a_job_without_min_ram_is_limited_by_the_sites_ram_per_core(tmp_path: Path) -> None:
+    """At a site of 50 MB per core, a 1-core job without minRamCount may use 2 x 50 MB: holding 300 MB it is
+    killed with 1235, its job log saying where its limit came from; a job holding less finishes, and so does
+    one holding 300 MB whose minRamCount allows it (minRamCount comes first)."""
+    (tmp_path / "plugin").mkdir()
+    install_outside_plugin(tmp_path / "plugin", "from hpcpilot.sites import Site\n\nclass SummitSite(Site):\n"
+                           "    pass\n", SMALL_NODES)
+    over, under, own_ram = 41, 42, 43
+    ap = write_access_point(tmp_path / "ap", {
+        over: job_definition(over, ALLOCATE),
+        under: job_definition(under, allocate(20, 3)),
+        own_ram: job_definition(own_ram, allocate(300, 3), minRamCount=400),
+    })
+    repository = Path(__file__).resolve().parents[2]  # this checkout's hpcpilot, beside the outside plugin
+    env = {**FAST_LIMITS, "HPCPILOT_LIMITS__LOOPING_LIMIT": "60",  # the quiet payloads are not looping
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "plugin"), str(repository)])}
+    run = run_pilot(ap, "grid", "--site", "summit", "--cores-per-rank", "1", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(over)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1235), attributes
+    assert "exceeded limit 100.0 MB" in attributes["pilotErrorDiag"]
+    for pandaid in (under, own_ram):
+        assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
+    job_log = job_pilot_log(run, over)
+    assert job_log.count("memory limit") == 1
+    assert "memory limit 100.0 MB PSS: no minRamCount" in job_log and "site summit: 3200 MB / 64 cores" in job_log
+    assert "memory limit 800.0 MB PSS: minRamCount 400 MB" in job_pilot_log(run, own_ram)
+    assert survivors() == []
+
+
+def job_pilot_log(run, pandaid: int) -> str:
+    log_entry = next(e for e in run.declared(pandaid) if e["type"] == "log")
+    return tarball_members(Path(log_entry["path"]))["pilot.log"].decode()
 
 
 @pytest.mark.timeout(120)
