@@ -217,11 +217,15 @@ def render_batch_script(
 
 def add_batch_script_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hpcpilot batch-script``."""
-    parser.add_argument("--site", help="site name (default: detected here, else generic)")
-    parser.add_argument("--nodes", type=int, help="number of nodes (not needed with --harvester-template)")
-    parser.add_argument("--walltime", help="HH:MM:SS (not needed with --harvester-template)")
-    parser.add_argument("--access-point", help="absolute path of the access point (not needed with --harvester-template)")
-    parser.add_argument("--ranks-per-node", type=int, default=1, help="pilot ranks per node (default 1)")
+    parser.add_argument("--site", metavar="NAME", help="site name (default: detected here, else generic); see "
+                        "'hpcpilot sites'")
+    parser.add_argument("--nodes", type=int, metavar="N", help="number of nodes (not needed with --harvester-template)")
+    parser.add_argument("--walltime", metavar="HH:MM:SS", help="the batch job's time limit (not needed with "
+                        "--harvester-template)")
+    parser.add_argument("--access-point", metavar="DIR", help="absolute path of the access point (not needed with "
+                        "--harvester-template)")
+    parser.add_argument("--ranks-per-node", type=int, default=1, metavar="N",
+                        help="pilot ranks per node (default 1); each gets the node's cores / N")
     parser.add_argument("--cores-per-node", type=int, metavar="N",
                         help="cores per node, instead of the site's (not used with --harvester-template)")
     parser.add_argument("--harvester-template", action="store_true",
@@ -230,8 +234,11 @@ def add_batch_script_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra scheduler directive, e.g. --directive=--account=abc (repeatable)")
     parser.add_argument("--pilot-args", default="", metavar="'ARGS'",
                         help="extra arguments for the 'hpcpilot run' line, one shell-quoted string")
-    parser.add_argument("--signal-margin", type=int, help="seconds before the walltime limit to send SIGUSR1")
-    parser.add_argument("--output", "-o", help="write the script to this file (default: standard output)")
+    parser.add_argument("--signal-margin", type=int, metavar="SECONDS",
+                        help="seconds before the walltime limit to send SIGUSR1 (default: the site's, 300 for the "
+                             "sites shipped here)")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write the script to this file, replacing it (default: standard output)")
 
 
 def run_batch_script(args: argparse.Namespace) -> int:

@@ -32,17 +32,41 @@ YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
 these flags.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
-64 some job could not be declared in the access point, or a rank fell
-silent for rank_silence_limit (600 s: it died or hangs); 65 bad
-configuration or site; 66 the demo access point cannot be written; 70
-internal error; 77 access point unreadable or malformed; 81 the pilot's
-lifetime ran out; 82 no jobs; 128+N stopped by signal N."""
+2 bad command line; 64 some job could not be declared in the access point,
+hpcpilot_summary.json could not be written, or a rank fell silent for
+rank_silence_limit (600 s: it died or hangs); 65 bad configuration or site;
+66 the demo access point cannot be written; 70 internal error; 77 access
+point unreadable or malformed; 81 the pilot's lifetime ran out; 82 no jobs;
+128+N stopped by signal N (143 also for the stop file hpcpilot_stop)."""
+
+DEMO_DESCRIPTION = """\
+Write an access point laid out as Harvester lays it, with 16 jobs (--jobs;
+the 14th and 15th fail on purpose: a wrong input checksum, 1171, and a
+payload exit, 1305), and the jobs' input replicas in DIR-replicas beside it; run them as 'hpcpilot run'
+does, with the same options; print the outcome and where to look on standard
+output (the log, with the per-job table, goes to standard error).
+
+exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
+the demo access point cannot be written."""
+
+BATCH_SCRIPT_DESCRIPTION = """\
+Print a batch script that runs 'hpcpilot run' under the site's scheduler and
+launcher (standard output, or the file --output names): its directives, the
+SIGUSR1 before the walltime limit (Slurm's --signal, else a timer in the
+script), output files in the access point. With --harvester-template it
+keeps Harvester's placeholders ({nNode}, {accessPoint}, ...) for its
+submitter to fill in; --nodes, --walltime and --access-point are then not
+needed. Nothing is submitted.
+
+exit codes: 0 the script was written; 2 a bad request or site (the message
+says which)."""
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scratch", type=_path, metavar="DIR",
                         help="node-local directory for job scratch (default: the site's scratch candidates, then "
-                             "$TMPDIR, then the system temp dir)")
+                             "$TMPDIR, then the system temp dir; when none can be used, the access point's "
+                             ".hpcpilot/scratch, with a warning)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     parser.add_argument("--cores-per-rank", type=int, metavar="N",
                         help="cores each rank may use; payloads share them by coreCount "
@@ -59,7 +83,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "else generic); see 'hpcpilot sites'")
     parser.add_argument("--lifetime", type=float, metavar="SECONDS",
                         help="the pilot's lifetime (0: none of its own); the batch job's end time (Slurm, PBS, "
-                             "Cobalt) also counts, less a safety margin (lifetime_margin, default 180 s)")
+                             "Cobalt) also counts; the pilot stops lifetime_margin (default 180 s) before the "
+                             "earlier of the two")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     parser.add_argument("--mpi", action="store_true", help="initialise MPI even without a recognised launcher")
 
@@ -76,15 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "setting access_point)")
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write a demo access point (16 jobs) and run it",
-                               description="Write an access point laid out as Harvester lays it, with 16 "
-                               "jobs (two fail on purpose), run them, and print the per-job table.")
-    demo.add_argument("--dir", type=Path, metavar="DIR", help="where to write it (default: ./hpcpilot-demo-<time>)")
+                               description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--dir", type=Path, metavar="DIR",
+                      help="where to write it (default: ./hpcpilot-demo-<time>); the replicas go to DIR-replicas")
     demo.add_argument("--jobs", type=_at_least_one, default=16, metavar="N", help="number of jobs (default 16)")
     _add_run_options(demo)
     add_batch_script_arguments(commands.add_parser(
-        "batch-script", help="print a batch script (or Harvester template) that runs the pilot at a site"))
+        "batch-script", help="print a batch script (or Harvester template) that runs the pilot at a site",
+        description=BATCH_SCRIPT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     commands.add_parser("sites", help="list the site plugins; * marks the one detected here",
-                        description="List the site plugins registered under the entry point group hpcpilot.sites.")
+                        description="List the site plugins registered under the entry point group hpcpilot.sites, "
+                        "one line each (scheduler, launcher, cores and memory per node, scratch, container "
+                        "runtimes); * marks the one 'hpcpilot run' would choose here. Exit codes: 0; 65 when "
+                        "two packages register one name.")
     return parser
 
 
