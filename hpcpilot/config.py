@@ -1,8 +1,13 @@
 """Typed configuration: defaults < YAML file < HPCPILOT_* environment < command line.
 
+The settings and their defaults are the fields of ``Config`` and of its
+sections ``files`` (``HarvesterFiles``) and ``limits`` (``Limits``). The
+YAML file is the one ``--config`` or ``$HPCPILOT_CONFIG`` names.
 Top-level settings map to ``HPCPILOT_<NAME>``; settings of a section map to
 ``HPCPILOT_<SECTION>__<NAME>`` (two underscores), e.g.
-``HPCPILOT_FILES__JOB_SPEC=pandaJobData.out``.
+``HPCPILOT_FILES__JOB_SPEC=pandaJobData.out``. An unknown setting, in the
+file or the environment, is a ConfigError naming the known ones; the
+variables the pilot sets for its payloads (``_NOT_SETTINGS``) are not read.
 """
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ class AccessPointClient:
         """Ask Harvester for ``n_ranges`` event ranges of the job (``worker_requestevents.json``).
 
         ``task_id``/``jobset_id`` default to the job definition's. False when an earlier request is still
-        there (Harvester deletes it once served): nothing is written, ask again later.
+        there (Harvester deletes it once served): nothing is written, ask again later. TypeError when
+        ``n_ranges`` is not an int, ValueError when it is under 1.
         """
         self._check_known(pandaid)
         if isinstance(n_ranges, bool) or not isinstance(n_ranges, int):
