@@ -42,9 +42,10 @@ point unreadable or malformed; 81 the pilot's lifetime ran out; 82 no jobs;
 DEMO_DESCRIPTION = """\
 Write an access point laid out as Harvester lays it, with 16 jobs (--jobs;
 the 14th and 15th fail on purpose: a wrong input checksum, 1171, and a
-payload exit, 1305), and the jobs' input replicas in DIR-replicas beside it; run them as 'hpcpilot run'
-does, with the same options; print the outcome and where to look on standard
-output (the log, with the per-job table, goes to standard error).
+payload exit, 1305), and the jobs' input replicas in DIR-replicas beside
+it; run them as 'hpcpilot run' does, with the same options; print the
+outcome and where to look on standard output (the log, with the per-job
+table, goes to standard error).
 
 exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
 the demo access point cannot be written."""
