@@ -45,7 +45,6 @@ POOL_FILE_CATALOG = "PoolFileCatalog.xml"
 MAX_OUTPUT_BYTES = 500 << 30  # Pilot 3's limit (PROTOCOL.md, section 5): a larger output is refused with 1124
 
 TimeLimit = Callable[[int], float]  # the seconds a file of so many bytes may take to stage (Limits.transfer_timeout)
-UNKNOWN_SIZE = 1 << 62  # a file's size for its time limit when nothing says it: the longest limit
 
 
 def no_time_limit(size: int) -> float:
@@ -144,15 +143,6 @@ def size_for_time_limit(expected: int | None, source: Path) -> int:
         return source.stat().st_size
     except OSError:
         return 0
-
-
-def stage_in_allowance(job: JobSpec, time_limit: TimeLimit) -> float:
-    """The seconds a job's whole stage-in may take before it counts as hung rather than slow: its inputs' own
-    time limits, one after the other (an input of unknown size gets the longest one), and one fixed part more
-    for the work around the copies. A slow copy ends at its own limit within a chunk; only a system call
-    that never returns gets past this."""
-    return time_limit(0) + sum(time_limit(UNKNOWN_SIZE if spec.fsize is None else spec.fsize)
-                               for spec in job.inputs)
 
 
 def _worth_a_thread(inputs: tuple[FileSpec, ...]) -> bool:

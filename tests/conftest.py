@@ -73,6 +73,11 @@ def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
                 process.wait()
 
 
+def mounts_below(directory: Path) -> list[str]:
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{directory}/")]
+
+
 def _wait_for_mount(mountpoint: Path, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 15
     while not os.path.ismount(mountpoint):

@@ -428,9 +428,9 @@ class RankEventWork:
     def _stage_in(self) -> None:
         """Every rank copies the inputs, which may take minutes, while it keeps its watch; a copy stuck past all
         the inputs' time limits (a hung filesystem) fails the job, or at a stop counts as not started."""
-        allowance = staging.stage_in_allowance(self.run.spec, self.ctx.config.limits.transfer_timeout)
         try:
-            self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run), allowance)
+            self.keeping_alive(lambda: jobflow.stage_in(self.ctx, self.run),
+                               jobflow.stage_in_allowance(self.ctx, self.run))
         except Hung as hung:
             self.run.fail(jobflow.stage_in_hung(self.ctx, self.run, hung.waited))
 

@@ -37,6 +37,7 @@ from ..stopping import StopEvent
 log = logging.getLogger(__name__)
 
 PILOT_LOG_NAME = "pilot.log"
+UNKNOWN_SIZE = 1 << 62  # an input's size for its time limit when its definition gives none: the longest limit
 
 
 def job_logger(ctx: RankContext, run: JobRun) -> JobLog:
@@ -109,6 +110,24 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
             run.fail(ctx.stopping.request.not_started())
             return
         job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
+
+
+def stage_in_allowance(ctx: RankContext, run: JobRun) -> float:
+    """The seconds the job's stage-in may take before it counts as hung rather than slow: its inputs' own time
+    limits, one after the other (one of unknown size gets the longest), and one fixed part more for the work
+    around the copies. A slow copy ends at its own limit within a chunk; only a system call that never
+    returns gets past this."""
+    limit = ctx.config.limits.transfer_timeout
+    return limit(0) + sum(limit(UNKNOWN_SIZE if spec.fsize is None else spec.fsize) for spec in run.spec.inputs)
+
+
+def stage_out_allowance(ctx: RankContext, run: JobRun) -> float:
+    """The same for its stage-out: the time limits of its outputs and of the payload outputs its log tarball
+    packs, by their sizes in scratch, and one fixed part more for the tarball's other files and the
+    declarations."""
+    limit = ctx.config.limits.transfer_timeout
+    names = [*(spec.lfn for spec in run.spec.outputs), *PAYLOAD_OUTPUTS]
+    return limit(0) + sum(limit(_size_in(run.scratch, name)) for name in names)
 
 
 def stage_in_hung(ctx: RankContext, run: JobRun, waited: float) -> PilotError:

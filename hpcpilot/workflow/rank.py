@@ -7,33 +7,36 @@ last jobs' stage-out overlap them, so the
 cores wait for I/O as little as possible. Only the calling (main) thread
 touches MPI: it runs the loop below and calls ``tick`` between events.
 
-A stage-in that outlasts all its inputs' time limits is stuck in a system
-call that a hung shared filesystem never answers (a slow copy ends at its
-own limit): the main thread declares the job failed without it and leaves
-its thread behind (see workers).
+A stage-in or stage-out that outlasts all its files' time limits is stuck in
+a system call that a hung shared filesystem never answers (a slow copy ends
+at its own limit): the main thread gives up on it and leaves its thread
+behind (see workers). A job given up on in stage-in is declared failed; one
+given up on in stage-out stays undeclared, as its declaration may be what
+hangs (exit code 64).
 """
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
 import traceback
 from collections import deque
 from typing import Callable
 
-from ..errors import ErrorCode, PilotError
+from ..errors import ErrorCode, ExitCode, PilotError
 from ..jobs import JobSpec
 from ..jobstate import JobResult, JobRun
 from ..lifetime import Deadline
-from ..staging import stage_in_allowance
 from ..stopping import StopRequest
 from . import jobflow
 from .jobflow import RankContext
-from .workers import HangClock, Workers
+from .workers import HangClock, HangWatch, Workers
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
+WATCHED_PHASES = ("stagein", "stageout")  # file work that a hung filesystem can keep for ever
 PREFETCH = 2  # jobs staged in ahead of free cores
 
 
@@ -48,7 +51,8 @@ class RankRunner:
         self.deadline = deadline
         self.waiting = deque(JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores)) for job in jobs)
         self.staging: dict[int, JobRun] = {}
-        self.stagein_clocks: dict[int, HangClock] = {}  # started by the stage-in's thread
+        self.hangs = HangWatch()  # the stage-ins and stage-outs under way
+        self.given_up: set[int] = set()  # in stage-out: left undeclared
         self.ready: deque[JobRun] = deque()
         self.running: dict[int, JobRun] = {}
         self.stopping: StopRequest | None = None
@@ -73,7 +77,7 @@ class RankRunner:
                     pass
                 if time.monotonic() >= next_tick:
                     tick()
-                    self._give_up_hung_stageins()
+                    self._give_up_on_the_hung()
                     next_tick = time.monotonic() + TICK_SECONDS / 2
         finally:
             self.pool.close()
@@ -99,8 +103,7 @@ class RankRunner:
         """Graceful stop: nothing new starts, running payloads end, every job is declared."""
         self.stopping = request
         not_started = request.not_started()
-        for clock in list(self.stagein_clocks.values()):  # a stage-in ends within a chunk of its copy at a stop
-            clock.stop()
+        self.hangs.stop()  # a stage-in ends within a chunk of its copy at a stop (a stage-out goes on)
         while self.waiting:
             run = self.waiting.popleft()
             run.fail(not_started)
@@ -119,17 +122,21 @@ class RankRunner:
     def _stop_grace(self) -> float:
         return self.ctx.config.stop_bound / 3
 
-    def _start_stagein_clock(self, run: JobRun) -> None:
-        clock = HangClock(stage_in_allowance(run.spec, self.ctx.config.limits.transfer_timeout), self._stop_grace())
+    def _start_clock(self, phase: str, run: JobRun) -> None:
+        if phase == "stagein":
+            clock = HangClock(jobflow.stage_in_allowance(self.ctx, run), self._stop_grace())
+        else:  # a job's outputs go out despite a stop: they are its work done
+            clock = HangClock(jobflow.stage_out_allowance(self.ctx, run), stop_grace=math.inf)
         if self.stopping:
             clock.stop()
-        self.stagein_clocks[run.pandaid] = clock
+        self.hangs.start(phase, run, clock)
 
-    def _give_up_hung_stageins(self) -> None:
-        for pandaid, clock in list(self.stagein_clocks.items()):
-            if clock.overrun() and (run := self.staging.pop(pandaid, None)) is not None:
-                del self.stagein_clocks[pandaid]
-                self._give_up_on_stagein(run, clock.waited())
+    def _give_up_on_the_hung(self) -> None:
+        for phase, run, waited in self.hangs.overrun():
+            if phase == "stagein" and self.staging.pop(run.pandaid, None) is not None:
+                self._give_up_on_stagein(run, waited)
+            elif phase == "stageout":
+                self._give_up_on_stageout(run, waited)
 
     def _give_up_on_stagein(self, run: JobRun, waited: float) -> None:
         """Declare the job failed without its stage-in, whose thread stays stuck where it is; another thread
@@ -139,9 +146,21 @@ class RankRunner:
         self.pool.add()
         self._submit("stageout", run)
 
+    def _give_up_on_stageout(self, run: JobRun, waited: float) -> None:
+        """Count the job as ended but undeclared: Harvester fails it with the worker, or a rerun on this access
+        point runs it again (declaring it from here could hang as well, or race its thread's declaration)."""
+        log.error("job %d: stage-out hung for %.0f s, a system call on its files never returned: leaving the job "
+                  "undeclared (exit code %d), its thread behind; check the filesystem of %s", run.pandaid, waited,
+                  ExitCode.SITE_PROBLEM, self.ctx.access_point.job_dir(run.pandaid))
+        self.given_up.add(run.pandaid)
+        self.pool.add()
+        self.unfinished -= 1
+        self.report(JobResult.of_run(run))
+
     def _advance(self, phase: str, run: JobRun) -> None:
+        if phase in WATCHED_PHASES:
+            self.hangs.end(phase, run.pandaid)
         if phase == "stagein":
-            self.stagein_clocks.pop(run.pandaid, None)
             if self.staging.pop(run.pandaid, None) is None:
                 return  # given up on as hung, and declared
             if self.stopping and not run.failed:
@@ -153,7 +172,7 @@ class RankRunner:
         elif phase == "payload":  # its thread goes on with the stage-out
             self.free_cores += run.cores
             self.running.pop(run.pandaid, None)
-        else:  # stageout or abandon: the job is declared
+        elif run.pandaid not in self.given_up:  # stageout or abandon: the job is declared
             self.unfinished -= 1
             self.report(JobResult.of_run(run))
 
@@ -163,9 +182,9 @@ class RankRunner:
     def _run_phase(self, phase: str, run: JobRun) -> None:
         """One phase in a pool thread; after a payload, its stage-out follows in the same thread (one
         hand-over less per job), once the main thread has been told that the cores are free."""
-        if phase == "stagein":
-            self._start_stagein_clock(run)
         for step in (phase, "stageout") if phase == "payload" else (phase,):
+            if step in WATCHED_PHASES:
+                self._start_clock(step, run)
             try:
                 self._run_guarded(step, run)
             finally:

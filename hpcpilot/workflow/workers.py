@@ -70,6 +70,33 @@ class HangClock:
         return time.monotonic() - self.started
 
 
+class HangWatch:
+    """The job phases under way that may hang, each with its clock (started by the phase's own thread); a job
+    (anything with a ``pandaid``) is in one such phase at a time."""
+
+    def __init__(self) -> None:
+        self._clocks: dict[int, tuple[str, Any, HangClock]] = {}
+
+    def start(self, phase: str, run: Any, clock: HangClock) -> None:
+        self._clocks[run.pandaid] = (phase, run, clock)
+
+    def end(self, phase: str, pandaid: int) -> None:
+        """(A phase given up on may end long after the job's next one has begun.)"""
+        if self._clocks.get(pandaid, ("",))[0] == phase:
+            del self._clocks[pandaid]
+
+    def stop(self) -> None:
+        for _, _, clock in list(self._clocks.values()):
+            clock.stop()
+
+    def overrun(self) -> list[tuple[str, Any, float]]:
+        """The phases past their clocks (phase, run, seconds waited), no longer watched."""
+        late = [(pandaid, entry) for pandaid, entry in list(self._clocks.items()) if entry[2].overrun()]
+        for pandaid, _ in late:
+            del self._clocks[pandaid]
+        return [(phase, run, clock.waited()) for _, (phase, run, clock) in late]
+
+
 class Hung(Exception):
     """Work given up on after ``waited`` seconds: its thread is stuck in a system call."""
 

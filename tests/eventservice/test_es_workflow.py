@@ -18,6 +18,7 @@ from fake_harvester import FakeHarvester
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from hpcpilot.eventservice.reference_payload import HEADER, event_summary
+from tests.conftest import mounts_below
 from tests.e2e.conftest import communicate_or_kill, run_pilot
 
 PANDAID = 7001
@@ -608,11 +609,6 @@ def test_a_range_output_copy_that_never_returns_fails_its_range_and_the_job_goes
     attributes = run.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["nEventRangesFinished"], attributes["nEventRangesFailed"]) == \
         ("finished", 5, 1), attributes
-
-
-def mounts_below(directory: Path) -> list[str]:
-    with open("/proc/self/mounts") as mounts:
-        return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{directory}/")]
 
 
 def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:

@@ -1,7 +1,8 @@
-"""An input read that never returns (a hung shared filesystem: a dead Lustre OST, a hard NFS mount whose server
-is gone) must not hang the pilot. The slow FUSE filesystem (tests/slowfs.py) answers no read for an hour here; a
-real pilot on 2 ranks gives up on the stage-in once it outlasts all its inputs' time limits, declares the job
-failed with 1151, runs the other jobs and declares all; at a stop it does so within its stop bound.
+"""A read that never returns (a hung shared filesystem: a dead Lustre OST, a hard NFS mount whose server is gone)
+must not hang the pilot. The slow FUSE filesystem (tests/slowfs.py) answers no read for an hour here. A real
+pilot on 2 ranks gives up on a stage-in once it outlasts all its inputs' time limits, declares the job failed
+with 1151, runs the other jobs and declares all; at a stop it does so within its stop bound. It gives up on a
+stage-out the same way, and leaves that job undeclared (exit code 64).
 
 The pilot's processes end only once the filesystem answers: a thread in a FUSE read that the server has taken
 waits for its answer in a sleep no signal ends (a hung Lustre or NFS read may do the same), and a process ends
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.accesspoint_writer import job_definition, with_inputs, write_access_point
+from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 from tests.e2e.conftest import run_pilot
 from tests.multirank.test_graceful_stop import start_pilot
 from tests.multirank.test_stagein_timeout import TINY_LIMITS
 from tests.multirank.test_stop_during_stagein import (ES_JOB, SIZE, assert_declared_not_started, partial_copies,
                                                       stop_one_rank, with_slow_input)
 from tests.multirank.test_graceful_stop import finish
+from tests.conftest import mounts_below
 
 HUNG_JOB, QUICK_JOB = 8201, 8202
 NO_ANSWER = 3600.0  # seconds per read: none comes while the test runs
@@ -95,6 +97,32 @@ def test_an_event_service_jobs_hung_input_fails_the_job_with_1151_and_the_pilot_
     attributes = run.attributes(ES_JOB)
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1151), attributes
     assert attributes["pilotErrorDiag"].startswith("stage-in hung: no answer from the filesystem after "), attributes
+
+
+@pytest.mark.timeout(150)
+def test_an_output_read_that_never_returns_leaves_its_job_undeclared_and_the_pilot_ends(tmp_path: Path,
+                                                                                       slow_file) -> None:
+    """The payload bind-mounts the hung file onto its output, so the output's copy never returns: the pilot
+    gives up on the stage-out, leaves that job undeclared (its declaration could hang too), and ends with 64;
+    the other job is declared."""
+    if os.geteuid() != 0:
+        pytest.skip("the payload bind-mounts the hung file into its scratch: needs root")
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    hung = with_outputs(job_definition(HUNG_JOB, f"touch out.dat && mount --bind {replica} out.dat"), ["out.dat"])
+    quick = with_outputs(job_definition(QUICK_JOB, "echo done > out.dat"), ["out.dat"])
+    ap = write_access_point(tmp_path / "ap", {HUNG_JOB: hung, QUICK_JOB: quick})
+    scratch = tmp_path / "scratch"
+    summary = ServedUntilSummary(ap, slow_file.server(replica))
+    try:
+        run = run_pilot(ap, "mpi2", "--scratch", str(scratch), env=env_with(TINY_LIMITS), timeout=90)
+    finally:
+        for mountpoint in mounts_below(scratch):
+            subprocess.run(["umount", "-l", mountpoint], check=False)
+    assert summary.seconds() < 2 * ALLOWANCE + 45, "the hung stage-out was waited for"
+    assert run.returncode == 64 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"job {HUNG_JOB}: stage-out hung for" in run.stderr and "leaving the job undeclared" in run.stderr
+    assert [job["pandaid"] for job in run.summary()["jobs"] if not job["declared"]] == [HUNG_JOB]
+    assert run.attributes(QUICK_JOB)["jobStatus"] == "finished"
 
 
 def wait_for_a_stagein(scratch: Path, pilot) -> None:
