@@ -96,7 +96,7 @@ class Config:
     site_name: str = ""
     lifetime: float | None = None  # seconds from start; the batch system's end time also counts
     lifetime_margin: float = 180.0  # stop this long before the end
-    stop_bound: float = 45.0  # a graceful stop completes within this
+    stop_bound: float = 45.0  # a graceful stop's own waits: a third each for payloads' ends and hung stage-ins
     heartbeat_interval: float = 60.0
     declare_running_after: float = 60.0  # a payload running this long is declared running (0: at its start)
     final_flush_wait: float = 10.0  # at the end, how long to wait for Harvester to take a dump still there
