@@ -240,7 +240,8 @@ class RankMemoryWatch:
         self.marker = marker
         self.interval = interval
         self.peaks: dict[int, int] = {}  # rank -> peak kB
-        self._rank_of: dict[int, int | None] = {}
+        self._rank_of: dict[tuple[int, str], int | None] = {}  # by pid and command line: a pid seen before its
+        # exec (the launcher's proxy forking a rank) is another process after it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -267,9 +268,14 @@ class RankMemoryWatch:
             self._stop.wait(self.interval)
 
     def _sample(self, child: Any) -> None:
-        rank = self._rank_of.get(child.pid, -1)
+        try:
+            command = " ".join(child.cmdline())
+        except Exception:  # vanished meanwhile
+            return
+        key = (child.pid, command)
+        rank = self._rank_of.get(key, -1)
         if rank == -1:
-            rank = self._rank_of[child.pid] = _pilot_rank(child, self.marker)
+            rank = self._rank_of[key] = _pilot_rank(child, command, self.marker)
         if rank is None:
             return
         peak = _vm_hwm_kb(child.pid)
@@ -277,12 +283,12 @@ class RankMemoryWatch:
             self.peaks[rank] = max(self.peaks.get(rank, 0), peak)
 
 
-def _pilot_rank(child: Any, marker: str) -> int | None:
-    """The MPI rank of a pilot rank process, None for anything else (launcher, proxies, payloads)."""
+def _pilot_rank(child: Any, command: str, marker: str) -> int | None:
+    """The MPI rank of a pilot rank process (``command``: its command line), None for anything else (launcher,
+    proxies, payloads)."""
+    if marker not in command or "hpcpilot.guard" in command:  # a rank's payload guard is not the rank
+        return None
     try:
-        command = " ".join(child.cmdline())
-        if marker not in command or "hpcpilot.guard" in command:  # a rank's payload guard is not the rank
-            return None
         environ = child.environ()
     except Exception:  # vanished or not ours: not a rank we can watch
         return None
