@@ -263,6 +263,15 @@ class AccessPoint:
         and a rank the launcher cannot end (hung in the kernel) would otherwise hold the allocation."""
         write_json(self.root / self.files.kill_worker, {"reason": reason, "time": time.time()})
 
+    def withdraw_kill_request(self) -> bool:
+        """Remove a kill request an earlier run of this worker left (e.g. before the batch system requeued the
+        job): Harvester would cancel this run for it. True if there was one."""
+        try:
+            (self.root / self.files.kill_worker).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
     def touch_heartbeat(self) -> None:
         path = self.root / self.files.heartbeat
         write_json(path, {"time": time.time()}, fsync=False)

@@ -60,6 +60,8 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     plan, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status
+    if comm.rank == 0:
+        _withdraw_earlier_kill_request(access_point)
     ctx = _rank_context(config, access_point, comm.rank, site)
     if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
         ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
@@ -89,6 +91,16 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)
+
+
+def _withdraw_earlier_kill_request(access_point: AccessPoint) -> None:
+    try:
+        if access_point.withdraw_kill_request():
+            log.warning("removed %s, left by an earlier run of this worker that gave up: Harvester would cancel "
+                        "this run for it", access_point.files.kill_worker)
+    except OSError as error:
+        log.warning("cannot remove the earlier run's %s (%s): Harvester may cancel this run for it",
+                    access_point.files.kill_worker, error.strerror)
 
 
 def _wrap_up(ctx: RankContext) -> None:

@@ -247,6 +247,20 @@ def test_unconsumed_event_status_is_not_overwritten(tmp_path: Path) -> None:
     assert "Harvester has not yet taken" in run.stderr
 
 
+@pytest.mark.timeout(120)
+def test_a_kill_request_left_by_an_earlier_run_is_withdrawn(tmp_path: Path) -> None:
+    """A run that gave up asked Harvester to cancel the worker; when the batch system runs the worker again
+    (a requeue), that request would get the new run cancelled, so the new run removes it and says so."""
+    definition, data = copy_job(951)
+    ap = write_access_point(tmp_path / "ap", {951: definition}, {951: data})
+    (ap / "kill_worker.json").write_text('{"reason": "rank 1 not heard from for 600 s", "time": 1}')
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (ap / "kill_worker.json").exists()
+    assert "removed kill_worker.json, left by an earlier run of this worker" in run.stderr
+    assert run.attributes(951)["jobStatus"] == "finished"
+
+
 @pytest.mark.timeout(60)
 def test_worker_exit_codes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
