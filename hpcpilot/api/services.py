@@ -6,8 +6,9 @@ does for its payloads, in the keys Harvester forwards to PanDA::
     import subprocess, time
     from hpcpilot.api.services import ProcessMonitor, batch_end_time, error_message
 
-    process = subprocess.Popen(["athena.py", "job.py"], start_new_session=True)
-    monitor = ProcessMonitor(process.pid)
+    environment = ProcessMonitor.environment()  # os.environ with the monitor's tracking token
+    process = subprocess.Popen(["athena.py", "job.py"], env=environment, start_new_session=True)
+    monitor = ProcessMonitor(process.pid, environment=environment)
     while process.poll() is None:
         monitor.sample()          # the process and every descendant: memory in kB, I/O in bytes
         time.sleep(60)
@@ -28,7 +29,7 @@ from ..errors import ErrorCode, ExitCode
 from ..lifetime import batch_end_time as _batch_end_time
 from ..lifetime import batch_id
 from ..memorymonitor import MemorySeries
-from ..proctree import ProcessTree, TreeSample, new_token
+from ..proctree import TOKEN_ENV, ProcessTree, TreeSample, new_token
 
 __all__ = ["ErrorCode", "ExitCode", "ProcessMonitor", "TreeSample", "batch_end_time", "batch_job_id",
            "error_message"]
@@ -38,16 +39,28 @@ class ProcessMonitor:
     """prmon's accounting of one process and its descendants, also those that left its process group.
 
     Start the process with ``start_new_session=True``: what runs in its
-    session is counted even once its parent has exited. ``timeseries_path``
-    gets one tab-separated line per sample (prmon's layout). I/O rates are
-    per second since the monitor was made: make it as the process starts.
+    session is counted even once its parent has exited. Start it with
+    ``environment()`` too, and pass that here: a process that leaves the
+    session as well (a daemon's double fork and setsid) is then found by the
+    token it inherited. ``timeseries_path`` gets one tab-separated line per
+    sample (prmon's layout). I/O rates are per second since the monitor was
+    made: make it as the process starts.
     """
 
-    def __init__(self, pid: int, timeseries_path: Path | None = None):
+    def __init__(self, pid: int, timeseries_path: Path | None = None, environment: Mapping[str, str] | None = None):
         if not _exists(pid):
             raise ProcessLookupError(f"no process {pid} to monitor: start it first, then pass its pid")
-        self._tree = ProcessTree(pid, new_token())
+        token = (environment or {}).get(TOKEN_ENV)
+        if environment is not None and not token:
+            raise ValueError(f"the environment given has no {TOKEN_ENV}: make it with ProcessMonitor.environment()")
+        self._tree = ProcessTree(pid, token or new_token())
         self._series = MemorySeries(timeseries_path, start_time=time.time())  # rates: since the monitor began
+
+    @staticmethod
+    def environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A copy of ``base`` (default: this process's environment) with a new tracking token in it, for the
+        process to monitor and then for the monitor."""
+        return {**(os.environ if base is None else base), TOKEN_ENV: new_token()}
 
     def sample(self) -> TreeSample:
         """The tree's summed memory (kB) and I/O (bytes) now, also kept for ``summary`` unless the tree has

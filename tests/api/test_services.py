@@ -1,6 +1,7 @@
 """hpcpilot.api.services as a payload wrapper calls it: a real process tree, the batch environment, the codes."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -69,6 +70,48 @@ def test_a_sample_after_the_process_ended_leaves_the_summary_as_it_was(tmp_path:
     assert monitor.sample().nprocs == 0
     assert monitor.summary() == before
     assert len((tmp_path / "series.tsv").read_text().splitlines()) == 2  # the header and the one sample
+
+
+# A parent starts a daemon (double fork, setsid: out of its session) that holds 40 MB; both wait for "done".
+ESCAPING = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        held = bytearray(40 << 20)
+        for i in range(0, len(held), 4096): held[i] = 1
+        open(os.path.join(sys.argv[1], "ready"), "w").close()
+        while not os.path.exists(os.path.join(sys.argv[1], "done")): time.sleep(0.05)
+    os._exit(0)
+while not os.path.exists(os.path.join(sys.argv[1], "done")): time.sleep(0.05)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_daemon_that_left_the_session_is_counted_by_the_environments_token(tmp_path: Path, tracked: bool) -> None:
+    environment = ProcessMonitor.environment() if tracked else None
+    process = subprocess.Popen([sys.executable, "-c", ESCAPING, str(tmp_path)], env=environment,
+                               start_new_session=True)
+    try:
+        monitor = ProcessMonitor(process.pid, environment=environment)
+        give_up = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < give_up and process.poll() is None, "the daemon did not start"
+            time.sleep(0.05)
+        sample = monitor.sample()
+    finally:
+        (tmp_path / "done").touch()
+        process.wait(timeout=30)
+    if tracked:
+        assert sample.nprocs == 2 and sample.rss >= 40 * MB // 1024, sample
+    else:  # without the token nothing leads from the process to the daemon
+        assert sample.nprocs == 1 and sample.rss < 40 * MB // 1024, sample
+
+
+def test_an_environment_without_the_token_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match="make it with ProcessMonitor.environment"):
+        ProcessMonitor(os.getpid(), environment={"PATH": "/bin"})
 
 
 @pytest.mark.timeout(120)
