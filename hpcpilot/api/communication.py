@@ -83,6 +83,10 @@ class AccessPointClient:
     ``files`` names the exchanged files (a :class:`HarvesterFiles`, re-exported here; defaults: Harvester's
     shipped ones, e.g. ``HarvesterFiles(job_spec="pandaJobData.out")`` for the messenger's code default).
 
+    One client at a time declares files for a worker's jobs: a client made
+    later (a wrapper restarted) takes over the entries an earlier one left
+    waiting for Harvester, and publishes them before its own.
+
     Raises ValueError for file names that cannot be used. The job definitions
     are read by :meth:`jobs` and, once, by the first call given a PandaID:
     those raise :class:`WorkerError` when the access point cannot be read or
@@ -195,7 +199,12 @@ class AccessPointClient:
 
     def flush(self) -> int:
         """Publish the entries that wait, for every job whose dump Harvester has taken; returns how many
-        jobs still wait (0: all declared). Call it again later until it returns 0."""
+        jobs still wait (0: all declared). Call it again later until it returns 0. Entries an earlier client
+        of this worker left waiting (a wrapper restarted) go out too."""
+        try:
+            self._known_definitions()  # takes those over
+        except WorkerError:  # no jobs: none of their entries can wait
+            pass
         return self._publisher.flush()
 
     @property
@@ -246,6 +255,9 @@ class AccessPointClient:
         if self._definitions is None:
             items = self._access_point.read_definitions()
             self._definitions = {item.pandaid: item for item in items if item.pandaid}
+            # Entries an earlier client (a wrapper that was restarted) left waiting are taken over: published
+            # with this one's, never replaced by them.
+            self._publisher.adopt(self._definitions)
         return self._definitions
 
     def _check_known(self, pandaid: int) -> None:

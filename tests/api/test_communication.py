@@ -288,6 +288,29 @@ def test_flush_publishes_what_waits_once_harvester_took_the_dump(client):
     assert harvester_takes(client.job_dir(1001)) == [later]
 
 
+def test_a_restarted_clients_declarations_follow_what_the_earlier_one_left_waiting(client):
+    """A wrapper that dies while its entries wait for Harvester, then starts again: nothing is lost or
+    declared twice."""
+    waiting = [{"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}]
+    client.declare_files(1001, [{"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}])
+    assert client.declare_files(1001, waiting) is False  # Harvester has not taken the first dump
+    restarted = AccessPointClient(client.root)
+    later = [{"eventRangeID": "1-2-3-4-7", "eventStatus": "failed"}]
+    assert restarted.declare_files(1001, later) is False
+    harvester_takes(client.job_dir(1001))
+    assert restarted.flush() == 0
+    assert harvester_takes(client.job_dir(1001)) == [*waiting, *later]
+
+
+def test_a_restarted_client_publishes_what_the_earlier_one_left_waiting_at_its_first_flush(client):
+    client.declare_files(1002, [{"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}])
+    waiting = [{"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}]
+    client.declare_files(1002, waiting)
+    harvester_takes(client.job_dir(1002))
+    assert AccessPointClient(client.root).flush() == 0
+    assert harvester_takes(client.job_dir(1002)) == waiting
+
+
 def test_a_finished_event_range_is_an_es_output_entry(client):
     path = write_output(client, 1001, "ev.root", b"events")
     entry = client.range_finished("7-1-1-1-10", path)
