@@ -51,10 +51,13 @@ def temp_path(path: Path) -> Path:
 
 @contextmanager
 def _created(path: Path) -> Iterator[RawWriter]:
-    """A writer on a new file (never an existing one: O_EXCL), closed on exit."""
+    """A writer on a new file (never an existing one: O_EXCL), closed on exit; emptied if its writing fails."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         yield RawWriter(fd)
+    except BaseException:
+        empty_quietly(fd)
+        raise
     finally:
         os.close(fd)
 
@@ -91,6 +94,7 @@ def declared_later(path: Path, fsync: bool = True) -> Iterator[RawWriter]:
         if fsync:
             flush_to_disk(fd)
     except BaseException:
+        empty_quietly(fd)
         _remove_quietly(str(path))
         raise
     finally:
@@ -260,6 +264,16 @@ def _read(fd: int, path: Path | str) -> bytes:
         return os.read(fd, READ_SIZE)
     except OSError as error:  # named like open() names it: the file, not the descriptor
         raise type(error)(error.errno, error.strerror, str(path)) from None
+
+
+def empty_quietly(fd: int) -> None:
+    """Free a failed file's blocks now: removing it frees them only once no process has it open, and a
+    process forked meanwhile (a payload's launch, in another thread) holds it until its exec; a full
+    filesystem would stay full for the writes that follow at once (the log tarball, the declarations)."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
 
 
 def _remove_quietly(name: str) -> None:

@@ -183,8 +183,6 @@ class RankRunner:
         """One phase in a pool thread; after a payload, its stage-out follows in the same thread (one
         hand-over less per job), once the main thread has been told that the cores are free."""
         for step in (phase, "stageout") if phase == "payload" else (phase,):
-            if step in WATCHED_PHASES:
-                self._start_clock(step, run)
             try:
                 self._run_guarded(step, run)
             finally:
@@ -192,6 +190,8 @@ class RankRunner:
 
     def _run_guarded(self, phase: str, run: JobRun) -> None:
         try:
+            if phase in WATCHED_PHASES:
+                self._start_clock(phase, run)
             _PHASES[phase](self.ctx, run)
         except Exception as error:  # a bug must not lose the job: it still gets declared
             log.error("job %d: unexpected error in %s:\n%s", run.pandaid, phase, traceback.format_exc())

@@ -3,9 +3,12 @@
 A read from a shared filesystem can block for ever (a Lustre OST that died,
 a hard NFS mount whose server is gone), and no signal ends it. The rank then
 gives up on that job's phase and lets its thread sit: these are daemon
-threads, so the one left behind holds up neither the pilot's exit nor, once
+threads, so the one left behind holds up neither the pilot's end (every
+job declared, the summary written, the interpreter finished) nor, once
 ``add`` has replaced it, the rank's other jobs. (concurrent.futures joins its
 threads at exit, so a single hung read would keep the pilot from ending.)
+The process itself is gone once the kernel lets that thread go: a read a
+FUSE server has taken, for one, waits for its answer through SIGKILL.
 """
 from __future__ import annotations
 

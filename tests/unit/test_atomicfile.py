@@ -388,3 +388,23 @@ def test_read_bytes_reads_a_fuse_file_whole_past_its_short_reads(slow_file):
     path = slow_file(size, delay=0, short=1000)
     assert len(read_bytes(path, short_read_is_end=True)) == 1000  # what stopping at a short read would give
     assert read_bytes(path) == (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+@pytest.mark.parametrize("writer", [declared_later, atomic_writer, lambda path: atomic_writer(path, fsync=False)],
+                         ids=["declared_later", "atomic_writer", "atomic_writer unsynced"])
+def test_a_write_that_fills_the_disk_frees_its_space_at_once_though_another_process_holds_the_file(
+        small_tmpfs: Path, writer) -> None:
+    """A payload launched meanwhile holds every open file of the pilot until its exec; the failed file must
+    not keep the disk full for the next write (here another descriptor on it plays that process)."""
+    held: list[int] = []
+    with pytest.raises(OSError) as failure:
+        with writer(small_tmpfs / "big.out") as handle:
+            held += [os.open(path, os.O_RDONLY) for path in small_tmpfs.iterdir()]  # the file being written
+            handle.write(bytes(2 << 20))  # twice the filesystem
+    assert failure.value.errno == errno.ENOSPC and held
+    try:
+        write_new(small_tmpfs / "log.tgz", bytes(512 << 10))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert sorted(path.name for path in small_tmpfs.iterdir()) == ["log.tgz"]
