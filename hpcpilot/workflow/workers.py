@@ -13,6 +13,7 @@ FUSE server has taken, for one, waits for its answer through SIGKILL.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -56,7 +57,8 @@ class Workers:
 
 class HangClock:
     """When to give up on work that may hang: ``allowance`` seconds after it starts, or ``stop_grace`` seconds
-    after a stop (by which a copy the stop ended has ended), whichever comes first."""
+    after a stop (by which a copy the stop ended has ended), whichever comes first. Work without an allowance
+    (infinite: e.g. a job's declaration) is never given up on, stop or not."""
 
     def __init__(self, allowance: float, stop_grace: float):
         self.started = time.monotonic()
@@ -64,7 +66,8 @@ class HangClock:
         self.stop_grace = stop_grace
 
     def stop(self) -> None:
-        self.give_up = min(self.give_up, time.monotonic() + self.stop_grace)
+        if math.isfinite(self.give_up):
+            self.give_up = min(self.give_up, time.monotonic() + self.stop_grace)
 
     def overrun(self) -> bool:
         return time.monotonic() > self.give_up

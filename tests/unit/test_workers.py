@@ -1,6 +1,7 @@
 """The rank's worker threads and hang clocks: a thread stuck for ever holds up neither other work nor the exit."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -54,6 +55,10 @@ def test_a_hang_clock_overruns_after_its_allowance_or_its_stop_grace() -> None:
     patient.stop()  # a stop never lengthens the allowance
     time.sleep(0.1)
     assert patient.overrun()
+    unlimited = HangClock(math.inf, stop_grace=0)  # e.g. a job's declaration: waited for, stop or not
+    unlimited.stop()
+    time.sleep(0.01)
+    assert not unlimited.overrun()
 
 
 def test_a_hang_watch_hands_out_each_overrun_once_and_ignores_the_end_of_an_earlier_phase() -> None:
