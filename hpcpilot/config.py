@@ -108,6 +108,12 @@ class Config:
     files: HarvesterFiles = field(default_factory=HarvesterFiles)
     limits: Limits = field(default_factory=Limits)
 
+    @property
+    def stop_wait(self) -> float:
+        """What a graceful stop gives each of its own waits (payloads' ends, hung stage-ins): a third of
+        stop_bound."""
+        return self.stop_bound / 3
+
     def validated(self) -> "Config":
         if self.stagein_mode not in STAGEIN_MODES:
             raise ConfigError(f"stagein_mode {self.stagein_mode!r}: choose one of {', '.join(STAGEIN_MODES)}")

@@ -117,14 +117,11 @@ class RankRunner:
                 self._terminate(run)
 
     def _terminate(self, run: JobRun) -> None:
-        jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self._stop_grace()))
-
-    def _stop_grace(self) -> float:
-        return self.ctx.config.stop_bound / 3
+        jobflow.terminate_in_background(run, min(self.ctx.config.limits.kill_grace, self.ctx.config.stop_wait))
 
     def _start_clock(self, phase: str, run: JobRun) -> None:
         if phase == "stagein":
-            clock = HangClock(jobflow.stage_in_allowance(self.ctx, run), self._stop_grace())
+            clock = HangClock(jobflow.stage_in_allowance(self.ctx, run), self.ctx.config.stop_wait)
         else:  # a job's outputs go out despite a stop: they are its work done
             clock = HangClock(jobflow.stage_out_allowance(self.ctx, run), stop_grace=math.inf)
         if self.stopping:

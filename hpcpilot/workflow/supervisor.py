@@ -69,7 +69,7 @@ class Supervisor:
         Work still going after ``hung_after`` seconds (a third of ``stop_bound`` after a stop, if it has a
         ``hung_after`` at all) is stuck in a system call a hung filesystem never answers: Hung is raised, its
         thread left behind. Work without one (a job's declaration) is waited for, stop or not."""
-        clock = HangClock(hung_after, self.ctx.config.stop_bound / 3)
+        clock = HangClock(hung_after, self.ctx.config.stop_wait)
         done = in_thread_of_its_own(work, f"rank{self.ctx.rank}-alive")
         while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
             self.keep_alive()
