@@ -390,6 +390,7 @@ def test_read_bytes_reads_a_fuse_file_whole_past_its_short_reads(slow_file):
     assert read_bytes(path) == (bytes(range(251)) * (size // 251 + 1))[:size]
 
 
+@pytest.mark.timeout(60)  # mounts a tmpfs
 @pytest.mark.parametrize("writer", [declared_later, atomic_writer, lambda path: atomic_writer(path, fsync=False)],
                          ids=["declared_later", "atomic_writer", "atomic_writer unsynced"])
 def test_a_write_that_fills_the_disk_frees_its_space_at_once_though_another_process_holds_the_file(
