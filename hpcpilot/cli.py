@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__, logsetup
 from .batchscript import add_batch_script_arguments, run_batch_script
-from .config import ConfigError, load_config
+from .config import LOG_LEVELS, ConfigError, load_config
 from .errors import ExitCode
 from .mpi import run_or_abort, world
 from .sites import SitePluginError, run_sites, select_site
@@ -86,7 +86,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="the pilot's lifetime (0: none of its own); the batch job's end time (Slurm, PBS, "
                              "Cobalt) also counts; the pilot stops lifetime_margin (default 180 s) before the "
                              "earlier of the two")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     parser.add_argument("--mpi", action="store_true", help="initialise MPI even without a recognised launcher")
 
 

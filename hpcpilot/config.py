@@ -12,7 +12,6 @@ variables the pilot sets for its payloads (``_NOT_SETTINGS``) are not read.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import types
 import typing
@@ -27,6 +26,7 @@ from .staging import STAGEIN_MODES
 
 ENV_PREFIX = "HPCPILOT_"
 SPEC_FORMATS = ("json", "cgi")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # the same choice for --log-level, YAML and environment
 
 
 class ConfigError(ValueError):
@@ -121,8 +121,8 @@ class Config:
             raise ConfigError(f"files.job_spec_format {self.files.job_spec_format!r}: choose json or cgi")
         if self.cores_per_rank is not None and self.cores_per_rank < 1:
             raise ConfigError(f"cores_per_rank {self.cores_per_rank}: must be at least 1")
-        if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
-            raise ConfigError(f"log_level {self.log_level!r}: not a logging level name")
+        if str(self.log_level).upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level {self.log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
         _check_amounts("", self)
         _check_amounts("limits.", self.limits)
         _check_file_names(self.files)

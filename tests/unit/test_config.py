@@ -265,6 +265,20 @@ def test_an_unknown_log_level_is_a_config_error():
     assert "log_level" in config_error(environ={"HPCPILOT_LOG_LEVEL": "LOUD"})
 
 
+@pytest.mark.parametrize("level", ["CRITICAL", "NOTSET"])
+def test_the_config_offers_the_log_levels_the_command_line_offers(level):
+    """logging knows more names than --log-level offered; a YAML or environment setting took them all."""
+    message = config_error(environ={"HPCPILOT_LOG_LEVEL": level})
+    assert "DEBUG, INFO, WARNING, ERROR" in message
+
+
+def test_the_command_line_takes_a_log_level_in_any_case():
+    from hpcpilot.cli import build_parser
+    args = build_parser().parse_args(["run", "--access-point", "/x", "--log-level", "debug"])
+    assert args.log_level == "DEBUG"
+    assert load_config(environ={"HPCPILOT_LOG_LEVEL": "warning"}).log_level == "warning"
+
+
 def test_a_progress_interval_of_nan_is_a_config_error():
     assert "progress_interval" in config_error(environ={"HPCPILOT_PROGRESS_INTERVAL": "nan"})
 
