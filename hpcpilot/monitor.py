@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .allocation import CoreMemory
 from .config import Limits
 from .errors import ErrorCode, PilotError
 from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
 from .proctree import LeftoverSweep, ProcTable, read_proc_table
-from .sites import CoreMemory
 
 log = logging.getLogger(__name__)
 

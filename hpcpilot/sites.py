@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from .allocation import CoreMemory, allocation_memory_per_core
 from .errors import ErrorCode, ExitCode, PilotError
 
 log = logging.getLogger(__name__)
@@ -202,26 +203,6 @@ def _usable_scratch(path: Path, min_free_bytes: int) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class CoreMemory:
-    """RAM per core, and where the figure comes from (the log explaining a payload's memory limit says it)."""
-
-    mb: float
-    origin: str
-
-
-def machine_memory_mb() -> int:
-    """This machine's physical memory."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-
-
-def machine_memory_per_core() -> CoreMemory:
-    """This machine's physical memory over all its CPUs (not the ones this process is bound to: under an MPI
-    launcher's binding that is one rank's share, and every core would seem to have the whole node's RAM)."""
-    memory, cpus = machine_memory_mb(), os.cpu_count() or 1
-    return CoreMemory(memory / cpus, f"this machine: {memory} MB / {cpus} CPUs")
-
-
 class Site:
     """A machine hpcpilot runs on. Every hook has a generic default driven by ``SiteData``.
 
@@ -358,11 +339,13 @@ class Site:
 
     def memory_per_core(self) -> CoreMemory:
         """RAM per core, for the memory limit of a job without minRamCount: the node's memory over its cores
-        where site.yaml states both, else (its figures would be placeholders) this machine's own."""
+        where site.yaml states both, else (its figures would be placeholders) what this process's allocation
+        gives (its cgroup's or Slurm's memory over its CPUs), else this machine's own."""
         if not (self.data.cores_per_node and self.data.memory_per_node_mb):
-            return machine_memory_per_core()
+            return allocation_memory_per_core()
         memory, cores = self.memory_per_node_mb(), self.cores_per_node()
-        return CoreMemory(memory / cores, f"site {self.name}: {memory} MB / {cores} cores per node")
+        origin = f"site {self.name}"
+        return CoreMemory(memory / cores, f"{origin}: {memory} MB / {cores} cores per node", origin)
 
     def describe(self) -> str:
         """One line for humans: what the site is and how it runs."""

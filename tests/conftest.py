@@ -122,3 +122,53 @@ def tmpfs_at() -> Iterator[Callable[[Path], Path]]:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path, tmpfs_at: Callable[[Path], Path]) -> Path:
     return tmpfs_at(tmp_path / "tmpfs")
+
+
+MEMORY_CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def own_memory_cgroup() -> Path | None:
+    """This process's cgroup v1 memory directory, where the controller is mounted at the usual place."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return MEMORY_CGROUP_V1 / path.lstrip("/")
+    return None
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Callable[..., Path]]:
+    """``memory_cgroup(limit_mb, parent=None)`` creates a real cgroup v1 memory cgroup below this process's own
+    (or below ``parent``), limited to ``limit_mb`` (None: no limit of its own); a process joins it by writing
+    its pid to ``<cgroup>/cgroup.procs``. Skips the test where that cannot be done (not root, no writable
+    memory controller). Removed at the end of the test: what still runs in it is moved to the parent first."""
+    created: list[Path] = []
+
+    def create(limit_mb: int | None, parent: Path | None = None) -> Path:
+        base = parent or own_memory_cgroup()
+        if os.geteuid() != 0 or base is None or not (base / "memory.limit_in_bytes").exists():
+            pytest.skip("needs root and the cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        cgroup = base / f"hpcpilot-test-{os.getpid()}-{len(created)}"
+        try:
+            cgroup.mkdir()
+        except OSError as error:
+            pytest.skip(f"cannot create a memory cgroup under {base}: {error}")
+        created.append(cgroup)
+        if limit_mb is not None:
+            (cgroup / "memory.limit_in_bytes").write_text(str(limit_mb * 1024 * 1024))
+        return cgroup
+
+    try:
+        yield create
+    finally:
+        for cgroup in reversed(created):
+            _empty_into_parent(cgroup)
+            cgroup.rmdir()
+
+
+def _empty_into_parent(cgroup: Path) -> None:
+    for pid in (cgroup / "cgroup.procs").read_text().split():
+        try:
+            (cgroup.parent / "cgroup.procs").write_text(pid)
+        except OSError:  # ended meanwhile
+            pass

@@ -109,6 +109,35 @@ def test_a_job_without_min_ram_is_limited_by_the_sites_ram_per_core(tmp_path: Pa
     assert survivors() == []
 
 
+def grow(step_mb: int, steps: int, pause: float) -> str:
+    """A payload that takes ``step_mb`` MB more every ``pause`` s, ``steps`` times, then holds it all."""
+    return (f"{sys.executable} -c 'import time; x = [(bytearray({step_mb} * 2**20), time.sleep({pause})) "
+            f"for _ in range({steps})]; time.sleep(60)' {MARK}")
+
+
+@pytest.mark.timeout(180)
+def test_a_job_without_min_ram_in_a_memory_limited_cgroup_gets_1235_not_the_oom_killer(
+        tmp_path: Path, memory_cgroup) -> None:
+    """The pilot runs in a cgroup of 300 MB: its RAM per core is that over its CPUs, not the machine's, so a
+    payload growing to 400 MB is stopped by the pilot (1235) before the kernel's OOM killer would end it (or
+    the pilot) at the cgroup's limit."""
+    cgroup = memory_cgroup(300)
+    growing = 51
+    ap = write_access_point(tmp_path / "ap", {growing: job_definition(growing, grow(10, 40, 0.2))})
+    env = {**FAST_LIMITS, "HPCPILOT_LIMITS__LOOPING_LIMIT": "60", "HPCPILOT_LIMITS__MEMORY_GRACE": "0.5"}
+    join_cgroup = ("sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"))
+    run = run_pilot(ap, "grid", "--site", "generic", "--cores-per-rank", "1", env=env, prefix=join_cgroup)
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(growing)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1235), attributes
+    cpus = len(os.sched_getaffinity(0))
+    assert f"exceeded limit {0.5 * 300 / cpus:.1f} MB" in attributes["pilotErrorDiag"]
+    assert f"cgroup memory.limit_in_bytes 300 MB / {cpus} CPUs (affinity)" in job_pilot_log(run, growing)
+    oom_control = dict(line.split() for line in (cgroup / "memory.oom_control").read_text().splitlines())
+    assert oom_control["oom_kill"] == "0"  # the kernel's OOM killer ended nothing
+    assert survivors() == []
+
+
 def job_pilot_log(run, pandaid: int) -> str:
     log_entry = next(e for e in run.declared(pandaid) if e["type"] == "log")
     return tarball_members(Path(log_entry["path"]))["pilot.log"].decode()

@@ -6,11 +6,12 @@ import psutil
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition
+from hpcpilot.allocation import CoreMemory
 from hpcpilot.config import Limits
 from hpcpilot.jobs import parse_job
 from hpcpilot.jobstate import JobRun
 from hpcpilot.monitor import Monitor
-from hpcpilot.sites import CoreMemory, load_site
+from hpcpilot.sites import load_site
 
 SMALL_NODES = CoreMemory(50.0, "site small: 3200 MB / 64 cores per node")
 
@@ -68,3 +69,4 @@ def test_the_generic_site_limits_by_this_machines_memory_per_cpu():
     machine_per_cpu = psutil.virtual_memory().total / (1024 * 1024) / psutil.cpu_count(logical=True)
     assert limit.mb == pytest.approx(2 * machine_per_cpu, rel=0.01)
     assert "this machine" in str(limit)
+
