@@ -48,10 +48,12 @@ class Watch:
 
 @dataclass(frozen=True)
 class MemoryLimit:
-    """A payload's PSS limit and where it comes from (the job log says both: why a payload was killed)."""
+    """A payload's PSS limit and where it comes from (the job log says both: why a payload was killed; the
+    1235 diagnostic says ``brief``, a few words, as PanDA keeps only 500 characters of it)."""
 
     mb: float
     source: str
+    brief: str
 
     @property
     def kb(self) -> int:
@@ -179,14 +181,15 @@ class Monitor:
     def _memory_limit(self, run: JobRun) -> MemoryLimit | None:
         grace = self.limits.memory_grace
         if self.limits.memory_limit_mb:
-            return MemoryLimit(self.limits.memory_limit_mb, "limits.memory_limit_mb")
+            return MemoryLimit(self.limits.memory_limit_mb, "limits.memory_limit_mb", "limits.memory_limit_mb")
         if run.spec.min_ram_mb:
             return MemoryLimit(run.spec.min_ram_mb * grace, f"minRamCount {run.spec.min_ram_mb} MB x memory_grace "
-                               f"{grace:g}")
+                               f"{grace:g}", "minRamCount")
         if self.core_memory is not None:
             per_core = self.core_memory
             return MemoryLimit(grace * per_core.mb * run.cores, f"no minRamCount: memory_grace {grace:g} x "
-                               f"{per_core.mb:.1f} MB per core ({per_core.origin}) x {run.cores} core(s)")
+                               f"{per_core.mb:.1f} MB per core ({per_core.origin}) x {run.cores} core(s)",
+                               f"RAM per core of {per_core.brief or per_core.origin}")
         return None
 
     def _memory(self, watch: Watch, table: ProcTable | None) -> PilotError | None:
@@ -199,7 +202,7 @@ class Monitor:
         used = sample.pss or sample.rss
         if limit is not None and used > limit.kb:
             return PilotError(ErrorCode.PAYLOAD_MEMORY, f"PSS {_mb(used * 1024)} exceeded limit "
-                              f"{_mb(limit.kb * 1024)} after {watch.elapsed():.0f} s")
+                              f"{_mb(limit.kb * 1024)} ({limit.brief}) after {watch.elapsed():.0f} s")
         return None
 
     def space_shortage(self, scratch: Path) -> PilotError | None:

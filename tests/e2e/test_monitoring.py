@@ -68,7 +68,7 @@ def test_each_limit_ends_its_payload_with_its_code(tmp_path: Path) -> None:
         attributes = run.attributes(pandaid)
         assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", code), attributes
         assert word in attributes["pilotErrorDiag"] and "limit" in attributes["pilotErrorDiag"]
-    assert "exceeded limit 100.0 MB" in run.attributes(MEMORY)["pilotErrorDiag"]
+    assert "exceeded limit 100.0 MB (minRamCount)" in run.attributes(MEMORY)["pilotErrorDiag"]
     assert run.attributes(MEMORY)["maxRSS"] > 100 * 1024  # over the limit: how far over depends on the sampling
     for pandaid in (ORPHAN, NORMAL):
         assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
@@ -99,7 +99,7 @@ def test_a_job_without_min_ram_is_limited_by_the_sites_ram_per_core(tmp_path: Pa
     assert run.returncode == 0, run.stderr[-3000:]
     attributes = run.attributes(over)
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1235), attributes
-    assert "exceeded limit 100.0 MB" in attributes["pilotErrorDiag"]
+    assert "exceeded limit 100.0 MB (RAM per core of site summit)" in attributes["pilotErrorDiag"]
     for pandaid in (under, own_ram):
         assert run.attributes(pandaid)["jobStatus"] == "finished", run.attributes(pandaid)
     job_log = job_pilot_log(run, over)
@@ -119,8 +119,8 @@ def grow(step_mb: int, steps: int, pause: float) -> str:
 def test_a_job_without_min_ram_in_a_memory_limited_cgroup_gets_1235_not_the_oom_killer(
         tmp_path: Path, memory_cgroup) -> None:
     """The pilot runs in a cgroup of 300 MB: its RAM per core is that over its CPUs, not the machine's, so a
-    payload growing to 400 MB is stopped by the pilot (1235) before the kernel's OOM killer would end it (or
-    the pilot) at the cgroup's limit."""
+    payload growing to 400 MB is stopped by the pilot (1235, the diagnostic naming the cgroup) before the
+    kernel's OOM killer would end it (or the pilot) at the cgroup's limit."""
     cgroup = memory_cgroup(300)
     growing = 51
     ap = write_access_point(tmp_path / "ap", {growing: job_definition(growing, grow(10, 40, 0.2))})
@@ -131,7 +131,8 @@ def test_a_job_without_min_ram_in_a_memory_limited_cgroup_gets_1235_not_the_oom_
     attributes = run.attributes(growing)
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1235), attributes
     cpus = len(os.sched_getaffinity(0))
-    assert f"exceeded limit {0.5 * 300 / cpus:.1f} MB" in attributes["pilotErrorDiag"]
+    assert f"exceeded limit {0.5 * 300 / cpus:.1f} MB (RAM per core of cgroup memory.limit_in_bytes)" in \
+        attributes["pilotErrorDiag"]
     assert f"cgroup memory.limit_in_bytes 300 MB / {cpus} CPUs (affinity)" in job_pilot_log(run, growing)
     oom_control = dict(line.split() for line in (cgroup / "memory.oom_control").read_text().splitlines())
     assert oom_control["oom_kill"] == "0"  # the kernel's OOM killer ended nothing

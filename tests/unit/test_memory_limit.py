@@ -13,7 +13,7 @@ from hpcpilot.jobstate import JobRun
 from hpcpilot.monitor import Monitor
 from hpcpilot.sites import load_site
 
-SMALL_NODES = CoreMemory(50.0, "site small: 3200 MB / 64 cores per node")
+SMALL_NODES = CoreMemory(50.0, "site small: 3200 MB / 64 cores per node", "site small")
 
 
 def job(min_ram_mb: int = 0, core_count: int = 1, cores: int = 1) -> JobRun:
@@ -70,3 +70,10 @@ def test_the_generic_site_limits_by_this_machines_memory_per_cpu():
     assert limit.mb == pytest.approx(2 * machine_per_cpu, rel=0.01)
     assert "this machine" in str(limit)
 
+
+def test_the_diagnostic_brief_names_where_the_limit_comes_from_in_a_few_words():
+    assert limit_of(job(cores=4)).brief == "RAM per core of site small"
+    assert limit_of(job(min_ram_mb=1000)).brief == "minRamCount"
+    assert limit_of(job(), memory_limit_mb=300).brief == "limits.memory_limit_mb"
+    assert limit_of(job(), core_memory=CoreMemory(10.0, "a plugin's own figure")).brief == \
+        "RAM per core of a plugin's own figure"
