@@ -16,7 +16,8 @@ from .errors import ErrorCode, JobDefinitionError
 
 MAX_LFN_LENGTH = 255
 _CHECKSUM_PATTERNS = {"adler32": re.compile(r"[0-9a-f]{8}"), "md5": re.compile(r"[0-9a-f]{32}")}
-_CHECKSUM_PREFIXES = {"ad": "adler32", "md": "md5"}
+# "md5:" is how the PanDA server itself writes an md5 sum (its dataservice); Pilot 3 took only "md:"
+_CHECKSUM_PREFIXES = {"ad": "adler32", "md": "md5", "md5": "md5"}
 _TRUE_WORDS = frozenset(("true", "1", "yes", "on"))
 _FALSE_WORDS = frozenset(("false", "0", "no", "off"))
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; int64 range
@@ -171,7 +172,7 @@ def validate_lfn(lfn: str, field: str) -> str:
 
 
 def parse_checksum(text: str, field: str = "checksum") -> Checksum | None:
-    """``ad:<8 hex>`` or ``md:<32 hex>``; a bare 8-hex value is adler32."""
+    """``ad:<8 hex>`` or ``md:<32 hex>`` (or ``md5:<32 hex>``); a bare 8-hex value is adler32."""
     if _is_null(text):
         return None
     prefix, _, digits = text.strip().lower().rpartition(":")

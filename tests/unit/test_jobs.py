@@ -240,6 +240,8 @@ def test_per_file_values_without_files_are_1312():
     ("AD:0A1B2C3D", Checksum("adler32", "0a1b2c3d")),
     ("0a1b2c3d", Checksum("adler32", "0a1b2c3d")),
     ("md:0123456789abcdef0123456789ABCDEF", Checksum("md5", "0123456789abcdef0123456789abcdef")),
+    # the PanDA server's own form for md5 (its dataservice writes and reads "md5:"): not a type unknown
+    ("md5:0123456789abcdef0123456789abcdef", Checksum("md5", "0123456789abcdef0123456789abcdef")),
     (" ad:00000001 ", Checksum("adler32", "00000001")),
     ("NULL", None),
     ("", None),
