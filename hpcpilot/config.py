@@ -48,6 +48,7 @@ class HarvesterFiles:
     request_jobs: str = "worker_requestjob.json"
     request_events: str = "worker_requestevents.json"
     event_ranges: str = "JobsEventRanges.json"
+    update_events: str = "worker_updateevents.json"  # Harvester's own, in each job directory (its updateEventsFile)
     pool_file_catalog: str = "PoolFileCatalog_H.xml"
     summary: str = "hpcpilot_summary.json"
     state_dir: str = ".hpcpilot"

@@ -33,6 +33,11 @@ READ_THREADS = 8
 READ_CHUNK = 256  # job directories per thread pool task
 JOB_DIR_CACHE = 1024  # job directory paths kept: far more than a rank has jobs in flight
 SPEC_NAMES = ("HPCJobs.json", "pandaJobData.out")  # Harvester's two names for the job spec (PROTOCOL.md)
+# Files Harvester's messenger keeps in a job directory under names of its own, not settings of its: it merges
+# the first into the job's attributes and declares the outputs listed in the directory the second names.
+HARVESTER_JOB_FILES = frozenset({"post_process_job_attrs.json", "task_workdir_path.txt"})
+# Harvester renames these two to <name>.read and reads them from there; it writes the second via <name>.new.
+HARVESTER_RENAMED_SUFFIXES = (".read", ".new")
 
 
 class AccessPoint:
@@ -47,8 +52,8 @@ class AccessPoint:
         self._job_dirs: dict[int, Path] = {}
         self._short_read_is_end = False  # learnt once the access point is known to be readable
         # names no input, output or log may take: Harvester's files and the pilot's, here and in scratch
-        self.reserved_names = SCRATCH_NAMES | {getattr(files, f.name) for f in fields(files)
-                                               if f.name != "job_spec_format"}
+        self.reserved_names = SCRATCH_NAMES | HARVESTER_JOB_FILES | _renamed_by_harvester(files) | {
+            getattr(files, f.name) for f in fields(files) if f.name != "job_spec_format"}
 
     def is_reserved(self, name: str) -> bool:
         return is_reserved(name, self.reserved_names)
@@ -275,6 +280,12 @@ class AccessPoint:
     def touch_heartbeat(self) -> None:
         path = self.root / self.files.heartbeat
         write_json(path, {"time": time.time()}, fsync=False)
+
+
+def _renamed_by_harvester(files: HarvesterFiles) -> frozenset[str]:
+    """The names Harvester gives the dump and its event update file while it reads them."""
+    return frozenset(name + suffix for name in (files.event_status, files.update_events)
+                     for suffix in HARVESTER_RENAMED_SUFFIXES)
 
 
 def _only(definitions: dict[Any, Any]) -> Any:

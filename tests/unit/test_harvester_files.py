@@ -228,6 +228,29 @@ def test_file_names_are_taken_from_the_settings(tmp_path):
     assert not AccessPoint(root, FILES).many_to_one  # the default names find nothing there
 
 
+@pytest.mark.parametrize("name", [
+    "event_status.dump.json.read",  # Harvester reads a dump it has not acknowledged under this name
+    "worker_updateevents.json",  # Harvester writes it in the job directory (and reads it back as .read)
+    "worker_updateevents.json.read",
+    "event_status.dump.json.new",
+    "post_process_job_attrs.json",  # Harvester merges it into the job's attributes
+    "task_workdir_path.txt",  # Harvester declares the outputs listed in the directory it names
+])
+def test_names_harvester_keeps_in_a_job_directory_are_refused_as_outputs(tmp_path, name):
+    """As outputs they would be read by Harvester as its own files: forged declarations or attributes."""
+    definition = job_definition(1001, "run.sh", outFiles=f"{name},log.1001.job.log.tgz")
+    (job,) = read(write_access_point(tmp_path / "ap", {1001: definition}))
+    assert isinstance(job, InvalidJob) and job.code == ErrorCode.BAD_FILE_NAME, job
+    assert "keeps for itself" in job.diag
+
+
+def test_harvester_s_event_update_file_is_a_setting_and_its_name_is_refused(tmp_path):
+    files = HarvesterFiles(update_events="updates.json")
+    definition = job_definition(1001, "run.sh", outFiles="updates.json,log.1001.job.log.tgz")
+    (job,) = read(write_access_point(tmp_path / "ap", {1001: definition}, files=files), files)
+    assert isinstance(job, InvalidJob) and job.code == ErrorCode.BAD_FILE_NAME, job
+
+
 # -- reading: broken jobs become InvalidJob, never dropped ----------------------------
 
 
