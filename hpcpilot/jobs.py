@@ -66,6 +66,7 @@ class JobSpec:
     inputs: tuple[FileSpec, ...] = ()
     outputs: tuple[FileSpec, ...] = ()
     log: FileSpec | None = None
+    allow_no_output: frozenset[str] = frozenset()  # allowNoOutput: outputs the job may end without
     secrets: tuple[str, ...] = ()  # values never to appear in logs, reports or the log tarball
 
     @property
@@ -335,5 +336,6 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         inputs=inputs,
         outputs=outputs,
         log=log,
+        allow_no_output=frozenset(_file_list(raw, "allowNoOutput")),
         secrets=secret_values(raw, secret_keys),
     )

@@ -301,8 +301,21 @@ def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path, guids: Mapping
                       time_limit: TimeLimit = no_time_limit) -> list[dict[str, Any]]:
     """Publish every declared output in the job directory; returns their declarations. ``guids``: the GUIDs
     the payload gave its outputs (by LFN); an output without one gets a new GUID. An output whose copy takes
-    longer than ``time_limit`` of its size fails the job with 1152, and leaves nothing under its name."""
-    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, ""), time_limit) for spec in job.outputs]
+    longer than ``time_limit`` of its size fails the job with 1152, and leaves nothing under its name.
+    An output the job's ``allowNoOutput`` lists may be missing: it is left out, as Pilot 3 leaves it."""
+    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, ""), time_limit) for spec in job.outputs
+            if not (spec.lfn in job.allow_no_output and _left_out(scratch, spec.lfn))]
+
+
+def _left_out(scratch: Path, lfn: str) -> bool:
+    """The payload did not write the output (a name it made something else than a file is no output either)."""
+    try:
+        missing = not stat.S_ISREG(os.stat(inside_scratch(scratch, lfn)).st_mode)
+    except FileNotFoundError:
+        missing = True
+    if missing:
+        log.info("output %s was not produced; allowNoOutput lists it: left out of the stage-out", lfn)
+    return missing
 
 
 def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, time_limit: TimeLimit) -> dict[str, Any]:

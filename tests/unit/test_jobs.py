@@ -418,3 +418,14 @@ def test_control_characters_are_refused_where_the_pool_file_catalogue_would_carr
     definition[field] = value
     with pytest.raises(JobDefinitionError, match=f"'{field}'.*control character"):
         parse_job(definition)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("a.root,b.root", {"a.root", "b.root"}),
+    (" a.root ", {"a.root"}),
+    ("NULL", set()),
+    (None, set()),
+])
+def test_allow_no_output_names_the_outputs_a_job_may_end_without(value, expected):
+    fields = {} if value is None else {"allowNoOutput": value}
+    assert parse_job(job_definition(4712, "true", **fields)).allow_no_output == expected

@@ -87,3 +87,26 @@ def test_an_output_copy_within_its_time_limit_is_staged_out(tmp_path: Path, slow
     job_dir.mkdir()
     [declared] = stage_out_outputs(job, source.parent, job_dir, time_limit=TINY_LIMITS.transfer_timeout)
     assert declared["fsize"] == 6 << 20 and (job_dir / source.name).read_bytes() == source.read_bytes()
+
+
+def test_an_output_panda_allows_to_be_missing_is_left_out_not_failed(tmp_path: Path) -> None:
+    """PanDA's allowNoOutput lists the outputs a job may end without (Pilot 3 drops them from stage-out)."""
+    definition = with_outputs(job_definition(502, "true"), ["made.root", "maybe.root"])
+    job = parse_job({**definition, "allowNoOutput": "maybe.root"})
+    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
+    scratch.mkdir(), job_dir.mkdir()
+    (scratch / "made.root").write_bytes(b"events")
+    declared = stage_out_outputs(job, scratch, job_dir)
+    assert [Path(entry["path"]).name for entry in declared] == ["made.root"]
+    assert not (job_dir / "maybe.root").exists()
+
+
+def test_an_output_not_allowed_to_be_missing_still_fails_with_1165(tmp_path: Path) -> None:
+    definition = with_outputs(job_definition(503, "true"), ["made.root", "maybe.root"])
+    job = parse_job({**definition, "allowNoOutput": "other.root"})
+    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
+    scratch.mkdir(), job_dir.mkdir()
+    (scratch / "made.root").write_bytes(b"events")
+    with pytest.raises(PilotError) as failure:
+        stage_out_outputs(job, scratch, job_dir)
+    assert failure.value.code == ErrorCode.MISSING_OUTPUT and "maybe.root" in failure.value.diag
