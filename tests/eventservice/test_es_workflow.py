@@ -20,6 +20,7 @@ from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from hpcpilot.eventservice.reference_payload import HEADER, event_summary
 from tests.conftest import mounts_below
 from tests.e2e.conftest import communicate_or_kill, run_pilot
+from tests.harvester_reader import acknowledge, take_declarations
 
 PANDAID = 7001
 DUMP = "event_status.dump.json"
@@ -41,11 +42,12 @@ def es_worker(tmp_path: Path, payload_args: str = "", preplaced: list[dict] | No
 
 
 class DumpConsumer(threading.Thread):
-    """Harvester's other half: takes each dump (rename to .read.<n>) and keeps its entries."""
+    """Harvester's other half: takes each dump as its messenger does (rename to .read, read every entry as
+    it would, rename to .read.<time>) and keeps the entries; one Harvester would drop fails the test."""
 
     def __init__(self, ap: Path):
         super().__init__(daemon=True)
-        self.ap, self.entries, self.count = ap, [], 0
+        self.ap, self.entries, self.errors, self.count = ap, [], [], 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -53,16 +55,19 @@ class DumpConsumer(threading.Thread):
             self.take()
 
     def take(self) -> None:
-        dump = self.ap / DUMP
-        if dump.exists():
+        taken = take_declarations(self.ap, DUMP)
+        if taken is not None:
             self.count += 1
-            taken = dump.rename(self.ap / f"{DUMP}.read.{self.count}")
-            self.entries += json.loads(taken.read_text())[str(PANDAID)]
+            assert set(taken.files) | set(taken.events) <= {PANDAID}
+            self.entries += taken.raw
+            self.errors += taken.errors
+            acknowledge(self.ap, DUMP)
 
     def finish(self) -> list[dict]:
         self.stopped.set()
         self.join()
         self.take()
+        assert self.errors == [], self.errors
         return self.entries
 
 
