@@ -72,6 +72,10 @@ FILE_TYPES = ("output", "log", "checkpoint", "es_output", "zip_output")  # what 
 EVENT_FILE_TYPES = ("es_output", "zip_output")  # Harvester also reads their eventRangeID and eventStatus
 _ADLER32 = re.compile(r"[0-9a-f]{8}")
 _SCALARS = (str, int, float, bool, type(None))
+# Keys Harvester's JobSpec.set_attributes takes out of the attributes: "xml" becomes the output file report it
+# sends PanDA instead of the declared files, "metaData" the job report (write_job_report's place).
+_TAKEN_BY_HARVESTER = {"xml": "the output file report Harvester would send PanDA instead of the declared files",
+                       "metaData": "the job report: use write_job_report"}
 
 
 class AccessPointClient:
@@ -343,6 +347,8 @@ def _status(status: str | JobStatus) -> JobStatus:
 
 def _check_attribute(name: str, value: Any) -> None:
     """worker_attributes.json is one flat object whose values Harvester forwards to PanDA as they are."""
+    if name in _TAKEN_BY_HARVESTER:
+        raise ValueError(f"attribute {name}: Harvester takes it as {_TAKEN_BY_HARVESTER[name]}")
     if not isinstance(value, _SCALARS):
         raise TypeError(f"attribute {name}: {type(value).__name__} values cannot go into worker_attributes.json, "
                         "a flat object: give a string, number, boolean or None (jobMetrics: one 'key=value ...' string)")

@@ -152,6 +152,15 @@ def test_the_status_is_not_given_twice(client):
         client.set_state(1001, "running", jobStatus="finished")
 
 
+@pytest.mark.parametrize("name", ["xml", "metaData"])
+def test_attributes_harvester_takes_for_something_else_are_refused(client, name):
+    """Harvester's JobSpec.set_attributes takes 'xml' as the output file report it sends PanDA in place of the
+    declared files, and 'metaData' as the job report: neither is a job attribute (Pilot 3 drops 'xml')."""
+    with pytest.raises(ValueError, match=f"attribute {name}"):
+        client.set_state(1001, "finished", **{name: "<POOLFILECATALOG/>"})
+    assert not (client.root / "1001" / "worker_attributes.json").exists()
+
+
 def test_a_job_report_that_is_no_json_is_refused(client):
     with pytest.raises(TypeError, match="job report of job 1001"):
         client.write_job_report(1001, {"files": {Path("a")}})
