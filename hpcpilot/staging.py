@@ -324,6 +324,9 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         status = os.stat(source)
     except FileNotFoundError:
         status = None
+    except OSError as error:  # a symlink loop the payload left (ELOOP), say: the job's failure, not the pilot's
+        raise PilotError(ErrorCode.FILE_HANDLING, f"output {spec.lfn} in scratch cannot be read: "
+                         f"{error.strerror}") from None
     if status is None or not stat.S_ISREG(status.st_mode):
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} was not produced")
     if status.st_size == 0:

@@ -221,6 +221,21 @@ def test_payload_fifo_does_not_hang_the_pilot(tmp_path: Path, name: str) -> None
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["result.out", "payload.stdout", "jobReport.json"])
+def test_a_payload_symlink_loop_fails_only_its_job_which_is_declared_with_its_log(tmp_path: Path, name: str) -> None:
+    """A link to itself: every open or stat of it fails with ELOOP, which is no 'file not found'."""
+    definition = with_outputs(job_definition(HOSTILE, "bash", f"-c 'rm -f {name}; ln -s {name} {name}'"),
+                              ["result.out"])
+    run = run_pilot(worker(tmp_path, definition), "mpi2", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(HOSTILE)
+    assert attributes["jobStatus"] == "failed" and attributes["pilotErrorCode"] in (1165, 1303), attributes
+    assert "result.out" in attributes["pilotErrorDiag"], attributes
+    assert [entry["type"] for entry in run.declared(HOSTILE)] == ["log"]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("report", ['{"executor": 5}', "[" * 30000 + "]" * 30000, '{"executor": [7, {"x": 1}]}'],
                          ids=["executor-not-a-list", "nested-too-deeply", "executors-not-objects"])
 def test_a_payload_job_report_the_pilot_cannot_use_costs_the_job_nothing(tmp_path: Path, report: str) -> None:
