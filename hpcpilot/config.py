@@ -228,8 +228,17 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         target = overrides
         for section in sections:
             target = target.setdefault(section, {})
+            if not isinstance(target, dict):  # HPCPILOT_FILES=x beside HPCPILOT_FILES__JOB_SPEC=y
+                raise _section_and_value(name, section)
+        if isinstance(target.get(key), dict):  # the same two, listed the other way round
+            raise _section_and_value(name, key)
         target[key] = value
     return overrides
+
+
+def _section_and_value(name: str, setting: str) -> ConfigError:
+    return ConfigError(f"environment HPCPILOT_*: {setting!r} is given a value of its own and, by other variables, "
+                       f"settings inside it ({name}); give one or the other")
 
 
 # Variables the pilot sets for payloads and children, not settings. HPCPILOT_SCRATCH is both: a payload's

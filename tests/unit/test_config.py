@@ -244,6 +244,15 @@ def test_a_mapping_or_list_for_a_text_setting_is_a_config_error(tmp_path, source
         config_error(yaml_file=yaml_file(tmp_path, "site_name: [a, b]\n"))
 
 
+@pytest.mark.parametrize("environ, setting", [
+    ({"HPCPILOT_FILES": "x", "HPCPILOT_FILES__JOB_SPEC": "y"}, "files"),
+    ({"HPCPILOT_LIMITS__KILL_GRACE": "1", "HPCPILOT_LIMITS__KILL_GRACE__X": "2"}, "kill_grace"),
+], ids=["section-given-a-value-first", "setting-given-a-section"])
+def test_a_variable_that_is_both_a_setting_and_a_section_is_a_config_error(environ, setting):
+    """Whichever of the two variables the environment lists first, the pilot says what clashes (exit 65)."""
+    assert setting in config_error(environ=environ)
+
+
 @pytest.mark.parametrize("value", ["2.5", "true"])
 def test_a_non_integer_yaml_value_for_an_integer_setting_is_a_config_error(tmp_path, value):
     config_error(yaml_file=yaml_file(tmp_path, f"cores_per_rank: {value}\n"))
