@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -147,15 +148,18 @@ POSITIVE_LIMITS = frozenset({"looping_limit", "max_stdout_mb", "transfer_timeout
 
 def _check_amounts(prefix: str, settings: Any) -> None:
     """Every number is finite and not negative; every interval positive (0 would make a monitor spin), and
-    the limits no job could keep at 0. ``not value >= 0`` also refuses NaN."""
+    the limits no job could keep at 0. ``not value >= 0`` also refuses NaN. The largest a thread can wait
+    (threading.TIMEOUT_MAX, 292 years) bounds them all: a longer wait raises OverflowError in the thread
+    that waits, and limits.check_interval is the monitor thread's wait."""
     for item in fields(settings):
         value = getattr(settings, item.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         positive = item.name.endswith("_interval") or item.name in POSITIVE_LIMITS
-        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        if not (value > 0 if positive else value >= 0) or value > threading.TIMEOUT_MAX:
             raise ConfigError(f"{prefix}{item.name} {value}: must be a finite number, "
-                              f"{'greater than 0' if positive else 'not negative'}")
+                              f"{'greater than 0' if positive else 'not negative'}, "
+                              f"at most {threading.TIMEOUT_MAX:.0f}")
 
 
 def _base_type(hint: Any) -> type:

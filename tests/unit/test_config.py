@@ -181,6 +181,8 @@ def test_yaml_values_keep_their_types(tmp_path):
     ("HPCPILOT_LIMITS__TRANSFER_TIMEOUT_MAX", "0", "limits.transfer_timeout_max"),  # every file: 1151 at once
     ("HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB", "-1", "limits.transfer_timeout_per_mb"),
     ("HPCPILOT_STOP_BOUND", "inf", "stop_bound"),
+    ("HPCPILOT_LIMITS__CHECK_INTERVAL", "1e300", "limits.check_interval"),  # the monitor thread's wait overflowed
+    ("HPCPILOT_PROGRESS_INTERVAL", "1e10", "progress_interval"),
     ("HPCPILOT_HEARTBEAT_INTERVAL", "0", "heartbeat_interval"),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_setting(variable, value, setting):
