@@ -60,7 +60,8 @@ class RankRunner:
         self.report = report
         self.started = started
         self.events: queue.SimpleQueue[tuple[str, JobRun]] = queue.SimpleQueue()  # C-level: cheap hand-offs
-        max_payloads = max(1, cores // max(1, min((r.cores for r in self.waiting), default=1)))
+        # never more threads than jobs: a cores_per_rank of 10**9 (a typo) would ask for a thread per core
+        max_payloads = max(1, min(cores // max(1, min((r.cores for r in self.waiting), default=1)), len(jobs)))
         self.pool = Workers(max_payloads + 2 * PREFETCH, f"rank{ctx.rank}")
 
     def run(self, tick: Callable[[], None] = lambda: None) -> None:

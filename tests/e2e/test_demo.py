@@ -56,3 +56,12 @@ def test_more_cores_per_rank_than_the_rank_may_use_runs_with_a_warning(tmp_path:
     run = run_demo(tmp_path, "--dir", "demo", "--jobs", "2", "--cores-per-rank", "4096", launch="grid")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cores_per_rank 4096 is more than the" in run.stderr and "its payloads will share them" in run.stderr
+
+
+@pytest.mark.timeout(200)
+def test_a_cores_per_rank_far_beyond_any_node_costs_no_thread_per_core(tmp_path: Path) -> None:
+    """A typo's extra zeros: the rank had started a thread per core it could run a payload on, and a billion
+    of them ended the run with 'can't start new thread' (exit 70) after seconds of making threads."""
+    run = run_demo(tmp_path, "--dir", "demo", "--jobs", "2", "--cores-per-rank", str(10 ** 9), launch="grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 finished, 0 failed" in run.stdout, run.stdout[-3000:]
