@@ -8,6 +8,7 @@ words, which bash would only look up and exec, is exec'd straight away
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -128,8 +129,9 @@ def launch_line(line: str, cwd: Path, env: dict[str, str], guard: PayloadGuard |
 def launch(argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None) -> Payload:
     try:
         return Payload(argv, cwd, env, guard)
-    except OSError as error:
-        raise PilotError(ErrorCode.SETUP_FAILED, f"cannot start payload {argv[0]}: {error}") from None
+    except OSError as error:  # a scratch without space (or inodes) for payload.stdout: the node's fault
+        code = ErrorCode.NO_LOCAL_SPACE if error.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.SETUP_FAILED
+        raise PilotError(code, f"cannot start payload {argv[0]}: {error}") from None
 
 
 def exit_error(exit: PayloadExit) -> PilotError | None:

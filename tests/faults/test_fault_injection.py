@@ -169,6 +169,26 @@ def test_a_full_scratch_fails_a_job_without_inputs_for_the_space(tmp_path: Path,
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("inodes", [4, 5])
+def test_a_scratch_out_of_inodes_when_the_payload_starts_fails_for_the_space(tmp_path: Path, inodes: int) -> None:
+    """Other payloads' many small files took every inode: payload.stdout (4) or payload.stderr (5) cannot be
+    created. The job's setup did not fail (1110), its node ran out of local space (1098)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    try:
+        _mount("-t", "tmpfs", "-o", f"size=1m,nr_inodes={inodes}", "tmpfs", str(scratch))
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        pytest.skip(f"cannot mount a tmpfs here: {getattr(error, 'stderr', error)}")
+    try:
+        ap = write_access_point(tmp_path / "ap", {FAULTY: job_definition(FAULTY, "true")})
+        run = run_pilot(ap, "grid", "--scratch", str(scratch))
+    finally:
+        _umount(scratch)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1098, "No space left")
+
+
+@pytest.mark.timeout(120)
 def test_job_directory_fills_up_during_stageout(tmp_path: Path, tmpfs_at) -> None:
     """The job directory is a 1 MiB filesystem and the output 2 MB: 1137, yet the job is declared."""
     job_dir = tmpfs_at(tmp_path / "ap" / str(FAULTY))
