@@ -175,7 +175,8 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         if kind is hint:  # not Optional
             raise ConfigError(f"{name}: needs a value")
         return None
-    if isinstance(value, (Mapping, list, tuple)) or (isinstance(value, (bool, float)) and kind is int):
+    if isinstance(value, (Mapping, list, tuple)) or (isinstance(value, (bool, float)) and kind is int) or \
+            (isinstance(value, bool) and kind is not bool):  # YAML's yes/on/true is no number, nor a text
         raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}")
     if kind is Path and isinstance(value, str) and not value.strip():  # Path("") is the current directory
         raise ConfigError(f"{name}: empty; give a directory, or leave the setting out")

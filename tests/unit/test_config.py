@@ -255,6 +255,15 @@ def test_a_variable_that_is_both_a_setting_and_a_section_is_a_config_error(envir
     assert setting in config_error(environ=environ)
 
 
+@pytest.mark.parametrize("text, setting", [("lifetime: true\n", "lifetime"), ("stop_bound: yes\n", "stop_bound"),
+                                           ("limits:\n  kill_grace: on\n", "kill_grace"),
+                                           ("secret_keys: no\n", "secret_keys")])
+def test_a_yes_no_yaml_value_for_a_number_or_text_setting_is_a_config_error(tmp_path, text, setting):
+    """YAML reads yes/no/on/true as booleans: taken as the number 1 'lifetime: true' gave the pilot one second
+    (no job started, exit 81), and 'secret_keys: no' redacted the word False."""
+    assert setting in config_error(yaml_file=yaml_file(tmp_path, text))
+
+
 @pytest.mark.parametrize("value", ["2.5", "true"])
 def test_a_non_integer_yaml_value_for_an_integer_setting_is_a_config_error(tmp_path, value):
     config_error(yaml_file=yaml_file(tmp_path, f"cores_per_rank: {value}\n"))
