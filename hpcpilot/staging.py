@@ -328,7 +328,8 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         raise PilotError(ErrorCode.FILE_HANDLING, f"output {spec.lfn} in scratch cannot be read: "
                          f"{error.strerror}") from None
     if status is None or not stat.S_ISREG(status.st_mode):
-        raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} was not produced")
+        found = "is a directory, not a file" if status and stat.S_ISDIR(status.st_mode) else "was not produced"
+        raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} {found}")
     if status.st_size == 0:
         raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
     if status.st_size > MAX_OUTPUT_BYTES:  # refused before copying: hours on the shared filesystem, for nothing

@@ -236,6 +236,18 @@ def test_a_payload_symlink_loop_fails_only_its_job_which_is_declared_with_its_lo
 
 
 @pytest.mark.timeout(120)
+def test_an_output_the_payload_made_a_directory_is_missing_and_the_diagnostic_says_why(tmp_path: Path) -> None:
+    """'was not produced' sent whoever read it looking for a payload that never wrote the file."""
+    definition = with_outputs(job_definition(HOSTILE, "mkdir", "-p result.out/inner"), ["result.out"])
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, HOSTILE, 1165, "result.out", "is a directory")
+    assert not (run.job_dir(HOSTILE) / "result.out").exists()
+    assert [entry["type"] for entry in run.declared(HOSTILE)] == ["log"]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("report", ['{"executor": 5}', "[" * 30000 + "]" * 30000, '{"executor": [7, {"x": 1}]}'],
                          ids=["executor-not-a-list", "nested-too-deeply", "executors-not-objects"])
 def test_a_payload_job_report_the_pilot_cannot_use_costs_the_job_nothing(tmp_path: Path, report: str) -> None:
