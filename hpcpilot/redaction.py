@@ -1,11 +1,14 @@
 """Keeping a job's secrets (values of pilotSecrets and configured fields) out of logs, reports and tarballs."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 from pathlib import Path
 from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
 
 REDACTED = "***"
 CHUNK = 1 << 20  # what redaction holds in memory, however long the payload's lines
@@ -48,20 +51,35 @@ def redact_files(scratch: Path, names: list[str], secrets: tuple[str, ...]) -> N
         return
     try:
         for name in names:
-            _redact(directory, name, encoded)
+            _redact_or_remove(directory, name, encoded)
     finally:
         os.close(directory)
 
 
-def _redact(directory: int, name: str, secrets: list[bytes]) -> None:
+def _redact_or_remove(directory: int, name: str, secrets: list[bytes]) -> None:
+    """A file that cannot be redacted (its blanked copy meets a full scratch, say) must not go out as it is:
+    it is removed, and the log tarball goes without it."""
+    redacted = f".{name}.{os.urandom(6).hex()}.redacted"  # a fresh name nobody can have laid a trap at
+    try:
+        _redact(directory, name, redacted, secrets)
+    except OSError as error:
+        log.warning("cannot blank the job's secrets in %s (%s): left out of the log tarball", name, error.strerror)
+        for leftover in (redacted, name):
+            try:
+                os.unlink(leftover, dir_fd=directory)
+            except OSError:
+                pass
+
+
+def _redact(directory: int, name: str, redacted: str, secrets: list[bytes]) -> None:
     try:
         source_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
     except OSError:  # not there, or a symlink
         return
+    if not stat.S_ISREG(os.fstat(source_fd).st_mode):  # a directory, a FIFO: never packed either
+        os.close(source_fd)
+        return
     with open(source_fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(source_fd).st_mode):
-            return
-        redacted = f".{name}.{os.urandom(6).hex()}.redacted"  # a fresh name nobody can have laid a trap at
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with open(os.open(redacted, flags, 0o644, dir_fd=directory), "wb") as target:
             copy_redacted(source, target, secrets)

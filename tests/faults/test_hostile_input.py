@@ -482,3 +482,31 @@ def test_configured_secret_keys_are_redacted(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.attributes(HOSTILE)["jobStatus"] == "finished"
     assert not _leaks(run, HOSTILE, (TOKEN, SECRET))
+
+
+@pytest.mark.timeout(120)
+def test_a_payload_output_replaced_by_a_directory_in_a_job_with_secrets_costs_only_that_file(tmp_path: Path) -> None:
+    """Redaction opened payload.stdout (a directory now) as a file: the job got 1008, no log tarball, exit 64."""
+    definition = job_definition(HOSTILE, "bash", f"-c 'echo {SECRET} >&2; rm payload.stdout; mkdir payload.stdout'",
+                                pilotSecrets=SECRET)
+    run = run_pilot(worker(tmp_path, definition), "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert [entry["type"] for entry in run.declared(HOSTILE)] == ["log"]
+    assert not _leaks(run, HOSTILE, (SECRET,))
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_with_secrets_that_filled_its_scratch_is_declared_for_the_space_and_leaks_nothing(
+        tmp_path: Path, small_tmpfs: Path) -> None:
+    """Redaction writes a blanked copy of payload.stdout beside it: in a full scratch that copy cannot be
+    made. The job must still be declared (1098, with its log tarball), the unredacted output left out."""
+    fill = f"-c 'for i in $(seq 20000); do echo {SECRET}; done; head -c 2000000 /dev/zero > big'"
+    definition = job_definition(HOSTILE, "bash", fill, pilotSecrets=SECRET)
+    ap = write_access_point(tmp_path / "ap", {HOSTILE: definition})
+    run = run_pilot(ap, "grid", "--scratch", str(small_tmpfs))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, HOSTILE, 1098, "free space in scratch")
+    assert [entry["type"] for entry in run.declared(HOSTILE)] == ["log"]
+    assert not _leaks(run, HOSTILE, (SECRET,))
