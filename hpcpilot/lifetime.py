@@ -68,9 +68,20 @@ def batch_end_time(environ: Mapping[str, str], run: Callable[..., subprocess.Com
         except (OSError, ValueError, subprocess.SubprocessError) as error:
             log.warning("could not read the batch job's end time (%s): %s", reader.__name__.strip("_"), error)
             continue
+        if end is not None and not _is_a_date(end):  # "nan", "inf", 1e400: a float, and no time at all
+            log.warning("could not read the batch job's end time (%s): %r is no date", reader.__name__.strip("_"), end)
+            continue
         if end is not None:
             return end
     return None
+
+
+def _is_a_date(seconds: float) -> bool:
+    try:
+        time.localtime(seconds)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def _slurm_end(environ: Mapping[str, str], run: Callable) -> float | None:

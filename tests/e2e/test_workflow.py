@@ -581,6 +581,19 @@ def test_a_job_whose_event_service_flag_is_unreadable_fails_and_the_others_run(t
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("variable, value", [("SLURM_JOB_END_TIME", "nan"), ("SLURM_JOB_END_TIME", "1e400"),
+                                             ("COBALT_ENDTIME", "inf"), ("SLURM_JOB_END_TIME", "99999999999999999999")])
+def test_a_batch_end_time_that_is_no_time_is_passed_over_with_a_warning(tmp_path: Path, variable: str, value: str) -> None:
+    """It made an internal error (exit 70) of the whole run: the end time was logged as a date it cannot be."""
+    definition, data = copy_job(305)
+    ap = write_access_point(tmp_path / "ap", {305: definition}, {305: data})
+    run = run_pilot(ap, "grid", env={variable: value})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(305)["jobStatus"] == "finished"
+    assert "could not read the batch job's end time" in run.stderr and "is no date" in run.stderr
+
+
+@pytest.mark.timeout(120)
 def test_the_batch_jobs_id_is_declared_as_batch_id(tmp_path: Path) -> None:
     """PanDA shows the batch job a job ran in (batchID, one of the attributes Harvester forwards)."""
     definition, data = copy_job(303)
