@@ -313,6 +313,8 @@ def _left_out(scratch: Path, lfn: str) -> bool:
         missing = not stat.S_ISREG(os.stat(inside_scratch(scratch, lfn)).st_mode)
     except FileNotFoundError:
         missing = True
+    except OSError:  # a symlink loop, say: the stage-out of the file says what is wrong with it
+        missing = False
     if missing:
         log.info("output %s was not produced; allowNoOutput lists it: left out of the stage-out", lfn)
     return missing

@@ -101,6 +101,17 @@ def test_an_output_panda_allows_to_be_missing_is_left_out_not_failed(tmp_path: P
     assert not (job_dir / "maybe.root").exists()
 
 
+def test_an_allowed_missing_output_left_as_a_symlink_loop_fails_the_job_not_the_pilot(tmp_path: Path) -> None:
+    """allowNoOutput's check of the name met ELOOP, which escaped stage-out as the pilot's own error."""
+    job = parse_job({**with_outputs(job_definition(504, "true"), ["loop.root"]), "allowNoOutput": "loop.root"})
+    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
+    scratch.mkdir(), job_dir.mkdir()
+    (scratch / "loop.root").symlink_to("loop.root")
+    with pytest.raises(PilotError) as failure:
+        stage_out_outputs(job, scratch, job_dir)
+    assert failure.value.code == ErrorCode.FILE_HANDLING and "loop.root" in failure.value.diag
+
+
 def test_an_output_not_allowed_to_be_missing_still_fails_with_1165(tmp_path: Path) -> None:
     definition = with_outputs(job_definition(503, "true"), ["made.root", "maybe.root"])
     job = parse_job({**definition, "allowNoOutput": "other.root"})
