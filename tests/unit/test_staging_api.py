@@ -9,7 +9,7 @@ import pytest
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 from hpcpilot.config import Limits
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.jobs import parse_job
+from hpcpilot.jobs import JobSpec, parse_job
 from hpcpilot.staging import MAX_OUTPUT_BYTES, stage_in, stage_out_outputs, stagein_mode
 
 
@@ -89,12 +89,17 @@ def test_an_output_copy_within_its_time_limit_is_staged_out(tmp_path: Path, slow
     assert declared["fsize"] == 6 << 20 and (job_dir / source.name).read_bytes() == source.read_bytes()
 
 
-def test_an_output_panda_allows_to_be_missing_is_left_out_not_failed(tmp_path: Path) -> None:
-    """PanDA's allowNoOutput lists the outputs a job may end without (Pilot 3 drops them from stage-out)."""
-    definition = with_outputs(job_definition(502, "true"), ["made.root", "maybe.root"])
-    job = parse_job({**definition, "allowNoOutput": "maybe.root"})
+def allow_no_output_job(tmp_path: Path, outputs: list[str], allowed: str) -> tuple[JobSpec, Path, Path]:
+    """A job with ``outputs`` of which allowNoOutput lists ``allowed``, with its scratch and job directory."""
+    job = parse_job({**with_outputs(job_definition(502, "true"), outputs), "allowNoOutput": allowed})
     scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
     scratch.mkdir(), job_dir.mkdir()
+    return job, scratch, job_dir
+
+
+def test_an_output_panda_allows_to_be_missing_is_left_out_not_failed(tmp_path: Path) -> None:
+    """PanDA's allowNoOutput lists the outputs a job may end without (Pilot 3 drops them from stage-out)."""
+    job, scratch, job_dir = allow_no_output_job(tmp_path, ["made.root", "maybe.root"], "maybe.root")
     (scratch / "made.root").write_bytes(b"events")
     declared = stage_out_outputs(job, scratch, job_dir)
     assert [Path(entry["path"]).name for entry in declared] == ["made.root"]
@@ -103,9 +108,7 @@ def test_an_output_panda_allows_to_be_missing_is_left_out_not_failed(tmp_path: P
 
 def test_an_allowed_missing_output_left_as_a_symlink_loop_fails_the_job_not_the_pilot(tmp_path: Path) -> None:
     """allowNoOutput's check of the name met ELOOP, which escaped stage-out as the pilot's own error."""
-    job = parse_job({**with_outputs(job_definition(504, "true"), ["loop.root"]), "allowNoOutput": "loop.root"})
-    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
-    scratch.mkdir(), job_dir.mkdir()
+    job, scratch, job_dir = allow_no_output_job(tmp_path, ["loop.root"], "loop.root")
     (scratch / "loop.root").symlink_to("loop.root")
     with pytest.raises(PilotError) as failure:
         stage_out_outputs(job, scratch, job_dir)
@@ -113,10 +116,7 @@ def test_an_allowed_missing_output_left_as_a_symlink_loop_fails_the_job_not_the_
 
 
 def test_an_output_not_allowed_to_be_missing_still_fails_with_1165(tmp_path: Path) -> None:
-    definition = with_outputs(job_definition(503, "true"), ["made.root", "maybe.root"])
-    job = parse_job({**definition, "allowNoOutput": "other.root"})
-    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
-    scratch.mkdir(), job_dir.mkdir()
+    job, scratch, job_dir = allow_no_output_job(tmp_path, ["made.root", "maybe.root"], "other.root")
     (scratch / "made.root").write_bytes(b"events")
     with pytest.raises(PilotError) as failure:
         stage_out_outputs(job, scratch, job_dir)
