@@ -25,6 +25,7 @@ from collections import deque
 from typing import Callable
 
 from ..errors import ErrorCode, ExitCode, PilotError
+from ..jobreport import minimal_report
 from ..jobs import JobSpec
 from ..jobstate import JobResult, JobRun
 from ..lifetime import Deadline
@@ -205,9 +206,13 @@ def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:
 
 
 def _declare_after_crash(ctx: RankContext, run: JobRun) -> None:
+    """A bug in stage-out: the job is still declared failed, with a minimal job report, and counted as
+    declared. Its files are not: what was gathered before the bug cannot be trusted (Harvester makes a log
+    tarball of its own for a job that declares none)."""
     try:
         run.finish()
-        jobflow.declare_state(ctx, run)
+        run.declared_files = []
+        jobflow.declare_final(ctx, run, minimal_report(run))
     except Exception:
         log.exception("job %d: could not declare it failed", run.pandaid)
 

@@ -396,3 +396,39 @@ def test_empty_access_point(tmp_path: Path, layout: str) -> None:
     run = run_pilot(ap, "mpi2")
     assert run.returncode == 82, run.stderr[-3000:]
     assert "no jobs" in run.stderr
+
+
+# -- a bug in the pilot itself ------------------------------------------------------------------------
+
+PLANTED_BUG = '''
+import os
+if os.environ.get("TEST_PLANT_BUG_FOR"):  # a bug planted in the pilot's log tarball, for one job
+    from hpcpilot import staging
+    _real = staging.write_log_tarball
+
+    def _with_a_bug(spec, *args, **kwargs):
+        if spec.pandaid == int(os.environ["TEST_PLANT_BUG_FOR"]):
+            raise RuntimeError("planted bug")
+        return _real(spec, *args, **kwargs)
+
+    staging.write_log_tarball = _with_a_bug
+'''
+
+
+@pytest.mark.timeout(120)
+def test_a_bug_in_stage_out_still_declares_the_job_whole(tmp_path: Path) -> None:
+    """The safety net for a bug in stage-out wrote worker_attributes alone, without the job report, and did
+    not count the job as declared: the pilot exited 64 saying it could not declare a job it had."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PLANTED_BUG)
+    definition, inputs = copy_job(FAULTY)
+    ap = worker(tmp_path, definition, inputs)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    run = run_pilot(ap, "mpi2", env={"PYTHONPATH": path, "TEST_PLANT_BUG_FOR": str(FAULTY)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, FAULTY, 1008, "stageout", "planted bug")
+    assert json.loads((run.job_dir(FAULTY) / "jobReport.json").read_text())["exitCode"] == 1008
+    assert not (run.job_dir(FAULTY) / "event_status.dump.json").exists()  # nothing gathered before the bug
+    assert [job["declared"] for job in run.summary()["jobs"] if job["pandaid"] == FAULTY] == [True]
+    assert_bystanders_finished(run)
