@@ -7,6 +7,7 @@ Every problem raises :class:`JobDefinitionError` naming the field.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -276,16 +277,27 @@ def _collect_strings(value: Any, found: list[str]) -> None:
         return
     if isinstance(value, str):
         found.append(value)
-        try:
-            _collect_strings(json.loads(value), found) if value.strip()[:1] in "{[" else None
-        except ValueError:  # not JSON after all (a RecursionError is the caller's)
-            pass
+        if value.strip()[:1] in "{[":
+            _collect_strings(_structure_of(value), found)
     elif isinstance(value, Mapping):
         for item in value.values():
             _collect_strings(item, found)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _collect_strings(item, found)
+
+
+def _structure_of(text: str) -> Any:
+    """What a secret field's text holds: JSON, or the Python repr Harvester's cgi spec format makes of a dict
+    (``{'token': 'x'}``); None if neither. A RecursionError is the caller's."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)  # literals only: nothing in the text is run
+    except (ValueError, SyntaxError, TypeError, MemoryError):
+        return None
 
 
 # What the pilot writes in a job's scratch; no input, output or log may take these names.

@@ -16,6 +16,7 @@ from hpcpilot.jobs import (
     parse_checksum,
     parse_job,
     parse_pandaid,
+    secret_values,
     validate_lfn,
 )
 
@@ -429,3 +430,16 @@ def test_control_characters_are_refused_where_the_pool_file_catalogue_would_carr
 def test_allow_no_output_names_the_outputs_a_job_may_end_without(value, expected):
     fields = {} if value is None else {"allowNoOutput": value}
     assert parse_job(job_definition(4712, "true", **fields)).allow_no_output == expected
+
+
+@pytest.mark.parametrize("text", ["{'token': 'tok-secret-1', 'nested': ['tok-secret-2']}",
+                                  '{"token": "tok-secret-1", "nested": ["tok-secret-2"]}'])
+def test_each_value_of_a_secrets_dict_is_a_secret_as_json_and_as_harvester_s_cgi_repr(text):
+    """With jobSpecFileFormat cgi Harvester writes a dict-valued secrets field as its Python repr, which is no
+    JSON: only the whole text was a secret, and a payload printing one value of it leaked it."""
+    found = secret_values({"pilotSecrets": text}, ("pilotSecrets",))
+    assert {"tok-secret-1", "tok-secret-2"} <= set(found)
+
+
+def test_a_secrets_text_that_is_neither_json_nor_a_literal_is_one_secret():
+    assert secret_values({"pilotSecrets": "{not: closed"}, ("pilotSecrets",)) == ("{not: closed",)
