@@ -303,24 +303,15 @@ def stage_out_outputs(job: JobSpec, scratch: Path, job_dir: Path, guids: Mapping
     the payload gave its outputs (by LFN); an output without one gets a new GUID. An output whose copy takes
     longer than ``time_limit`` of its size fails the job with 1152, and leaves nothing under its name.
     An output the job's ``allowNoOutput`` lists may be missing: it is left out, as Pilot 3 leaves it."""
-    return [_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, ""), time_limit) for spec in job.outputs
-            if not (spec.lfn in job.allow_no_output and _left_out(scratch, spec.lfn))]
+    declared = (_stage_out_file(spec, scratch, job_dir, guids.get(spec.lfn, ""), time_limit,
+                                may_be_missing=spec.lfn in job.allow_no_output) for spec in job.outputs)
+    return [entry for entry in declared if entry is not None]
 
 
-def _left_out(scratch: Path, lfn: str) -> bool:
-    """The payload did not write the output (a name it made something else than a file is no output either)."""
-    try:
-        missing = not stat.S_ISREG(os.stat(inside_scratch(scratch, lfn)).st_mode)
-    except FileNotFoundError:
-        missing = True
-    except OSError:  # a symlink loop, say: the stage-out of the file says what is wrong with it
-        missing = False
-    if missing:
-        log.info("output %s was not produced; allowNoOutput lists it: left out of the stage-out", lfn)
-    return missing
-
-
-def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, time_limit: TimeLimit) -> dict[str, Any]:
+def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, time_limit: TimeLimit,
+                    may_be_missing: bool) -> dict[str, Any] | None:
+    """The output's declaration once it is in the job directory; None for a missing one that ``may_be_missing``
+    (a name the payload made something else than a file is no output either)."""
     source = inside_scratch(scratch, spec.lfn)
     try:
         status = os.stat(source)
@@ -330,6 +321,9 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         raise PilotError(ErrorCode.FILE_HANDLING, f"output {spec.lfn} in scratch cannot be read: "
                          f"{error.strerror}") from None
     if status is None or not stat.S_ISREG(status.st_mode):
+        if may_be_missing:
+            log.info("output %s was not produced; allowNoOutput lists it: left out of the stage-out", spec.lfn)
+            return None
         found = "is a directory, not a file" if status and stat.S_ISDIR(status.st_mode) else "was not produced"
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} {found}")
     if status.st_size == 0:
