@@ -38,6 +38,7 @@ SPEC_NAMES = ("HPCJobs.json", "pandaJobData.out")  # Harvester's two names for t
 HARVESTER_JOB_FILES = frozenset({"post_process_job_attrs.json", "task_workdir_path.txt"})
 # Harvester renames these two to <name>.read and reads them from there; it writes the second via <name>.new.
 HARVESTER_RENAMED_SUFFIXES = (".read", ".new")
+TAKEN_SUFFIX = ".taken"  # added to the journal's name: a dump the pilot took back from Harvester, to add to
 
 
 class AccessPoint:
@@ -53,7 +54,8 @@ class AccessPoint:
         self._short_read_is_end = False  # learnt once the access point is known to be readable
         # names no input, output or log may take: Harvester's files and the pilot's, here and in scratch
         self.reserved_names = SCRATCH_NAMES | HARVESTER_JOB_FILES | _renamed_by_harvester(files) | {
-            getattr(files, f.name) for f in fields(files) if f.name != "job_spec_format"}
+            getattr(files, f.name) for f in fields(files) if f.name != "job_spec_format"} | {
+            files.pending_declarations + TAKEN_SUFFIX}
 
     def is_reserved(self, name: str) -> bool:
         return is_reserved(name, self.reserved_names)
@@ -345,8 +347,14 @@ class EventStatusPublisher:
 
     Entries are first *staged* in a hidden journal file in the job directory
     (durable, already in the dump's format); *publishing* renames that
-    journal to the dump name without replacing one, which fails while
-    Harvester has not yet renamed the previous dump away. A job's entries
+    journal to the dump name without replacing one. A dump Harvester has not
+    yet renamed to ``.read`` is *taken back* first: renamed to a hidden name
+    (atomic against Harvester's own rename: the second one fails, and
+    Harvester, which logs it, looks again next cycle), its entries put
+    before the journal's, and published again with them. So no entry is
+    read twice or lost, and nothing waits for Harvester's cycle (minutes;
+    an event service job declares every few seconds, and the pilot's last
+    declarations would otherwise outlive it). A job's entries
     are staged before its final state is written and published after it, so
     after a crash a final job's entries are still there to publish, and a
     job run again never has stale entries published. Staged entries wait
@@ -358,6 +366,7 @@ class EventStatusPublisher:
         self.access_point = access_point
         self._staged: set[int] = set()  # journal written, not yet to be published
         self._waiting: set[int] = set()  # to be published as soon as the dump is free
+        self._foreign_dumps: set[int] = set()  # jobs with a dump the pilot cannot read: never taken back
 
     def stage(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> None:
         """Record ``entries`` durably, after any still unpublished ones."""
@@ -377,6 +386,14 @@ class EventStatusPublisher:
             self._staged.discard(pandaid)
         if pandaid not in self._waiting:
             return True
+        published = self._renamed_onto_dump(pandaid) or (self._took_back(pandaid) and
+                                                          self._renamed_onto_dump(pandaid))
+        if published:
+            self._waiting.discard(pandaid)
+        return published
+
+    def _renamed_onto_dump(self, pandaid: int) -> bool:
+        """The journal renamed to the dump name; False while a dump is there."""
         journal, dump = self.journal_path(pandaid), self._dump(pandaid)
         try:
             rename_no_replace(journal, dump)
@@ -386,8 +403,53 @@ class EventStatusPublisher:
             journal.unlink(missing_ok=True)  # linked by the fallback, which then stopped short
         except FileNotFoundError:  # published and cleared already
             pass
-        self._waiting.discard(pandaid)
         return True
+
+    def _took_back(self, pandaid: int) -> bool:
+        """Move the dump Harvester has not taken yet into the journal, before its entries; False if it cannot
+        be (it then waits for Harvester, as before)."""
+        if pandaid in self._foreign_dumps or not self._merge_taken(pandaid):  # one a crash left first
+            return False
+        try:
+            rename_no_replace(self._dump(pandaid), self._taken_path(pandaid))
+        except FileNotFoundError:  # Harvester has just taken it
+            return True
+        except OSError as error:
+            log.warning("cannot take back %s of job %s to add to it (%s): its entries wait for Harvester to "
+                        "take it", self._dump(pandaid), pandaid, error)
+            return False
+        return self._merge_taken(pandaid)
+
+    def _merge_taken(self, pandaid: int) -> bool:
+        """A taken-back dump's entries put before the journal's, each once (a crash may have come after the
+        journal was written and before the taken file was removed); False, and the dump put back for
+        Harvester, if that cannot be done."""
+        taken, journal = self._taken_path(pandaid), self.journal_path(pandaid)
+        try:
+            older = read_json(taken)
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError) as error:
+            older = error
+        if not _is_dump(older):
+            self._foreign_dumps.add(pandaid)  # not the pilot's: Harvester alone may take it
+            return self._put_back(pandaid, f"it is no dump of declarations: {older}")
+        try:
+            write_json(journal, _merged(older, read_json(journal) if journal.exists() else {}))
+            taken.unlink()
+        except OSError as error:
+            return self._put_back(pandaid, f"cannot add its entries to {journal.name}: {error}")
+        return True
+
+    def _put_back(self, pandaid: int, reason: str) -> bool:
+        dump = self._dump(pandaid)
+        log.warning("%s of job %s is left for Harvester to take, as it was (%s); the job's later entries wait "
+                    "for that", dump, pandaid, reason)
+        try:
+            rename_no_replace(self._taken_path(pandaid), dump)
+        except OSError as error:  # kept under the hidden name: the next publication or run tries again
+            log.error("cannot put %s back: %s", dump, error)
+        return False
 
     def declare(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> bool:
         """Stage and publish; True if Harvester can see the entries now."""
@@ -404,6 +466,7 @@ class EventStatusPublisher:
         """Take over journals an earlier run left (for jobs that reached their final state)."""
         for pandaid in pandaids:
             journal = self.journal_path(pandaid)
+            self._merge_taken(pandaid)  # a take-back a crash interrupted
             if not journal.exists():
                 continue
             if not journal.is_file():  # renamed to the dump, it would hand Harvester a directory to read
@@ -427,6 +490,11 @@ class EventStatusPublisher:
     def journal_path(self, pandaid: int) -> Path:
         return self.access_point.path(pandaid, self.access_point.files.pending_declarations)
 
+    def _taken_path(self, pandaid: int) -> Path:
+        """Where a dump taken back from Harvester lies until its entries are in the journal (hidden)."""
+        journal = self.journal_path(pandaid)
+        return journal.with_name(journal.name + TAKEN_SUFFIX)
+
     def _dump(self, pandaid: int) -> Path:
         return self.access_point.path(pandaid, self.access_point.files.event_status)
 
@@ -446,6 +514,19 @@ class EventStatusPublisher:
             return list(read_json(self.journal_path(pandaid)).get(str(pandaid), []))
         except FileNotFoundError:
             return []
+
+
+def _is_dump(content: Any) -> bool:
+    return isinstance(content, dict) and all(isinstance(entries, list) for entries in content.values())
+
+
+def _merged(older: dict[str, list], newer: dict[str, list]) -> dict[str, list]:
+    """``older``'s entries, then those of ``newer`` not among them (an entry is never declared twice)."""
+    merged = {key: list(entries) for key, entries in older.items()}
+    for key, entries in newer.items():
+        seen = {json_bytes(entry) for entry in merged.get(key, [])}
+        merged.setdefault(key, []).extend(entry for entry in entries if json_bytes(entry) not in seen)
+    return merged
 
 
 def _written_new(path: Path, content: Any) -> bool:

@@ -17,7 +17,7 @@ uses (it is a thin layer over :mod:`hpcpilot.harvester`)::
         ...                                           # run it; write its outputs into client.job_dir(job.pandaid)
         entries = [client.file_declaration(client.job_dir(job.pandaid) / out.lfn) for out in job.outputs]
         entries.append(client.file_declaration(client.job_dir(job.pandaid) / job.log.lfn, "log", job.log.guid))
-        client.declare_files(job.pandaid, entries)    # False: queued until Harvester takes its last dump
+        client.declare_files(job.pandaid, entries)    # False: queued behind a dump not the client's
         client.write_job_report(job.pandaid, {"exitCode": 0})
         client.set_state(job.pandaid, "finished", transExitCode=0)
     client.heartbeat()
@@ -38,9 +38,12 @@ Rules the client keeps, and checks before anything is written:
   access point (Harvester stages out from there; node-local files are out of
   its reach). Declare the job's log tarball as ``log``: without one, Harvester
   packs the job's directory itself when the worker ends. A dump Harvester has not yet renamed to ``.read`` is never
-  replaced: later entries wait in a hidden journal and go out with
-  :meth:`~AccessPointClient.flush`. One client (or one pilot) declares for a
-  job: a second one would replace the first one's waiting entries.
+  written to: it is taken back (renamed away, atomic against Harvester's own
+  rename) and its entries go out again, first, with the new ones. Only a
+  dump that is not the client's holds entries back: they wait in a hidden
+  journal and go out with :meth:`~AccessPointClient.flush` once Harvester has
+  taken it. One client (or one pilot) declares for a job: a second one would
+  replace the first one's waiting entries.
 """
 from __future__ import annotations
 
@@ -193,8 +196,8 @@ class AccessPointClient:
     def declare_files(self, pandaid: int, entries: Iterable[Mapping[str, Any]]) -> bool:
         """Hand ``entries`` to Harvester in the job's ``event_status.dump.json``, after any still waiting.
 
-        True when Harvester can see them now; False when they wait because Harvester has not yet taken the
-        previous dump (renamed it to ``.read``): :meth:`flush` sends them once it has. Every entry is checked
+        True when Harvester can see them now; False when they wait behind a dump that is not the client's,
+        which Harvester has not yet taken: :meth:`flush` sends them once it has. Every entry is checked
         first (ValueError / TypeError naming the entry and what is wrong); none is declared if one is bad.
         """
         self._check_known(pandaid)

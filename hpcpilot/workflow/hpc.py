@@ -110,8 +110,9 @@ def _wrap_up(ctx: RankContext) -> None:
     while (waiting := ctx.publisher.flush()) and time.monotonic() < give_up:
         time.sleep(0.2)
     if waiting:
-        log.warning("%d job(s) keep output declarations staged in %s: Harvester has not yet taken the "
-                    "previous %s; running the pilot again on this access point publishes them",
+        log.warning("%d job(s) keep output declarations staged in %s: Harvester has not yet taken a previous "
+                    "%s the pilot could not add them to (see above); running the pilot again on this access "
+                    "point publishes them",
                     waiting, ctx.config.files.pending_declarations, ctx.config.files.event_status)
     if not ctx.config.keep_scratch:
         try:

@@ -263,61 +263,49 @@ def test_a_bad_entry_is_refused_and_nothing_is_declared(client, entry, problem):
     assert client.waiting == set()
 
 
-def test_entries_wait_for_harvester_to_take_the_dump_and_each_is_read_once(client):
-    """Plays Harvester: a dump it has not renamed yet is never replaced; what waits goes out after the hand-off."""
+def test_entries_go_out_at_once_even_while_harvester_has_not_taken_the_dump_and_each_is_read_once(client):
+    """Plays Harvester: a dump it has not renamed yet is never written to; it is taken back and its entries
+    go out again with the new ones."""
     job_dir = client.job_dir(1001)
     first = [client.file_declaration(write_output(client, 1001, "a.root", b"a"))]
     second = [client.file_declaration(write_output(client, 1001, "b.root", b"b")),
               *client.ranges_failed(["7-1-1-1-1"])]
     third = [client.file_declaration(write_output(client, 1001, "log.tgz", b"log"), "log")]
-    read: list[dict] = []
 
     assert client.declare_files(1001, first) is True
-    unread = (job_dir / DUMP).read_bytes()
-    assert client.declare_files(1001, second) is False  # Harvester has not taken the first dump
-    assert client.flush() == 1 and client.waiting == {1001}
-    assert (job_dir / DUMP).read_bytes() == unread
-
-    read += harvester_takes(job_dir)
-    assert client.declare_files(1001, third) is True  # the waiting entries go out with these
-    assert client.flush() == 0
+    assert client.declare_files(1001, second) is True  # Harvester has not taken the first dump
+    read = harvester_takes(job_dir)
+    assert client.declare_files(1001, third) is True
     read += harvester_takes(job_dir)
     assert harvester_takes(job_dir) is None
     assert client.flush() == 0 and client.waiting == set()
     assert read == [*first, *second, *third]
 
 
-def test_flush_publishes_what_waits_once_harvester_took_the_dump(client):
+def test_a_dump_not_the_clients_holds_entries_back_until_harvester_takes_it(client):
+    foreign = client.job_dir(1001) / DUMP
+    foreign.write_text("not JSON")
     entry = {"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}
-    later = {"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}
-    client.declare_files(1001, [entry])
-    client.declare_files(1001, [later])
-    assert harvester_takes(client.job_dir(1001)) == [entry]
+    assert client.declare_files(1001, [entry]) is False
+    assert client.flush() == 1 and client.waiting == {1001}
+    foreign.rename(foreign.with_name(DUMP + ".read.1"))  # Harvester took it (and could not load it)
     assert client.flush() == 0
-    assert harvester_takes(client.job_dir(1001)) == [later]
+    assert harvester_takes(client.job_dir(1001)) == [entry]
 
 
-def test_a_restarted_clients_declarations_follow_what_the_earlier_one_left_waiting(client):
-    """A wrapper that dies while its entries wait for Harvester, then starts again: nothing is lost or
-    declared twice."""
+def test_a_restarted_client_publishes_what_the_earlier_one_left_waiting(client):
+    """A wrapper that dies while its entries wait behind a dump it cannot add to, then starts again: nothing
+    is lost or declared twice."""
+    foreign = client.job_dir(1001) / DUMP
+    foreign.write_text("not JSON")
     waiting = [{"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}]
-    client.declare_files(1001, [{"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}])
-    assert client.declare_files(1001, waiting) is False  # Harvester has not taken the first dump
+    assert client.declare_files(1001, waiting) is False
     restarted = AccessPointClient(client.root)
     later = [{"eventRangeID": "1-2-3-4-7", "eventStatus": "failed"}]
     assert restarted.declare_files(1001, later) is False
-    harvester_takes(client.job_dir(1001))
+    foreign.rename(foreign.with_name(DUMP + ".read.1"))
     assert restarted.flush() == 0
     assert harvester_takes(client.job_dir(1001)) == [*waiting, *later]
-
-
-def test_a_restarted_client_publishes_what_the_earlier_one_left_waiting_at_its_first_flush(client):
-    client.declare_files(1002, [{"eventRangeID": "1-2-3-4-5", "eventStatus": "failed"}])
-    waiting = [{"eventRangeID": "1-2-3-4-6", "eventStatus": "failed"}]
-    client.declare_files(1002, waiting)
-    harvester_takes(client.job_dir(1002))
-    assert AccessPointClient(client.root).flush() == 0
-    assert harvester_takes(client.job_dir(1002)) == waiting
 
 
 def test_a_finished_event_range_is_an_es_output_entry(client):

@@ -234,17 +234,22 @@ def test_scratch_is_removed_unless_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_unconsumed_event_status_is_not_overwritten(tmp_path: Path) -> None:
+def test_an_unconsumed_dump_is_never_written_to_and_goes_out_with_the_job_s_entries(tmp_path: Path) -> None:
+    """Harvester takes a dump once per cycle (minutes): the pilot does not wait for it, nor leave the job's
+    entries behind when it ends; the earlier dump is taken back and declared again, first."""
     definition, data = copy_job(901)
     ap = write_access_point(tmp_path / "ap", {901: definition}, {901: data})
     earlier = ap / "901" / "event_status.dump.json"
-    earlier.write_text('{"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}')
-    run = run_pilot(ap, env={"HPCPILOT_FINAL_FLUSH_WAIT": "1"})
+    earlier_entry = {"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}
+    earlier.write_text(json.dumps({"901": [earlier_entry]}))
+    earlier_inode = earlier.stat().st_ino
+    run = run_pilot(ap)
     assert run.returncode == 0
-    assert json.loads(earlier.read_text()) == {"901": [{"eventRangeID": "1-2-3-4-5", "eventStatus": "finished"}]}
-    journal = json.loads((ap / "901" / ".hpcpilot-pending.json").read_text())
-    assert {entry["type"] for entry in journal["901"]} == {"output", "log"}
-    assert "Harvester has not yet taken" in run.stderr
+    entries = json.loads(earlier.read_text())["901"]
+    assert entries[0] == earlier_entry and [e["type"] for e in entries[1:]] == ["output", "log"]
+    assert earlier.stat().st_ino != earlier_inode, "the unconsumed file was written to, not replaced by a new one"
+    assert not any(p.name.startswith(".hpcpilot-pending") for p in (ap / "901").iterdir())
+    assert "wait" not in run.stderr
 
 
 @pytest.mark.timeout(120)

@@ -131,6 +131,27 @@ def test_every_range_is_declared_once_with_its_output(tmp_path: Path, launch: st
 
 
 @pytest.mark.timeout(180)
+def test_a_harvester_that_takes_no_dump_during_the_run_finds_every_range_in_the_last_one(tmp_path: Path) -> None:
+    """Harvester takes a dump once per monitor cycle (minutes, longer than this run): the declarations made
+    after its first dump must not stay in the pilot's journal when it ends, or PanDA would process the
+    ranges again."""
+    all_ranges = ranges(30)
+    ap = es_worker(tmp_path, preplaced=all_ranges)
+    with FakeHarvester(ap, [], interval=0.05):
+        run = run_pilot(ap, "mpi2", env=FAST)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (ap / ".hpcpilot-pending.json").exists() and "staged" not in run.stderr
+    taken = take_declarations(ap, DUMP)
+    assert taken is not None and taken.errors == []
+    by_range = range_entries(taken.raw)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    for event_range in all_ranges:
+        (entry,) = by_range[event_range["eventRangeID"]]
+        assert_finished_output(entry, event_range)
+    assert [e["type"] for e in taken.raw if "eventRangeID" not in e] == ["log"]
+
+
+@pytest.mark.timeout(180)
 def test_ranges_arrive_through_the_request_files_while_the_worker_runs(tmp_path: Path) -> None:
     all_ranges = ranges(40)
     ap = es_worker(tmp_path)
@@ -228,7 +249,9 @@ def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp
         os.kill(pid, signal.SIGKILL)
     worker.wait()
     time.sleep(0.3)
-    declared = range_entries(consumer.entries + _entries_in(ap / DUMP) + _entries_in(ap / ".hpcpilot-pending.json"))
+    taken_back = _entries_in(ap / ".hpcpilot-pending.json.taken")  # killed amid a take-back: the journal may
+    staged = taken_back + [e for e in _entries_in(ap / ".hpcpilot-pending.json") if e not in taken_back]  # have them
+    declared = range_entries(consumer.entries + _entries_in(ap / DUMP) + staged)
     assert declared, "nothing was declared before the kill"
     by_id = {r["eventRangeID"]: r for r in all_ranges}
     for range_id, found in declared.items():

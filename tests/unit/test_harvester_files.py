@@ -560,51 +560,109 @@ def test_one_to_one_declares_at_the_top(tmp_path):
     assert json.loads((root / "event_status.dump.json").read_text()) == {"3001": [OUTPUT]}
 
 
-def test_an_unconsumed_dump_is_never_overwritten(access_point):
+def taken_path(publisher: EventStatusPublisher, pandaid: int) -> Path:
+    journal = publisher.journal_path(pandaid)
+    return journal.with_name(journal.name + ".taken")
+
+
+def test_an_unconsumed_dump_is_taken_back_never_written_and_its_entries_go_out_again_first(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
     dump = dump_of(access_point, 1001)
-    before = dump.read_bytes()
-    assert publisher.declare(1001, [LOG_ENTRY]) is False
-    assert publisher.flush() == 1
-    assert dump.read_bytes() == before
-    assert publisher.waiting == {1001}
+    with open(dump, "rb") as reading:  # Harvester may hold the old file open: it is never written to
+        assert publisher.declare(1001, [LOG_ENTRY]) is True
+        assert json.loads(reading.read()) == {"1001": [OUTPUT]}
+    assert harvester_takes(dump) == {"1001": [OUTPUT, LOG_ENTRY]}
+    assert publisher.waiting == set() and publisher.flush() == 0
+    assert not dump.exists()  # nothing is handed over twice
+    hidden = [p.name for p in dump.parent.iterdir() if p.name.startswith(".")]
+    assert hidden == [], "neither journal nor taken-back dump is left"
 
 
-def test_journaled_entries_are_published_once_harvester_took_the_dump(access_point):
+def test_each_entry_reaches_harvester_once_whatever_the_dump_s_state(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
+    first = harvester_takes(dump_of(access_point, 1001))
     publisher.declare(1001, [LOG_ENTRY])
     publisher.declare(1001, [EVENT])
-    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [OUTPUT]}
-    assert publisher.flush() == 0
-    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [LOG_ENTRY, EVENT]}
-    assert publisher.waiting == set()
-    assert publisher.flush() == 0
-    assert not dump_of(access_point, 1001).exists()  # nothing is handed over twice
+    assert [first, harvester_takes(dump_of(access_point, 1001))] == [{"1001": [OUTPUT]},
+                                                                       {"1001": [LOG_ENTRY, EVENT]}]
 
 
-def test_a_new_declaration_carries_the_journaled_entries(access_point):
+@pytest.mark.timeout(120)
+def test_a_harvester_reading_all_the_while_gets_every_entry_exactly_once_in_order(access_point):
+    """Harvester's rename to .read and the pilot's take-back race for the same dump: exactly one of the two
+    renames wins, so no entry is read twice or lost. Real renames in two threads, many rounds."""
+    import threading
+
+    dump, entries = dump_of(access_point, 1001), [{"eventRangeID": f"T-J-F-{i}-{i}", "eventStatus": "failed"}
+                                                   for i in range(1500)]
+    read: list[dict] = []
+    done = threading.Event()
+
+    def harvester() -> None:
+        while not done.is_set() or dump.exists():
+            try:
+                read.extend(harvester_takes(dump)["1001"])
+            except FileNotFoundError:  # not there, or the pilot took it back first: Harvester logs, goes on
+                pass
+            taken = dump.with_name(dump.name + ".read")
+            if taken.exists():
+                taken.rename(dump.with_name(f"{dump.name}.read.{len(read)}"))  # acknowledged
+
+    reader = threading.Thread(target=harvester)
+    reader.start()
+    publisher = EventStatusPublisher(access_point)
+    try:
+        for entry in entries:
+            assert publisher.declare(1001, [entry]) is True
+    finally:
+        done.set()
+        reader.join(timeout=60)
+    assert not reader.is_alive()
+    assert read == entries
+
+
+def test_a_take_back_interrupted_by_a_crash_is_completed_by_the_next_run(access_point):
+    """Killed after the dump was renamed away, or after its entries were added to the journal but before the
+    taken file went: either way the next run publishes each entry once."""
+    for journal_content in ([LOG_ENTRY], [OUTPUT, LOG_ENTRY]):
+        publisher = EventStatusPublisher(access_point)
+        publisher.stage(1001, [OUTPUT])
+        taken = taken_path(publisher, 1001)
+        publisher.journal_path(1001).rename(taken)  # what the take-back makes of the published dump
+        publisher.journal_path(1001).write_text(json.dumps({"1001": journal_content}))
+        restarted = EventStatusPublisher(access_point)
+        restarted.adopt([1001])
+        assert not taken.exists() and restarted.waiting == {1001}
+        assert restarted.flush() == 0
+        assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [OUTPUT, LOG_ENTRY]}
+
+
+@pytest.mark.parametrize("content", ["not json", '["a list"]', '{"1001": {"not": "a list"}}'])
+def test_a_dump_that_is_not_the_pilot_s_is_left_for_harvester_and_the_entries_wait(access_point, content, caplog):
+    dump = dump_of(access_point, 1001)
+    dump.write_text(content)
+    publisher = EventStatusPublisher(access_point)
+    assert publisher.declare(1001, [OUTPUT]) is False
+    assert publisher.declare(1001, [LOG_ENTRY]) is False  # not taken back again
+    assert dump.read_text() == content and publisher.waiting == {1001}
+    assert caplog.text.count("no dump of declarations") == 1
+    dump.rename(dump.with_name(dump.name + ".read"))
+    assert publisher.flush() == 0
+    assert harvester_takes(dump) == {"1001": [OUTPUT, LOG_ENTRY]}
+
+
+def test_a_dump_whose_entries_cannot_be_added_is_put_back_as_it_was(access_point, caplog):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
-    publisher.declare(1001, [EVENT])
-    harvester_takes(dump_of(access_point, 1001))
-    assert publisher.declare(1001, [LOG_ENTRY]) is True
-    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [EVENT, LOG_ENTRY]}
-    assert publisher.waiting == set()
-
-
-def test_the_journal_survives_a_restart(access_point):
-    EventStatusPublisher(access_point).declare(1001, [OUTPUT])
-    EventStatusPublisher(access_point).declare(1001, [LOG_ENTRY])  # blocked: journaled
-    restarted = EventStatusPublisher(AccessPoint(access_point.root, FILES))
-    restarted.adopt([1001, 1002])
-    assert restarted.waiting == {1001}
-    assert restarted.flush() == 1  # still not taken
-    harvester_takes(dump_of(access_point, 1001))
-    assert restarted.flush() == 0
-    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [LOG_ENTRY]}
-    assert EventStatusPublisher(access_point).waiting == set()
+    publisher.stage(1001, [LOG_ENTRY])
+    journal = publisher.journal_path(1001)
+    journal.unlink()
+    journal.mkdir()  # the journal cannot be replaced: as on a full or read-only filesystem
+    assert publisher.publish(1001) is False
+    assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [OUTPUT]}
+    assert not taken_path(publisher, 1001).exists() and "cannot add its entries" in caplog.text
 
 
 def test_staged_entries_wait_for_their_publish_not_for_a_flush(access_point):
@@ -619,27 +677,36 @@ def test_staged_entries_wait_for_their_publish_not_for_a_flush(access_point):
 
 
 def test_a_blocked_job_does_not_hold_back_another(access_point):
+    dump_of(access_point, 1001).write_text("not the pilot's")
     publisher = EventStatusPublisher(access_point)
-    publisher.declare(1001, [OUTPUT])
     publisher.declare(1001, [EVENT])
     assert publisher.declare(1002, [LOG_ENTRY]) is True
     assert json.loads(dump_of(access_point, 1002).read_text()) == {"1002": [LOG_ENTRY]}
     assert publisher.waiting == {1001}
 
 
-def test_the_journal_is_hidden_from_harvester(access_point):
+def test_the_journal_and_a_taken_back_dump_are_hidden_from_harvester(access_point):
     publisher = EventStatusPublisher(access_point)
-    publisher.declare(1001, [OUTPUT])
-    publisher.declare(1001, [EVENT])
-    job_files = {p.name for p in (access_point.root / "1001").iterdir() if not p.name.startswith(".")}
-    assert job_files == {FILES.job_spec, FILES.pool_file_catalog, "event_status.dump.json"}
+    publisher.stage(1001, [OUTPUT])
     assert publisher.journal_path(1001).name.startswith(".")
+    assert taken_path(publisher, 1001).name.startswith(".")
+    assert access_point.is_reserved(taken_path(publisher, 1001).name)
+    renamed = AccessPoint(access_point.root, HarvesterFiles(pending_declarations="pending.json"))
+    assert renamed.is_reserved("pending.json.taken"), "a payload's output must not pass for a taken-back dump"
+
+
+def test_the_journal_survives_a_restart(access_point):
+    EventStatusPublisher(access_point).stage(1001, [OUTPUT])  # a final job whose entries were not yet published
+    restarted = EventStatusPublisher(AccessPoint(access_point.root, FILES))
+    restarted.adopt([1001, 1002])
+    assert restarted.waiting == {1001}
+    assert restarted.flush() == 0
+    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [OUTPUT]}
+    assert EventStatusPublisher(access_point).waiting == set()
 
 
 def test_a_temp_file_left_beside_the_journal_does_not_break_a_restart(access_point):
-    publisher = EventStatusPublisher(access_point)
-    publisher.declare(1001, [OUTPUT])
-    publisher.declare(1001, [EVENT])
+    EventStatusPublisher(access_point).stage(1001, [OUTPUT])
     (access_point.root / "1001" / f"{TEMP_PREFIX}k3j2l1.1001.json").write_text("[")
     restarted = EventStatusPublisher(access_point)
     restarted.adopt([1001])
