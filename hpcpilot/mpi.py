@@ -126,7 +126,18 @@ def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
     except BaseException:
         sys.stderr.write(f"[{comm.rank}@{socket.gethostname()}] uncaught error, aborting all ranks:\n")
         traceback.print_exc()
-        sys.stderr.flush()
         if comm.size > 1:
-            comm.Abort(exit_code)
+            abort_every_rank(comm, exit_code)
         return exit_code
+
+
+# MPI_Abort has the launcher end every rank at once, and its proxies with them: a rank's last lines, still in
+# the pipe to its proxy, would be lost (seen with MPICH's hydra). A moment lets the proxy forward them.
+ABORT_PAUSE = 0.5
+
+
+def abort_every_rank(comm: Any, exit_code: int) -> None:
+    """MPI_Abort, once this rank's last words have reached the launcher."""
+    sys.stderr.flush()
+    time.sleep(ABORT_PAUSE)
+    comm.Abort(exit_code)

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from ..errors import ExitCode
 from ..lifetime import Deadline
-from ..mpi import any_source, wait_idly
+from ..mpi import abort_every_rank, any_source, wait_idly
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .liveness import PeerWatch
@@ -157,7 +157,7 @@ class Supervisor:
         if writer.is_alive():
             log.warning("%s not written after %g s: aborting without it", self.ctx.config.files.kill_worker,
                         KILL_FILE_WAIT)
-        self.comm.Abort(ExitCode.SITE_PROBLEM)
+        abort_every_rank(self.comm, ExitCode.SITE_PROBLEM)
 
     def _request_kill(self, reason: str) -> None:
         try:
