@@ -33,8 +33,9 @@ these flags.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
 2 bad command line; 64 some job could not be declared in the access point,
-hpcpilot_summary.json could not be written, or a rank fell silent for
-rank_silence_limit (600 s: it died or hangs); 65 bad configuration or site;
+hpcpilot_summary.json could not be written, a rank fell silent for
+rank_silence_limit (600 s: it died or hangs), or reading the job definitions
+outlasted startup_limit (1800 s: a hung filesystem); 65 bad configuration or site;
 66 the demo access point cannot be written; 70 internal error; 77 access
 point unreadable or malformed; 81 the pilot's lifetime ran out; 82 no jobs;
 128+N stopped by signal N (143 also for the stop file hpcpilot_stop)."""

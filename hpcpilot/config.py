@@ -103,6 +103,7 @@ class Config:
     declare_running_after: float = 60.0  # a payload running this long is declared running (0: at its start)
     final_flush_wait: float = 10.0  # at the end, how long to wait for Harvester to take a dump not the pilot's
     rank_silence_limit: float = 600.0  # a rank not heard from for this long (dead, hung) ends the pilot; 0: never
+    startup_limit: float = 1800.0  # reading the job definitions longer than this (a hung filesystem) ends it; 0: never
     event_wait_timeout: float = 600.0  # event service: give up waiting for Harvester's ranges after this
     payload_restarts: int = 3  # event service: restarts of a crashed payload per rank
     exec_plain_commands: bool = True  # a payload line of plain words is exec'd as bash would, without bash

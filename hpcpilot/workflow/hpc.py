@@ -31,6 +31,7 @@ from . import jobflow
 from .jobflow import RankContext
 from .progress import Collector, Reporter
 from .jobflow import terminate_in_background
+from .liveness import startup_watch
 from .rank import RankRunner
 from .resume import EARLIER_RUN, split_declared
 from .supervisor import Supervisor
@@ -56,8 +57,9 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     ``signals`` holds the stop signals received so far (installed before MPI started: never fatal)."""
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
-    access_point = AccessPoint(config.access_point, config.files, secret_keys)
-    plan, status = _distribute(access_point, comm)
+    with startup_watch(comm, config.startup_limit):
+        access_point = AccessPoint(config.access_point, config.files, secret_keys)
+        plan, status = _distribute(access_point, comm)
     if status != ExitCode.SUCCESS:
         return status
     if comm.rank == 0:

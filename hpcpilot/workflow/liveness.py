@@ -10,10 +10,16 @@ stopped, or on a hung node) makes the rank give up.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-from ..mpi import any_source, new_status
+from ..errors import ExitCode
+from ..mpi import abort_every_rank, any_source, new_status
+
+log = logging.getLogger(__name__)
 
 ALIVE_TAG = 29
 SAYS_PER_LIMIT = 10  # a peer misses this many "alive" messages in a row before it counts as silent
@@ -75,3 +81,28 @@ class PeerWatch:
             self.comm.recv(source=any_source(), tag=ALIVE_TAG)
         for request in self._sent:
             request.wait()
+
+
+@contextmanager
+def startup_watch(comm: Any, limit: float) -> Iterator[None]:
+    """Start-up reads the access point before any rank watches another, and a hung shared filesystem never
+    answers such a read (no signal ends it): every rank would wait idle until the allocation ends. Start-up
+    still going after ``limit`` seconds (0: never) makes this rank abort every rank, exit 64."""
+    if not limit:
+        yield
+        return
+    timer = threading.Timer(limit, _give_up_starting, args=(comm, limit))
+    timer.daemon = True  # a rank that ends on its own does not wait for it
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _give_up_starting(comm: Any, limit: float) -> None:
+    log.error("start-up (reading the access point's job definitions) has not ended after %g s (startup_limit): "
+              "its filesystem does not answer; aborting every rank (exit code %d) rather than hold the allocation "
+              "idle. Run the worker again once the filesystem answers (or raise startup_limit for a worker of "
+              "very many jobs on a slow filesystem)", limit, ExitCode.SITE_PROBLEM)
+    abort_every_rank(comm, ExitCode.SITE_PROBLEM)

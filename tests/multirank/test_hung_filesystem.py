@@ -153,3 +153,38 @@ class ServedUntilSummary(threading.Thread):
         """From this watch's start until the summary was written."""
         self.join(10)
         return self.after
+
+
+SERVED_FOR = 20.0  # seconds until the hung filesystem's server is ended, as an operator's remount would
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("launch", ["grid", "mpi2"])
+def test_a_job_definition_read_that_never_returns_aborts_the_start_up_with_64(tmp_path: Path, slow_file,
+                                                                              launch: str) -> None:
+    """Rank 0 reads the job definitions before any rank watches another: a read that never returns would keep
+    every rank idle until the allocation ends. Past startup_limit every rank is aborted (64), no job runs, and
+    the batch job ends as soon as the filesystem lets the stuck read go."""
+    if os.geteuid() != 0:
+        pytest.skip("the hung file is bind-mounted onto a job spec: needs root")
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    ap = write_access_point(tmp_path / "ap", {HUNG_JOB: job_definition(HUNG_JOB, "true"),
+                                              QUICK_JOB: job_definition(QUICK_JOB, "true")})
+    spec = ap / str(HUNG_JOB) / "HPCJobs.json"
+    subprocess.run(["mount", "--bind", str(replica), str(spec)], check=True)
+    remount = threading.Timer(SERVED_FOR, slow_file.server(replica).kill)
+    remount.start()
+    try:
+        run = run_pilot(ap, launch, env={"HPCPILOT_STARTUP_LIMIT": "3"}, timeout=90)
+    finally:
+        remount.cancel()
+        subprocess.run(["umount", "-l", str(spec)], check=False)
+    assert run.returncode == 64 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    gave_up = [line for line in run.stderr.splitlines() if "(startup_limit)" in line]
+    assert gave_up, run.stderr[-3000:]
+    assert _logged_at(gave_up[0]) - _logged_at(run.stderr.splitlines()[0]) < SERVED_FOR / 2, "not within its limit"
+    assert not (ap / str(QUICK_JOB) / "worker_attributes.json").exists(), "a job ran after the start-up gave up"
+
+
+def _logged_at(line: str) -> float:
+    return time.mktime(time.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S"))
