@@ -9,13 +9,13 @@ figure means no ceiling from that source, never an error.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .mounts import PROC_SELF, read_mounts
+
 MB = 1024 * 1024
-PROC_SELF = Path("/proc/self")
 # cgroup v1 writes "no limit" as the largest page counter in bytes (2**63 rounded down to a page).
 CGROUP_V1_UNLIMITED = 2 ** 62
 
@@ -128,17 +128,17 @@ def _memory_cgroup_dirs(proc: Path) -> list[tuple[Path, Path, str]]:
     """(this process's memory cgroup directory, the top of its mount, the limit file's name) for each
     hierarchy that has one: the v1 memory controller's and the v2 unified one."""
     found = []
-    for fstype, options, root, mount_point in _cgroup_mounts(proc):
-        if fstype == "cgroup2":
+    for mount in read_mounts(proc):
+        if mount.fstype == "cgroup2":
             controller, limit_file = "", "memory.max"
-        elif "memory" in options.split(","):
+        elif mount.fstype == "cgroup" and "memory" in mount.super_options.split(","):
             controller, limit_file = "memory", "memory.limit_in_bytes"
         else:
             continue
         path = _own_cgroup_path(proc, controller)
-        inside = _inside(path, root) if path is not None else None
+        inside = _inside(path, mount.root) if path is not None else None
         if inside is not None:
-            found.append((Path(mount_point, inside), Path(mount_point), limit_file))
+            found.append((Path(mount.point, inside), Path(mount.point), limit_file))
     return found
 
 
@@ -151,28 +151,12 @@ def _own_cgroup_path(proc: Path, controller: str) -> str | None:
     return None
 
 
-def _cgroup_mounts(proc: Path) -> list[tuple[str, str, str, str]]:
-    """(fstype, super options, root, mount point) of each cgroup and cgroup2 mount, from mountinfo."""
-    mounts = []
-    for line in _read_lines(proc / "mountinfo"):
-        before, _, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
-            mounts.append((tail[0], tail[2], _unescape(fields[3]), _unescape(fields[4])))
-    return mounts
-
-
 def _inside(path: str, root: str) -> str | None:
     """``path`` relative to the mount's ``root`` ("" for root itself); None when the mount does not show it."""
     relative = os.path.relpath(path, root)
     if relative == ".":
         return ""
     return None if relative.startswith("..") else relative
-
-
-def _unescape(text: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .mounts import read_mounts
+
 TEMP_PREFIX = ".hpcpilot-tmp-"
 FILE_MODE = 0o644
 READ_SIZE = 1 << 16
@@ -240,14 +242,10 @@ def short_read_is_end(path: Path | str) -> bool:
     """
     try:
         device = os.stat(path).st_dev
-        with open("/proc/self/mountinfo", "rb") as mounts:
-            lines = mounts.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return False
     wanted = f"{os.major(device)}:{os.minor(device)}"
-    # a line: ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - TYPE SOURCE SUPER_OPTIONS
-    types = {line.split(" - ", 1)[1].split()[0] for line in lines
-             if " - " in line and line.split()[2] == wanted}
+    types = {mount.fstype for mount in read_mounts() if mount.device == wanted}
     return len(types) == 1 and types <= FILLING_FILESYSTEMS
 
 

@@ -31,6 +31,7 @@ from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, paylo
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
+from ..mounts import unmount_all_below
 from ..sites import Site
 from ..stopping import StopEvent
 
@@ -359,16 +360,22 @@ def clean_scratch(ctx: RankContext, run: JobRun) -> None:
         return
     if run.scratch.is_symlink():  # the payload replaced it: remove the link, never what it points to
         run.scratch.unlink()
-    else:
-        remove_tree(run.scratch)
+    elif mounted := remove_tree(run.scratch):
+        job_logger(ctx, run).warning("scratch %s left in place: the payload left %s mounted inside, which the "
+                                     "pilot cannot unmount (removing it would delete what is mounted there)",
+                                     run.scratch, ", ".join(mounted))
 
 
-def remove_tree(path: Path) -> None:
-    """shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's recursion reaches."""
+def remove_tree(path: Path) -> list[str]:
+    """Unmount what is mounted inside, then shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's
+    recursion reaches. A tree with a mount that stays is left whole; its mount points are returned."""
+    if mounted := unmount_all_below(path):
+        return mounted
     try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False)
+    return []
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:

@@ -234,6 +234,22 @@ def test_scratch_is_removed_unless_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_mount_a_root_payload_left_in_scratch_is_unmounted_not_emptied(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the payload bind-mounts a directory: needs root")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.root").write_bytes(b"not the payload's")
+    definition = job_definition(811, f"mkdir shown && mount --bind {precious} shown")
+    ap = write_access_point(tmp_path / "ap", {811: definition})
+    run = run_pilot(ap, "grid", "--scratch", str(tmp_path / "scratch"))
+    assert run.returncode == 0 and run.attributes(811)["jobStatus"] == "finished", run.stderr[-3000:]
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+    assert list((tmp_path / "scratch").iterdir()) == [] and str(tmp_path / "scratch") not in Path(
+        "/proc/self/mountinfo").read_text()
+
+
+@pytest.mark.timeout(120)
 def test_an_unconsumed_dump_is_never_written_to_and_goes_out_with_the_job_s_entries(tmp_path: Path) -> None:
     """Harvester takes a dump once per cycle (minutes): the pilot does not wait for it, nor leave the job's
     entries behind when it ends; the earlier dump is taken back and declared again, first."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -9,7 +10,9 @@ from typing import Iterator
 import pytest
 
 from hpcpilot.monitor import tree_size
+from hpcpilot.mounts import mounts_below
 from hpcpilot.workflow.jobflow import remove_tree
+from tests.unit.test_harvester_files import unprivileged_outcome
 
 DEPTH = sys.getrecursionlimit() + 500
 
@@ -53,3 +56,41 @@ def test_tree_size_counts_what_is_on_disk_not_apparent_sizes(tmp_path: Path) -> 
 def test_remove_tree_removes_a_tree_deeper_than_the_recursion_limit(deep_scratch: Path) -> None:
     remove_tree(deep_scratch)
     assert not deep_scratch.exists()
+
+
+@pytest.fixture
+def bind_mounted(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a scratch tree with a directory bind-mounted inside, under a name with a space; that directory, holding
+    a file that must survive). Needs root; whatever stays mounted is unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.root").write_bytes(b"not the payload's")
+    scratch = tmp_path / "scratch"
+    mount_point = scratch / "work dir" / "mounted"
+    mount_point.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(precious), str(mount_point)], check=True, timeout=30)
+    try:
+        yield scratch, precious
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], stderr=subprocess.DEVNULL, check=False, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_remove_tree_unmounts_what_the_payload_left_mounted_and_deletes_nothing_of_it(bind_mounted) -> None:
+    """A bind mount of the same filesystem shows as the same device: only the mount table tells."""
+    scratch, precious = bind_mounted
+    assert [m.point for m in mounts_below(scratch)] == [str(scratch / "work dir" / "mounted")]
+    assert remove_tree(scratch) == []
+    assert not scratch.exists() and mounts_below(scratch) == []
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+
+
+@pytest.mark.timeout(60)
+def test_a_tree_with_a_mount_the_pilot_cannot_unmount_is_left_whole(bind_mounted) -> None:
+    scratch, precious = bind_mounted
+    outcome = unprivileged_outcome(lambda: remove_tree(scratch))  # as nobody: umount2 is refused
+    assert outcome == repr([str(scratch / "work dir" / "mounted")])
+    assert (scratch / "work dir" / "mounted" / "data.root").exists()
+    assert (precious / "data.root").read_bytes() == b"not the payload's"

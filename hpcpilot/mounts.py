@@ -1,0 +1,69 @@
+"""The node's mount table, as ``/proc/self/mountinfo`` gives it, and taking mounts out of a tree to be removed.
+
+A payload may leave a filesystem mounted in its scratch: a root payload's
+bind mount, or a FUSE mount a user may make (squashfuse, cvmfsexec).
+Removing the scratch would then delete, or walk for hours, whatever is
+mounted there; a bind mount of the same filesystem does not even show as
+another device. So mounts below a tree are unmounted first (as root may),
+and a tree with a mount that stays is left in place.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC_SELF = Path("/proc/self")
+_MNT_DETACH = 2
+
+
+@dataclass(frozen=True)
+class Mount:
+    device: str  # MAJOR:MINOR
+    root: str  # the directory of its filesystem mounted here
+    point: str
+    fstype: str
+    super_options: str
+
+
+def read_mounts(proc: Path = PROC_SELF) -> list[Mount]:
+    """Every mount this process sees; none when the table cannot be read."""
+    try:
+        lines = (proc / "mountinfo").read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return []
+    return [mount for line in lines if (mount := _parse(line)) is not None]
+
+
+def _parse(line: str) -> Mount | None:
+    # ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL FIELDS...] - FSTYPE SOURCE SUPER_OPTIONS
+    before, _, after = line.partition(" - ")
+    fields, tail = before.split(), after.split()
+    if len(fields) < 5 or len(tail) < 3:
+        return None
+    return Mount(fields[2], _unescape(fields[3]), _unescape(fields[4]), tail[0], tail[2])
+
+
+def _unescape(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
+
+
+def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
+    """The mounts on ``tree`` or inside it, deepest first."""
+    top = os.path.realpath(tree)
+    inside = [m for m in read_mounts(proc) if m.point == top or m.point.startswith(top.rstrip("/") + "/")]
+    return sorted(inside, key=lambda m: m.point.count("/"), reverse=True)
+
+
+def unmount_all_below(tree: Path) -> list[str]:
+    """Detach every mount inside ``tree``; the mount points that stay (not ours to unmount)."""
+    for mount in mounts_below(tree):
+        _libc_umount2(os.fsencode(mount.point), _MNT_DETACH)  # as root may; else the mount stays
+    return [mount.point for mount in mounts_below(tree)]
+
+
+_libc_umount2 = ctypes.CDLL(None, use_errno=True).umount2
+_libc_umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
