@@ -146,8 +146,11 @@ def write_new(path: Path, data: bytes, fsync: bool = True) -> None:
 def rename_no_replace(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` in one step, never replacing a ``target`` already there (FileExistsError).
 
-    renameat2(RENAME_NOREPLACE) where the filesystem has it; elsewhere a hard
-    link then an unlink, which a crash may leave as two names of one file.
+    renameat2(RENAME_NOREPLACE) where the filesystem has it; elsewhere (Lustre,
+    NFS) a hard link then an unlink, which a crash may leave as two names of
+    one file. A ``source`` another process renamed away between the two
+    (Harvester taking a dump) is not moved: the link is taken back and
+    FileNotFoundError raised, as renameat2 would.
     """
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
@@ -156,7 +159,11 @@ def rename_no_replace(source: Path, target: Path) -> None:
         if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(code, os.strerror(code), str(target))
     os.link(source, target)
-    os.unlink(source)
+    try:
+        os.unlink(source)
+    except FileNotFoundError:
+        _remove_quietly(str(target))
+        raise
 
 
 def _libc_renameat2() -> Any:

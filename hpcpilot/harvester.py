@@ -431,6 +431,9 @@ class EventStatusPublisher:
             return True
         except (OSError, ValueError) as error:
             older = error
+        if any(_same_file(taken, seen) for seen in self._dumps_seen(pandaid)):
+            taken.unlink(missing_ok=True)  # a take-back by hard link that a crash stopped short: still Harvester's
+            return True
         if not _is_dump(older):
             self._foreign_dumps.add(pandaid)  # not the pilot's: Harvester alone may take it
             return self._put_back(pandaid, f"it is no dump of declarations: {older}")

@@ -11,6 +11,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+import hpcpilot.atomicfile
+
 MPICH_SEGMENTS = "/dev/shm/mpich_shm_*"
 
 
@@ -172,3 +174,12 @@ def _empty_into_parent(cgroup: Path) -> None:
             (cgroup.parent / "cgroup.procs").write_text(pid)
         except OSError:  # ended meanwhile
             pass
+
+
+@pytest.fixture(params=["renameat2", "link-unlink"])
+def rename_path(request, monkeypatch) -> str:
+    """Both ways of a no-replace rename: renameat2, and the hard link and unlink of filesystems without it
+    (Lustre, NFS), chosen here on this machine's real filesystem."""
+    if request.param == "link-unlink":
+        monkeypatch.setattr(hpcpilot.atomicfile, "_renameat2", None)
+    return request.param

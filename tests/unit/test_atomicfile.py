@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcpilot import atomicfile
 from hpcpilot.atomicfile import (READ_SIZE, TEMP_PREFIX, atomic_writer, declared_later, publish_json_if_absent,
                                  read_bytes, read_json, rename_no_replace, short_read_is_end, write_json, write_new)
 
@@ -266,7 +267,7 @@ def test_declared_later_removes_a_partial_file_on_error(tmp_path):
     assert not target.exists()
 
 
-def test_rename_no_replace_moves_only_onto_a_free_name(tmp_path):
+def test_rename_no_replace_moves_only_onto_a_free_name(tmp_path, rename_path):
     source, target = tmp_path / ".journal", tmp_path / "event_status.dump.json"
     source.write_text("new")
     target.write_text("not yet taken")
@@ -276,6 +277,25 @@ def test_rename_no_replace_moves_only_onto_a_free_name(tmp_path):
     target.unlink()
     rename_no_replace(source, target)
     assert target.read_text() == "new" and not source.exists()
+
+
+def test_a_source_renamed_away_amid_the_link_fallback_is_not_moved(tmp_path, monkeypatch):
+    """Between the link and the unlink Harvester renames the dump (the source of a take-back) to .read: the
+    dump is Harvester's, so the pilot's link to it must go, or its entries would be declared twice."""
+    monkeypatch.setattr(atomicfile, "_renameat2", None)
+    source, target, read = tmp_path / "event_status.dump.json", tmp_path / ".taken", tmp_path / "dump.read"
+    source.write_text("entries")
+    real_unlink, interleaved = os.unlink, []
+
+    def harvester_renames_first(path, *args, **kwargs):
+        if not interleaved:
+            interleaved.append(os.rename(source, read))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", harvester_renames_first)
+    with pytest.raises(FileNotFoundError):
+        rename_no_replace(source, target)
+    assert interleaved and not target.exists() and read.read_text() == "entries"
 
 
 def test_write_new_never_overwrites(tmp_path):

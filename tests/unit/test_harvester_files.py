@@ -590,13 +590,13 @@ def test_each_entry_reaches_harvester_once_whatever_the_dump_s_state(access_poin
 
 
 @pytest.mark.timeout(120)
-def test_a_harvester_reading_all_the_while_gets_every_entry_exactly_once_in_order(access_point):
+def test_a_harvester_reading_all_the_while_gets_every_entry_exactly_once_in_order(access_point, rename_path):
     """Harvester's rename to .read and the pilot's take-back race for the same dump: exactly one of the two
     renames wins, so no entry is read twice or lost. Real renames in two threads, many rounds."""
     import threading
 
     dump, entries = dump_of(access_point, 1001), [{"eventRangeID": f"T-J-F-{i}-{i}", "eventStatus": "failed"}
-                                                   for i in range(1500)]
+                                                   for i in range(1000)]
     read: list[dict] = []
     done = threading.Event()
 
@@ -621,6 +621,20 @@ def test_a_harvester_reading_all_the_while_gets_every_entry_exactly_once_in_orde
         reader.join(timeout=60)
     assert not reader.is_alive()
     assert read == entries
+
+
+def test_a_take_back_by_hard_link_interrupted_by_a_crash_leaves_the_dump_to_harvester(access_point):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    publisher.stage(1001, [LOG_ENTRY])
+    dump = dump_of(access_point, 1001)
+    os.link(dump, taken_path(publisher, 1001))  # killed between the link and the unlink
+    restarted = EventStatusPublisher(access_point)
+    restarted.adopt([1001])
+    assert not taken_path(publisher, 1001).exists()
+    assert harvester_takes(dump) == {"1001": [OUTPUT]}
+    assert restarted.flush() == 0
+    assert harvester_takes(dump) == {"1001": [LOG_ENTRY]}
 
 
 def test_a_take_back_interrupted_by_a_crash_is_completed_by_the_next_run(access_point):
