@@ -49,7 +49,8 @@ outcome and where to look on standard output (the log, with the per-job
 table, goes to standard error).
 
 exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
-the demo access point cannot be written."""
+the demo access point cannot be written (or DIR or DIR-replicas has files in
+it: it may be a real worker's)."""
 
 BATCH_SCRIPT_DESCRIPTION = """\
 Print a batch script that runs 'hpcpilot run' under the site's scheduler and
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write a demo access point (16 jobs) and run it",
                                description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--dir", type=Path, metavar="DIR",
-                      help="where to write it (default: ./hpcpilot-demo-<time>); the replicas go to DIR-replicas")
+    demo.add_argument("--dir", type=_path, metavar="DIR",
+                      help="where to write it, a new or empty directory (default: ./hpcpilot-demo-<time>); the replicas go "
+                           "to DIR-replicas")
     demo.add_argument("--jobs", type=_at_least_one, default=16, metavar="N", help="number of jobs (default 16)")
     _add_run_options(demo)
     add_batch_script_arguments(commands.add_parser(

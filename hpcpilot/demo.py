@@ -6,6 +6,7 @@ input and produce an output file and a job report.
 """
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ def default_directory() -> Path:
 
 def make_demo(root: Path, n_jobs: int = 16, files: HarvesterFiles = HarvesterFiles()) -> Path:
     """Write the demo access point under ``root`` with the file names and spec format the pilot will read
-    (``files``); returns it."""
+    (``files``); returns it. OSError, nothing written, when ``root`` or its replicas' directory has files in it.
+    """
+    root = Path(root).absolute()
+    for directory in (root, root.parent / f"{root.name}-replicas"):
+        _refuse_used(directory)
     definitions, inputs = {}, {}
     for index in range(n_jobs):
         pandaid = FIRST_PANDAID + index
@@ -41,3 +46,13 @@ def make_demo(root: Path, n_jobs: int = 16, files: HarvesterFiles = HarvesterFil
             definition["checksum"] = "ad:00000001"
         definitions[pandaid], inputs[pandaid] = definition, {name_in: data}
     return write_access_point(root, definitions, inputs, files)
+
+
+def _refuse_used(directory: Path) -> None:
+    """A directory with files in it may be a real worker's access point, whose jobs the demo would overwrite."""
+    try:
+        used = any(directory.iterdir())
+    except FileNotFoundError:
+        return
+    if used:
+        raise FileExistsError(errno.ENOTEMPTY, "not empty: the demo writes a new access point", str(directory))

@@ -36,6 +36,26 @@ def test_a_demo_directory_that_cannot_be_written_is_a_message_and_66(tmp_path: P
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("used", ["demo", "demo-replicas"])
+def test_a_demo_directory_with_files_in_it_is_refused_and_left_as_it_was(tmp_path: Path, used: str) -> None:
+    """It may be a real worker's access point (or its replicas): the demo would overwrite its jobs."""
+    (tmp_path / used).mkdir()
+    (tmp_path / used / "worker_pandaids.json").write_text("[4711]")
+    run = run_demo(tmp_path, "--dir", "demo", launch="grid")
+    assert run.returncode == 66, run.stderr[-3000:]
+    assert "not empty" in run.stderr and "choose another with --dir" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [used, "worker_pandaids.json"]
+    assert (tmp_path / used / "worker_pandaids.json").read_text() == "[4711]"
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_demo_directory_option_is_refused_not_taken_for_the_current_directory(tmp_path: Path) -> None:
+    run = run_demo(tmp_path, "--dir", "", launch="grid")
+    assert run.returncode == 2 and "--dir: empty; give a directory" in run.stderr, run.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
 def test_a_demo_of_no_jobs_is_refused_by_the_command_line(tmp_path: Path) -> None:
     run = run_demo(tmp_path, "--jobs", "0", launch="grid")
     assert run.returncode == 2 and "--jobs: 0: must be at least 1" in run.stderr
