@@ -39,8 +39,8 @@ checksum not ad:/md:/8 hex   1314             1314
 stopped (``stop`` set)       1099             1137
 ===========================  ===============  ===============
 
-Arguments: a ``Transfer`` takes ``str`` or ``Path``; a ``size`` that is
-not an int >= 0, or a ``checksum`` that is neither a str nor a ``Checksum``
+Arguments: a ``Transfer`` takes ``str`` or ``Path``; a path that is empty
+or holds a NUL byte, a ``size`` that is not an int >= 0, or a ``checksum`` that is neither a str nor a ``Checksum``
 (what a parsed job definition holds: ``size=spec.fsize, checksum=spec.checksum``
 for each ``spec`` of ``JobSpec.inputs``), raises ValueError when it is made
 (a str that is no checksum fails its transfer with 1314). Anything in
@@ -90,14 +90,23 @@ class Transfer:
     checksum: str | Checksum | None = None  # a Checksum is kept as its text
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "source", Path(self.source))
-        object.__setattr__(self, "destination", Path(self.destination))
+        object.__setattr__(self, "source", _path(self.source, "source"))
+        object.__setattr__(self, "destination", _path(self.destination, "destination"))
         if isinstance(self.checksum, Checksum):  # JobSpec.inputs[i].checksum
             object.__setattr__(self, "checksum", self.checksum.text)
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"Transfer of {self.source}: size {self.size!r} is not a number of bytes (int >= 0)")
         if self.checksum is not None and not isinstance(self.checksum, str):  # a bad str: that transfer's 1314
             raise ValueError(f"Transfer of {self.source}: checksum {self.checksum!r} is not a str (or a Checksum)")
+
+
+def _path(value: Path | str, what: str) -> Path:
+    """Refused when made: an empty path would mean the current directory, and a NUL byte would raise in the
+    middle of the transfers, leaving those after it without a result."""
+    text = os.fspath(value)
+    if not text or "\0" in text:
+        raise ValueError(f"Transfer: {what} {value!r} is not a path (empty, or with a NUL byte)")
+    return Path(text)
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,14 @@ def test_one_transfer_not_in_a_list_is_a_type_error_that_says_so(source: Path, l
     assert os.listdir(local) == []
 
 
+@pytest.mark.parametrize("paths", [("a\0b", "b"), ("a", "b\0"), ("", "b"), ("a", "")])
+def test_a_path_that_is_empty_or_holds_a_nul_byte_is_a_value_error_when_the_transfer_is_made(paths) -> None:
+    """Else the NUL raised from inside stage_in, the transfers after it left without results, and an empty
+    destination meant the current directory."""
+    with pytest.raises(ValueError, match="is not a path"):
+        Transfer(*paths)
+
+
 @pytest.mark.parametrize("size", [-1, 1.5, "10", True])
 def test_a_size_that_is_not_a_byte_count_is_a_value_error(size) -> None:
     with pytest.raises(ValueError, match="is not a number of bytes"):
