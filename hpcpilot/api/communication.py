@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -92,7 +93,8 @@ class AccessPointClient:
 
     One client at a time declares files for a worker's jobs: a client made
     later (a wrapper restarted) takes over the entries an earlier one left
-    waiting for Harvester, and publishes them before its own.
+    waiting for Harvester, and publishes them before its own. A client may be
+    shared by threads (e.g. one per output it stages out and declares).
 
     Raises ValueError for file names that cannot be used. The job definitions
     are read by :meth:`jobs` and, once, by the first call given a PandaID:
@@ -106,6 +108,8 @@ class AccessPointClient:
         self._publisher = EventStatusPublisher(self._access_point)
         self._definitions: dict[int, RawJob | InvalidJob] | None = None  # read once, when first needed
         self._attributes: dict[int, dict[str, Any]] = {}  # per job, what set_state was given so far
+        # Declaring and set_state read, add to and rewrite what is there: threads at once would lose entries.
+        self._lock = threading.RLock()
 
     @property
     def root(self) -> Path:
@@ -152,10 +156,11 @@ class AccessPointClient:
             raise ValueError("set_state: give the job status as the 'status' argument, not as jobStatus=")
         for name, value in attributes.items():
             _check_attribute(name, value)
-        merged = {**self._attributes.get(pandaid, {}), **attributes}
-        self._write_job_file(pandaid, lambda: self._access_point.write_attributes(
-            pandaid, {"jobStatus": state.value, **merged}, durable=state.value in FINAL_STATES))
-        self._attributes[pandaid] = merged
+        with self._lock:
+            merged = {**self._attributes.get(pandaid, {}), **attributes}
+            self._write_job_file(pandaid, lambda: self._access_point.write_attributes(
+                pandaid, {"jobStatus": state.value, **merged}, durable=state.value in FINAL_STATES))
+            self._attributes[pandaid] = merged
 
     def write_job_report(self, pandaid: int, report: Any) -> None:
         """Write the job's ``jobReport.json`` atomically (Harvester stores it as the job's metaData), every
@@ -202,7 +207,8 @@ class AccessPointClient:
         """
         self._check_known(pandaid)
         checked = [self._checked_entry(index, entry) for index, entry in enumerate(entries)]
-        return self._publisher.declare(pandaid, checked)
+        with self._lock:
+            return self._publisher.declare(pandaid, checked)
 
     def flush(self) -> int:
         """Publish the entries that wait, for every job whose dump Harvester has taken; returns how many
@@ -212,7 +218,8 @@ class AccessPointClient:
             self._known_definitions()  # takes those over
         except WorkerError:  # no jobs: none of their entries can wait
             pass
-        return self._publisher.flush()
+        with self._lock:
+            return self._publisher.flush()
 
     @property
     def waiting(self) -> set[int]:
@@ -259,13 +266,15 @@ class AccessPointClient:
     # -- checks ------------------------------------------------------------
 
     def _known_definitions(self) -> dict[int, RawJob | InvalidJob]:
-        if self._definitions is None:
-            items = self._access_point.read_definitions()
-            self._definitions = {item.pandaid: item for item in items if item.pandaid}
-            # Entries an earlier client (a wrapper that was restarted) left waiting are taken over: published
-            # with this one's, never replaced by them.
-            self._publisher.adopt(self._definitions)
-        return self._definitions
+        with self._lock:
+            if self._definitions is None:
+                items = self._access_point.read_definitions()
+                definitions = {item.pandaid: item for item in items if item.pandaid}
+                # Entries an earlier client (a wrapper that was restarted) left waiting are taken over: published
+                # with this one's, never replaced by them.
+                self._publisher.adopt(definitions)
+                self._definitions = definitions
+            return self._definitions
 
     def _check_known(self, pandaid: int) -> None:
         if isinstance(pandaid, bool) or not isinstance(pandaid, int):

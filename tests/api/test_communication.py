@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -306,6 +307,30 @@ def test_a_restarted_client_publishes_what_the_earlier_one_left_waiting(client):
     foreign.rename(foreign.with_name(DUMP + ".read.1"))
     assert restarted.flush() == 0
     assert harvester_takes(client.job_dir(1001)) == [*waiting, *later]
+
+
+@pytest.mark.timeout(60)
+def test_threads_sharing_a_client_lose_no_declaration_and_no_attribute(client):
+    """Each declaration adds to the entries waiting for Harvester, and each set_state to the attributes given
+    before: done by threads at once, without a lock, most of them were lost."""
+    threads, per_thread = 8, 25
+
+    def work(thread: int) -> None:
+        for index in range(per_thread):
+            client.declare_files(1001, client.ranges_failed([f"7-1-1-{thread}-{index}"]))
+            client.set_state(1001, "running", **{f"step{thread}_{index}": index})
+
+    workers = [threading.Thread(target=work, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    read = harvester_takes(client.job_dir(1001))
+    assert client.flush() == 0 and harvester_takes(client.job_dir(1001)) is None
+    declared = [entry["eventRangeID"] for entry in read]
+    assert sorted(declared) == sorted(f"7-1-1-{t}-{i}" for t in range(threads) for i in range(per_thread))
+    attributes = json.loads((client.job_dir(1001) / "worker_attributes.json").read_text())
+    assert len(attributes) == 1 + threads * per_thread
 
 
 def test_a_finished_event_range_is_an_es_output_entry(client):
