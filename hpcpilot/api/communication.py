@@ -196,6 +196,8 @@ class AccessPointClient:
     @staticmethod
     def ranges_failed(range_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Status-only entries (no file) for event ranges that failed."""
+        if isinstance(range_ids, str):  # its characters would each be declared a failed range
+            raise TypeError(f"ranges_failed: give a list of range IDs, e.g. [{range_ids!r}], not one str")
         return failed_entries(range_ids)
 
     def declare_files(self, pandaid: int, entries: Iterable[Mapping[str, Any]]) -> bool:

@@ -333,6 +333,11 @@ def test_threads_sharing_a_client_lose_no_declaration_and_no_attribute(client):
     assert len(attributes) == 1 + threads * per_thread
 
 
+def test_one_range_id_not_in_a_list_is_a_type_error_not_one_failed_range_per_character(client):
+    with pytest.raises(TypeError, match="give a list of range IDs"):
+        client.ranges_failed("7-1-1-1-1")
+
+
 def test_a_finished_event_range_is_an_es_output_entry(client):
     path = write_output(client, 1001, "ev.root", b"events")
     entry = client.range_finished("7-1-1-1-10", path)
