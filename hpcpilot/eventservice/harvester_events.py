@@ -89,12 +89,22 @@ def read_answer(ap_root: Path, files: HarvesterFiles, pandaid: int,
         log.debug("%s not readable yet: %s", path.name, error)
         watch.unreadable(str(error))
         return None
-    watch.fine()
-    entries = content.get(str(pandaid)) if isinstance(content, dict) else None
-    if entries is not None and not isinstance(entries, list):
-        log.warning("%s: ranges of job %s are %s, not a list; ignored", path.name, pandaid, type(entries).__name__)
+    shape = _wrong_shape(content, pandaid)
+    if shape:  # never a half-written answer (that does not parse): Harvester's next answer may replace it
+        watch.unreadable(shape)
         return None
-    return entries
+    watch.fine()
+    return content.get(str(pandaid))
+
+
+def _wrong_shape(content: Any, pandaid: int) -> str | None:
+    """What makes parsed JSON no answer of Harvester's for ``pandaid``; None if it is one."""
+    if not isinstance(content, dict):
+        return f"a JSON {type(content).__name__}, not an object of range lists by PandaID"
+    entries = content.get(str(pandaid))
+    if entries is not None and not isinstance(entries, list):
+        return f"the ranges of job {pandaid} are a JSON {type(entries).__name__}, not a list"
+    return None
 
 
 def read_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int) -> list[EventRange] | None:
@@ -108,7 +118,8 @@ def read_ranges(ap_root: Path, files: HarvesterFiles, pandaid: int) -> list[Even
 
 class UnreadableFile:
     """Warns, once, when a file Harvester writes stays unreadable for UNREADABLE_PATIENCE polls in a row (a
-    directory, text that is not JSON): else the job would wait silently until the wait timeout fails it."""
+    directory, text that is not JSON, JSON of another shape): else the job would wait silently until the wait
+    timeout fails it, or say so at every poll."""
 
     def __init__(self, path: Path):
         self.path = path

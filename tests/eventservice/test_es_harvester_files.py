@@ -204,8 +204,10 @@ def test_a_journal_line_torn_by_a_crash_does_not_swallow_the_next_range(tmp_path
     assert feed(tmp_path, journal=journal).new_ranges() == [], "the next run knows all three"
 
 
-@pytest.mark.parametrize("make", [lambda path: path.mkdir(), lambda path: path.write_text("<html>busy</html>")],
-                         ids=["directory", "not JSON"])
+@pytest.mark.parametrize("make", [lambda path: path.mkdir(), lambda path: path.write_text("<html>busy</html>"),
+                                  lambda path: path.write_text(json.dumps(harvester_ranges(2))),
+                                  lambda path: path.write_text(json.dumps({str(PANDAID): harvester_ranges(1)[0]}))],
+                         ids=["directory", "not JSON", "a list, not an object", "a range, not a list of them"])
 def test_an_answer_file_that_stays_unreadable_is_warned_about_once_by_name(tmp_path, caplog, make):
     make(tmp_path / FILES.event_ranges)
     ranges_feed = feed(tmp_path)
