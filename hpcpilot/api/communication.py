@@ -36,7 +36,8 @@ Rules the client keeps, and checks before anything is written:
 - ``event_status.dump.json`` entries use ``type`` (never ``filetype``),
   ``chksum`` as 8 hex digits without ``ad:``, absolute paths inside the
   access point (Harvester stages out from there; node-local files are out of
-  its reach). Declare the job's log tarball as ``log``: without one, Harvester
+  its reach), never one of the files Harvester or the pilot keeps there
+  (the job spec, secrets and all, would go to storage). Declare the job's log tarball as ``log``: without one, Harvester
   packs the job's directory itself when the worker ends. A dump Harvester has not yet renamed to ``.read`` is never
   written to: it is taken back (renamed away, atomic against Harvester's own
   rename) and its entries go out again, first, with the new ones. Only a
@@ -304,15 +305,21 @@ class AccessPointClient:
         write()
 
     def _readable_file(self, path: Path | str) -> Path:
-        path = self._inside(Path(path).absolute(), f"file {path}")
+        path = self._declarable(Path(path).absolute(), f"file {path}")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such regular file to declare")
         return path
 
-    def _inside(self, path: Path, what: str) -> Path:
-        if not path.resolve().is_relative_to(self.root.resolve()):
+    def _declarable(self, path: Path, what: str) -> Path:
+        """A file Harvester may stage out: inside the access point, and none of the files Harvester or the pilot
+        keep there (the job spec, with its secrets, would go to storage as an output), by name or by link."""
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
             raise ValueError(f"{what} is outside the access point {self.root}: Harvester stages out from the "
                              "shared access point; copy the file into the job's directory (job_dir) first")
+        if self._access_point.is_reserved(path.name) or self._access_point.is_reserved(resolved.name):
+            raise ValueError(f"{what} is a file Harvester or the pilot keeps for itself ({resolved.name}), "
+                             "not one to stage out: give the output another name")
         return path
 
     def _checked_entry(self, index: int, entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -334,7 +341,7 @@ class AccessPointClient:
             raise ValueError(f"{what}: 'type' {entry.get('type')!r}: choose one of {', '.join(FILE_TYPES)}")
         if not isinstance(entry["path"], str) or not Path(entry["path"]).is_absolute():
             raise ValueError(f"{what}: 'path' must be an absolute path (Harvester stages out from it as given)")
-        self._inside(Path(entry["path"]), what)
+        self._declarable(Path(entry["path"]), what)
         chksum = entry.get("chksum")
         if chksum is not None and not (isinstance(chksum, str) and _ADLER32.fullmatch(chksum)):
             raise ValueError(f"{what}: 'chksum' {chksum!r}: adler32 as 8 lower-case hex digits, without 'ad:'")

@@ -241,6 +241,22 @@ def test_a_file_declaration_refuses_other_kinds_missing_files_and_files_outside(
         client.file_declaration(client.job_dir(1001) / "link.root")
 
 
+@pytest.mark.parametrize("name", ["HPCJobs.json", "worker_attributes.json", "PoolFileCatalog_H.xml",
+                                  ".hpcpilot-pending.json"])
+def test_a_file_harvester_or_the_pilot_keeps_is_never_declared_for_staging_out(client, name):
+    """The job spec, secrets and all, would otherwise go to storage as an output: refused by name, by a link to
+    it, and as an entry."""
+    job_dir = client.job_dir(1001)
+    (job_dir / name).write_text("{}")
+    (job_dir / "out.root").symlink_to(job_dir / name)
+    for path in (job_dir / name, job_dir / "out.root", job_dir / "sub" / ".." / name):
+        with pytest.raises(ValueError, match="keeps for itself"):
+            client.file_declaration(path)
+    with pytest.raises(ValueError, match="keeps for itself"):
+        client.declare_files(1001, [{"type": "output", "path": str(job_dir / name)}])
+    assert not (job_dir / DUMP).exists()
+
+
 @pytest.mark.parametrize("entry, problem", [
     ({"filetype": "output", "path": "/ap/1001/x"}, "Harvester reads the key 'type'"),
     ({"type": "input", "path": "{job_dir}/x"}, "'type' 'input': choose one of output, log"),
