@@ -50,6 +50,8 @@ BAD_MESSAGE_CODE = "ERR_HPCPILOT_BAD_MESSAGE"
 SEND_TIMEOUT = 10.0
 MAX_WAITING_REQUESTS = 256  # per connection: a payload's workers may ask at once, but not without end
 MAX_CONNECTIONS = 256  # AthenaMP connects once; a payload's workers may each connect, but not without end
+# per connection: messages that change nothing, logged each, would let a payload repeating one fill the pilot's log
+MAX_LOGGED_IGNORED = 20
 ACCEPT_RETRY_SECONDS = 1.0  # after running out of descriptors
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -115,6 +117,7 @@ class _Connection:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     waiting: int = 0  # its requests not yet answered
     flooded: bool = False  # it sent more requests than may wait (said once)
+    ignored: int = 0  # its messages that changed nothing (the first MAX_LOGGED_IGNORED logged)
 
 
 class EventChannel:
@@ -356,15 +359,25 @@ class EventChannel:
         if event_range:
             self._emit(RangeFailed(event_range, report.code, report.message))
         else:
-            log.warning("connection %d: error report for a range not in flight, ignored: %s", conn.number, report.text)
+            self._ignored(conn, "error report for a range not in flight, ignored: %s", report.text)
 
     def _answered(self, conn: _Connection, range_id: str, quiet: bool = False) -> EventRange | None:
         with self._lock:
             event_range = conn.in_flight.pop(range_id, None)
         if event_range is None and not quiet:
-            log.warning("connection %d: report for range %s, which is not in flight (answered already, or never "
-                        "handed out): ignored", conn.number, range_id)
+            self._ignored(conn, "report for range %s, which is not in flight (answered already, or never handed "
+                          "out): ignored", range_id)
         return event_range
+
+    def _ignored(self, conn: _Connection, message: str, *args: object) -> None:
+        """Log a message of the payload's that changed nothing, up to MAX_LOGGED_IGNORED per connection."""
+        with self._lock:
+            conn.ignored += 1
+            count = conn.ignored
+        if count <= MAX_LOGGED_IGNORED:
+            log.warning("connection %d: " + message, conn.number, *args)
+        if count == MAX_LOGGED_IGNORED:
+            log.warning("connection %d: %d messages ignored; more are counted, not logged", conn.number, count)
 
     def _answered_by_mention(self, conn: _Connection, text: str) -> EventRange | None:
         with self._lock:
@@ -396,7 +409,7 @@ class EventChannel:
                 oldest = next(iter(conn.in_flight), None)
                 event_range = conn.in_flight.pop(oldest) if oldest else None
         if event_range is None:
-            log.warning("connection %d: unreadable message with no range in flight, ignored: %s", conn.number, diag)
+            self._ignored(conn, "unreadable message with no range in flight, ignored: %s", diag)
             return
         log.warning("connection %d: unreadable message; failing range %s: %s",
                     conn.number, event_range.eventRangeID, diag)
@@ -423,6 +436,8 @@ class EventChannel:
 
     def _forget(self, conn: _Connection) -> None:
         """Reader thread only: the selector is not thread-safe."""
+        if conn.ignored > MAX_LOGGED_IGNORED:
+            log.warning("connection %d: %d messages ignored in all", conn.number, conn.ignored)
         with self._lock:
             if conn in self._connections:
                 self._connections.remove(conn)

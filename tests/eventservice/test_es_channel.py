@@ -1,4 +1,5 @@
 """EventChannel with real payload processes over a UNIX socket."""
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from fake_harvester import FakeHarvester
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.eventservice import (BAD_MESSAGE_CODE, CHANNEL_ENV, EventChannel, RangeFailed, RangeFeed, RangeFinished,
                                    RangesLost)
-from hpcpilot.eventservice.channel import MAX_WAITING_REQUESTS
+from hpcpilot.eventservice.channel import MAX_LOGGED_IGNORED, MAX_WAITING_REQUESTS
 from hpcpilot.eventservice.client import EventChannelClient
 from hpcpilot.eventservice.reference_payload import FAILURE_CODE, HEADER, event_summary
 
@@ -177,6 +178,23 @@ def test_a_flood_of_requests_is_capped_not_queued_without_end():
             time.sleep(0.05)
         assert channel.stats().bad_messages >= flood // 2
         assert channel._requests.qsize() <= MAX_WAITING_REQUESTS
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_messages_that_change_nothing_is_counted_not_logged_line_by_line(caplog):
+    """Reports for ranges never handed out, and garbage with no range in flight: logged each, a payload repeating
+    one filled the pilot's log (on the shared filesystem) without bound; the channel still works after them."""
+    flood = 3000
+    with EventChannel(ListProvider(make_ranges(1))) as channel, EventChannelClient(channel.address) as client:
+        client.sock.sendall(b"/tmp/out.root,ID:no-such-range,CPU:1,WALL:1\n" * flood +
+                            b"ERR_X no-such-range: failed\n" * flood + b"garbage\n" * flood)
+        client.request()
+        (handed,) = client.receive()
+        client.finished("/tmp/out.root", handed.eventRangeID, 1.0, 1.0)
+        assert isinstance(collect(channel, 1)[0], RangeFinished)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= MAX_LOGGED_IGNORED + 2, len(warnings)
+    assert f"{3 * flood} messages ignored in all" in warnings[-1]
 
 
 @pytest.mark.timeout(30)
