@@ -56,9 +56,13 @@ class AccessPoint:
         self.reserved_names = SCRATCH_NAMES | HARVESTER_JOB_FILES | _renamed_by_harvester(files) | {
             getattr(files, f.name) for f in fields(files) if f.name != "job_spec_format"} | {
             files.pending_declarations + TAKEN_SUFFIX}
+        # Harvester renames a dump it has read to <dump>.read.<time>, and a rerun takes every <dump>.read* for
+        # ranges already declared: a payload's file under such a name would pass for one.
+        self._taken_dump_prefix = files.event_status + ".read"
 
     def is_reserved(self, name: str) -> bool:
-        return is_reserved(name, self.reserved_names)
+        """A name no output or log may take here (for inputs, ``reserved_names`` is what parse_job checks)."""
+        return is_reserved(name, self.reserved_names) or name.startswith(self._taken_dump_prefix)
 
     @property
     def state_dir(self) -> Path:

@@ -353,11 +353,13 @@ with EventChannelClient.from_environment() as client:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("reported", ["/etc/passwd", "event_status.dump.json", "worker_attributes.json"])
+@pytest.mark.parametrize("reported", ["/etc/passwd", "event_status.dump.json", "worker_attributes.json",
+                                      "event_status.dump.json.read.2026-11-26_23_00_00"])
 def test_a_range_output_outside_scratch_or_named_like_a_protocol_file_is_refused(tmp_path: Path,
                                                                                   reported: str) -> None:
     """The payload names each range's output: it is staged only from scratch, and never under a name of
-    the files Harvester reads (which it would publish as the pilot's)."""
+    the files Harvester reads (which it would publish as the pilot's), nor of a dump Harvester took (which a
+    rerun would read for the ranges declared, and skip those the payload names there)."""
     script = tmp_path / "hostile_payload.py"
     script.write_text(HOSTILE_PAYLOAD)
     all_ranges = ranges(4)
