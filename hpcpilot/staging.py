@@ -328,15 +328,21 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} {found}")
     if status.st_size == 0:
         raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
-    if status.st_size > MAX_OUTPUT_BYTES:  # refused before copying: hours on the shared filesystem, for nothing
-        raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {spec.lfn} of {status.st_size} bytes exceeds the "
-                         f"limit of {MAX_OUTPUT_BYTES} bytes")
+    check_output_size(spec.lfn, status.st_size)
     target = job_dir / spec.lfn
     try:
         running = copy_out_in_time(source, target, time_limit(status.st_size))
     except OSError as error:
         raise stageout_error(spec.lfn, job_dir, error) from None
     return declaration("output", target, running, guid or spec.guid)
+
+
+def check_output_size(name: str, size: int) -> None:
+    """Refused before copying (1124): hours on the shared filesystem, for nothing (a sparse file costs the
+    payload no time to make)."""
+    if size > MAX_OUTPUT_BYTES:
+        raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {name} of {size} bytes exceeds the limit of "
+                         f"{MAX_OUTPUT_BYTES} bytes")
 
 
 def stageout_error(name: str, target_dir: Path, error: OSError) -> PilotError:

@@ -522,6 +522,7 @@ class RankEventWork:
             source = staging.inside_scratch(self.run.scratch, os.path.relpath(
                 os.path.join(self.run.scratch, result.output_path), self.run.scratch))  # an absolute path stays
             size = os.stat(source).st_size
+            staging.check_output_size(name, size)
             running = self._copy_out(source, target, size)  # on disk before it is declared, like any output
         except (OSError, ValueError) as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
