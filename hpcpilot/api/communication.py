@@ -67,7 +67,7 @@ from ..jobreport import trim_logfile_reports
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text
 from ..staging import declaration
-from .data import TransferResult
+from .data import TransferResult, checked_path
 
 __all__ = ["AccessPointClient", "EventRange", "HarvesterFiles", "InvalidEventRange", "InvalidJob", "JobSpec",
            "JobStatus", "WorkerError", "utc_text", "FILE_TYPES", "STATES"]
@@ -97,7 +97,8 @@ class AccessPointClient:
     waiting for Harvester, and publishes them before its own. A client may be
     shared by threads (e.g. one per output it stages out and declares).
 
-    Raises ValueError for file names that cannot be used. The job definitions
+    Raises ValueError for file names that cannot be used, and for an empty ``root`` (not taken for the current
+    directory: an unset variable, most likely) or one with a NUL byte. The job definitions
     are read by :meth:`jobs` and, once, by the first call given a PandaID:
     those raise :class:`WorkerError` when the access point cannot be read or
     holds no job.
@@ -105,7 +106,7 @@ class AccessPointClient:
 
     def __init__(self, root: Path | str, files: HarvesterFiles | None = None):
         files = Config(files=files or HarvesterFiles()).validated().files  # ConfigError is a ValueError
-        self._access_point = AccessPoint(Path(root), files)
+        self._access_point = AccessPoint(checked_path(root, "access point"), files)
         self._publisher = EventStatusPublisher(self._access_point)
         self._definitions: dict[int, RawJob | InvalidJob] | None = None  # read once, when first needed
         self._attributes: dict[int, dict[str, Any]] = {}  # per job, what set_state was given so far

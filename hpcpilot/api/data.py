@@ -90,8 +90,8 @@ class Transfer:
     checksum: str | Checksum | None = None  # a Checksum is kept as its text
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "source", _path(self.source, "source"))
-        object.__setattr__(self, "destination", _path(self.destination, "destination"))
+        object.__setattr__(self, "source", checked_path(self.source, "Transfer: source"))
+        object.__setattr__(self, "destination", checked_path(self.destination, "Transfer: destination"))
         if isinstance(self.checksum, Checksum):  # JobSpec.inputs[i].checksum
             object.__setattr__(self, "checksum", self.checksum.text)
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
@@ -100,12 +100,13 @@ class Transfer:
             raise ValueError(f"Transfer of {self.source}: checksum {self.checksum!r} is not a str (or a Checksum)")
 
 
-def _path(value: Path | str, what: str) -> Path:
-    """Refused when made: an empty path would mean the current directory, and a NUL byte would raise in the
-    middle of the transfers, leaving those after it without a result."""
+def checked_path(value: Path | str, what: str) -> Path:
+    """A path given to the API, refused (ValueError) at once when empty, which would mean the current directory,
+    or holding a NUL byte, which would raise later, in the middle of the work (for Transfers: leaving those after
+    it without a result)."""
     text = os.fspath(value)
     if not text or "\0" in text:
-        raise ValueError(f"Transfer: {what} {value!r} is not a path (empty, or with a NUL byte)")
+        raise ValueError(f"{what} {value!r} is not a path (empty, or with a NUL byte)")
     return Path(text)
 
 

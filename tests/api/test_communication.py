@@ -97,6 +97,13 @@ def test_each_file_lands_where_harvester_reads_it(tmp_path, many_to_one):
     assert [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)] == []
 
 
+@pytest.mark.parametrize("root", ["", "/ap\0x"])
+def test_an_empty_access_point_is_refused_not_taken_for_the_current_directory(tmp_path, monkeypatch, root):
+    monkeypatch.chdir(write_access_point(tmp_path / "ap", definitions(1001)))
+    with pytest.raises(ValueError, match="is not a path"):
+        AccessPointClient(root)
+
+
 def test_the_file_names_setting_is_part_of_the_api():
     """What the constructor takes is named by the API (the rest of hpcpilot is internal and may change)."""
     import hpcpilot.api.communication as communication
