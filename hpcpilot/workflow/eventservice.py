@@ -623,7 +623,7 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
             tick()
     if dispatcher is None:
         comm.send(("done", work.outcome), dest=0, tag=TAG_REPORT)
-        _drain_answers(comm)
+        _drain_answers(comm, tick)
         for request in sent:
             request.wait()
     else:
@@ -641,11 +641,13 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
     return run
 
 
-def _drain_answers(comm: Any) -> None:
+def _drain_answers(comm: Any, tick: Callable[[], None]) -> None:
     """Take rank 0's answers sent after this rank stopped taking them (rank 0 fails their ranges), up to its
-    last: left in the queue, they would be taken as ranges of the next job."""
+    last: left in the queue, they would be taken as ranges of the next job. Rank 0 may be long in coming (copying
+    a range's output): meanwhile this rank goes on saying it is alive, lest rank 0 take it for dead."""
     while True:
         while not comm.iprobe(source=0, tag=TAG_RANGE):
+            tick()
             time.sleep(TICK_SECONDS)  # not a blocking receive: MPICH's busy-polls a core
         if comm.recv(source=0, tag=TAG_RANGE) == END_OF_JOB:
             return

@@ -580,7 +580,7 @@ with EventChannelClient.from_environment() as client:
 
 
 def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, during=lambda ap: None,
-                           delay: float = 0.05):
+                           delay: float = 0.05, payload: str = SLOW_OUTPUT_PAYLOAD):
     """The first of 6 ranges has a 1 GiB output on the slow filesystem (minutes to copy at ``delay`` s per read),
     the others small ones; ``during(ap)`` runs on a thread of its own while the pilot runs. Returns the run,
     Harvester's entries, the slow range's ID."""
@@ -588,7 +588,7 @@ def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, du
         pytest.skip("the payload bind-mounts the slow filesystem into its scratch: needs root")
     slow = slow_file(1 << 30, delay=delay)
     all_ranges = ranges(6)
-    ap = es_worker_running(tmp_path, SLOW_OUTPUT_PAYLOAD, all_ranges)
+    ap = es_worker_running(tmp_path, payload, all_ranges)
     definition = json.loads((ap / "HPCJobs.json").read_text())
     definition[str(PANDAID)]["jobPars"] += f" {slow.parent}"
     (ap / "HPCJobs.json").write_text(json.dumps(definition))
@@ -604,6 +604,45 @@ def run_with_a_slow_output(tmp_path: Path, slow_file, launch: str, env: dict, du
     assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges), run.stderr[-3000:]
     assert all(len(found) == 1 for found in by_range.values()), "no range declared twice"
     return run, by_range, all_ranges[0]["eventRangeID"]
+
+
+RANK_0_COPIES_LAST_PAYLOAD = """
+import os, subprocess, sys, time
+from hpcpilot.eventservice.client import EventChannelClient
+rank_0 = os.environ["HPCPILOT_RANK"] == "0"
+os.mkdir("slow")  # the slow filesystem, seen from scratch
+subprocess.run(["mount", "--bind", sys.argv[1], "slow"], check=True)
+with EventChannelClient.from_environment() as client:
+    client.request()
+    slow_one = rank_0
+    while (ranges := client.receive()) is not None:
+        for event_range in ranges:
+            range_id = event_range.eventRangeID
+            path = os.path.abspath("slow/big.root" if slow_one else range_id + ".out")
+            if slow_one:
+                time.sleep(1)  # rank 0 has answered every request of rank 1 by then
+            else:
+                open(path, "w").write("output of " + range_id)
+            slow_one = False
+            client.finished(path, range_id, 0.1, 0.1)
+        client.request()
+if not rank_0:
+    time.sleep(1.5)  # rank 1 is done while rank 0 copies the slow output
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_rank_done_while_rank_0_copies_a_range_output_still_says_it_is_alive(tmp_path: Path, slow_file) -> None:
+    """Rank 1 is done and waits for rank 0's last answer while rank 0 copies a range's output for 4 s (its time
+    limit): rank 1 kept silent meanwhile, and rank 0 took it for dead past rank_silence_limit (1 s): every rank
+    aborted (exit 64), the job undeclared."""
+    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "3", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
+              "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
+    run, by_range, _ = run_with_a_slow_output(tmp_path, slow_file, "mpi2", limits, payload=RANK_0_COPIES_LAST_PAYLOAD)
+    assert run.returncode == 0 and "not heard from" not in run.stderr, run.stderr[-3000:]
+    failed = [range_id for range_id, (entry,) in by_range.items() if entry["eventStatus"] == "failed"]
+    assert len(failed) == 1 and f"(1152: stage-out of big.root.{failed[0]}" in run.stderr, run.stderr[-3000:]
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
 
 
 @pytest.mark.timeout(240)
