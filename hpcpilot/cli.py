@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="write a demo access point (16 jobs) and run it",
                                description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--dir", type=_path, metavar="DIR",
-                      help="where to write it, a new or empty directory (default: ./hpcpilot-demo-<time>); the replicas go "
-                           "to DIR-replicas")
+                      help="where to write it, a new or empty directory (default: ./hpcpilot-demo-<time>); "
+                           "the replicas go to DIR-replicas")
     demo.add_argument("--jobs", type=_at_least_one, default=16, metavar="N", help="number of jobs (default 16)")
     _add_run_options(demo)
     add_batch_script_arguments(commands.add_parser(

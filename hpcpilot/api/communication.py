@@ -37,9 +37,10 @@ Rules the client keeps, and checks before anything is written:
   ``chksum`` as 8 hex digits without ``ad:``, absolute paths inside the
   access point (Harvester stages out from there; node-local files are out of
   its reach), never one of the files Harvester or the pilot keeps there
-  (the job spec, secrets and all, would go to storage). Declare the job's log tarball as ``log``: without one, Harvester
-  packs the job's directory itself when the worker ends. A dump Harvester has not yet renamed to ``.read`` is never
-  written to: it is taken back (renamed away, atomic against Harvester's own
+  (the job spec, secrets and all, would go to storage). Declare the job's
+  log tarball as ``log``: without one, Harvester packs the job's directory
+  itself when the worker ends. A dump Harvester has not yet renamed to
+  ``.read`` is never written to: it is taken back (renamed away, atomic against Harvester's own
   rename) and its entries go out again, first, with the new ones. Only a
   dump that is not the client's holds entries back: they wait in a hidden
   journal and go out with :meth:`~AccessPointClient.flush` once Harvester has

@@ -221,9 +221,9 @@ def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
 
 def declaration_due(started: float, ended: float) -> float:
     """When the declaration after one made from ``started`` to ``ended`` is due: DECLARE_EVERY later, or later
-    still when it was slow. While Harvester has not taken the dump, every declaration rewrites the journal of
-    all the ranges waiting, which grows with them (81 ms at 10,000): spaced out, they keep to DECLARE_SHARE of
-    rank 0's time, and Harvester, which cannot see them before it takes the dump, loses nothing."""
+    still when it was slow. While Harvester has not taken the dump, every declaration takes it back and rewrites
+    it with all the ranges declared since, which grows with them (81 ms at 10,000): spaced out, they keep to
+    DECLARE_SHARE of rank 0's time, and Harvester, which takes the dump once per cycle, loses nothing."""
     return ended + max(DECLARE_EVERY, (ended - started) / DECLARE_SHARE)
 
 

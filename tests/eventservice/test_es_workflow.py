@@ -45,13 +45,14 @@ class DumpConsumer(threading.Thread):
     """Harvester's other half: takes each dump as its messenger does (rename to .read, read every entry as
     it would, rename to .read.<time>) and keeps the entries; one Harvester would drop fails the test."""
 
-    def __init__(self, ap: Path):
+    def __init__(self, ap: Path, interval: float = 0.1):
         super().__init__(daemon=True)
         self.ap, self.entries, self.errors, self.count = ap, [], [], 0
+        self.interval = interval
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(0.1):
+        while not self.stopped.wait(self.interval):
             self.take()
 
     def take(self) -> None:
@@ -239,10 +240,14 @@ def test_a_stop_file_on_two_ranks_ends_the_job_failed_with_the_stop_code_and_eve
 
 
 @pytest.mark.timeout(240)
-def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("harvester_cycle", [0.1, 2.0], ids=["harvester-quick", "harvester-slow"])
+def test_sigkill_of_the_worker_keeps_what_was_declared_and_a_rerun_completes(tmp_path: Path,
+                                                                            harvester_cycle: float) -> None:
+    """Killed at a random moment; with a slow Harvester most declarations take its last dump back, so the
+    kill often comes amid one."""
     all_ranges = ranges(80)
     ap = es_worker(tmp_path, "--work-ms 60", preplaced=all_ranges)
-    consumer, worker = start_declaring_worker(ap, stderr=subprocess.DEVNULL)
+    consumer, worker = start_declaring_worker(ap, stderr=subprocess.DEVNULL, harvester_cycle=harvester_cycle)
     time.sleep(random.uniform(0.0, 1.5))  # then kill at a random moment of the run
     victims = [worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))]
     for pid in victims:
@@ -715,10 +720,11 @@ def test_a_range_output_copy_that_never_returns_fails_its_range_and_the_job_goes
         ("finished", 5, 1), attributes
 
 
-def start_declaring_worker(ap: Path, stderr: int) -> tuple[DumpConsumer, subprocess.Popen]:
+def start_declaring_worker(ap: Path, stderr: int, harvester_cycle: float = 0.1
+                           ) -> tuple[DumpConsumer, subprocess.Popen]:
     """The worker on 2 ranks in the background, with Harvester taking its dumps; returns once it has
     declared something."""
-    consumer = DumpConsumer(ap)
+    consumer = DumpConsumer(ap, harvester_cycle)
     consumer.start()
     command = ["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
