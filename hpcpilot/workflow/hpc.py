@@ -272,8 +272,7 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
             supervisor.adopt(request)
         return results
     reporter = Reporter(comm)
-    for result in invalid:
-        reporter.send_declared(result)
+    reporter.send_declared(invalid)
     runner = RankRunner(ctx, valid, cores, deadline, reporter.send_result, reporter.send_started)
     supervisor.on_stop = runner.stop
     runner.run(tick=supervisor.tick)
