@@ -36,10 +36,18 @@ def write_tarball(target: BinaryIO, members: Iterable[tuple[str, str]], level: i
     for path, arcname in members:
         _add(gzip, target, path, arcname)
     for arcname, content in in_memory:
-        target.write(gzip.compress(ustar_header(arcname, len(content), time.time(), FILE_MODE)))
-        target.write(gzip.compress(content + bytes(-len(content) % BLOCK)))
-    target.write(gzip.compress(bytes(2 * BLOCK)))  # the end-of-archive marker
+        header = ustar_header(arcname, len(content), time.time(), FILE_MODE)
+        _pack(gzip, target, header + content + bytes(-len(content) % BLOCK))
+    _pack(gzip, target, bytes(2 * BLOCK))  # the end-of-archive marker
     target.write(gzip.flush())
+
+
+def _pack(gzip: zlib._Compress, target: BinaryIO, data: bytes) -> None:
+    """Compress ``data`` into ``target``. zlib mostly keeps small pieces until a later one or the flush: an
+    empty result is not written (the compressed stream does not depend on how its input was cut)."""
+    compressed = gzip.compress(data)
+    if compressed:
+        target.write(compressed)
 
 
 def _add(gzip: zlib._Compress, target: BinaryIO, path: str, arcname: str) -> None:
@@ -53,13 +61,13 @@ def _add(gzip: zlib._Compress, target: BinaryIO, path: str, arcname: str) -> Non
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             return
-        target.write(gzip.compress(ustar_header(arcname, status.st_size, status.st_mtime, status.st_mode)))
+        _pack(gzip, target, ustar_header(arcname, status.st_size, status.st_mtime, status.st_mode))
         remaining = status.st_size
         while remaining:  # exactly the size in the header, even if the file grows, shrinks or fails meanwhile
             chunk = _read_or_zeros(fd, min(READ_SIZE, remaining), arcname)
-            target.write(gzip.compress(chunk))
+            _pack(gzip, target, chunk)
             remaining -= len(chunk)
-        target.write(gzip.compress(bytes(-status.st_size % BLOCK)))
+        _pack(gzip, target, bytes(-status.st_size % BLOCK))
     finally:
         os.close(fd)
 
@@ -78,19 +86,19 @@ def ustar_header(name: str, size: int, mtime: float, mode: int) -> bytes:
     encoded = name.encode()
     if len(encoded) > 100:
         raise TarballError(f"member name {name!r} is longer than 100 bytes")
-    header = bytearray(BLOCK)
-    header[0:len(encoded)] = encoded
-    header[100:108] = _octal(stat.S_IMODE(mode) & MODE_BITS, 8)
-    header[108:116] = _octal(0, 8)  # uid
-    header[116:124] = _octal(0, 8)  # gid
-    header[124:136] = _octal(size, 12) if size < _OCTAL_SIZE_LIMIT else b"\x80" + size.to_bytes(11, "big")
-    header[136:148] = _octal(min(max(0, int(mtime)), _LAST_MTIME), 12)
-    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\x00 " % sum(header)
-    return bytes(header)
+    size_field = _octal(size, 12) if size < _OCTAL_SIZE_LIMIT else b"\x80" + size.to_bytes(11, "big")
+    before = b"".join((encoded.ljust(100, b"\0"), _octal(stat.S_IMODE(mode) & MODE_BITS, 8), _OWNER_IDS,
+                       size_field, _octal(min(max(0, int(mtime)), _LAST_MTIME), 12)))
+    # the checksum counts its own field as 8 spaces, and what follows the magic is all zeros
+    checksum = sum(before) + _CHECKSUM_OF_SPACES_AND_MAGIC
+    return b"".join((before, b"%06o\x00 " % checksum, _TYPE_LINK_AND_MAGIC, _ZEROS_AFTER_MAGIC))
 
 
 def _octal(value: int, width: int) -> bytes:
     return b"%0*o\x00" % (width - 1, value)
+
+
+_OWNER_IDS = _octal(0, 8) * 2  # uid, gid
+_TYPE_LINK_AND_MAGIC = b"0" + bytes(100) + b"ustar\x0000"  # regular file, no link name, POSIX ustar
+_CHECKSUM_OF_SPACES_AND_MAGIC = 8 * ord(" ") + sum(_TYPE_LINK_AND_MAGIC)
+_ZEROS_AFTER_MAGIC = bytes(BLOCK - 265)  # owner and group names, device numbers, name prefix: unused

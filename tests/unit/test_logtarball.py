@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import zlib
 
 import pytest
 
@@ -48,6 +49,22 @@ def test_members_from_memory_follow_the_files_and_gnu_tar_extracts_them(tmp_path
     result = subprocess.run(["tar", "xzf", str(tarball), "-C", str(unpacked)], capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert {name: (unpacked / "log.42" / name).read_bytes() for name in texts} == texts
+
+
+def test_the_bytes_are_the_level_6_gzip_of_the_tar_stream_however_it_was_fed(tmp_path):
+    """The writer hands zlib pieces of its own cutting (headers, file chunks, padding) and writes only what
+    comes out: the tarball must be what one-shot compression of the whole tar stream gives, so that how the
+    pieces are cut never changes a byte Harvester stages out."""
+    files = {"payload.stdout": os.urandom(1_300_000) + b"tail\n" * 5000, "payload.stderr": b"",
+             "zeros": bytes(70_000), "odd": b"x" * 513}
+    tarball = packed(tmp_path, files)
+    assert tarball == zlib.compress(zlib.decompress(tarball, 31), 6, wbits=31)
+
+
+def test_a_header_checksum_is_what_tarfile_computes():
+    header = ustar_header("log.42/payload.stdout", 1234, 1_700_000_000, 0o100640)
+    assert tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").chksum == tarfile.calc_chksums(header)[0]
+    assert int(header[148:154], 8) == sum(header[:148]) + 8 * ord(" ") + sum(header[156:])
 
 
 def test_gnu_tar_lists_it(tmp_path):
