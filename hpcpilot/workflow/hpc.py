@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -333,7 +333,7 @@ def _finish(access_point: AccessPoint, results: list[JobResult], ranks: int, sta
         "finished": sum(r.status == "finished" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "undeclared": sum(not r.declared for r in results),
-        "jobs": [asdict(r) for r in sorted(results, key=lambda r: r.pandaid)],
+        "jobs": [r.summary_row() for r in sorted(results, key=lambda r: r.pandaid)],
     }
     summary_written = _write_summary(access_point, summary)
     log.info("worker done in %.1f s: %d finished, %d failed\n%s",
