@@ -87,6 +87,10 @@ class AccessPoint:
     def path(self, pandaid: int, name: str) -> Path:
         return self.job_dir(pandaid) / name
 
+    def _file(self, pandaid: int, name: str) -> str:
+        """``path`` as a string, for a file that is only written: a pathlib join costs more than its write."""
+        return os.path.join(self.job_dir(pandaid), name)
+
     # -- reading -----------------------------------------------------------
 
     def read_jobs(self) -> list[JobSpec | InvalidJob]:
@@ -261,10 +265,10 @@ class AccessPoint:
 
     def write_attributes(self, pandaid: int, attributes: dict[str, Any], durable: bool = True) -> None:
         """``durable=False`` skips the fsync: for passing states, which a crash may lose harmlessly."""
-        write_json(self.path(pandaid, self.files.worker_attributes), attributes, fsync=durable)
+        write_json(self._file(pandaid, self.files.worker_attributes), attributes, fsync=durable)
 
     def write_job_report(self, pandaid: int, report: Any) -> None:
-        write_json(self.path(pandaid, self.files.job_report), report)
+        write_json(self._file(pandaid, self.files.job_report), report)
 
     def write_summary(self, summary: Any) -> None:
         write_json(self.root / self.files.summary, summary)

@@ -219,7 +219,7 @@ class Monitor:
 
     def stdout_excess(self, scratch: Path) -> PilotError | None:
         """The error of a payload stdout over the limit, else None."""
-        stdout = _size(scratch / STDOUT_NAME)
+        stdout = _size(os.path.join(scratch, STDOUT_NAME))
         if stdout > self.limits.max_stdout_mb * MB:
             return PilotError(ErrorCode.STDOUT_TOO_LARGE, f"payload stdout {_mb(stdout)} exceeded limit "
                               f"{self.limits.max_stdout_mb} MB")
@@ -258,9 +258,9 @@ def _free_bytes(path: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def _size(path: Path) -> int:
+def _size(path: Path | str) -> int:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:  # gone, or scratch replaced by the payload: nothing of it counts
         return 0
 

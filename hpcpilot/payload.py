@@ -56,7 +56,8 @@ class Payload:
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None,
                  executable: str | None = None):
-        with open(cwd / STDOUT_NAME, "wb", buffering=0) as out, open(cwd / STDERR_NAME, "wb", buffering=0) as err:
+        with open(os.path.join(cwd, STDOUT_NAME), "wb", buffering=0) as out, \
+                open(os.path.join(cwd, STDERR_NAME), "wb", buffering=0) as err:
             self.process = subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
         self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)

@@ -239,7 +239,8 @@ def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
     """The GUID -> local file catalogue that ATLAS payloads read from their working directory."""
     catalogue = pool_file_catalog((spec.guid, spec.lfn, spec.lfn) for spec in job.inputs)
     try:
-        (scratch / POOL_FILE_CATALOG).write_text(catalogue, encoding="utf-8")  # as its XML header says
+        with open(os.path.join(scratch, POOL_FILE_CATALOG), "w", encoding="utf-8") as catalogue_file:
+            catalogue_file.write(catalogue)  # in UTF-8, as its XML header says
     except OSError as error:
         code = ErrorCode.NO_LOCAL_SPACE if error.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.STAGEIN_FAILED
         raise PilotError(code, f"cannot write {POOL_FILE_CATALOG} in scratch: {error.strerror}") from None
