@@ -277,10 +277,11 @@ PAYLOAD_OUTPUTS = (payload.STDOUT_NAME, payload.STDERR_NAME)
 
 def _log_members(ctx: RankContext, run: JobRun, job_log: logging.LoggerAdapter) -> list[str]:
     """The files of scratch for the log tarball; one over ``max_stdout_mb`` is left out (a payload can make
-    a terabyte-sized sparse file in an instant, which would take hours to pack)."""
+    a terabyte-sized sparse file in an instant, which would take hours to pack). The job log and job report
+    are not looked for: the pilot packs its own from memory in their place."""
     limit = ctx.config.limits.max_stdout_mb * MB
     members = []
-    for name in (*PAYLOAD_OUTPUTS, PILOT_LOG_NAME, PAYLOAD_REPORT_NAME, TIMESERIES_NAME):
+    for name in (*PAYLOAD_OUTPUTS, TIMESERIES_NAME):
         size = _size_in(run.scratch, name)
         if size > limit:
             job_log.warning("%s is %d MB, over max_stdout_mb (%d MB): only its first and last %d MB go into "

@@ -539,6 +539,18 @@ def test_job_steps_go_to_the_jobs_own_log_and_one_line_per_job_to_the_pilots(tmp
 
 
 @pytest.mark.timeout(120)
+def test_a_payloads_own_large_pilot_log_is_replaced_not_reported_as_cut(tmp_path: Path) -> None:
+    """The log tarball packs the pilot's job log from memory in place of any pilot.log the payload wrote: one
+    over max_stdout_mb is neither looked at nor said to be cut to its two ends."""
+    ap = write_access_point(tmp_path / "ap", {1603: job_definition(1603, "head", "-c 2000000 /dev/zero > pilot.log")})
+    run = run_pilot(ap, env={"HPCPILOT_LIMITS__MAX_STDOUT_MB": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.attributes(1603)["jobStatus"] == "finished"
+    assert "payload ended with 0" in tarball_members(ap / "1603" / "log.1603.job.log.tgz")["pilot.log"].decode()
+    assert "pilot.log is" not in run.stderr
+
+
+@pytest.mark.timeout(120)
 def test_a_kept_scratch_holds_the_jobs_log_and_final_report(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {1602: job_definition(1602, "echo", "hello")})
     run = run_pilot(ap, "grid", "--scratch", str(tmp_path / "scratch"), "--keep-scratch")
