@@ -53,7 +53,7 @@ class MemorySeries:
     first sample's time.
     """
 
-    timeseries_path: Path | None = None
+    timeseries_path: Path | str | None = None
     start_time: float | None = None
     count: int = field(default=0, init=False)
     last: TreeSample | None = field(default=None, init=False)

@@ -93,7 +93,7 @@ class Monitor:
 
     def watch(self, run: JobRun, announce: Callable[[], None] | None = None, announce_after: float = 0.0) -> Watch:
         """Watch ``run``'s payload; ``announce`` is called once if it still runs after ``announce_after`` s."""
-        watch = Watch(run, series=MemorySeries(run.scratch / TIMESERIES_NAME, start_time=time.time()))
+        watch = Watch(run, series=MemorySeries(os.path.join(run.scratch, TIMESERIES_NAME), start_time=time.time()))
         now = time.monotonic()
         if announce is not None and announce_after > 0:
             watch.announce, watch.announce_at = announce, now + announce_after

@@ -254,11 +254,11 @@ def pool_file_catalog(files: Iterable[tuple[str, str, str]]) -> str:
     return f'<?xml version="1.0" encoding="UTF-8" standalone="no" ?>\n<POOLFILECATALOG>\n{entries}</POOLFILECATALOG>\n'
 
 
-def inside_scratch(scratch: Path, name: str) -> Path:
+def inside_scratch(scratch: Path, name: str) -> str:
     """A path to ``scratch/name`` that stays in scratch: refuses a name that leads out of it (a symlink, or
-    on the way ``..`` or a symlinked directory), and FIFOs and devices."""
+    on the way ``..`` or a symlinked directory), and FIFOs and devices. A plain string: it is only opened."""
     check_scratch_is_ours(scratch)
-    path = scratch / name
+    path = os.path.join(scratch, name)
     if os.sep in name and not _within(scratch, real := Path(os.path.realpath(path))):
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} leads out of scratch, to {real}; not followed")
     try:
@@ -272,7 +272,7 @@ def inside_scratch(scratch: Path, name: str) -> Path:
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is a symlink to {real}, outside scratch; not followed")
     if _is_special(real):  # opening a FIFO nobody writes to would block the pilot for ever
         raise PilotError(ErrorCode.FILE_HANDLING, f"{name} in scratch is not a regular file (FIFO, socket or device)")
-    return real
+    return str(real)
 
 
 def _within(scratch: Path, real: Path) -> bool:
