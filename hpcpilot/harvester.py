@@ -477,6 +477,7 @@ class EventStatusPublisher:
         """Take over journals an earlier run left (for jobs that reached their final state)."""
         for pandaid in pandaids:
             journal = self.journal_path(pandaid)
+            self._drop_half_written(journal)
             self._merge_taken(pandaid)  # a take-back a crash interrupted
             if not journal.exists():
                 continue
@@ -487,6 +488,21 @@ class EventStatusPublisher:
                 journal.unlink(missing_ok=True)  # published just before a crash
             else:
                 self._waiting.add(pandaid)
+
+    @staticmethod
+    def _drop_half_written(journal: Path) -> None:
+        """A new journal is written in place (``stage``): a kill before its end leaves part of it, which must
+        neither go to Harvester nor stop a take-back. Its entries were never counted declared (an event service
+        job's ranges run again)."""
+        try:
+            content = read_json(journal)
+        except ValueError as error:
+            content = error
+        except OSError:  # none, or not a file: looked at by the caller
+            return
+        if not _is_dump(content):
+            log.warning("%s was left half-written by an earlier run that was killed (%s): dropped", journal, content)
+            journal.unlink(missing_ok=True)
 
     def discard(self, pandaid: int) -> None:
         """Forget a job's unpublished entries (it will run again)."""

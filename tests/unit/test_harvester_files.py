@@ -727,6 +727,26 @@ def test_a_temp_file_left_beside_the_journal_does_not_break_a_restart(access_poi
     assert restarted.waiting == {1001}
 
 
+@pytest.mark.parametrize("dump_there", [False, True], ids=["dump-free", "dump-not-yet-taken"])
+@pytest.mark.parametrize("torn", ["", '{"1001": [{"type": "outp'])
+def test_a_journal_a_kill_left_half_written_is_dropped_at_a_restart(access_point, dump_there, torn, caplog):
+    """Killed between the journal's creation and the end of its writing (an event service job stages every few
+    seconds): the next run must neither hand Harvester the half-written file nor stop on it when it takes back
+    the dump; the entries it held were never counted declared (their ranges run again)."""
+    dump = dump_of(access_point, 1001)
+    if dump_there:
+        EventStatusPublisher(access_point).declare(1001, [OUTPUT])
+    journal = EventStatusPublisher(access_point).journal_path(1001)
+    journal.write_text(torn)
+    restarted = EventStatusPublisher(access_point)
+    restarted.adopt([1001])
+    assert restarted.flush() == 0
+    if dump_there:
+        assert harvester_takes(dump) == {"1001": [OUTPUT]}
+    assert not dump.exists() and not journal.exists()
+    assert "half-written" in caplog.text
+
+
 def test_a_journal_published_just_before_a_crash_is_not_published_again(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.stage(1001, [OUTPUT])
