@@ -57,18 +57,18 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     ``signals`` holds the stop signals received so far (installed before MPI started: never fatal)."""
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
-    with startup_watch(comm, config.startup_limit):
+    with startup_watch(comm, config.startup_limit):  # up to the last read of what an earlier run left
         access_point = AccessPoint(config.access_point, config.files, secret_keys)
         plan, status = _distribute(access_point, comm)
-    if status != ExitCode.SUCCESS:
-        return status
-    if comm.rank == 0:
-        _withdraw_earlier_kill_request(access_point)
-    ctx = _rank_context(config, access_point, comm.rank, site)
-    if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
-        ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
-                               if result.rank == EARLIER_RUN and result.declared),
-                             *(job.pandaid for job in plan.event_jobs)])
+        if status != ExitCode.SUCCESS:
+            return status
+        if comm.rank == 0:
+            _withdraw_earlier_kill_request(access_point)
+        ctx = _rank_context(config, access_point, comm.rank, site)
+        if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
+            ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
+                                   if result.rank == EARLIER_RUN and result.declared),
+                                 *(job.pandaid for job in plan.event_jobs)])
     cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:

@@ -101,8 +101,8 @@ def startup_watch(comm: Any, limit: float) -> Iterator[None]:
 
 
 def _give_up_starting(comm: Any, limit: float) -> None:
-    log.error("start-up (reading the access point's job definitions) has not ended after %g s (startup_limit): "
-              "its filesystem does not answer; aborting every rank (exit code %d) rather than hold the allocation "
-              "idle. Run the worker again once the filesystem answers (or raise startup_limit for a worker of "
-              "very many jobs on a slow filesystem)", limit, ExitCode.SITE_PROBLEM)
+    log.error("start-up (reading the access point's job definitions and an earlier run's declarations) has not "
+              "ended after %g s (startup_limit): its filesystem does not answer; aborting every rank (exit code %d) "
+              "rather than hold the allocation idle. Run the worker again once the filesystem answers (or raise "
+              "startup_limit for a worker of very many jobs on a slow filesystem)", limit, ExitCode.SITE_PROBLEM)
     abort_every_rank(comm, ExitCode.SITE_PROBLEM)

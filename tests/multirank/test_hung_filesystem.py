@@ -188,3 +188,30 @@ def test_a_job_definition_read_that_never_returns_aborts_the_start_up_with_64(tm
 
 def _logged_at(line: str) -> float:
     return time.mktime(time.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S"))
+
+
+@pytest.mark.timeout(120)
+def test_an_earlier_run_s_declarations_that_never_read_abort_the_start_up_with_64(tmp_path: Path, slow_file) -> None:
+    """Rank 0 reads what an earlier run left to publish (here a dump it was taking back when it was killed)
+    before any rank watches another: that read is start-up too, bounded by startup_limit."""
+    if os.geteuid() != 0:
+        pytest.skip("the hung file is bind-mounted onto a file of the access point: needs root")
+    replica = slow_file(SIZE, delay=NO_ANSWER)
+    ap = write_access_point(tmp_path / "ap", {HUNG_JOB: job_definition(HUNG_JOB, "true"),
+                                              QUICK_JOB: job_definition(QUICK_JOB, "true")})
+    (ap / ".hpcpilot").mkdir()  # an earlier run declared the job final, and was killed amid a take-back
+    (ap / str(HUNG_JOB) / "worker_attributes.json").write_text('{"jobStatus": "finished"}')
+    taken = ap / str(HUNG_JOB) / ".hpcpilot-pending.json.taken"
+    taken.touch()
+    subprocess.run(["mount", "--bind", str(replica), str(taken)], check=True)
+    remount = threading.Timer(SERVED_FOR, slow_file.server(replica).kill)
+    remount.start()
+    try:
+        run = run_pilot(ap, "mpi2", env={"HPCPILOT_STARTUP_LIMIT": "3"}, timeout=90)
+    finally:
+        remount.cancel()
+        subprocess.run(["umount", "-l", str(taken)], check=False)
+    gave_up = [line for line in run.stderr.splitlines() if "(startup_limit)" in line]
+    assert gave_up, run.stderr[-3000:]
+    assert _logged_at(gave_up[0]) - _logged_at(run.stderr.splitlines()[0]) < SERVED_FOR / 2, "not within its limit"
+    assert run.returncode == 64, run.stderr[-3000:]
