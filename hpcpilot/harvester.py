@@ -374,7 +374,8 @@ class EventStatusPublisher:
         self.access_point = access_point
         self._staged: set[int] = set()  # journal written, not yet to be published
         self._waiting: set[int] = set()  # to be published as soon as the dump is free
-        self._foreign_dumps: set[int] = set()  # jobs with a dump the pilot cannot read: never taken back
+        self._foreign_dumps: set[int] = set()  # jobs whose dump there the pilot cannot read: not taken back
+        self._taken_left: set[int] = set()  # a taken-back dump still beside the journal: merged before publishing
 
     def stage(self, pandaid: int, entries: Iterable[dict[str, Any]]) -> None:
         """Record ``entries`` durably, after any still unpublished ones."""
@@ -394,10 +395,13 @@ class EventStatusPublisher:
             self._staged.discard(pandaid)
         if pandaid not in self._waiting:
             return True
+        if pandaid in self._taken_left and not self._merge_taken(pandaid):
+            return False
         published = self._renamed_onto_dump(pandaid) or (self._took_back(pandaid) and
                                                           self._renamed_onto_dump(pandaid))
         if published:
             self._waiting.discard(pandaid)
+            self._foreign_dumps.discard(pandaid)  # that dump is gone: Harvester took it
         return published
 
     def _renamed_onto_dump(self, pandaid: int) -> bool:
@@ -436,20 +440,28 @@ class EventStatusPublisher:
         try:
             older = read_json(taken)
         except FileNotFoundError:
+            self._taken_left.discard(pandaid)
             return True
         except (OSError, ValueError) as error:
             older = error
+        self._taken_left.add(pandaid)  # until it is gone
         if any(_same_file(taken, seen) for seen in self._dumps_seen(pandaid)):
             taken.unlink(missing_ok=True)  # a take-back by hard link that a crash stopped short: still Harvester's
+            self._taken_left.discard(pandaid)
             return True
         if not _is_dump(older):
-            self._foreign_dumps.add(pandaid)  # not the pilot's: Harvester alone may take it
+            self._foreign_dumps.add(pandaid)  # not the pilot's, or unreadable: Harvester alone takes it
             return self._put_back(pandaid, f"it is no dump of declarations: {older}")
         try:
             write_json(journal, _merged(older, read_json(journal) if journal.exists() else {}))
-            taken.unlink()
         except OSError as error:
             return self._put_back(pandaid, f"cannot add its entries to {journal.name}: {error}")
+        try:
+            taken.unlink()
+        except OSError as error:  # its entries are in the journal too: not published before it is gone
+            log.warning("cannot remove %s (%s): job %s's entries wait", taken, error, pandaid)
+            return False
+        self._taken_left.discard(pandaid)
         return True
 
     def _put_back(self, pandaid: int, reason: str) -> bool:
@@ -458,6 +470,7 @@ class EventStatusPublisher:
                     "for that", dump, pandaid, reason)
         try:
             rename_no_replace(self._taken_path(pandaid), dump)
+            self._taken_left.discard(pandaid)
         except OSError as error:  # kept under the hidden name: the next publication or run tries again
             log.error("cannot put %s back: %s", dump, error)
         return False

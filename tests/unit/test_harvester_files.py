@@ -664,7 +664,8 @@ def test_a_dump_that_is_not_the_pilot_s_is_left_for_harvester_and_the_entries_wa
     assert caplog.text.count("no dump of declarations") == 1
     dump.rename(dump.with_name(dump.name + ".read"))
     assert publisher.flush() == 0
-    assert harvester_takes(dump) == {"1001": [OUTPUT, LOG_ENTRY]}
+    assert publisher.declare(1001, [EVENT]) is True, "the pilot's own dump is taken back again"
+    assert harvester_takes(dump) == {"1001": [OUTPUT, LOG_ENTRY, EVENT]}
 
 
 def test_a_dump_whose_entries_cannot_be_added_is_put_back_as_it_was(access_point, caplog):
@@ -677,6 +678,25 @@ def test_a_dump_whose_entries_cannot_be_added_is_put_back_as_it_was(access_point
     assert publisher.publish(1001) is False
     assert json.loads(dump_of(access_point, 1001).read_text()) == {"1001": [OUTPUT]}
     assert not taken_path(publisher, 1001).exists() and "cannot add its entries" in caplog.text
+
+
+def test_a_taken_back_dump_that_cannot_be_removed_holds_its_entries_back_never_twice(access_point, monkeypatch):
+    publisher = EventStatusPublisher(access_point)
+    publisher.declare(1001, [OUTPUT])
+    taken, real_unlink = taken_path(publisher, 1001), Path.unlink
+
+    def failing_once(path: Path, *args, **kwargs):
+        if path == taken and not getattr(failing_once, "failed", False):
+            failing_once.failed = True
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", failing_once)
+    assert publisher.declare(1001, [LOG_ENTRY]) is False  # the journal holds both entries, the taken file one
+    assert not dump_of(access_point, 1001).exists()
+    assert publisher.flush() == 0
+    assert harvester_takes(dump_of(access_point, 1001)) == {"1001": [OUTPUT, LOG_ENTRY]}
+    assert publisher.flush() == 0 and not dump_of(access_point, 1001).exists() and not taken.exists()
 
 
 def test_staged_entries_wait_for_their_publish_not_for_a_flush(access_point):
