@@ -62,22 +62,13 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
         plan, status = _distribute(access_point, comm)
         if status != ExitCode.SUCCESS:
             return status
-        if comm.rank == 0:
-            _withdraw_earlier_kill_request(access_point)
         ctx = _rank_context(config, access_point, comm.rank, site)
-        if comm.rank == 0:  # what an earlier run staged for jobs it declared final, and for event service jobs
-            ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
-                                   if result.rank == EARLIER_RUN and result.declared),
-                                 *(job.pandaid for job in plan.event_jobs)])
+        if comm.rank == 0:
+            _take_over_from_earlier_run(ctx, plan)
     cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
-        log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
-                 plan.total, comm.size, cores, ctx.scratch_base)
-        available = len(os.sched_getaffinity(0))
-        if cores > available:  # a setting meant for other nodes, or for no binding
-            log.warning("cores_per_rank %d is more than the %d CPU(s) rank 0 may run on: its payloads will "
-                        "share them", cores, available)
+        _announce(plan, comm.size, cores, ctx.scratch_base)
     ctx.monitor.start()
     try:
         supervisor = Supervisor(ctx, comm, deadline, signals)
@@ -93,6 +84,24 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     return comm.bcast(exit_code, root=0)
+
+
+def _take_over_from_earlier_run(ctx: RankContext, plan: WorkPlan) -> None:
+    """Rank 0: an earlier run's kill request goes, and what it staged for jobs it declared final, and for
+    event service jobs, is published."""
+    _withdraw_earlier_kill_request(ctx.access_point)
+    ctx.publisher.adopt([*(result.pandaid for result in plan.already_declared
+                           if result.rank == EARLIER_RUN and result.declared),
+                         *(job.pandaid for job in plan.event_jobs)])
+
+
+def _announce(plan: WorkPlan, ranks: int, cores: int, scratch_base: Path) -> None:
+    log.info("running %d job(s) on %d rank(s), %d core(s) per rank, scratch under %s",
+             plan.total, ranks, cores, scratch_base)
+    available = len(os.sched_getaffinity(0))
+    if cores > available:  # a setting meant for other nodes, or for no binding
+        log.warning("cores_per_rank %d is more than the %d CPU(s) rank 0 may run on: its payloads will "
+                    "share them", cores, available)
 
 
 def _withdraw_earlier_kill_request(access_point: AccessPoint) -> None:
