@@ -4,19 +4,23 @@ A payload may leave a filesystem mounted in its scratch: a root payload's
 bind mount, or a FUSE mount a user may make (squashfuse, cvmfsexec).
 Removing the scratch would then delete, or walk for hours, whatever is
 mounted there; a bind mount of the same filesystem does not even show as
-another device. So mounts below a tree are unmounted first (as root may),
-and a tree with a mount that stays is left in place.
+another device. So mounts below a tree are unmounted first (as root may;
+a user's own FUSE mount through fusermount), and a tree with a mount that
+stays is left in place.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC_SELF = Path("/proc/self")
 _MNT_DETACH = 2
+FUSERMOUNT_WAIT = 10.0  # seconds: it talks to no filesystem, but must never hold a rank for long
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,21 @@ def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
 def unmount_all_below(tree: Path) -> list[str]:
     """Detach every mount inside ``tree``; the mount points that stay (not ours to unmount)."""
     for mount in mounts_below(tree):
-        _libc_umount2(os.fsencode(mount.point), _MNT_DETACH)  # as root may; else the mount stays
+        if _libc_umount2(os.fsencode(mount.point), _MNT_DETACH) != 0 and mount.fstype.startswith("fuse"):
+            _fusermount_detach(mount.point)
     return [mount.point for mount in mounts_below(tree)]
+
+
+def _fusermount_detach(point: str) -> None:
+    """A user's own FUSE mount (squashfuse, cvmfsexec), which only root may umount2: fusermount lets its owner."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        return
+    try:
+        subprocess.run([tool, "-u", "-z", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=FUSERMOUNT_WAIT, check=False)
+    except (OSError, subprocess.TimeoutExpired):  # then the mount stays, and with it the tree
+        pass
 
 
 _libc_umount2 = ctypes.CDLL(None, use_errno=True).umount2

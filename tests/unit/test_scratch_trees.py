@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+import pwd
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -94,3 +98,56 @@ def test_a_tree_with_a_mount_the_pilot_cannot_unmount_is_left_whole(bind_mounted
     assert outcome == repr([str(scratch / "work dir" / "mounted")])
     assert (scratch / "work dir" / "mounted" / "data.root").exists()
     assert (precious / "data.root").read_bytes() == b"not the payload's"
+
+
+@pytest.fixture
+def users_fuse_mount() -> Iterator[Path]:
+    """A scratch owned by 'nobody' with a FUSE filesystem that 'nobody' mounted inside (as squashfuse or
+    cvmfsexec would), its server already killed, as a payload's would be. Needs root to set it up: /dev/fuse
+    is opened to users for the test's time, as HPC nodes have it."""
+    if os.geteuid() != 0:
+        pytest.skip("the user's mount is set up as root")
+    fuse = pytest.importorskip("fuse")
+    from tests.slowfs import SlowFile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    base.chmod(0o755)
+    scratch = base / "scratch"
+    mount_point = scratch / "cvmfs"
+    mount_point.mkdir(parents=True)
+    for directory in (base, scratch, mount_point):
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    device_mode = os.stat("/dev/fuse").st_mode
+    os.chmod("/dev/fuse", 0o666)
+    server = os.fork()
+    if server == 0:  # the payload's FUSE server, as nobody
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            fuse.FUSE(SlowFile(1 << 20, 0.0, None), str(mount_point), foreground=True, ro=True)
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 15
+        while not mounts_below(scratch):
+            if time.monotonic() > deadline:
+                pytest.skip("no FUSE mount as a user here")
+            time.sleep(0.1)
+        os.kill(server, signal.SIGKILL)
+        os.waitpid(server, 0)
+        yield scratch
+    finally:
+        os.chmod("/dev/fuse", device_mode & 0o7777)
+        for mount in mounts_below(scratch):
+            subprocess.run(["umount", "-l", mount.point], stderr=subprocess.DEVNULL, check=False, timeout=30)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_a_users_fuse_mount_left_in_scratch_is_detached_by_its_owner_and_the_scratch_removed(users_fuse_mount):
+    """Not root, as on HPC nodes: umount2 is refused, fusermount lets the mount's owner detach it."""
+    outcome = unprivileged_outcome(lambda: remove_tree(users_fuse_mount))
+    assert outcome == "[]"
+    assert not users_fuse_mount.exists() and mounts_below(users_fuse_mount) == []
