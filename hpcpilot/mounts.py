@@ -63,11 +63,21 @@ def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
 
 
 def unmount_all_below(tree: Path) -> list[str]:
-    """Detach every mount inside ``tree``; the mount points that stay (not ours to unmount)."""
-    for mount in mounts_below(tree):
-        if _libc_umount2(os.fsencode(mount.point), _MNT_DETACH) != 0 and mount.fstype.startswith("fuse"):
-            _fusermount_detach(mount.point)
-    return [mount.point for mount in mounts_below(tree)]
+    """Detach every mount inside ``tree``; the mount points that stay (not ours to unmount). Pass after pass:
+    a mount covered by another one mounted above it can be reached only once that one is gone."""
+    remaining = mounts_below(tree)
+    while remaining:
+        for mount in remaining:
+            _detach(mount)
+        before, remaining = len(remaining), mounts_below(tree)
+        if len(remaining) >= before:
+            break
+    return [mount.point for mount in remaining]
+
+
+def _detach(mount: Mount) -> None:
+    if _libc_umount2(os.fsencode(mount.point), _MNT_DETACH) != 0 and mount.fstype.startswith("fuse"):
+        _fusermount_detach(mount.point)
 
 
 def _fusermount_detach(point: str) -> None:

@@ -92,6 +92,25 @@ def test_remove_tree_unmounts_what_the_payload_left_mounted_and_deletes_nothing_
 
 
 @pytest.mark.timeout(60)
+def test_a_mount_covered_by_another_mounted_above_it_is_reached_once_that_one_is_gone(bind_mounted,
+                                                                                     tmp_path: Path) -> None:
+    scratch, precious = bind_mounted
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "calibration.db").write_bytes(b"not the payload's either")
+    covering = scratch / "work dir"
+    subprocess.run(["mount", "--bind", str(other), str(covering)], check=True, timeout=30)
+    try:
+        assert len(mounts_below(scratch)) == 2
+        assert remove_tree(scratch) == []
+    finally:
+        subprocess.run(["umount", "-l", str(covering)], stderr=subprocess.DEVNULL, check=False, timeout=30)
+    assert not scratch.exists()
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+    assert (other / "calibration.db").read_bytes() == b"not the payload's either"
+
+
+@pytest.mark.timeout(60)
 def test_a_tree_with_a_mount_the_pilot_cannot_unmount_is_left_whole(bind_mounted) -> None:
     scratch, precious = bind_mounted
     outcome = unprivileged_outcome(lambda: remove_tree(scratch))  # as nobody: umount2 is refused
