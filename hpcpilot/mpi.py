@@ -139,5 +139,24 @@ ABORT_PAUSE = 0.5
 def abort_every_rank(comm: Any, exit_code: int) -> None:
     """MPI_Abort, once this rank's last words have reached the launcher."""
     sys.stderr.flush()
+    _unlink_shared_segments()
     time.sleep(ABORT_PAUSE)
     comm.Abort(exit_code)
+
+
+SHARED_SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+
+
+def _unlink_shared_segments() -> None:
+    """MPICH's shared-memory segment, which the abort leaves in /dev/shm (node RAM, until someone removes it).
+    Every rank of the node mapped it at MPI_Init and keeps it while it lives: its name is needed no more."""
+    try:
+        with open("/proc/self/maps") as maps:
+            segments = {line.split()[-1] for line in maps if SHARED_SEGMENT_PREFIX in line}
+    except OSError:
+        return
+    for segment in segments:
+        try:
+            os.unlink(segment)
+        except OSError:
+            pass

@@ -54,6 +54,7 @@ def assert_aborts_once_silenced(pilot: subprocess.Popen, ap: Path, rank: int, bo
     ``bound``, naming it, and no rank nor payload is left; returns the pilot's stderr."""
     wait_until_running(ap, 2)
     ranks = rank_processes(pilot)
+    segments = shared_segments_of(ranks)
     ranks[rank].suspend()
     stopped = time.monotonic()
     returncode, stderr = finish(pilot, 60)
@@ -62,7 +63,12 @@ def assert_aborts_once_silenced(pilot: subprocess.Popen, ap: Path, rank: int, bo
     assert f"rank {rank} not heard from" in stderr
     assert_gone_soon(ranks)  # the silent one too: the launcher SIGKILLs the ranks after MPI_Abort
     assert_no_payload_left()
+    assert segments and not any(os.path.exists(segment) for segment in segments), "MPICH's segment left in RAM"
     return stderr
+
+
+def shared_segments_of(ranks: list[psutil.Process]) -> set[str]:
+    return {m.path for rank in ranks for m in rank.memory_maps() if m.path.startswith("/dev/shm/mpich_shm_")}
 
 
 def assert_no_rank_taken_for_silent(ap: Path, stderr: str) -> None:
