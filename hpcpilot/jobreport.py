@@ -25,6 +25,7 @@ def minimal_report(run: JobRun) -> dict:
 
 
 MAX_EXE_ERROR_DIAG = 500  # characters: PanDA's exeErrorDiag column
+EXE_ERROR_CODES = range(-2 ** 31, 2 ** 31)  # what PanDA's exeErrorCode column holds (a 32-bit integer)
 
 
 def payload_error(report: Any) -> dict[str, Any]:
@@ -36,8 +37,8 @@ def payload_error(report: Any) -> dict[str, Any]:
     code, diag = report.get("exeErrorCode"), report.get("exeErrorDiag")
     if code is None and report.get("exitMsg", "OK") != "OK":
         code, diag = report.get("exitCode"), report.get("exitMsg")
-    if type(code) is not int:  # not a bool either: PanDA takes a number
-        return {}
+    if type(code) is not int or not EXE_ERROR_CODES.start <= code < EXE_ERROR_CODES.stop:
+        return {}  # not a bool either; and PanDA's integer column refuses the whole update for a larger one
     return {"exeErrorCode": code, "exeErrorDiag": diag[:MAX_EXE_ERROR_DIAG] if isinstance(diag, str) else ""}
 
 
