@@ -445,7 +445,7 @@ class EventStatusPublisher:
         except (OSError, ValueError) as error:
             older = error
         self._taken_left.add(pandaid)  # until it is gone
-        if any(_same_file(taken, seen) for seen in self._dumps_seen(pandaid)):
+        if any(_same_file(taken, seen) for seen in self.dumps_seen(pandaid)):
             taken.unlink(missing_ok=True)  # a take-back by hard link that a crash stopped short: still Harvester's
             self._taken_left.discard(pandaid)
             return True
@@ -499,7 +499,7 @@ class EventStatusPublisher:
             if not journal.is_file():  # renamed to the dump, it would hand Harvester a directory to read
                 log.error("%s is not a regular file: not taken as staged declarations", journal)
                 continue
-            if any(_same_file(journal, dump) for dump in self._dumps_seen(pandaid)):
+            if any(_same_file(journal, dump) for dump in self.dumps_seen(pandaid)):
                 journal.unlink(missing_ok=True)  # published just before a crash
             else:
                 self._waiting.add(pandaid)
@@ -540,7 +540,7 @@ class EventStatusPublisher:
     def _dump(self, pandaid: int) -> Path:
         return self.access_point.path(pandaid, self.access_point.files.event_status)
 
-    def _dumps_seen(self, pandaid: int) -> list[Path]:
+    def dumps_seen(self, pandaid: int) -> list[Path]:
         """The dump and the copies Harvester renamed it to (``.read``, ``.read.<time>``)."""
         dump = self._dump(pandaid)
         return [dump, *dump.parent.glob(dump.name + ".read*")]

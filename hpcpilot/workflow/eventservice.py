@@ -204,8 +204,7 @@ def _read_range_journal(path: Path) -> list[EventRange]:
 def declared_ranges(ctx: RankContext, pandaid: int) -> dict[str, str]:
     """{range ID: status} of the ranges in the dump, in what Harvester took, and staged: never to be
     processed again."""
-    dump = ctx.access_point.path(pandaid, ctx.config.files.event_status)
-    files = [dump, *dump.parent.glob(dump.name + ".read*"), ctx.publisher.journal_path(pandaid)]
+    files = [*ctx.publisher.dumps_seen(pandaid), ctx.publisher.journal_path(pandaid)]
     found: dict[str, str] = {}
     for path in files:
         try:
