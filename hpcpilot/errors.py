@@ -5,6 +5,7 @@ The numbers are the ones the PanDA server and its monitoring know
 """
 from __future__ import annotations
 
+import errno
 import signal
 from enum import IntEnum
 
@@ -120,6 +121,12 @@ _SIGNAL_CODES = {
     signal.SIGUSR1: ErrorCode.SIGUSR1,
     signal.SIGINT: ErrorCode.SIGINT,
 }
+
+
+def out_of_space(error: OSError) -> bool:
+    """Whether ``error`` says the filesystem is full (no space, or over quota): in scratch, the node's fault
+    (1098), not the job's."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def signal_error_code(signum: int) -> ErrorCode:

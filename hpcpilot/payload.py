@@ -8,7 +8,6 @@ words, which bash would only look up and exec, is exec'd straight away
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import shutil
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ErrorCode, PilotError, signal_error_code
+from .errors import ErrorCode, PilotError, out_of_space, signal_error_code
 from .guard import PayloadGuard
 from .jobs import JobSpec
 from .plainexec import plain_command
@@ -131,7 +130,7 @@ def launch(argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard 
     try:
         return Payload(argv, cwd, env, guard)
     except OSError as error:  # a scratch without space (or inodes) for payload.stdout: the node's fault
-        code = ErrorCode.NO_LOCAL_SPACE if error.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.SETUP_FAILED
+        code = ErrorCode.NO_LOCAL_SPACE if out_of_space(error) else ErrorCode.SETUP_FAILED
         raise PilotError(code, f"cannot start payload {argv[0]}: {error}") from None
 
 

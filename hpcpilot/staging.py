@@ -11,7 +11,6 @@ follows a symlink out of scratch.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from .atomicfile import declared_later
 from .checksums import (KERNEL_CHUNK_SIZE, NEVER, Cancel, ChecksummingWriter, CopyCancelled, CopyFailed, CopyOrder,
                         NotRegularFile, RunningChecksum, copy_files_with_checksums, copy_into_with_checksum,
                         file_checksum, matches)
-from .errors import ErrorCode, PilotError
+from .errors import ErrorCode, PilotError, out_of_space
 from .jobs import FileSpec, JobSpec
 from .logtarball import write_tarball
 from .redaction import redact
@@ -220,7 +219,7 @@ def stagein_error(name: str, source: Path, error: OSError) -> PilotError:
         return _not_regular(name, source)
     if isinstance(error, FileNotFoundError) and error.filename == str(source):
         return PilotError(ErrorCode.STAGEIN_FAILED, f"input {name} not found at {source}")
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(error):
         return PilotError(ErrorCode.NO_LOCAL_SPACE, f"no space left in scratch for input {name}: {error}")
     # the whole error: it names the file that failed, the destination's temp file as often as the source
     return PilotError(ErrorCode.STAGEIN_FAILED, f"cannot stage in {name} from {source}: {error}")
@@ -242,7 +241,7 @@ def _write_pool_file_catalog(job: JobSpec, scratch: Path) -> None:
         with open(os.path.join(scratch, POOL_FILE_CATALOG), "w", encoding="utf-8") as catalogue_file:
             catalogue_file.write(catalogue)  # in UTF-8, as its XML header says
     except OSError as error:
-        code = ErrorCode.NO_LOCAL_SPACE if error.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.STAGEIN_FAILED
+        code = ErrorCode.NO_LOCAL_SPACE if out_of_space(error) else ErrorCode.STAGEIN_FAILED
         raise PilotError(code, f"cannot write {POOL_FILE_CATALOG} in scratch: {error.strerror}") from None
 
 
