@@ -90,8 +90,9 @@ def allocation_memory_per_core(environ: Mapping[str, str] | None = None, proc: P
     (the cgroup's limit, Slurm's) over the allocation's CPUs; with none, the machine's memory over all its CPUs."""
     environ = os.environ if environ is None else environ
     cpus, cpus_origin = allocation_cpus(environ)
+    machine = machine_memory_mb()
     ceilings = [ceiling for ceiling in (cgroup_memory_ceiling(proc), slurm_memory_ceiling(environ, cpus))
-                if ceiling is not None and ceiling.mb < machine_memory_mb()]
+                if ceiling is not None and ceiling.mb < machine]
     if not ceilings:
         return machine_memory_per_core()
     smallest = min(ceilings, key=lambda ceiling: ceiling.mb)
