@@ -37,7 +37,7 @@ def payload_error(report: Any) -> dict[str, Any]:
     code, diag = report.get("exeErrorCode"), report.get("exeErrorDiag")
     if code is None and report.get("exitMsg", "OK") != "OK":
         code, diag = report.get("exitCode"), report.get("exitMsg")
-    if type(code) is not int or not EXE_ERROR_CODES.start <= code < EXE_ERROR_CODES.stop:
+    if type(code) is not int or code not in EXE_ERROR_CODES:
         return {}  # not a bool either; and PanDA's integer column refuses the whole update for a larger one
     return {"exeErrorCode": code, "exeErrorDiag": diag[:MAX_EXE_ERROR_DIAG] if isinstance(diag, str) else ""}
 
