@@ -35,7 +35,7 @@ def write_access_point(
     """
     root = Path(root).absolute()  # the input links must resolve from inside the job directories
     root.mkdir(parents=True, exist_ok=True)
-    replicas = root.parent / f"{root.name}-replicas"
+    replicas = replicas_dir(root)
     # Harvester's feed_jobs writes the PandaIDs file for every layout, OneToOne included
     (root / files.worker_pandaids).write_text(json.dumps([int(p) for p in definitions]))
     for pandaid, definition in definitions.items():
@@ -46,6 +46,11 @@ def write_access_point(
         _stage_replicas(job_dir, replicas / str(pandaid), job_inputs)
         (job_dir / files.pool_file_catalog).write_text(_pool_file_catalog(definition, job_dir))
     return root
+
+
+def replicas_dir(root: Path) -> Path:
+    """Where the replicas of the access point ``root`` go: beside it, as Harvester's staging area."""
+    return root.parent / f"{root.name}-replicas"
 
 
 def _spec_text(content: dict[str, dict[str, Any]], spec_format: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from .accesspoint_writer import job_definition, replicas_dir, with_inputs, with_outputs, write_access_point
 from .config import HarvesterFiles
 
 FIRST_PANDAID = 5_000_001
@@ -30,7 +30,7 @@ def make_demo(root: Path, n_jobs: int = 16, files: HarvesterFiles = HarvesterFil
     (``files``); returns it. OSError, nothing written, when ``root`` or its replicas' directory has files in it.
     """
     root = Path(root).absolute()
-    for directory in (root, root.parent / f"{root.name}-replicas"):
+    for directory in (root, replicas_dir(root)):
         _refuse_used(directory)
     definitions, inputs = {}, {}
     for index in range(n_jobs):
