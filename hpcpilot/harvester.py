@@ -490,8 +490,6 @@ class EventStatusPublisher:
         """Take over journals an earlier run left (for jobs that reached their final state)."""
         for pandaid in pandaids:
             journal = self.journal_path(pandaid)
-            if not journal.exists():  # the usual case, one look per job; a dump is taken back only beside a journal
-                continue
             self._drop_half_written(journal)
             self._merge_taken(pandaid)  # a take-back a crash interrupted
             if not journal.exists():
