@@ -39,6 +39,7 @@ HARVESTER_JOB_FILES = frozenset({"post_process_job_attrs.json", "task_workdir_pa
 # Harvester renames these two to <name>.read and reads them from there; it writes the second via <name>.new.
 HARVESTER_RENAMED_SUFFIXES = (".read", ".new")
 TAKEN_SUFFIX = ".taken"  # added to the journal's name: a dump the pilot took back from Harvester, to add to
+NOTHING_TAKEN = object()  # no taken-back dump beside a journal (None would be valid JSON)
 
 
 class AccessPoint:
@@ -436,14 +437,23 @@ class EventStatusPublisher:
         """A taken-back dump's entries put before the journal's, each once (a crash may have come after the
         journal was written and before the taken file was removed); False, and the dump put back for
         Harvester, if that cannot be done."""
-        taken, journal = self._taken_path(pandaid), self.journal_path(pandaid)
-        try:
-            older = read_json(taken)
-        except FileNotFoundError:
+        older = self._taken_content(pandaid)
+        if older is NOTHING_TAKEN:
             self._taken_left.discard(pandaid)
             return True
+        return self._merge_in(pandaid, older)
+
+    def _taken_content(self, pandaid: int) -> Any:
+        """What the taken-back dump holds (an exception if it cannot be read), or NOTHING_TAKEN."""
+        try:
+            return read_json(self._taken_path(pandaid))
+        except FileNotFoundError:
+            return NOTHING_TAKEN
         except (OSError, ValueError) as error:
-            older = error
+            return error
+
+    def _merge_in(self, pandaid: int, older: Any) -> bool:
+        taken, journal = self._taken_path(pandaid), self.journal_path(pandaid)
         self._taken_left.add(pandaid)  # until it is gone
         if any(_same_file(taken, seen) for seen in self.dumps_seen(pandaid)):
             taken.unlink(missing_ok=True)  # a take-back by hard link that a crash stopped short: still Harvester's
@@ -488,11 +498,14 @@ class EventStatusPublisher:
 
     def adopt(self, pandaids: Iterable[int]) -> None:
         """Take over journals an earlier run left (for jobs that reached their final state)."""
-        for pandaid in pandaids:
+        for pandaid in pandaids:  # two looks for a job that left nothing: a 100,000-job rerun loads the MDS
             journal = self.journal_path(pandaid)
-            self._drop_half_written(journal)
-            self._merge_taken(pandaid)  # a take-back a crash interrupted
-            if not journal.exists():
+            there = self._journal_kept(journal)
+            older = self._taken_content(pandaid)
+            if older is not NOTHING_TAKEN:  # a take-back a crash interrupted
+                self._merge_in(pandaid, older)
+                there = journal.exists()
+            if not there:
                 continue
             if not journal.is_file():  # renamed to the dump, it would hand Harvester a directory to read
                 log.error("%s is not a regular file: not taken as staged declarations", journal)
@@ -503,19 +516,23 @@ class EventStatusPublisher:
                 self._waiting.add(pandaid)
 
     @staticmethod
-    def _drop_half_written(journal: Path) -> None:
-        """A new journal is written in place (``stage``): a kill before its end leaves part of it, which must
-        neither go to Harvester nor stop a take-back. Its entries were never counted declared (an event service
-        job's ranges run again)."""
+    def _journal_kept(journal: Path) -> bool:
+        """Whether a journal is there, once one a kill left half-written is dropped. A new journal is written
+        in place (``stage``): part of one must neither go to Harvester nor stop a take-back. Its entries were
+        never counted declared (an event service job's ranges run again)."""
         try:
             content = read_json(journal)
+        except FileNotFoundError:
+            return False
         except ValueError as error:
             content = error
-        except OSError:  # none, or not a file: looked at by the caller
-            return
-        if not _is_dump(content):
-            log.warning("%s was left half-written by an earlier run that was killed (%s): dropped", journal, content)
-            journal.unlink(missing_ok=True)
+        except OSError:  # not a file: looked at by the caller
+            return True
+        if _is_dump(content):
+            return True
+        log.warning("%s was left half-written by an earlier run that was killed (%s): dropped", journal, content)
+        journal.unlink(missing_ok=True)
+        return False
 
     def discard(self, pandaid: int) -> None:
         """Forget a job's unpublished entries (it will run again)."""

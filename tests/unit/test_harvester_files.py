@@ -623,6 +623,25 @@ def test_a_harvester_reading_all_the_while_gets_every_entry_exactly_once_in_orde
     assert read == entries
 
 
+@pytest.mark.timeout(60)
+def test_taking_over_from_an_earlier_run_looks_twice_at_a_job_that_left_nothing(tmp_path):
+    """A rerun takes over every final job of the earlier one: on Lustre each look is a metadata server call,
+    so a job with no journal and no taken-back dump costs two (the journal, the taken dump), not more."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed (apt-get install -y strace)")
+    pandaids = range(1001, 1011)
+    root = write_access_point(tmp_path / "ap", definitions(*pandaids))
+    trace = tmp_path / "trace"
+    script = "import sys; from hpcpilot.harvester import AccessPoint, EventStatusPublisher; " \
+             "from hpcpilot.config import HarvesterFiles; " \
+             "EventStatusPublisher(AccessPoint(sys.argv[1], HarvesterFiles())).adopt(range(1001, 1011))"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=%file,read", "-o", str(trace), sys.executable, "-c", script,
+                    str(root)], check=True, timeout=50)
+    looks = [line for line in trace.read_text().splitlines() if f'"{root}/10' in line]
+    assert len(looks) == 2 * len(pandaids), looks
+
+
 def test_a_take_back_by_hard_link_interrupted_by_a_crash_leaves_the_dump_to_harvester(access_point):
     publisher = EventStatusPublisher(access_point)
     publisher.declare(1001, [OUTPUT])
