@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -371,18 +372,39 @@ def clean_scratch(ctx: RankContext, run: JobRun) -> None:
         job_logger(ctx, run).warning("scratch %s left in place: the payload left %s mounted inside, which the "
                                      "pilot cannot unmount (removing it would delete what is mounted there)",
                                      run.scratch, ", ".join(mounted))
+    elif run.scratch.exists():
+        job_logger(ctx, run).warning("scratch %s could not be removed whole (an immutable file the payload "
+                                     "left, say): what remains takes the node's space", run.scratch)
 
 
 def remove_tree(path: Path) -> list[str]:
-    """Unmount what is mounted inside, then shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's
-    recursion reaches. A tree with a mount that stays is left whole; its mount points are returned."""
+    """Unmount what is mounted inside, then remove the tree, making its directories the owner's to empty if
+    the payload took that from them. A tree with a mount that stays is left whole; its mount points are
+    returned."""
     if mounted := unmount_all_below(path):
         return mounted
+    _remove_unmounted_tree(path)
+    if _is_directory_itself(path):  # a directory the payload chmod'ed 000 or 0500 stops even its owner's removal
+        subprocess.run(["chmod", "-R", "u+rwX", "--", os.fspath(path)], stderr=subprocess.DEVNULL, check=False)
+        _remove_unmounted_tree(path)
+    return []
+
+
+def _is_directory_itself(path: Path) -> bool:
+    """A directory, not a symlink to one (chmod -R follows a symlink it is given)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove_unmounted_tree(path: Path) -> None:
+    """shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's recursion reaches."""
     try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], check=False)
-    return []
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], stderr=subprocess.DEVNULL,
+                       check=False)  # what it cannot remove is tried again, or named in a warning
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:

@@ -16,8 +16,8 @@ import pytest
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 
 from ..e2e.conftest import run_pilot
-from .conftest import (GOOD_IDS, WITH_UMASK_000, assert_bystanders_finished, assert_failed_with, copy_job,
-                       run_pilot_under, with_bystanders)
+from .conftest import (GOOD_IDS, WITH_UMASK_000, WITHOUT_DAC_OVERRIDE, assert_bystanders_finished,
+                       assert_failed_with, copy_job, run_pilot_under, with_bystanders)
 
 HOSTILE = 6666
 MB = 1 << 20
@@ -244,6 +244,23 @@ def test_an_output_the_payload_made_a_directory_is_missing_and_the_diagnostic_sa
     assert_failed_with(run, HOSTILE, 1165, "result.out", "is a directory")
     assert not (run.job_dir(HOSTILE) / "result.out").exists()
     assert [entry["type"] for entry in run.declared(HOSTILE)] == ["log"]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["000", "500"])
+def test_a_directory_the_payload_locked_does_not_keep_its_scratch_on_the_node(tmp_path: Path, mode: str) -> None:
+    """Without root's override of file modes, as a pilot runs on HPC nodes: a directory the payload left
+    without write or search permission kept the job's whole scratch on the node's disk, without a word."""
+    definition, data = copy_job(HOSTILE)
+    definition.update(transformation="bash", jobPars=f"-c 'tr a-z A-Z < in.{HOSTILE} > out.{HOSTILE}; "
+                                                    f"mkdir -p cache/inner; echo x > cache/inner/f; "
+                                                    f"chmod {mode} cache/inner cache'")
+    scratch = tmp_path / "scratch"
+    run = run_pilot_under(WITHOUT_DAC_OVERRIDE, worker(tmp_path, definition, data), "mpi2", "--scratch", str(scratch))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert list(scratch.iterdir()) == []  # each rank's own directory went with its jobs'
     assert_bystanders_finished(run)
 
 

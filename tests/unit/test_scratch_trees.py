@@ -63,6 +63,43 @@ def test_remove_tree_removes_a_tree_deeper_than_the_recursion_limit(deep_scratch
 
 
 @pytest.fixture
+def users_scratch() -> Iterator[Path]:
+    """A scratch whose whole tree 'nobody' owns (when we are root), in a directory 'nobody' may write to, as
+    a pilot's scratch under its own user's $TMPDIR."""
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    base.chmod(0o777)
+    scratch = base / "scratch"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", str(base)], check=False, timeout=30)
+        subprocess.run(["rm", "-rf", str(base)], check=False, timeout=30)
+
+
+def _owned_by_nobody(tree: Path) -> None:
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(tree)], check=True, timeout=30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", [0o000, 0o500, 0o100], ids=oct)
+def test_remove_tree_removes_directories_the_payload_took_its_owner_s_rights_from(users_scratch: Path,
+                                                                                  mode: int) -> None:
+    """Not root, as on HPC nodes: a directory without write (or read, or search) permission cannot be
+    emptied even by its owner, and a job's scratch with one stayed on the node's disk, silently."""
+    inner = users_scratch / "output" / "inner"
+    inner.mkdir(parents=True)
+    for directory in (users_scratch, inner.parent, inner):
+        (directory / "data.root").write_bytes(b"x" * 1000)
+    _owned_by_nobody(users_scratch)
+    inner.parent.chmod(mode)
+    assert unprivileged_outcome(lambda: remove_tree(users_scratch)) == "[]"
+    assert not users_scratch.exists()
+
+
+@pytest.fixture
 def bind_mounted(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(a scratch tree with a directory bind-mounted inside, under a name with a space; that directory, holding
     a file that must survive). Needs root; whatever stays mounted is unmounted after the test."""
