@@ -372,9 +372,16 @@ def clean_scratch(ctx: RankContext, run: JobRun) -> None:
         job_logger(ctx, run).warning("scratch %s left in place: the payload left %s mounted inside, which the "
                                      "pilot cannot unmount (removing it would delete what is mounted there)",
                                      run.scratch, ", ".join(mounted))
-    elif run.scratch.exists():
+    elif run.scratch.exists() and not _removed_once_leftovers_end(ctx, run.scratch):
         job_logger(ctx, run).warning("scratch %s could not be removed whole (an immutable file the payload "
                                      "left, say): what remains takes the node's space", run.scratch)
+
+
+def _removed_once_leftovers_end(ctx: RankContext, scratch: Path) -> bool:
+    """A process the payload left outside its group lives until the monitor's next sweep, and may write in
+    scratch meanwhile, faster than it is removed: end it now, and remove again."""
+    ctx.monitor.sweep_leftovers()
+    return not remove_tree(scratch) and not scratch.exists()
 
 
 def remove_tree(path: Path) -> list[str]:

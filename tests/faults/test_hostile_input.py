@@ -265,6 +265,25 @@ def test_a_directory_the_payload_locked_does_not_keep_its_scratch_on_the_node(tm
 
 
 @pytest.mark.timeout(120)
+def test_a_process_the_payload_left_writing_in_its_scratch_does_not_keep_the_scratch_on_the_node(
+        tmp_path: Path) -> None:
+    """Processes that left the payload's session are ended at the monitor's next sweep (30 s): until then
+    they created files faster than the scratch was removed, and it stayed, thousands of files, for good."""
+    writer = shlex.quote("while :; do : > f.$RANDOM; done")
+    definition, data = copy_job(HOSTILE)
+    definition.update(transformation="bash", jobPars="-c " + shlex.quote(
+        f"tr a-z A-Z < in.{HOSTILE} > out.{HOSTILE}; "
+        f"for writer in 1 2; do setsid bash -c {writer} </dev/null >/dev/null 2>&1 & done; "
+        "until [ $(ls | wc -l) -gt 3000 ]; do sleep 0.05; done"))  # they run before the payload ends
+    scratch = tmp_path / "scratch"
+    run = run_pilot(worker(tmp_path, definition, data), "mpi2", "--scratch", str(scratch))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(HOSTILE)["jobStatus"] == "finished"
+    assert list(scratch.iterdir()) == []
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("report", ['{"executor": 5}', "[" * 30000 + "]" * 30000, '{"executor": [7, {"x": 1}]}'],
                          ids=["executor-not-a-list", "nested-too-deeply", "executors-not-objects"])
 def test_a_payload_job_report_the_pilot_cannot_use_costs_the_job_nothing(tmp_path: Path, report: str) -> None:
