@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from . import staging
-from .atomicfile import read_json
+from .atomicfile import read_bytes
 from .errors import ErrorCode, PilotError
 from .jobstate import JobRun
 from .redaction import redact, redact_json
@@ -15,6 +15,9 @@ PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working d
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
 MAX_LOGFILE_REPORT_CHARS = 10_000
 MAX_REPORT_BYTES = 64 << 20  # a larger one is not read: it would cost the rank its memory, and PanDA its metadata store
+# Nor one of more values: parsed, each costs the rank up to 72 bytes (an empty object, 3 bytes of JSON), so that
+# 64 MB of "{}," took 1.7 GB. 2 million is 150 MB at most, and more than the largest real reports hold.
+MAX_REPORT_VALUES = 2_000_000
 
 
 def minimal_report(run: JobRun) -> dict:
@@ -67,13 +70,27 @@ def payload_report(run: JobRun) -> dict | None:
     if not run.scratch:
         return None
     try:
-        report = read_json(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME), MAX_REPORT_BYTES)
+        report = _read_report(staging.inside_scratch(run.scratch, PAYLOAD_REPORT_NAME))
         if not isinstance(report, dict):
             return None
         report = trim_logfile_reports(report)
         return redact_json(report, run.spec.secrets) if run.spec.secrets else report
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
+
+
+def _read_report(path: str) -> Any:
+    """The payload's report parsed, unless it holds more values than MAX_REPORT_VALUES (ValueError)."""
+    data = read_bytes(path, MAX_REPORT_BYTES)
+    if len(data) > MAX_REPORT_VALUES and _most_values(data) > MAX_REPORT_VALUES:  # the first test is free
+        raise ValueError(f"{path}: more than {MAX_REPORT_VALUES} JSON values")
+    return json.loads(data)
+
+
+def _most_values(data: bytes) -> int:
+    """At most as many values (and keys) as JSON ``data`` holds: each comes after a ``[``, ``{``, ``,`` or
+    ``:``, or is the whole (those in strings are counted too)."""
+    return 1 + sum(data.count(separator) for separator in (b"[", b"{", b",", b":"))
 
 
 def trim_logfile_reports(report: dict) -> dict:

@@ -1,0 +1,45 @@
+"""The payload's own jobReport.json, read in its scratch: what it may cost the rank to read it."""
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+from hpcpilot.accesspoint_writer import job_definition
+from hpcpilot.jobreport import payload_report
+from hpcpilot.jobs import parse_job
+from hpcpilot.jobstate import JobRun
+
+MB = 1 << 20
+
+
+def _run_with_report(scratch: Path, content: bytes) -> JobRun:
+    (scratch / "jobReport.json").write_bytes(content)
+    return JobRun(parse_job(job_definition(4711, "true")), 0, "node", 1, scratch=scratch)
+
+
+def _peak_memory_of(function, *args):
+    """``function(*args)`` and the most memory Python held for it at once."""
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_report_of_millions_of_tiny_values_does_not_cost_the_rank_hundreds_of_mb(tmp_path: Path) -> None:
+    """12 MB of '{},' parse into 4 million objects, 300 MB of the rank's memory (and 64 MB, under the byte
+    limit, into 1.7 GB): such a report is not parsed, and the pilot's minimal one stands in."""
+    run = _run_with_report(tmp_path, b'{"a":[' + b",".join([b"{}"] * 4_000_000) + b"]}")
+    report, peak = _peak_memory_of(payload_report, run)
+    assert peak < 60 * MB, f"{peak / MB:.0f} MB"
+    assert report is None
+
+
+def test_a_large_report_of_ordinary_text_is_still_read(tmp_path: Path) -> None:
+    """The bound is on values, not bytes: 30 MB of log excerpt, commas and all, is a report like any other."""
+    excerpt = "an ordinary line of a log file, with a comma or two, as ATLAS logs have them\n" * 400_000
+    content = {"exeErrorCode": 65, "exeErrorDiag": "bad input", "executor": [{"logfileReport": {"x": excerpt}}]}
+    report = payload_report(_run_with_report(tmp_path, json.dumps(content).encode()))
+    assert report == {**content, "executor": [{"logfileReport": {}}]}  # the excerpt blanked, as any too long
