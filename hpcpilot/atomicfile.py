@@ -91,7 +91,7 @@ def declared_later(path: Path, fsync: bool = True) -> Iterator[RawWriter]:
     ``path`` and is not a regular file (a symlink, a FIFO) is replaced, never
     written through.
     """
-    fd = _open_in_place(str(path))
+    fd = open_in_place(str(path))
     try:
         yield RawWriter(fd)
         if fsync:
@@ -104,15 +104,17 @@ def declared_later(path: Path, fsync: bool = True) -> Iterator[RawWriter]:
         os.close(fd)
 
 
-def _open_in_place(name: str) -> int:
+def open_in_place(name: str, mode: int = FILE_MODE) -> int:
+    """``name`` opened for writing, emptied; a symlink or a FIFO standing there is replaced by a new file,
+    never written through nor waited on."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return os.open(name, flags, FILE_MODE)
+        return os.open(name, flags, mode)
     except OSError as error:
         if error.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
             raise
     os.unlink(name)
-    return os.open(name, flags | os.O_EXCL, FILE_MODE)
+    return os.open(name, flags | os.O_EXCL, mode)
 
 
 def json_bytes(content: Any) -> bytes:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .atomicfile import open_in_place
 from .errors import ErrorCode, PilotError, out_of_space, signal_error_code
 from .guard import PayloadGuard
 from .jobs import JobSpec
@@ -55,8 +56,8 @@ class Payload:
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], guard: PayloadGuard | None = None,
                  executable: str | None = None):
-        with open(os.path.join(cwd, STDOUT_NAME), "wb", buffering=0) as out, \
-                open(os.path.join(cwd, STDERR_NAME), "wb", buffering=0) as err:
+        with open(_output_file(cwd, STDOUT_NAME), "wb", buffering=0) as out, \
+                open(_output_file(cwd, STDERR_NAME), "wb", buffering=0) as err:
             self.process = subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True)
         self.tree = ProcessTree(self.process.pid, env[TOKEN_ENV], session_id=self.process.pid)
@@ -100,6 +101,13 @@ class Payload:
         (``Monitor.unwatch`` hands the payload's token to the monitor's).
         """
         return self.tree.end_leftovers(grace)
+
+
+def _output_file(cwd: Path, name: str) -> int:
+    """The payload's ``name`` in scratch, new or emptied. An event service payload is started again in the
+    scratch its predecessor left: a symlink or FIFO it put there is replaced, never written through (into a
+    file outside scratch) nor waited on (for ever, for a reader)."""
+    return open_in_place(os.path.join(cwd, name), 0o666)
 
 
 @functools.cache

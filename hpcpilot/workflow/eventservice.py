@@ -567,7 +567,19 @@ class RankEventWork:
             self.outcome.error = PilotError(ErrorCode.ES_FATAL, f"payload failed {self.restarts} times, last with "
                                             f"exit code {exit.returncode}; no more restarts")
             return self._finish()
-        self._launch()
+        self._launch_again()
+
+    def _launch_again(self) -> None:
+        """A payload that cannot be started again (its scratch full, a FIFO its predecessor left as its
+        payload.stdout, its scratch swapped for a symlink) ends this rank's work on the job with that error, as
+        any failed start does."""
+        try:
+            staging.check_scratch_is_ours(self.run.scratch)
+            self._launch()
+        except PilotError as error:
+            self.job_log.error("cannot restart the payload: %s", error.diag)
+            self.outcome.error = error
+            self._finish()
 
     def _finish(self) -> None:
         watch = self.ctx.monitor.unwatch(self.run)

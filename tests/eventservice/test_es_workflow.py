@@ -198,6 +198,69 @@ def test_a_payload_crash_fails_only_the_range_in_flight_and_the_payload_restarts
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
 
 
+SABOTAGING_PAYLOAD = """
+import os, sys
+scratch, decoy = os.environ["HPCPILOT_SCRATCH"], sys.argv[2]
+if not os.path.exists("sabotaged"):
+    open("sabotaged", "w").close()
+    os.remove("payload.stdout")
+    if sys.argv[1] == "fifo":
+        os.mkfifo("payload.stdout")
+    elif sys.argv[1] == "symlink":
+        os.symlink(os.path.join(decoy, "payload.stdout"), "payload.stdout")
+    else:
+        os.rename(scratch, scratch + ".moved")
+        os.symlink(decoy, scratch)
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "hpcpilot.eventservice.reference_payload"])
+"""
+
+
+def _sabotaging_worker(tmp_path: Path, sabotage: str, decoy: Path, all_ranges: list[dict]) -> Path:
+    """An event service job whose payload, the first time, leaves ``sabotage`` for its restart and crashes."""
+    decoy.mkdir()
+    (decoy / "payload.stdout").write_text("not the payload's")
+    ap = es_worker_running(tmp_path, SABOTAGING_PAYLOAD, all_ranges)
+    definition = json.loads((ap / "HPCJobs.json").read_text())
+    definition[str(PANDAID)]["jobPars"] += f" {sabotage} {decoy}"
+    (ap / "HPCJobs.json").write_text(json.dumps(definition))
+    return ap
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sabotage", ["fifo", "symlink"])
+def test_a_payload_restarted_after_its_predecessor_left_a_trap_as_its_stdout_runs_as_any(tmp_path: Path,
+                                                                                        sabotage: str) -> None:
+    """The restarted payload's stdout was opened by name in the scratch its predecessor left: a FIFO there
+    blocked the rank for ever (SIGTERM too), a symlink had the pilot empty and write the file it leads to."""
+    all_ranges, decoy = ranges(6), tmp_path / "elsewhere"
+    run, entries = run_es(_sabotaging_worker(tmp_path, sabotage, decoy, all_ranges), "mpi2", serving=[],
+                          env={"HPCPILOT_PAYLOAD_RESTARTS": "3"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
+    by_range = range_entries(entries)
+    for event_range in all_ranges:
+        (entry,) = by_range[event_range["eventRangeID"]]
+        assert_finished_output(entry, event_range)
+    assert [path.name for path in decoy.iterdir()] == ["payload.stdout"]
+    assert (decoy / "payload.stdout").read_text() == "not the payload's"
+
+
+@pytest.mark.timeout(180)
+def test_a_payload_that_swapped_its_scratch_for_a_symlink_is_not_restarted_there(tmp_path: Path) -> None:
+    all_ranges, decoy = ranges(6), tmp_path / "elsewhere"
+    run, entries = run_es(_sabotaging_worker(tmp_path, "scratch", decoy, all_ranges), "mpi2", serving=[],
+                          env={"HPCPILOT_PAYLOAD_RESTARTS": "3"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1303), attributes
+    assert "replaced" in attributes["pilotErrorDiag"]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert all(found == [{"eventRangeID": range_id, "eventStatus": "failed"}] for range_id, found in by_range.items())
+    assert [path.name for path in decoy.iterdir()] == ["payload.stdout"]
+
+
 @pytest.mark.timeout(180)
 def test_a_payload_over_its_walltime_is_stopped_and_the_job_fails_without_restarts(tmp_path: Path) -> None:
     all_ranges = ranges(200)  # 0.2 s each on 2 ranks: 20 s of work against a 4 s limit
