@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .allocation import CoreMemory
 from .config import Limits
@@ -268,18 +268,25 @@ def _size(path: Path | str) -> int:
 def tree_size(path: Path) -> int:
     """Bytes the files under ``path`` take on disk, as ``du`` counts them: their allocated blocks (a sparse
     file costs what it holds), a file of several hard links once, a symlink as itself."""
-    allocated = {(entry.st_dev, entry.st_ino): entry.st_blocks * 512 for entry in _lstats(path)}
-    return sum(allocated.values())
+    total, linked = 0, set()
+    for entry in _lstats(path):
+        if entry.st_nlink > 1:  # only these can come again (du keeps no more than these either)
+            if (entry.st_dev, entry.st_ino) in linked:
+                continue
+            linked.add((entry.st_dev, entry.st_ino))
+        total += entry.st_blocks * 512
+    return total
 
 
 def _newest_change(path: Path, ignore: set[str]) -> float:
     return max((entry.st_mtime for entry in _lstats(path, ignore)), default=path.stat().st_mtime)
 
 
-def _lstats(path: Path, ignore: set[str] = frozenset()) -> list[os.stat_result]:
-    """lstat of every file under ``path``, symlinks not followed; directories kept on a list, not the call
-    stack (os.walk recurses, and a payload can nest its scratch deeper than Python's recursion limit)."""
-    found, directories = [], [os.fspath(path)]
+def _lstats(path: Path, ignore: set[str] = frozenset()) -> Iterator[os.stat_result]:
+    """lstat of every file under ``path``, symlinks not followed, one at a time (a payload may make millions
+    of files: kept, they took the rank 700 bytes each); directories kept on a list, not the call stack
+    (os.walk recurses, and a payload can nest its scratch deeper than Python's recursion limit)."""
+    directories = [os.fspath(path)]
     while directories:
         try:
             with os.scandir(directories.pop()) as entries:
@@ -288,12 +295,11 @@ def _lstats(path: Path, ignore: set[str] = frozenset()) -> list[os.stat_result]:
                         if entry.is_dir(follow_symlinks=False):
                             directories.append(entry.path)
                         elif entry.name not in ignore:
-                            found.append(entry.stat(follow_symlinks=False))
+                            yield entry.stat(follow_symlinks=False)
                     except OSError:  # gone meanwhile: the payload's business
                         pass
         except OSError:
             pass
-    return found
 
 
 def _mb(size: float) -> str:

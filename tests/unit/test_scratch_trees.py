@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +55,23 @@ def test_tree_size_counts_what_is_on_disk_not_apparent_sizes(tmp_path: Path) -> 
         os.link(tmp_path / "data", tmp_path / f"link{number}")
     data_blocks = os.stat(tmp_path / "data").st_blocks * 512
     assert data_blocks <= tree_size(tmp_path) <= data_blocks + os.stat(tmp_path / "sparse").st_blocks * 512 + 4096
+
+
+@pytest.mark.timeout(120)
+def test_tree_size_of_many_files_costs_no_memory_per_file(tmp_path: Path) -> None:
+    """A payload can make millions of files; the disk check and each job's workDirSize walk them all, and
+    kept every file's lstat (about 700 bytes each) until the walk ended."""
+    for number in range(40_000):
+        os.close(os.open(tmp_path / f"f{number}", os.O_CREAT | os.O_WRONLY, 0o644))
+    (tmp_path / "data").write_bytes(b"x" * 8192)
+    tracemalloc.start()
+    try:
+        size = tree_size(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size == os.stat(tmp_path / "data").st_blocks * 512
+    assert peak < 2 << 20, f"{peak / (1 << 20):.1f} MB"
 
 
 @pytest.mark.timeout(60)  # rm -rf is a process of its own
