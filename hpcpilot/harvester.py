@@ -70,6 +70,11 @@ class AccessPoint:
         """The pilot's own bookkeeping, hidden from Harvester."""
         return self.root / self.files.state_dir
 
+    @property
+    def run_lock(self) -> Path:
+        """What the pilot running on this access point holds (see runlock)."""
+        return self.state_dir / "run.lock"
+
     def job_dir(self, pandaid: int) -> Path:
         if not self.many_to_one:
             return self.root

@@ -25,6 +25,7 @@ from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
 from ..mpi import node_cpu_sets, wait_idly
+from ..runlock import RunLock
 from ..sites import Site
 from ..stopping import SignalWatch, StopRequest
 from . import jobflow
@@ -55,11 +56,16 @@ class WorkPlan:
 def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> int:
     """Run every job of the access point on the ranks of ``comm`` at ``site``; returns the exit code.
     ``signals`` holds the stop signals received so far (installed before MPI started: never fatal)."""
+    with RunLock() as lock:  # rank 0 takes it at start-up, before it changes anything
+        return _run_worker(config, comm, site, signals, lock)
+
+
+def _run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch, lock: RunLock) -> int:
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
     with startup_watch(comm, config.startup_limit):  # up to the last read of what an earlier run left
         access_point = AccessPoint(config.access_point, config.files, secret_keys)
-        plan, status = _distribute(access_point, comm)
+        plan, status = _distribute(access_point, comm, lock)
         if status != ExitCode.SUCCESS:
             return status
         ctx = _rank_context(config, access_point, comm.rank, site)
@@ -141,7 +147,7 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
     return comm.bcast(deadline, root=0)
 
 
-def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
+def _distribute(access_point: AccessPoint, comm: Any, lock: RunLock) -> tuple[WorkPlan, int]:
     """Rank 0 reads the definitions and scatters them; each rank validates its own share (rank 0 only
     reads, however many ranks there are). Jobs rank 0 finds invalid (unreadable ones, event service ones)
     go into its own share, declared failed first thing with the heartbeat kept (tens of thousands take
@@ -150,7 +156,7 @@ def _distribute(access_point: AccessPoint, comm: Any) -> tuple[WorkPlan, int]:
     with _collector_paused():
         if comm.rank == 0:
             try:
-                definitions, plan.already_declared = _read_undeclared(access_point)
+                definitions, plan.already_declared = _read_undeclared(access_point, lock)
                 plan.total = len(definitions) + len(plan.already_declared)
                 readable = [item for item in definitions if isinstance(item, RawJob)]
                 event_jobs = [access_point.validated(item) for item in readable if item.event_service]
@@ -182,11 +188,15 @@ def _scatter_keeping_own(comm: Any, shares: list[list[RawJob]] | None) -> list[R
     return shares[0]
 
 
-def _read_undeclared(access_point: AccessPoint) -> tuple[list[RawJob | InvalidJob], list[JobResult]]:
+def _read_undeclared(access_point: AccessPoint, lock: RunLock
+                     ) -> tuple[list[RawJob | InvalidJob], list[JobResult]]:
     """(jobs to run, results of jobs an earlier run declared): on an access point no pilot ran on
-    before, every job is to run and no job directory needs a second look."""
+    before, every job is to run and no job directory needs a second look. Another pilot still running on
+    it ends this one (WorkerError) before anything is changed."""
     definitions = access_point.read_definitions()
-    if not access_point.note_run():
+    earlier_run = access_point.note_run()
+    lock.take(access_point.run_lock)
+    if not earlier_run:
         return definitions, []
     return split_declared(access_point, definitions)
 

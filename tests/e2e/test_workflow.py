@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
@@ -467,6 +468,66 @@ def test_a_rerun_leaves_alone_a_job_whose_state_cannot_be_read_and_says_so(tmp_p
     assert not (job_dir / "jobReport.json").exists() and not (job_dir / "event_status.dump.json").exists()
     assert run.attributes(1212)["jobStatus"] == "finished"
     assert {job["pandaid"]: job["status"] for job in run.summary()["jobs"]} == {1211: "failed", 1212: "finished"}
+
+
+def start_pilot(ap: Path) -> subprocess.Popen:
+    """``hpcpilot run`` in the background (grid mode), payloads declared running at their start."""
+    return subprocess.Popen([sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "HPCPILOT_DECLARE_RUNNING_AFTER": "0"})
+
+
+def wait_until_declared_running(ap: Path, pandaid: int) -> None:
+    attributes = ap / str(pandaid) / "worker_attributes.json"
+    deadline = time.monotonic() + 60
+    while not (attributes.exists() and '"running"' in attributes.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert attributes.exists(), "the first pilot never declared its job running"
+
+
+@pytest.mark.timeout(120)
+def test_a_second_pilot_on_an_access_point_in_use_leaves_every_job_to_the_first(tmp_path: Path) -> None:
+    """Two workers started on one access point by mistake: the second touches nothing and exits 64; the
+    first runs every job once and declares each output once (not twice, nor rewritten under Harvester)."""
+    definitions, inputs = {}, {}
+    for pandaid in (1221, 1222):
+        definitions[pandaid], inputs[pandaid] = copy_job(pandaid, jobPars=f"-c 'sleep 3; tr a-z A-Z < in.{pandaid} "
+                                                         f"> out.{pandaid}'", transformation="bash")
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    first = start_pilot(ap)
+    wait_until_declared_running(ap, 1221)
+    second = run_pilot(ap, timeout=60)
+    _, first_stderr = communicate_or_kill(first, 90, "the first pilot")
+    assert second.returncode == 64, second.stderr[-2000:]
+    assert "another pilot is running on this access point" in second.stderr
+    assert first.returncode == 0, first_stderr[-2000:]
+    for pandaid in (1221, 1222):
+        paths = [entry["path"] for entry in second.declared(pandaid)]
+        assert sorted(paths) == sorted({*paths}) and len(paths) == 2, paths
+    assert {job["rank"] for job in second.summary()["jobs"]} == {0}  # the first run's summary, not rewritten
+
+
+@pytest.mark.timeout(120)
+def test_a_rerun_is_not_refused_while_a_payload_of_the_killed_run_lives_on(tmp_path: Path) -> None:
+    """The run lock dies with the pilot: a process its payload left running (escaped from the guard, which
+    finds processes by their environment) does not hold it."""
+    tag = f"{200 + time.time() % 1:.9f}"
+    escape = f"setsid env -i sleep {tag} </dev/null >/dev/null 2>&1 & sleep 60"
+    command = f"-c 'if [ -e $HPCPILOT_JOB_DIR/escaped ]; then exit 0; fi; touch $HPCPILOT_JOB_DIR/escaped; {escape}'"
+    ap = write_access_point(tmp_path / "ap", {1231: job_definition(1231, "bash", command)})
+    first = start_pilot(ap)
+    try:
+        wait_until_declared_running(ap, 1231)
+        first.kill()
+        first.communicate()
+        assert any(tag in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+        rerun = run_pilot(ap, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert rerun.attributes(1231)["jobStatus"] == "finished"
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if tag in (process.info["cmdline"] or []):
+                process.kill()
 
 
 @pytest.mark.timeout(120)
