@@ -155,7 +155,7 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
     run.status = JobStatus.RUNNING
     announce_after = ctx.config.declare_running_after
     if announce_after <= 0:
-        declare_state(ctx, run)
+        declare_running(ctx, run)  # as the monitor's later call: a job directory full for now does not fail the job
     env = payload.payload_environment(run.spec, ctx.rank, run.scratch, ctx.access_point.job_dir(run.pandaid),
                                       ctx.environment, ctx.site.payload_environment(run.cores))
     with timed(run, "payload"), recorded(run, job_log):

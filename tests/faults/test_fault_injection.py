@@ -15,7 +15,7 @@ import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 
-from ..e2e.conftest import run_pilot
+from ..e2e.conftest import assert_declared_file_matches, run_pilot
 from .conftest import (_mount, _umount, GOOD_IDS, WITHOUT_DAC_OVERRIDE, assert_bystanders_finished, assert_failed_with, copy_job,
                        run_pilot_under, with_bystanders)
 
@@ -200,6 +200,26 @@ def test_job_directory_fills_up_during_stageout(tmp_path: Path, tmpfs_at) -> Non
     assert [entry["type"] for entry in run.declared(FAULTY)] == ["log"]
     assert json.loads((job_dir / "jobReport.json").read_text())["exitCode"] == 1137
     assert not [p.name for p in job_dir.iterdir() if p.name.startswith(".hpcpilot-tmp-")]
+    assert_bystanders_finished(run)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_directory_full_when_the_payload_starts_costs_only_the_running_declaration(tmp_path: Path,
+                                                                                        tmpfs_at) -> None:
+    """Declared running at its start (declare_running_after 0) into a full job directory: a warning, as when
+    the monitor declares it later, and the job runs on; here its payload frees the space and it finishes."""
+    job_dir = tmpfs_at(tmp_path / "ap" / str(FAULTY))
+    definition, data = copy_job(FAULTY, transformation="bash",
+                                jobPars=f"-c 'rm $HPCPILOT_JOB_DIR/filler; tr a-z A-Z < in.{FAULTY} > out.{FAULTY}'")
+    ap = worker(tmp_path, definition, data)
+    with open(job_dir / "filler", "wb") as filler, pytest.raises(OSError):
+        filler.write(bytes(2 << 20))  # to the last byte: ENOSPC
+    run = run_pilot(ap, "mpi2", env={"HPCPILOT_DECLARE_RUNNING_AFTER": "0"})
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    attributes = run.attributes(FAULTY)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("finished", 0), attributes
+    assert_declared_file_matches(next(e for e in run.declared(FAULTY) if e["type"] == "output"))
+    assert "cannot declare the job" in run.stderr
     assert_bystanders_finished(run)
 
 
