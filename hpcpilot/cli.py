@@ -162,11 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_batch_script(args)
     if args.command == "sites":
         return run_sites(args)
-    signals = SignalWatch().install()  # before MPI starts, until the end: a stop signal is never fatal
-    try:
-        return _run_command(args, signals)
-    finally:
-        signals.restore()
+    # Installed before MPI starts and kept until the process exits: a stop signal is never fatal. MPI finalizes
+    # after main returns (mpi4py, at exit); a rank a late signal killed there would leave MPICH's segment in
+    # /dev/shm and the signal as the launcher's exit code, when every job is already declared.
+    return _run_command(args, SignalWatch().install())
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:

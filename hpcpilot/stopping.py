@@ -60,16 +60,11 @@ class SignalWatch:
     def __init__(self, rank: int = 0):
         self.rank = rank  # known once MPI has started; the handlers are installed before
         self.signum: int | None = None
-        self._previous = {}
 
     def install(self) -> "SignalWatch":
         for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._record)
+            signal.signal(signum, self._record)
         return self
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
     def _record(self, signum: int, frame: object) -> None:
         if self.signum is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -160,16 +161,43 @@ def test_a_stop_every_rank_sees_itself_leaves_no_shared_memory_behind(tmp_path: 
     """The lifetime ends on every rank at once, so each announces the stop to the others. Every notice must
     be received: MPICH leaves its /dev/shm segment behind otherwise. Run with a /dev/shm of its own."""
     ap = sleeping_worker(tmp_path)
-    pilot = " ".join(["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
-                      "--lifetime", "183"])  # 3 s before the 180 s margin
-    script = f"mount -t tmpfs tmpfs /dev/shm || exit 99; {pilot}; echo rc=$?; ls -A /dev/shm"
+    printed, stderr = run_with_own_dev_shm(["mpiexec", "-n", "2", sys.executable, "-m", "hpcpilot", "run",
+                                            "--access-point", str(ap), "--lifetime", "183"])  # 3 s before the margin
+    assert printed == ["rc=81"], (printed, stderr[-3000:])
+    assert_all_declared(ap, 1213)
+
+
+LATE_SIGNAL = """
+import atexit, os, signal, sys
+from mpi4py import MPI  # it finalizes MPI at exit: the hook below, registered later, runs before that
+from hpcpilot.cli import main
+atexit.register(os.kill, os.getpid(), signal.SIGXCPU)
+sys.exit(main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_signal_after_the_command_returned_kills_no_rank_in_mpi_finalize(tmp_path: Path) -> None:
+    """SIGXCPU to every rank as it exits, every job declared, MPI not yet finalized: the signal finds nothing
+    left to stop, so no rank dies of it (which left MPICH's segment in /dev/shm and made mpiexec exit 24)."""
+    ap = write_access_point(tmp_path / "ap", {pandaid: job_definition(pandaid, "true") for pandaid in JOBS})
+    printed, stderr = run_with_own_dev_shm(["mpiexec", "-n", "2", sys.executable, "-c", LATE_SIGNAL, "run",
+                                            "--access-point", str(ap)])
+    assert printed == ["rc=0"], (printed, stderr[-3000:])
+    assert all(json.loads((ap / str(pandaid) / "worker_attributes.json").read_text())["jobStatus"] == "finished"
+               for pandaid in JOBS)
+
+
+def run_with_own_dev_shm(command: list[str]) -> tuple[list[str], str]:
+    """``command`` run with a /dev/shm of its own: (its output, its exit code as rc=N and what it left in
+    /dev/shm, as words; its stderr). Skips where that cannot be had."""
+    script = f"mount -t tmpfs tmpfs /dev/shm || exit 99; {shlex.join(command)}; echo rc=$?; ls -A /dev/shm"
     process = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     stdout, stderr = communicate_or_kill(process, 90, "the pilot in its own /dev/shm")
     if process.returncode == 99 or "unshare:" in stderr:
         pytest.skip(f"cannot give the pilot a /dev/shm of its own: {stderr[-300:]}")
-    assert stdout.split() == ["rc=81"], (stdout, stderr[-3000:])
-    assert_all_declared(ap, 1213)
+    return stdout.split(), stderr
 
 
 @pytest.mark.timeout(120)
