@@ -36,7 +36,7 @@ class RunLock:
         Where no lock can be had (a read-only top, a filesystem without flock, e.g. Lustre mounted without
         it), the run goes on unguarded, with a warning."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a file a link points at
         except OSError as error:
             log.warning("cannot create %s (%s): a second pilot started on this access point would not be "
                         "refused", path, error.strerror)

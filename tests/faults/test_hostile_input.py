@@ -416,6 +416,21 @@ def test_job_directory_symlinked_out_is_refused_on_a_rerun_too(tmp_path: Path) -
     assert_bystanders_finished(run)
 
 
+@pytest.mark.timeout(120)
+def test_a_run_lock_symlinked_out_of_the_access_point_creates_nothing_there(tmp_path: Path) -> None:
+    """The pilot's run lock is opened without following a link: a planted one costs only the lock (a warning),
+    never a file created where it points."""
+    definition, data = copy_job(HOSTILE)
+    ap = worker(tmp_path, definition, data)
+    (ap / ".hpcpilot").mkdir()
+    (ap / ".hpcpilot" / "run.lock").symlink_to(tmp_path / "planted")
+    run = run_pilot(ap, "mpi2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (tmp_path / "planted").exists(), "the pilot created a file outside the access point"
+    assert "cannot create" in run.stderr and "run.lock" in run.stderr
+    assert_bystanders_finished(run)
+
+
 # -- file modes -------------------------------------------------------------------------------------
 
 
