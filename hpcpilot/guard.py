@@ -24,6 +24,7 @@ import sys
 from typing import Iterable
 
 from .proctree import TOKEN_PREFIX, kill_until_gone, token_holders
+from .stopping import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def guard(lines: Iterable[bytes]) -> set[int] | None:
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C meant for the pilot: the pilot handles it
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stop for the rank must not disarm its guard
+    # A stop for the rank must not disarm its guard: a ^C meant for the pilot, or a batch system's warning
+    # (Slurm's --signal=USR1@60 reaches every process of the job step, the guard's session too).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     left = guard(sys.stdin.buffer)
     if left is None:
         return 0
