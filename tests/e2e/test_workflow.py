@@ -518,9 +518,12 @@ def test_a_rerun_is_not_refused_while_a_payload_of_the_killed_run_lives_on(tmp_p
     first = start_pilot(ap)
     try:
         wait_until_declared_running(ap, 1231)
+        deadline = time.monotonic() + 60  # declared at the payload's start, maybe before it forked the escapee
+        while not _escaped(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
         first.kill()
         first.communicate()
-        assert any(tag in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+        assert _escaped(tag)
         rerun = run_pilot(ap, timeout=60)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert rerun.attributes(1231)["jobStatus"] == "finished"
@@ -528,6 +531,10 @@ def test_a_rerun_is_not_refused_while_a_payload_of_the_killed_run_lives_on(tmp_p
         for process in psutil.process_iter(["cmdline"]):
             if tag in (process.info["cmdline"] or []):
                 process.kill()
+
+
+def _escaped(tag: str) -> bool:
+    return any(tag in (process.info["cmdline"] or []) for process in psutil.process_iter(["cmdline"]))
 
 
 @pytest.mark.timeout(120)
