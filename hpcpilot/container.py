@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
@@ -20,6 +21,17 @@ RUNTIMES = ("apptainer", "singularity", "shifter", "podman-hpc", "podman")
 # The exit code with which a runtime reports a failure of its own (no such image, no registry), never the
 # payload's. Apptainer's 255 is no such code: a payload may exit 255 itself.
 _OWN_FAILURE = {"podman": 125, "podman-hpc": 125}
+# podman's 126 and 127 (podman-run(1)): the command it runs in the container, the site's shell, could not be
+# invoked or found there. bash exits so too for the payload's own commands: only podman's error line, which
+# names the OCI runtime, tells them apart.
+_SHELL_FAILURE = {"podman": (126, 127), "podman-hpc": (126, 127)}
+_SHELL_FAILURE_WORDS = "OCI runtime"
+# A runtime's message is its last line of stderr; this much of it goes into the job's diagnostic.
+MESSAGE_CHARS = 250
+# What an image given as a path must be: podman runs an unpacked root filesystem, Apptainer that or a SIF file.
+_IMAGE_PATH_KINDS = {"podman": (stat.S_ISDIR,), "podman-hpc": (stat.S_ISDIR,),
+                     "apptainer": (stat.S_ISDIR, stat.S_ISREG), "singularity": (stat.S_ISDIR, stat.S_ISREG)}
+_ADVICE = "check the job's container_name and the site's container runtime"
 _TRANSPORT_SEPARATOR = "://"
 
 
@@ -126,13 +138,49 @@ def find_runtime(site: ContainerSite, search_path: str | None = None) -> tuple[s
     raise PilotError(ErrorCode.SETUP_FAILED, diag)
 
 
-def runtime_failure(runtime: str, returncode: int) -> PilotError | None:
-    """The setup error of a container ``runtime`` (as ``runtime_of`` names it) that exited with its own
-    failure code, before any payload ran; None for the payload's own exit."""
-    if _OWN_FAILURE.get(runtime) != returncode:
+def runtime_failure(runtime: str, returncode: int, stderr_tail: str = "") -> PilotError | None:
+    """The setup error of a container ``runtime`` (as ``runtime_of`` names it) that failed itself, before any
+    payload ran: it exited with its own failure code, or could not start the shell in the container (its
+    message, the last line of ``stderr_tail``, says so); None for the payload's own exit."""
+    message = _last_line(stderr_tail)
+    shell_failed = returncode in _SHELL_FAILURE.get(runtime, ()) and _SHELL_FAILURE_WORDS in message
+    if _OWN_FAILURE.get(runtime) != returncode and not shell_failed:
         return None
+    said = f": {message[-MESSAGE_CHARS:]}" if message else ""
     return PilotError(ErrorCode.SETUP_FAILED, f"container runtime {runtime} failed before the payload ran "
-                      f"(exit {returncode}; its message is in the job's payload.stderr)")
+                      f"(exit {returncode}){said}; {_ADVICE} (the whole message is in the job's payload.stderr)")
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def check_image_path(runtime: str, container_name: str) -> None:
+    """An image given as a path must be there and be what ``runtime`` runs (SETUP_FAILED otherwise): a FIFO
+    would keep the runtime waiting for a writer, and a file where podman wants a directory fails obscurely."""
+    kinds = _IMAGE_PATH_KINDS.get(runtime)
+    if kinds is None or not container_name.startswith("/"):
+        return
+    try:
+        mode = os.stat(container_name).st_mode
+    except OSError as error:
+        raise PilotError(ErrorCode.SETUP_FAILED, f"container image {container_name}: {error.strerror}; {_ADVICE}, "
+                         "and that the filesystem holding it (e.g. CVMFS) is mounted on this node") from None
+    if not any(kind(mode) for kind in kinds):
+        wanted = "a directory (an unpacked image)" if kinds == (stat.S_ISDIR,) else "a directory or an image file"
+        raise PilotError(ErrorCode.SETUP_FAILED, f"container image {container_name} is not {wanted} for {runtime}, "
+                         f"but {_file_kind(mode)}; {_ADVICE}")
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def runtime_of(argv: list[str]) -> str:
@@ -153,9 +201,10 @@ def wrap_command(
     ``scratch`` is bound at the same path and is the working directory;
     ``env_names`` are variables (e.g. the site's payload environment) to pass
     into runtimes that do not inherit the environment. Raises
-    PilotError(SETUP_FAILED) when no runtime of the site is installed.
+    PilotError(SETUP_FAILED) when no runtime of the site is installed, or an image path is no image.
     """
     runtime, executable = find_runtime(site, search_path)
+    check_image_path(runtime, container_name)
     argv = container_command(
         runtime, executable, container_name, command, Path(scratch),
         options=site.container_options(runtime), env_names=env_names, shell=site.container_shell(),

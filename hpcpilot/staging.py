@@ -403,13 +403,8 @@ def excerpt(scratch: Path, name: str, secrets: tuple[str, ...]) -> bytes:
     """The first and last EXCERPT_BYTES of a file of scratch, a line between them saying what was left out
     (b"" if it is not a regular file or cannot be read). Each end also loses, where it was cut, as many bytes
     as the longest secret has: a secret cut in two would not be found, and half of one would go out."""
-    try:  # through scratch itself, never through a link the payload put in its place
-        directory = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
-        finally:
-            os.close(directory)
-    except OSError:
+    fd = _open_in_scratch(scratch, name)
+    if fd is None:
         return b""
     try:
         status = os.fstat(fd)
@@ -427,6 +422,33 @@ def excerpt(scratch: Path, name: str, secrets: tuple[str, ...]) -> bytes:
     gap = f"\n[hpcpilot: {status.st_size - len(head) - len(tail)} bytes left out here; {name} was " \
           f"{status.st_size} bytes, over max_stdout_mb]\n"
     return _redact_bytes(head, secrets) + gap.encode() + _redact_bytes(tail, secrets)
+
+
+def tail(scratch: Path, name: str, size: int) -> bytes:
+    """The last ``size`` bytes of a file of scratch (b"" if it is not a regular file or cannot be read)."""
+    fd = _open_in_scratch(scratch, name)
+    if fd is None:
+        return b""
+    try:
+        status = os.fstat(fd)
+        return os.pread(fd, size, max(0, status.st_size - size)) if stat.S_ISREG(status.st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _open_in_scratch(scratch: Path, name: str) -> int | None:
+    """``name`` of scratch opened for reading, through scratch itself, never through a link the payload put in
+    its place nor waiting on a FIFO; None if it cannot be opened."""
+    try:
+        directory = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        return None
 
 
 def _redact_bytes(data: bytes, secrets: tuple[str, ...]) -> bytes:

@@ -182,11 +182,23 @@ def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> Pil
     The disk check, every disk_interval, does not see a short job: one that fails in a scratch short of
     space is failed for the space, and one whose stdout grew over the limit fails for it, as a longer one
     would."""
-    error = runtime_failure(run.container_runtime, exit.returncode) or payload.exit_error(exit)
+    error = _runtime_failure(run, exit.returncode) or payload.exit_error(exit)
     if error is not None and exit.returncode > 0:  # the disk check's order: space first, then stdout
         found = ctx.monitor.space_shortage(run.scratch) or ctx.monitor.stdout_excess(run.scratch)
         return PilotError(found.code, f"{error.diag}; {found.diag}") if found else error
     return error or ctx.monitor.stdout_excess(run.scratch)
+
+
+def _runtime_failure(run: JobRun, returncode: int) -> PilotError | None:
+    """The failure of the job's container runtime itself, if it failed; what it said is at the end of the
+    payload's stderr."""
+    if not run.container_runtime or returncode <= 0:
+        return None
+    said = staging.tail(run.scratch, payload.STDERR_NAME, RUNTIME_MESSAGE_BYTES).decode("utf-8", "replace")
+    return runtime_failure(run.container_runtime, returncode, said)
+
+
+RUNTIME_MESSAGE_BYTES = 4096  # the end of payload.stderr where a container runtime's own message is
 
 
 def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload.Payload:

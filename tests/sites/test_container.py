@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -120,38 +119,20 @@ def _copy_with_libraries(program: str, root: Path) -> None:
         shutil.copy2(os.path.realpath(path), target)
 
 
-def _podman_environment(tmp_path: Path, run_root: Path) -> dict[str, str]:
-    """Private image storage, and runc with modest ulimits (crun cannot set them in this sandbox)."""
-    storage = tmp_path / "storage.conf"
-    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path}/graph"\nrunroot = "{run_root}"\n')
-    containers = tmp_path / "containers.conf"
-    containers.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
-                          '[engine]\nruntime = "runc"\n')
-    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(storage), "CONTAINERS_CONF": str(containers)}
-
-
 @pytest.fixture
-def podman_image(tmp_path):
+def podman_image(tmp_path, podman_environment):
     """(image name, environment for podman): a tiny image made from host binaries."""
-    if not shutil.which("podman") or not shutil.which("runc"):
-        pytest.skip("podman and runc are not installed (apt-get install podman runc)")
     root = tmp_path / "rootfs"
     for program in HOST_PROGRAMS:
         _copy_with_libraries(program, root)
     archive = tmp_path / "rootfs.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(root, arcname=".")
-    # conmon's attach socket lives under the run root: keep its path short (108-byte socket path limit).
-    run_root = Path(tempfile.mkdtemp(prefix="podrun", dir="/tmp"))
-    try:
-        environment = _podman_environment(tmp_path, run_root)
-        imported = subprocess.run(["podman", "import", str(archive), "localhost/hpcpilot-test:1"],
-                                  capture_output=True, text=True, env=environment, timeout=120)
-        if imported.returncode != 0:
-            pytest.skip(f"podman cannot import images here: {imported.stderr.strip()}")
-        yield "localhost/hpcpilot-test:1", environment
-    finally:
-        shutil.rmtree(run_root, ignore_errors=True)
+    imported = subprocess.run(["podman", "import", str(archive), "localhost/hpcpilot-test:1"],
+                              capture_output=True, text=True, env=podman_environment, timeout=120)
+    if imported.returncode != 0:
+        pytest.skip(f"podman cannot import images here: {imported.stderr.strip()}")
+    return "localhost/hpcpilot-test:1", podman_environment
 
 
 @pytest.mark.timeout(180)
@@ -191,3 +172,23 @@ def test_a_failure_of_podman_itself_is_a_setup_error_not_the_payloads(tmp_path, 
         assert returncode == expected
         error = runtime_failure(runtime_of(argv), returncode)
         assert (error.code if error else None) == (ErrorCode.SETUP_FAILED if expected == 125 else None)
+
+
+def test_podmans_126_and_127_are_its_own_only_when_its_oci_runtime_says_so():
+    """podman exits 126/127 when the site's shell cannot be run in the container, and says so; bash exits
+    so for the payload's own commands, and that is the payload's exit."""
+    podman_said = 'Error: runc create failed: exec: "/bin/bash": stat /bin/bash: no such file or directory: ' \
+                  "OCI runtime attempted to invoke a command that was not found\n"
+    failure = runtime_failure("podman", 127, "pulling...\n" + podman_said)
+    assert failure.code == ErrorCode.SETUP_FAILED
+    assert "exit 127" in failure.diag and "OCI runtime attempted" in failure.diag
+    assert runtime_failure("podman", 127, "bash: line 1: Sim_tf.py: command not found\n") is None
+    assert runtime_failure("apptainer", 127, podman_said) is None  # not podman's words for apptainer
+
+
+def test_a_runtime_failure_quotes_the_runtimes_last_line_within_bounds():
+    message = "Error: initializing source docker://atlas/missing:1: " + "x" * 1000
+    diag = runtime_failure("podman-hpc", 125, f"Trying to pull...\n{message}\n").diag
+    assert "Error: initializing source" not in diag and "x" * 200 in diag  # the end of a long line
+    assert len(diag) < 500 and "container_name" in diag  # PanDA keeps 500 characters
+    assert "exit 125" in runtime_failure("podman", 125, "").diag
