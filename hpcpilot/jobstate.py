@@ -60,6 +60,7 @@ class JobRun:
     declaring: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one write at a time
     payload_ended: bool = False  # its payload has returned: a stop no longer changes its outcome
     container_runtime: str = ""  # the runtime its payload runs under, if in a container
+    staged_in: Any = None  # its inputs' staging.StagedIn: replicas its payload reads in place, if any
     _payload_state: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property

@@ -19,6 +19,7 @@ import stat
 import time
 import uuid
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -81,23 +82,64 @@ def stagein_mode(job: JobSpec, configured: str) -> str:
     return "direct" if job.transfer_type == "direct" else configured
 
 
+Identity = tuple[int, int, int, int]  # a file's device, inode, size and modification time
+
+
+@dataclass
+class StagedIn:
+    """What a stage-in brought: the bytes verified, and the replicas that link or direct mode gives the payload
+    to read in place, by LFN, with their identity when verified (``changed_replicas`` compares it)."""
+
+    size: int = 0
+    in_place: dict[str, tuple[Path, Identity]] = field(default_factory=dict)
+
+
 def stage_in(job: JobSpec, job_dir: Path, scratch: Path, mode: str, cancel: Cancel = NEVER,
-             time_limit: TimeLimit = no_time_limit) -> int:
-    """Bring every input of ``job`` into ``scratch`` by ``mode`` (one of STAGEIN_MODES); returns the bytes
-    verified. ``cancel`` set ends the copies and reads (CopyCancelled) within a chunk, the partial copy
-    removed: gigabytes from a slow shared filesystem take minutes that a stopping pilot does not have. An
-    input whose copy or read takes longer than ``time_limit`` of its size ends the same way, and fails the
-    job with 1151."""
+             time_limit: TimeLimit = no_time_limit) -> StagedIn:
+    """Bring every input of ``job`` into ``scratch`` by ``mode`` (one of STAGEIN_MODES). ``cancel`` set ends
+    the copies and reads (CopyCancelled) within a chunk, the partial copy removed: gigabytes from a slow
+    shared filesystem take minutes that a stopping pilot does not have. An input whose copy or read takes
+    longer than ``time_limit`` of its size ends the same way, and fails the job with 1151."""
     if mode not in STAGEIN_MODES:
         raise ValueError(f"stage-in mode {mode!r}: choose one of {', '.join(STAGEIN_MODES)}")
     _check_space_for_inputs(job, scratch, mode)
     if mode == "copy":
-        total = _copy_inputs(job, job_dir, scratch, cancel, time_limit)
+        staged = StagedIn(_copy_inputs(job, job_dir, scratch, cancel, time_limit))
     else:
-        total = sum(_stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode, cancel, time_limit)
-                    for spec in job.inputs)
+        staged = _stage_in_place(job, job_dir, scratch, mode, cancel, time_limit)
     _write_pool_file_catalog(job, scratch)
-    return total
+    return staged
+
+
+def _stage_in_place(job: JobSpec, job_dir: Path, scratch: Path, mode: str, cancel: Cancel,
+                    time_limit: TimeLimit) -> StagedIn:
+    """Link every input to its replica (``link`` and ``direct``), one after the other."""
+    staged = StagedIn()
+    for spec in job.inputs:
+        replica, identity, size = _stage_file(spec, _replica(spec, job_dir), scratch / spec.lfn, mode, cancel,
+                                              time_limit)
+        staged.in_place[spec.lfn] = replica, identity
+        staged.size += size
+    return staged
+
+
+def changed_replicas(staged: StagedIn) -> list[str]:
+    """The LFNs whose replica, given to the payload in place, is no longer what was verified: written through
+    its link (a payload opening an input for update writes into the shared replica) or replaced. A replica
+    that cannot be reached now (its filesystem gone) is not counted: that says nothing of its content."""
+    changed = []
+    for lfn, (replica, identity) in staged.in_place.items():
+        try:
+            now = _identity(os.stat(replica))
+        except OSError:
+            continue
+        if now != identity:
+            changed.append(lfn)
+    return changed
+
+
+def _identity(status: os.stat_result) -> Identity:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _copy_inputs(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, time_limit: TimeLimit) -> int:
@@ -198,19 +240,22 @@ def _check_space_for_inputs(job: JobSpec, scratch: Path, mode: str) -> None:
 
 
 def _stage_file(spec: FileSpec, source: Path, target: Path, mode: str, cancel: Cancel,
-                time_limit: TimeLimit) -> int:
-    """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``)."""
+                time_limit: TimeLimit) -> tuple[Path, Identity, int]:
+    """Stage one input by ``link`` or ``direct`` (``copy`` goes through ``_copy_inputs``): the replica linked,
+    its identity before it was verified, and its size. The checksum reads the very file linked."""
     deadline = TransferDeadline(cancel, time_limit(size_for_time_limit(spec.fsize, source)))
     try:
-        target.symlink_to(source.resolve())
-        running = None if mode == "direct" else file_checksum(source, _wants_md5(spec), deadline)
+        replica = source.resolve()
+        target.symlink_to(replica)
+        status = os.stat(replica)
+        running = None if mode == "direct" else file_checksum(replica, _wants_md5(spec), deadline)
     except OSError as error:
         raise stagein_error(spec.lfn, source, error) from None
     except CopyCancelled:
         raise deadline.cancelled(ErrorCode.STAGEIN_TIMEOUT, f"stage-in (checksum read) of {spec.lfn}") from None
-    size = running.size if running else source.stat().st_size
+    size = running.size if running else status.st_size
     _verify_input(spec, size, running)
-    return size
+    return replica, _identity(status), size
 
 
 def stagein_error(name: str, source: Path, error: OSError) -> PilotError:

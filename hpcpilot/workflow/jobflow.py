@@ -111,13 +111,13 @@ def stage_in(ctx: RankContext, run: JobRun) -> None:
     mode = staging.stagein_mode(run.spec, ctx.config.stagein_mode)
     with timed(run, "stagein"), recorded(run, job_log):
         try:
-            size = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode,
-                                    ctx.stopping, ctx.config.limits.transfer_timeout)
+            run.staged_in = staging.stage_in(run.spec, ctx.access_point.job_dir(run.pandaid), run.scratch, mode,
+                                             ctx.stopping, ctx.config.limits.transfer_timeout)
         except CopyCancelled:
             job_log.warning("stage-in ended by the stop, its partial copy removed")
             run.fail(ctx.stopping.request.not_started())
             return
-        job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), size, mode)
+        job_log.detail("staged in %d file(s), %d bytes (%s)", len(run.spec.inputs), run.staged_in.size, mode)
 
 
 def stage_in_allowance(ctx: RankContext, run: JobRun) -> float:
@@ -172,9 +172,25 @@ def run_payload(ctx: RankContext, run: JobRun) -> None:
         run.cpu_seconds = exit.cpu_seconds
         run.trans_exit_code = payload.shell_status(exit.returncode)
         job_log.detail("payload ended with %d after %.1f s CPU", exit.returncode, exit.cpu_seconds)
-        error = _exit_error(ctx, run, exit)
-        if error:
-            raise error
+        error, changed = _exit_error(ctx, run, exit), _changed_inputs_error(run)
+        if error and changed:
+            job_log.error("also: %s", changed.diag)
+        if error or changed:
+            raise error or changed
+
+
+def _changed_inputs_error(run: JobRun) -> PilotError | None:
+    """1303 if a replica the payload read in place (link, direct) changed while it ran: the payload wrote into
+    it through its link (the shared replica is then changed for every job that reads it) or it was replaced;
+    either way the job ran on other bytes than those verified."""
+    changed = staging.changed_replicas(run.staged_in) if run.staged_in else []
+    if not changed:
+        return None
+    replica, _ = run.staged_in.in_place[changed[0]]
+    return PilotError(ErrorCode.FILE_HANDLING, f"input(s) {', '.join(changed)} changed while the payload ran: "
+                      f"it reads the replica itself ({replica}), which was written through its link or replaced, "
+                      "for every job that reads it; run payloads that write into their inputs with "
+                      "--stagein-mode copy, and stage the replica again")
 
 
 def _exit_error(ctx: RankContext, run: JobRun, exit: payload.PayloadExit) -> PilotError | None:

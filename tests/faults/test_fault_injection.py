@@ -114,6 +114,40 @@ def test_input_corrupted_after_declaration(tmp_path: Path, kind: str, code: int)
     assert_bystanders_finished(run)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["link", "direct"])
+def test_a_payload_writing_into_a_shared_replica_fails_every_job_reading_it_in_place(tmp_path: Path,
+                                                                                    mode: str) -> None:
+    """Two jobs of the worker read one replica in place (Harvester staged it once); the first appends to its
+    input, which link and direct modes give it as the replica itself, while the second still reads it: both
+    ran on other bytes than those verified, and fail with 1303 saying what to do (without the check both
+    finished, the second with the first's bytes in its output); the bystanders, in replicas of their own,
+    finish."""
+    writer, reader = FAULTY, FAULTY + 1
+    data = {"shared.in": b"event data\n" * 100}
+    started, written = tmp_path / "reader-started", tmp_path / "written"  # the order, whatever the load
+
+    def after(marker: Path) -> str:
+        return f"for i in $(seq 600); do [ -e {marker} ] && break; sleep 0.1; done"
+
+    writer_line = f"{after(started)}; echo CHANGED >> shared.in; touch {written}; cp shared.in out.{writer}"
+    reader_line = f"touch {started}; {after(written)}; cp shared.in out.{reader}"
+    definitions, inputs = with_bystanders({
+        writer: with_outputs(with_inputs(job_definition(writer, "sh", f"-c '{writer_line}'"), data),
+                             [f"out.{writer}"]),
+        reader: with_outputs(with_inputs(job_definition(reader, "sh", f"-c '{reader_line}'"), data),
+                             [f"out.{reader}"]),
+    }, {writer: data, reader: data})
+    ap = write_access_point(tmp_path / "ap", definitions, inputs)
+    (ap / str(reader) / "shared.in").unlink()  # the reader's input: the writer's replica, as shared staging has it
+    (ap / str(reader) / "shared.in").symlink_to(tmp_path / REPLICAS / str(writer) / "shared.in")
+    run = run_pilot(ap, "mpi2", "--stagein-mode", mode, "--cores-per-rank", "3")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for pandaid in (writer, reader):
+        assert_failed_with(run, pandaid, 1303, "shared.in", "changed while the payload ran", "--stagein-mode copy")
+    assert_bystanders_finished(run)
+
+
 # -- full disks ---------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ def test_a_known_mode_stages_the_input(tmp_path: Path) -> None:
     ap = write_access_point(tmp_path / "ap", {5002: definition}, {5002: {"in.dat": b"data"}})
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert stage_in(parse_job(definition), ap / "5002", scratch, "copy") == 4
+    assert stage_in(parse_job(definition), ap / "5002", scratch, "copy").size == 4
     assert (scratch / "in.dat").read_bytes() == b"data"
 
 
