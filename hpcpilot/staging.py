@@ -175,6 +175,9 @@ def _copy_orders(job: JobSpec, job_dir: Path, scratch: Path, cancel: Cancel, tim
         yield CopyOrder(source, scratch / spec.lfn, _wants_md5(spec), spec.fsize, deadline)
 
 
+UNKNOWN_SIZE = 1 << 62  # a file's size for its time limit when none is given: the longest limit
+
+
 def size_for_time_limit(expected: int | None, source: Path) -> int:
     """A file's size for its transfer's time limit: as expected, else as found (0 if not found: the copy
     reports why)."""

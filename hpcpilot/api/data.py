@@ -51,7 +51,9 @@ failures of that one transfer (1099 / 1137), nothing written. A symlinked
 source is followed, as ``cp`` does. The destination is created with mode
 0644 (less the umask). ``Limits`` (re-exported here from hpcpilot.config)
 sets each file's time limit: ``transfer_timeout_base`` + ``transfer_timeout_per_mb``
-x its MiB, at most ``transfer_timeout_max`` seconds (PROTOCOL.md, section 5).
+x its MiB, at most ``transfer_timeout_max`` seconds (PROTOCOL.md, section 5), checked between chunks; a copy
+stuck in one system call (a hung filesystem) is given up on ``transfer_timeout_base`` seconds later, its thread
+left behind and its copy never put in place.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +73,8 @@ from ..checksums import NEVER, Cancel, CopyCancelled, NotRegularFile, RunningChe
 from ..config import Limits
 from ..errors import ErrorCode, PilotError
 from ..jobs import Checksum, parse_checksum
-from ..staging import (INPUT_MISMATCH_CODES, OUTPUT_MISMATCH_CODES, TransferDeadline, size_for_time_limit,
-                       stagein_error, stageout_error)
+from ..staging import (INPUT_MISMATCH_CODES, OUTPUT_MISMATCH_CODES, UNKNOWN_SIZE, TransferDeadline,
+                       size_for_time_limit, stagein_error, stageout_error)
 
 __all__ = ["Transfer", "TransferResult", "Limits", "stage_in", "stage_out", "adler32"]
 
@@ -195,7 +198,64 @@ def _transfer_all(transfers: Iterable[Transfer], direction: _Direction, stop: Ca
             raise TypeError(f"{direction.name}: {transfer!r} is not a hpcpilot.api.data.Transfer")
     stop = NEVER if stop is None else stop
     limits = Limits() if limits is None else limits
-    return [_transfer_one(transfer, direction, stop, limits) for transfer in transfers]
+    return [_transfer_in_time(transfer, direction, stop, limits) for transfer in transfers]
+
+
+# Seconds a transfer is waited for at least: one under a limit of 0, or cancelled, ends at its chunk's end.
+MIN_HANG_WAIT = 1.0
+
+
+def _transfer_in_time(transfer: Transfer, direction: _Direction, stop: Cancel, limits: Limits) -> TransferResult:
+    """``_transfer_one`` in a thread of its own, given up on once it outlasts its time limit by
+    ``transfer_timeout_base`` (MIN_HANG_WAIT at least): the limit is checked between chunks, and a read that
+    never returns (a hung filesystem) or takes minutes per chunk (a crawling one) would keep the caller for
+    ever. The thread is left behind, cancelled: its copy is removed when its system call returns, never put in
+    place (so too when the caller is interrupted, e.g. by KeyboardInterrupt)."""
+    started = time.monotonic()
+    size = UNKNOWN_SIZE if transfer.size is None else transfer.size  # no stat here: it could hang too
+    allowance = max(limits.transfer_timeout(size) + limits.transfer_timeout(0), MIN_HANG_WAIT)
+    abandoned, done = threading.Event(), threading.Event()  # done, not join(): an interrupted join forgets it
+    outcome: list[TransferResult | BaseException] = []
+
+    def transfer_one() -> None:
+        try:
+            outcome.append(_transfer_one(transfer, direction, _AnyOf(stop, abandoned), limits))
+        except BaseException as error:  # raised in the caller's thread, as before
+            outcome.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=transfer_one, name=f"{direction.name} of {transfer.source.name}", daemon=True).start()
+    try:
+        done.wait(allowance)
+    except BaseException:  # interrupted (KeyboardInterrupt): the copy ends within its chunk, its temp file removed
+        abandoned.set()
+        done.wait(MIN_HANG_WAIT)
+        raise
+    if not outcome:
+        abandoned.set()
+        return _hung(transfer, direction, started, allowance)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+class _AnyOf:
+    """A Cancel set once any of its own is."""
+
+    def __init__(self, *cancels: Cancel):
+        self.cancels = cancels
+
+    def is_set(self) -> bool:
+        return any(cancel.is_set() for cancel in self.cancels)
+
+
+def _hung(transfer: Transfer, direction: _Direction, started: float, allowance: float) -> TransferResult:
+    diag = (f"{direction.name} of {transfer.source}: no answer from the filesystem after {allowance:.0f} s, past "
+            "its time limit (a system call that does not return: a hung filesystem); the copy is abandoned, never "
+            f"put in place; {_ADVICE[direction.timeout]}")
+    log.warning("%s", diag)
+    return _result(transfer, None, started, direction.timeout, diag)
 
 
 class _Refused(PilotError):
@@ -268,6 +328,8 @@ def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction
             running = copy_into_with_checksum(source, handle.fd, expected is not None and expected.kind == "md5",
                                               deadline)
             _verify(transfer, running, expected, direction)
+            if deadline.is_set():  # its caller may have given up on it already: never put it in place then
+                raise CopyCancelled(f"{what}: ended past its time limit, or stopped")
     except CopyCancelled:
         cancelled = deadline.cancelled(direction.timeout, what)
         if isinstance(cancelled, CopyCancelled):  # the stop, not the time limit

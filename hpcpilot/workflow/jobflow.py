@@ -38,7 +38,6 @@ from ..stopping import StopEvent
 log = logging.getLogger(__name__)
 
 PILOT_LOG_NAME = "pilot.log"
-UNKNOWN_SIZE = 1 << 62  # an input's size for its time limit when its definition gives none: the longest limit
 
 
 def job_logger(ctx: RankContext, run: JobRun) -> JobLog:
@@ -126,7 +125,8 @@ def stage_in_allowance(ctx: RankContext, run: JobRun) -> float:
     around the copies. A slow copy ends at its own limit within a chunk; only a system call that never
     returns gets past this."""
     limit = ctx.config.limits.transfer_timeout
-    return limit(0) + sum(limit(UNKNOWN_SIZE if spec.fsize is None else spec.fsize) for spec in run.spec.inputs)
+    return limit(0) + sum(limit(staging.UNKNOWN_SIZE if spec.fsize is None else spec.fsize)
+                          for spec in run.spec.inputs)
 
 
 def stage_out_allowance(ctx: RankContext, run: JobRun) -> float:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -212,6 +215,56 @@ def test_a_slow_copy_is_ended_at_its_time_limit_and_the_next_file_still_goes(sou
     assert os.listdir(local) == ["next.root"]
 
 
+@pytest.mark.timeout(60)
+@DIRECTIONS
+def test_a_read_that_outlasts_the_time_limit_is_given_up_on_and_its_copy_never_put_in_place(
+        source: Path, local: Path, slow_file, direction: tuple) -> None:
+    """One read of 10 s (a filesystem that hangs: the limit is checked only between chunks): the transfer is
+    given up on at its 1 s limit plus 1 s, the next file goes, and the abandoned copy, once its read returns,
+    is removed, never renamed into place (without the watch the call waited out the read)."""
+    slow = slow_file(64 << 10, delay=10)
+    started = time.monotonic()
+    results = direction[0]([Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")],
+                           limits=SHORT_TIME)
+    assert time.monotonic() - started < 8
+    assert [result.error_code for result in results] == [direction[2], 0], results[0].error_diag
+    assert "no answer from the filesystem after 2 s" in results[0].error_diag
+    _wait_for_no_temp_file(local)  # the read returned, the copy ended
+    assert os.listdir(local) == ["next.root"]
+
+
+INTERRUPTED = """
+import sys
+from hpcpilot.api.data import Transfer, stage_in, stage_out
+transfer = [Transfer(sys.argv[2], sys.argv[3])]
+try:
+    {"stage_in": stage_in, "stage_out": stage_out}[sys.argv[1]](transfer)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.timeout(60)
+@DIRECTIONS
+def test_a_transfer_interrupted_by_sigint_leaves_nothing_at_the_destination(tmp_path: Path, local: Path,
+                                                                           direction: tuple) -> None:
+    """A real process copying a 3 GiB (sparse) file gets SIGINT (Ctrl-C): KeyboardInterrupt, and neither the
+    destination nor its temp file is left, even though the copy runs in a thread of its own."""
+    big = tmp_path / "big.root"
+    with big.open("wb") as sparse:
+        sparse.truncate(3 << 30)
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED, direction[0].__name__, str(big),
+                                str(local / "big.root")], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_temp_file(local)  # the copy has begun
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+    assert os.listdir(local) == []
+
+
 @DIRECTIONS
 def test_a_stop_set_before_starts_nothing(source: Path, local: Path, direction: tuple) -> None:
     stop = threading.Event()
@@ -241,6 +294,13 @@ def test_a_stop_during_a_copy_ends_it_within_a_chunk_and_starts_no_other(source:
     assert "stopped while copying" in results[0].error_diag
     assert "stopped before copying" in results[1].error_diag
     assert os.listdir(local) == []
+
+
+def _wait_for_no_temp_file(directory: Path) -> None:
+    deadline = time.monotonic() + 30
+    while any(name.startswith(TEMP_PREFIX) for name in os.listdir(directory)):
+        assert time.monotonic() < deadline, "the abandoned copy never ended"
+        time.sleep(0.1)
 
 
 def _wait_for_temp_file(directory: Path) -> None:
