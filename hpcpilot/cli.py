@@ -171,23 +171,41 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     comm = world(force_mpi=args.mpi)
     signals.rank = comm.rank
+    prepared = _settings_and_site(args, comm.rank)
+    if isinstance(prepared, str):
+        print(prepared, file=sys.stderr)
+    if not _every_rank_ready(comm, ready=not isinstance(prepared, str)):
+        return ExitCode.GENERAL
+    config, site = prepared
+    command = _run_demo if args.command == "demo" else _run
+    return run_or_abort(comm, lambda: command(args, config, comm, site, signals), ExitCode.EXCEPTION)
+
+
+def _settings_and_site(args: argparse.Namespace, rank: int) -> tuple[Any, Any] | str:
+    """This rank's settings and site, or the message saying why it cannot have them."""
     try:
         config = load_config(args.config, cli=_cli_settings(args))
     except ConfigError as error:
-        print(f"hpcpilot: configuration error: {error}", file=sys.stderr)
-        return ExitCode.GENERAL
+        return f"hpcpilot: configuration error: {error}"
     if args.command == "run" and config.access_point is None:
-        print("hpcpilot run: the access point is required: --access-point DIR (or access_point in the config "
-              "file, or HPCPILOT_ACCESS_POINT)", file=sys.stderr)
-        return ExitCode.GENERAL
-    logsetup.configure(comm.rank, config.log_level)
+        return ("hpcpilot run: the access point is required: --access-point DIR (or access_point in the config "
+                "file, or HPCPILOT_ACCESS_POINT)")
+    logsetup.configure(rank, config.log_level)
     try:
         site = select_site(config.site_name or None)  # a misspelt or broken site stops every rank before any job
     except SitePluginError as error:
-        print(f"hpcpilot: site error: {error} (see 'hpcpilot sites')", file=sys.stderr)
-        return ExitCode.GENERAL
-    command = _run_demo if args.command == "demo" else _run
-    return run_or_abort(comm, lambda: command(args, config, comm, site, signals), ExitCode.EXCEPTION)
+        return f"hpcpilot: site error: {error} (see 'hpcpilot sites')"
+    return config, site
+
+
+def _every_rank_ready(comm: Any, ready: bool) -> bool:
+    """Whether every rank has its settings and site (collective). A mistake in one rank's environment alone
+    (mpiexec -env, a node's own setup) must stop the others too: they would wait for it until startup_limit."""
+    unready = [rank for rank, rank_ready in enumerate(comm.allgather(ready)) if not rank_ready]
+    if unready and ready:
+        print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {', '.join(map(str, unready[:10]))} cannot start "
+              "(their message says why)", file=sys.stderr)
+    return not unready
 
 
 def _run(args: argparse.Namespace, config: Any, comm: Any, site: Any, signals: SignalWatch) -> int:

@@ -1,0 +1,39 @@
+"""Ranks started with settings of their own (mpiexec -env, a node's own environment): a mistake in one rank's
+settings stops every rank at once, as the same mistake in all of them does."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from tests.e2e.conftest import communicate_or_kill
+
+PROMPT = 60  # the others waited for the broken rank until startup_limit (1800 s)
+
+
+def run_with_one_rank_set_apart(ap: Path, rank: int, variable: str, value: str) -> tuple[int, str]:
+    """``hpcpilot run`` on two ranks, ``variable`` set to ``value`` in ``rank``'s environment only."""
+    pilot = [sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    ranks = [["-n", "1", *(["-env", variable, value] if r == rank else []), *pilot] for r in (0, 1)]
+    process = subprocess.Popen(["mpiexec", *ranks[0], ":", *ranks[1]], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=os.environ, start_new_session=True)
+    _, stderr = communicate_or_kill(process, PROMPT, "two ranks, one of them misconfigured")
+    return process.returncode, stderr
+
+
+@pytest.mark.timeout(2 * PROMPT + 30)
+@pytest.mark.parametrize("rank, variable, value, message", [
+    (1, "HPCPILOT_CORES_PER_RANK", "many", "configuration error: environment HPCPILOT_* cores_per_rank"),
+    (0, "HPCPILOT_SITE_NAME", "nosuch", "site error: no site plugin named 'nosuch'"),
+])
+def test_a_mistake_in_one_rank_s_settings_stops_every_rank_at_once(tmp_path: Path, rank, variable, value,
+                                                                     message) -> None:
+    ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "true"), 2: job_definition(2, "true")})
+    returncode, stderr = run_with_one_rank_set_apart(ap, rank, variable, value)
+    assert returncode == 65 and message in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert f"rank {1 - rank} stops too: rank(s) {rank} cannot start" in stderr
+    assert not (ap / "1" / "worker_attributes.json").exists() and not (ap / ".hpcpilot").exists()
