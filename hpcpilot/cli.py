@@ -6,6 +6,7 @@ import ctypes
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     prepared = _settings_and_site(args, comm.rank)
     if isinstance(prepared, str):
         print(prepared, file=sys.stderr)
-    if not _every_rank_ready(comm, ready=not isinstance(prepared, str)):
+    if not _every_rank_ready(comm, prepared):
         return ExitCode.GENERAL
     config, site = prepared
     command = _run_demo if args.command == "demo" else _run
@@ -198,14 +199,37 @@ def _settings_and_site(args: argparse.Namespace, rank: int) -> tuple[Any, Any] |
     return config, site
 
 
-def _every_rank_ready(comm: Any, ready: bool) -> bool:
-    """Whether every rank has its settings and site (collective). A mistake in one rank's environment alone
-    (mpiexec -env, a node's own setup) must stop the others too: they would wait for it until startup_limit."""
-    unready = [rank for rank, rank_ready in enumerate(comm.allgather(ready)) if not rank_ready]
-    if unready and ready:
-        print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {', '.join(map(str, unready[:10]))} cannot start "
-              "(their message says why)", file=sys.stderr)
-    return not unready
+def _every_rank_ready(comm: Any, prepared: tuple[Any, Any] | str) -> bool:
+    """Whether every rank has its settings and site, and the worker's own alike (collective). A mistake in one
+    rank's environment alone (mpiexec -env, a node's own setup) must stop the others too: they would wait for it
+    until startup_limit, or declare its jobs where Harvester does not look."""
+    ready = not isinstance(prepared, str)
+    gathered = comm.allgather(_worker_settings(prepared[0]) if ready else None)
+    unready = [rank for rank, settings in enumerate(gathered) if settings is None]
+    if unready:
+        if ready:
+            print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {_ranks(unready)} cannot start (their message "
+                  "says why)", file=sys.stderr)
+        return False
+    differing = [rank for rank, settings in enumerate(gathered) if settings != gathered[0]]
+    if comm.rank in differing:
+        names = ", ".join(name for name, value in gathered[comm.rank].items() if value != gathered[0][name])
+        print(f"hpcpilot: configuration error: rank {comm.rank}'s {names} differ from rank 0's: every rank must "
+              "see the worker as Harvester laid it out", file=sys.stderr)
+    elif differing:
+        print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {_ranks(differing)} have another access point, "
+              "Harvester file names or secret_keys than rank 0", file=sys.stderr)
+    return not differing
+
+
+def _worker_settings(config: Any) -> dict[str, Any]:
+    """The settings every rank must share: where and under which names jobs are declared, what is redacted."""
+    files = {f"files.{name}": value for name, value in asdict(config.files).items()}
+    return {"access_point": config.access_point, "secret_keys": config.secret_keys, **files}
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks[:10])) + (", ..." if len(ranks) > 10 else "")
 
 
 def _run(args: argparse.Namespace, config: Any, comm: Any, site: Any, signals: SignalWatch) -> int:

@@ -26,14 +26,22 @@ def run_with_one_rank_set_apart(ap: Path, rank: int, variable: str, value: str) 
 
 
 @pytest.mark.timeout(2 * PROMPT + 30)
-@pytest.mark.parametrize("rank, variable, value, message", [
-    (1, "HPCPILOT_CORES_PER_RANK", "many", "configuration error: environment HPCPILOT_* cores_per_rank"),
-    (0, "HPCPILOT_SITE_NAME", "nosuch", "site error: no site plugin named 'nosuch'"),
+@pytest.mark.parametrize("rank, variable, value, message, others_say", [
+    (1, "HPCPILOT_CORES_PER_RANK", "many", "configuration error: environment HPCPILOT_* cores_per_rank",
+     "rank 0 stops too: rank(s) 1 cannot start"),
+    (0, "HPCPILOT_SITE_NAME", "nosuch", "site error: no site plugin named 'nosuch'",
+     "rank 1 stops too: rank(s) 0 cannot start"),
+    # valid alone, but its jobs would be declared under a name Harvester does not read (or unredacted)
+    (1, "HPCPILOT_FILES__WORKER_ATTRIBUTES", "attributes.json",
+     "configuration error: rank 1's files.worker_attributes differ from rank 0's",
+     "rank 0 stops too: rank(s) 1 have another access point, Harvester file names or secret_keys"),
+    (1, "HPCPILOT_SECRET_KEYS", "myToken", "configuration error: rank 1's secret_keys differ from rank 0's",
+     "rank 0 stops too: rank(s) 1 have another"),
 ])
 def test_a_mistake_in_one_rank_s_settings_stops_every_rank_at_once(tmp_path: Path, rank, variable, value,
-                                                                     message) -> None:
+                                                                     message, others_say) -> None:
     ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "true"), 2: job_definition(2, "true")})
     returncode, stderr = run_with_one_rank_set_apart(ap, rank, variable, value)
     assert returncode == 65 and message in stderr and "Traceback" not in stderr, stderr[-2000:]
-    assert f"rank {1 - rank} stops too: rank(s) {rank} cannot start" in stderr
+    assert others_say in stderr
     assert not (ap / "1" / "worker_attributes.json").exists() and not (ap / ".hpcpilot").exists()
