@@ -122,9 +122,30 @@ def _string_tuple(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _string_mapping(value: Any, where: str) -> Mapping[str, str]:
+    """{variable: text}: environment variables, and detect rules (variable: regex)."""
     if not isinstance(value, dict):
         raise SitePluginError(f"{where}: expected a mapping, got {value!r}")
-    return MappingProxyType({str(key): str(item) for key, item in value.items()})
+    return MappingProxyType({_variable_name(key, where): _scalar_text(item, f"{where}.{key}")
+                             for key, item in value.items()})
+
+
+def _variable_name(key: Any, where: str) -> str:
+    """An environment variable's name; one with '=' or NUL would fail every payload's start."""
+    name = str(key)
+    if not name or "=" in name or "\0" in name:
+        raise SitePluginError(f"{where}: {key!r} cannot name an environment variable")
+    return name
+
+
+def _scalar_text(value: Any, where: str) -> str:
+    """A string or number as text. YAML's null, yes/no, lists and mappings are mistakes, not the texts
+    'None', 'True', '[...]' a payload would get."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SitePluginError(f"{where}: expected a string or a number, got {value!r}")
+    text = str(value)
+    if "\0" in text:
+        raise SitePluginError(f"{where}: a NUL character cannot be in an environment variable")
+    return text
 
 
 def _convert_field(name: str, value: Any, where: str) -> Any:

@@ -187,3 +187,25 @@ def test_the_sites_command_names_a_site_registered_twice_without_a_traceback(tmp
                             env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 65 and "Traceback" not in result.stderr, result.stderr
     assert "site plugin 'nersc': registered twice" in result.stderr
+
+
+@pytest.mark.parametrize("environment, problem", [
+    ("{'A=B': x}", r"environment: 'A=B' cannot name an environment variable"),
+    ("{'': x}", r"environment: '' cannot name an environment variable"),
+    ("{A: null}", r"environment\.A: expected a string or a number, got None"),
+    ("{A: yes}", r"environment\.A: expected a string or a number, got True"),
+    ("{A: [1, 2]}", r"environment\.A: expected a string or a number, got \[1, 2\]"),
+    ('{A: "x\\0y"}', r"environment\.A: a NUL character"),
+])
+def test_a_site_environment_no_payload_could_start_with_is_a_site_error(tmp_path, environment, problem):
+    """It failed every job (1008, 'illegal environment variable name') or gave payloads 'None' and 'True'."""
+    path = tmp_path / "site.yaml"
+    path.write_text(f"name: x\nenvironment: {environment}\n")
+    with pytest.raises(SitePluginError, match=problem):
+        load_site_data(path)
+
+
+def test_a_site_environment_of_strings_and_numbers_is_taken_as_text(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("name: x\nenvironment: {OMP_PROC_BIND: close, OMP_STACKSIZE: 512, RATIO: 0.5}\n")
+    assert dict(load_site_data(path).environment) == {"OMP_PROC_BIND": "close", "OMP_STACKSIZE": "512", "RATIO": "0.5"}
