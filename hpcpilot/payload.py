@@ -26,12 +26,16 @@ from .proctree import TOKEN_ENV, ProcessTree, new_token
 
 STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
+# Set, it switches Athena to multi-process mode with that many workers: a value of the pilot's own environment
+# (a whole node's, exported for the batch job) would have one-core payloads fork as many, slot after slot.
+MULTI_PROCESS_VARIABLE = "ATHENA_PROC_NUMBER"
 
 
 def payload_environment(job: JobSpec, rank: int, scratch: Path, job_dir: Path,
                         base: Mapping[str, str], site_variables: Mapping[str, str]) -> dict[str, str]:
     """The payload's environment: the pilot's, the site's (core counts included), the job's identity."""
     env = dict(base)
+    env.pop(MULTI_PROCESS_VARIABLE, None)  # the site's sets it for a job of several cores
     env.update(site_variables)
     env.update({
         "PANDAID": str(job.pandaid),

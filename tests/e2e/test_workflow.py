@@ -187,6 +187,20 @@ def test_payload_report_environment_and_parallel_slots(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_core_counts_exported_for_the_batch_job_give_way_to_each_job_s(tmp_path: Path) -> None:
+    """A whole node's counts in the pilot's environment: a one-core job gets no ATHENA_PROC_NUMBER (it would run
+    Athena multi-process, 16 workers on its one core), a two-core job 2 everywhere."""
+    line = 'echo "$OMP_NUM_THREADS ${ATHENA_CORE_NUMBER-unset} ${ATHENA_PROC_NUMBER-unset}" > counts.txt'
+    definitions = {p: with_outputs(job_definition(p, "bash", f"-c '{line}'", coreCount=cores), ["counts.txt"])
+                   for p, cores in ((511, 1), (512, 2))}
+    ap = write_access_point(tmp_path / "ap", definitions)
+    node = {"OMP_NUM_THREADS": "16", "ATHENA_CORE_NUMBER": "16", "ATHENA_PROC_NUMBER": "16"}
+    assert run_pilot(ap, "grid", "--cores-per-rank", "2", env=node).returncode == 0
+    assert (ap / "511" / "counts.txt").read_text().split() == ["1", "1", "unset"]
+    assert (ap / "512" / "counts.txt").read_text().split() == ["2", "2", "2"]
+
+
+@pytest.mark.timeout(120)
 def test_multicore_jobs_share_a_rank_by_core_count(tmp_path: Path) -> None:
     """Two 2-core jobs on a 3-core rank never run at the same time."""
     command = "date +%s.%N > start; sleep 1; date +%s.%N > stop; cat start stop > times.txt"
