@@ -6,6 +6,7 @@ from the access point: they get them through MPI only.
 from __future__ import annotations
 
 import gc
+import heapq
 import logging
 import os
 import socket
@@ -215,9 +216,16 @@ def _collector_paused() -> Iterator[None]:
 
 
 def balanced_shares(jobs: list[RawJob], ranks: int) -> list[list[RawJob]]:
-    """Deal jobs round-robin, heaviest first, so every rank gets a near-equal share of cores."""
-    ordered = sorted(jobs, key=lambda job: -job.core_count)
-    return [ordered[rank::ranks] for rank in range(ranks)]
+    """Deal jobs heaviest first, each to the rank with the fewest cores dealt so far (the lowest of equals: jobs
+    of one size go round-robin), so every rank gets a near-equal share of cores."""
+    counts = [job.core_count for job in jobs]
+    shares: list[list[RawJob]] = [[] for _ in range(ranks)]
+    dealt = [(0, rank) for rank in range(ranks)]  # a heap of (cores dealt, rank)
+    for index in sorted(range(len(jobs)), key=lambda index: -counts[index]):
+        cores, rank = dealt[0]
+        shares[rank].append(jobs[index])
+        heapq.heapreplace(dealt, (cores + counts[index], rank))
+    return shares
 
 
 def _declare_invalid(access_point: AccessPoint, job: InvalidJob, rank: int, host: str) -> JobResult:
