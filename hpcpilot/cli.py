@@ -14,7 +14,7 @@ from . import __version__, logsetup
 from .batchscript import add_batch_script_arguments, run_batch_script
 from .config import LOG_LEVELS, ConfigError, load_config
 from .errors import ExitCode
-from .mpi import run_or_abort, world
+from .mpi import launched_size, run_or_abort, world
 from .sites import SitePluginError, run_sites, select_site
 from .staging import STAGEIN_MODES
 from .stopping import SignalWatch
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     comm = world(force_mpi=args.mpi)
     signals.rank = comm.rank
+    if not _mpi_sees_every_task(comm):
+        return ExitCode.GENERAL
     prepared = _settings_and_site(args, comm.rank)
     if isinstance(prepared, str):
         print(prepared, file=sys.stderr)
@@ -180,6 +182,19 @@ def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     config, site = prepared
     command = _run_demo if args.command == "demo" else _run
     return run_or_abort(comm, lambda: command(args, config, comm, site, signals), ExitCode.EXCEPTION)
+
+
+def _mpi_sees_every_task(comm: Any) -> bool:
+    """False, said, when the launcher started more tasks than MPI has ranks: an MPI not wired to the launcher
+    (srun's --mpi) starts each task as a whole worker of one rank, all on one access point; the run lock would
+    stop all but one, and srun --kill-on-bad-exit would then stop that one too, failing every job."""
+    started = launched_size()
+    if started is None or started <= comm.size:
+        return True
+    print(f"hpcpilot: the launcher started {started} tasks, but MPI sees {comm.size} rank(s): it is not wired to "
+          "the launcher (under srun, give the --mpi plugin your MPI uses, e.g. srun --mpi=pmi2 for MPICH); "
+          "stopping before touching the access point", file=sys.stderr)
+    return False
 
 
 def _settings_and_site(args: argparse.Namespace, rank: int) -> tuple[Any, Any] | str:

@@ -27,6 +27,17 @@ def launched_by_mpi(environ: Mapping[str, str] = os.environ) -> bool:
     return "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ and environ.get("SLURM_NTASKS", "1") != "1"
 
 
+def launched_size(environ: Mapping[str, str] = os.environ) -> int | None:
+    """How many ranks the launcher says it started, where it says so: its PMI, Open MPI's, an srun step's."""
+    names = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", *(("SLURM_NTASKS",) if "SLURM_STEP_ID" in environ else ()))
+    for name in names:
+        try:
+            return int(environ[name])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 class SerialComm:
     """The subset of an mpi4py communicator that a one-rank pilot uses."""
 
