@@ -240,7 +240,8 @@ def _every_rank_ready(comm: Any, prepared: tuple[Any, Any] | str) -> bool:
 def _worker_settings(config: Any) -> dict[str, Any]:
     """The settings every rank must share: where and under which names jobs are declared, what is redacted."""
     files = {f"files.{name}": value for name, value in asdict(config.files).items()}
-    return {"access_point": config.access_point, "secret_keys": config.secret_keys, **files}
+    where = config.access_point and config.access_point.absolute()  # a relative one: from each rank's directory
+    return {"access_point": where, "secret_keys": config.secret_keys, **files}
 
 
 def _ranks(ranks: list[int]) -> str:
