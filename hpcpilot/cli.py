@@ -232,16 +232,19 @@ def _every_rank_ready(comm: Any, prepared: tuple[Any, Any] | str) -> bool:
         print(f"hpcpilot: configuration error: rank {comm.rank}'s {names} differ from rank 0's: every rank must "
               "see the worker as Harvester laid it out", file=sys.stderr)
     elif differing:
-        print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {_ranks(differing)} have another access point, "
-              "Harvester file names or secret_keys than rank 0", file=sys.stderr)
+        print(f"hpcpilot: rank {comm.rank} stops too: rank(s) {_ranks(differing)} have other worker-wide settings "
+              "than rank 0 (access point, Harvester file names, secret_keys, rank_silence_limit, startup_limit)",
+              file=sys.stderr)
     return not differing
 
 
 def _worker_settings(config: Any) -> dict[str, Any]:
-    """The settings every rank must share: where and under which names jobs are declared, what is redacted."""
+    """The settings every rank must share: where and under which names jobs are declared, what is redacted, and
+    how long a rank waits for the others (a rank with a shorter limit than its peers' pace aborts them all)."""
     files = {f"files.{name}": value for name, value in asdict(config.files).items()}
     where = config.access_point and config.access_point.absolute()  # a relative one: from each rank's directory
-    return {"access_point": where, "secret_keys": config.secret_keys, **files}
+    return {"access_point": where, "secret_keys": config.secret_keys, "rank_silence_limit": config.rank_silence_limit,
+            "startup_limit": config.startup_limit, **files}
 
 
 def _ranks(ranks: list[int]) -> str:

@@ -36,16 +36,21 @@ def run_with_one_rank_set_apart(ap: Path, rank: int, options: list[str]) -> tupl
     # valid alone, but its jobs would be declared where Harvester does not look (or unredacted)
     (1, ["-env", "HPCPILOT_FILES__WORKER_ATTRIBUTES", "attributes.json"],
      "configuration error: rank 1's files.worker_attributes differ from rank 0's",
-     "rank 0 stops too: rank(s) 1 have another access point, Harvester file names or secret_keys"),
+     "rank 0 stops too: rank(s) 1 have other worker-wide settings than rank 0"),
     (1, ["-env", "HPCPILOT_SECRET_KEYS", "myToken"], "configuration error: rank 1's secret_keys differ from rank 0's",
-     "rank 0 stops too: rank(s) 1 have another"),
+     "rank 0 stops too: rank(s) 1 have other"),
     (1, ["-wdir", "/"], "configuration error: rank 1's access_point differ from rank 0's",
-     "rank 0 stops too: rank(s) 1 have another"),
+     "rank 0 stops too: rank(s) 1 have other"),
+    # rank 0 says it is alive every 60 s: rank 1 took it for dead after 2 s, aborted the worker, asked Harvester
+    # to cancel it (kill_worker.json)
+    (1, ["-env", "HPCPILOT_RANK_SILENCE_LIMIT", "2"], "configuration error: rank 1's rank_silence_limit differ",
+     "rank 0 stops too: rank(s) 1 have other"),
 ])
 def test_a_mistake_in_one_rank_s_settings_stops_every_rank_at_once(tmp_path: Path, rank, options, message,
                                                                      others_say) -> None:
-    ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "true"), 2: job_definition(2, "true")})
+    ap = write_access_point(tmp_path / "ap", {1: job_definition(1, "sleep", "5"), 2: job_definition(2, "sleep", "5")})
     returncode, stderr = run_with_one_rank_set_apart(ap, rank, options)
     assert returncode == 65 and message in stderr and "Traceback" not in stderr, stderr[-2000:]
     assert others_say in stderr
     assert not (ap / "1" / "worker_attributes.json").exists() and not (ap / ".hpcpilot").exists()
+    assert not (ap / "kill_worker.json").exists()
