@@ -64,15 +64,16 @@ def run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch) -> i
 def _run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch, lock: RunLock) -> int:
     started = time.time()
     secret_keys = (*SECRET_KEYS, *filter(None, (k.strip() for k in config.secret_keys.split(","))))
+    cores = config.cores_per_rank or default_cores_per_rank(comm)
+    every_ranks_cores = comm.gather(cores, root=0)  # what rank 0 deals by
     with startup_watch(comm, config.startup_limit):  # up to the last read of what an earlier run left
         access_point = AccessPoint(config.access_point, config.files, secret_keys)
-        plan, status = _distribute(access_point, comm, lock)
+        plan, status = _distribute(access_point, comm, lock, every_ranks_cores)
         if status != ExitCode.SUCCESS:
             return status
         ctx = _rank_context(config, access_point, comm.rank, site)
         if comm.rank == 0:
             _take_over_from_earlier_run(ctx, plan)
-    cores = config.cores_per_rank or default_cores_per_rank(comm)
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
         _announce(plan, comm.size, cores, ctx.scratch_base)
@@ -148,7 +149,8 @@ def _agree_on_deadline(config: Config, comm: Any) -> Deadline:
     return comm.bcast(deadline, root=0)
 
 
-def _distribute(access_point: AccessPoint, comm: Any, lock: RunLock) -> tuple[WorkPlan, int]:
+def _distribute(access_point: AccessPoint, comm: Any, lock: RunLock, every_ranks_cores: list[int] | None
+                ) -> tuple[WorkPlan, int]:
     """Rank 0 reads the definitions and scatters them; each rank validates its own share (rank 0 only
     reads, however many ranks there are). Jobs rank 0 finds invalid (unreadable ones, event service ones)
     go into its own share, declared failed first thing with the heartbeat kept (tens of thousands take
@@ -163,7 +165,7 @@ def _distribute(access_point: AccessPoint, comm: Any, lock: RunLock) -> tuple[Wo
                 event_jobs = [access_point.validated(item) for item in readable if item.event_service]
                 plan.event_jobs = [job for job in event_jobs if isinstance(job, JobSpec)]
                 invalid = [job for job in [*definitions, *event_jobs] if isinstance(job, InvalidJob)]
-                shares = balanced_shares([item for item in readable if not item.event_service], comm.size)
+                shares = balanced_shares([item for item in readable if not item.event_service], every_ranks_cores)
                 shares[0] = [*invalid, *shares[0]]
             except WorkerError as error:
                 log.error("%s", error)
@@ -215,16 +217,17 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def balanced_shares(jobs: list[RawJob], ranks: int) -> list[list[RawJob]]:
-    """Deal jobs heaviest first, each to the rank with the fewest cores dealt so far (the lowest of equals: jobs
-    of one size go round-robin), so every rank gets a near-equal share of cores."""
+def balanced_shares(jobs: list[RawJob], rank_cores: list[int]) -> list[list[RawJob]]:
+    """Deal jobs heaviest first, each to the rank with the smallest share of its cores dealt so far (the lowest of
+    equals: jobs of one size go round-robin), so that the ranks' shares of work match their cores. A job weighs
+    the cores it asks for, at most the rank's: it runs on no more."""
     counts = [job.core_count for job in jobs]
-    shares: list[list[RawJob]] = [[] for _ in range(ranks)]
-    dealt = [(0, rank) for rank in range(ranks)]  # a heap of (cores dealt, rank)
+    shares: list[list[RawJob]] = [[] for _ in rank_cores]
+    dealt = [(0.0, rank) for rank in range(len(rank_cores))]  # a heap of (cores dealt / the rank's cores, rank)
     for index in sorted(range(len(jobs)), key=lambda index: -counts[index]):
-        cores, rank = dealt[0]
+        load, rank = dealt[0]
         shares[rank].append(jobs[index])
-        heapq.heapreplace(dealt, (cores + counts[index], rank))
+        heapq.heapreplace(dealt, (load + min(counts[index], rank_cores[rank]) / rank_cores[rank], rank))
     return shares
 
 
