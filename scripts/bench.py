@@ -762,12 +762,14 @@ def startup_driver(access_point: Path, output: Path) -> None:
     from hpcpilot.errors import ExitCode
     from hpcpilot.harvester import AccessPoint
     from hpcpilot.mpi import wait_idly, world
+    from hpcpilot.runlock import RunLock
     from hpcpilot.workflow.hpc import _distribute
 
     comm = world()
     comm.barrier()
     started = time.perf_counter()
-    plan, status = _distribute(AccessPoint(access_point, HarvesterFiles()), comm)
+    with RunLock() as lock:  # as run_worker: the lock taken, every rank's cores gathered (one each here)
+        plan, status = _distribute(AccessPoint(access_point, HarvesterFiles()), comm, lock, comm.gather(1, root=0))
     received = comm.gather(len(plan.share), root=0)
     elapsed = time.perf_counter() - started
     if status != ExitCode.SUCCESS:
