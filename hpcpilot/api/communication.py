@@ -63,7 +63,8 @@ from ..errors import WorkerError
 from ..eventservice.declarations import failed_entries, finished_entry
 from ..eventservice.harvester_events import read_ranges, request_ranges
 from ..eventservice.ranges import EventRange, InvalidEventRange
-from ..harvester import AccessPoint, EventStatusPublisher, RawJob
+from ..eventstatus import EventStatusPublisher
+from ..harvester import AccessPoint, RawJob
 from ..jobreport import trim_logfile_reports
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text

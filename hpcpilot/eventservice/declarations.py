@@ -1,6 +1,6 @@
 """Event-range outcomes as ``event_status.dump.json`` entries (shared/PROTOCOL.md, section 2).
 
-Publish them with :class:`hpcpilot.harvester.EventStatusPublisher`, which never
+Publish them with :class:`hpcpilot.eventstatus.EventStatusPublisher`, which never
 replaces a dump Harvester has not taken yet.
 """
 from __future__ import annotations

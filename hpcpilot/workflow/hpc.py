@@ -19,7 +19,8 @@ from typing import Any, Iterator
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
 from ..guard import PayloadGuard
-from ..harvester import AccessPoint, EventStatusPublisher, RawJob
+from ..eventstatus import EventStatusPublisher
+from ..harvester import AccessPoint, RawJob
 from ..jobs import SECRET_KEYS, InvalidJob, JobSpec
 from ..jobstate import JobResult, JobRun, invalid_job_attributes
 from ..lifetime import Deadline, pilot_deadline

@@ -24,7 +24,8 @@ from ..config import Config
 from ..container import runtime_failure, runtime_of, wrap_command
 from ..errors import ErrorCode, PilotError
 from ..guard import PayloadGuard
-from ..harvester import AccessPoint, EventStatusPublisher
+from ..eventstatus import EventStatusPublisher
+from ..harvester import AccessPoint
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
 from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_error, payload_report

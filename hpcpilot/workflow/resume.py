@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..atomicfile import TEMP_PREFIX
-from ..harvester import READ_THREADS, AccessPoint, EventStatusPublisher, RawJob
+from ..eventstatus import EventStatusPublisher
+from ..harvester import READ_THREADS, AccessPoint, RawJob
 from ..errors import ErrorCode
 from ..jobs import InvalidJob
 from ..jobstate import FINAL_STATES, JobResult

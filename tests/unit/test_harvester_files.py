@@ -28,7 +28,8 @@ from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.config import HarvesterFiles
 from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
 from hpcpilot import harvester
-from hpcpilot.harvester import AccessPoint, EventStatusPublisher
+from hpcpilot.eventstatus import EventStatusPublisher
+from hpcpilot.harvester import AccessPoint
 from hpcpilot.jobreport import output_guids, payload_error
 from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
 
@@ -633,7 +634,8 @@ def test_taking_over_from_an_earlier_run_looks_twice_at_a_job_that_left_nothing(
     pandaids = range(1001, 1011)
     root = write_access_point(tmp_path / "ap", definitions(*pandaids))
     trace = tmp_path / "trace"
-    script = "import sys; from hpcpilot.harvester import AccessPoint, EventStatusPublisher; " \
+    script = "import sys; from hpcpilot.harvester import AccessPoint; from hpcpilot.eventstatus import " \
+             "EventStatusPublisher; " \
              "from hpcpilot.config import HarvesterFiles; " \
              "EventStatusPublisher(AccessPoint(sys.argv[1], HarvesterFiles())).adopt(range(1001, 1011))"
     subprocess.run([strace, "-f", "-qq", "-e", "trace=%file,read", "-o", str(trace), sys.executable, "-c", script,
