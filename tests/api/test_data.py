@@ -199,18 +199,24 @@ def test_a_time_limit_of_zero_fails_with_the_timeout_code(source: Path, local: P
     assert os.listdir(local) == []
 
 
+def slow_then_next(direction: tuple, slow: Path, source: Path, local: Path, within: float) -> list:
+    """The transfer of ``slow``, then of ``source``, with 1 s limits: both results, the first failed with the
+    direction's timeout code and the second done, all ``within`` seconds."""
+    started = time.monotonic()
+    results = direction[0]([Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")],
+                           limits=SHORT_TIME)
+    assert time.monotonic() - started < within
+    assert [result.error_code for result in results] == [direction[2], 0], results[0].error_diag
+    return results
+
+
 @pytest.mark.timeout(60)
 @DIRECTIONS
 def test_a_slow_copy_is_ended_at_its_time_limit_and_the_next_file_still_goes(source: Path, local: Path, slow_file,
                                                                             direction: tuple) -> None:
     """A real slow filesystem (FUSE: minutes for its 1 GiB): the copy ends soon after its 1 s limit, its temp
     file removed, and the next file has its own limit."""
-    slow = slow_file(1 << 30)
-    started = time.monotonic()
-    results = direction[0]([Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")],
-                           limits=SHORT_TIME)
-    assert time.monotonic() - started < 15
-    assert [result.error_code for result in results] == [direction[2], 0], results[0].error_diag
+    results = slow_then_next(direction, slow_file(1 << 30), source, local, within=15)
     assert "over its limit of 1 s" in results[0].error_diag
     assert os.listdir(local) == ["next.root"]
 
@@ -222,12 +228,7 @@ def test_a_read_that_outlasts_the_time_limit_is_given_up_on_and_its_copy_never_p
     """One read of 10 s (a filesystem that hangs: the limit is checked only between chunks): the transfer is
     given up on at its 1 s limit plus 1 s, the next file goes, and the abandoned copy, once its read returns,
     is removed, never renamed into place (without the watch the call waited out the read)."""
-    slow = slow_file(64 << 10, delay=10)
-    started = time.monotonic()
-    results = direction[0]([Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")],
-                           limits=SHORT_TIME)
-    assert time.monotonic() - started < 8
-    assert [result.error_code for result in results] == [direction[2], 0], results[0].error_diag
+    results = slow_then_next(direction, slow_file(64 << 10, delay=10), source, local, within=8)
     assert "no answer from the filesystem after 2 s" in results[0].error_diag
     _wait_for_no_temp_file(local)  # the read returned, the copy ended
     assert os.listdir(local) == ["next.root"]
