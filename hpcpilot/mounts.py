@@ -34,11 +34,18 @@ class Mount:
 
 def read_mounts(proc: Path = PROC_SELF) -> list[Mount]:
     """Every mount this process sees; none when the table cannot be read."""
+    return _parsed(_mountinfo(proc))
+
+
+def _mountinfo(proc: Path) -> str:
     try:
-        lines = (proc / "mountinfo").read_bytes().decode("utf-8", "surrogateescape").splitlines()
+        return (proc / "mountinfo").read_bytes().decode("utf-8", "surrogateescape")
     except OSError:
-        return []
-    return [mount for line in lines if (mount := _parse(line)) is not None]
+        return ""
+
+
+def _parsed(table: str) -> list[Mount]:
+    return [mount for line in table.splitlines() if (mount := _parse(line)) is not None]
 
 
 def _parse(line: str) -> Mount | None:
@@ -55,10 +62,18 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
 
 
+def _escape(path: str) -> str:
+    """A path as mountinfo writes it."""
+    return re.sub(r"[ \t\n\\]", lambda match: f"\\{ord(match.group()):03o}", path)
+
+
 def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
     """The mounts on ``tree`` or inside it, deepest first."""
     top = os.path.realpath(tree)
-    inside = [m for m in read_mounts(proc) if m.point == top or m.point.startswith(top.rstrip("/") + "/")]
+    table = _mountinfo(proc)
+    if _escape(top) not in table:  # the usual case, asked once per job: no need to parse a node's many mounts
+        return []
+    inside = [m for m in _parsed(table) if m.point == top or m.point.startswith(top.rstrip("/") + "/")]
     return sorted(inside, key=lambda m: m.point.count("/"), reverse=True)
 
 

@@ -147,6 +147,27 @@ def test_remove_tree_unmounts_what_the_payload_left_mounted_and_deletes_nothing_
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["scr atch", "scr\tatch", "scr\\atch", "scr\natch"])
+def test_a_mount_is_found_below_a_tree_whose_own_name_mountinfo_escapes(tmp_path: Path, name: str) -> None:
+    """The table is searched for the tree's name as mountinfo writes it (octal escapes) before it is parsed."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.root").write_bytes(b"not the payload's")
+    mount_point = tmp_path / name / "mounted"
+    mount_point.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(precious), str(mount_point)], check=True, timeout=30)
+    try:
+        assert [m.point for m in mounts_below(tmp_path / name)] == [str(mount_point)]
+        assert remove_tree(tmp_path / name) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], stderr=subprocess.DEVNULL, check=False, timeout=30)
+    assert not (tmp_path / name).exists()
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+
+
+@pytest.mark.timeout(60)
 def test_a_mount_covered_by_another_mounted_above_it_is_reached_once_that_one_is_gone(bind_mounted,
                                                                                      tmp_path: Path) -> None:
     scratch, precious = bind_mounted
