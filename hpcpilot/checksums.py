@@ -443,9 +443,13 @@ def copy_into_with_checksum(source: Path, target_fd: int, want_md5: bool = False
     _refuse_unless_regular(fd, source)  # before open(), which refuses a directory less tellingly
     with open(fd, "rb", buffering=0) as handle:
         before = _identity(fd)
-        running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, before[0], cancel)
-        if _identity(fd) == before:
-            return running
+        try:
+            running = _kernel_copy_checksumming_source(fd, target_fd, want_md5, before[0], cancel)
+            if _identity(fd) == before:
+                return running
+        except OSError:
+            if _identity(fd) == before:  # not a source cut short under the read-back (EIO): a real failure
+                raise
         log.warning("%s changed while it was copied; copying it again", source)
         os.ftruncate(target_fd, 0)
         os.lseek(target_fd, 0, os.SEEK_SET)

@@ -375,14 +375,21 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
         found = "is a directory, not a file" if status and stat.S_ISDIR(status.st_mode) else "was not produced"
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} {found}")
     if status.st_size == 0:
-        raise PilotError(ErrorCode.EMPTY_OUTPUT, f"output {spec.lfn} is empty (zero size)")
+        raise _empty_output(spec.lfn, "is empty (zero size)")
     check_output_size(spec.lfn, status.st_size)
     target = job_dir / spec.lfn
     try:
         running = copy_out_in_time(source, target, time_limit(status.st_size))
     except OSError as error:
         raise stageout_error(spec.lfn, job_dir, error) from None
+    if running.size == 0:  # emptied since its size was read, by a process the payload left running
+        target.unlink(missing_ok=True)
+        raise _empty_output(spec.lfn, "was emptied while it was staged out (by a process the payload left running?)")
     return declaration("output", target, running, guid or spec.guid)
+
+
+def _empty_output(name: str, how: str) -> PilotError:
+    return PilotError(ErrorCode.EMPTY_OUTPUT, f"output {name} {how}")
 
 
 def check_output_size(name: str, size: int) -> None:

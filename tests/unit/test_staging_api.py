@@ -1,12 +1,14 @@
 """hpcpilot.staging as other programs call it: misuse is a clear error, never a quiet other behaviour."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
+from hpcpilot.accesspoint_writer import adler32_hex, job_definition, with_inputs, with_outputs, write_access_point
 from hpcpilot.config import Limits
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.jobs import JobSpec, parse_job
@@ -121,3 +123,42 @@ def test_an_output_not_allowed_to_be_missing_still_fails_with_1165(tmp_path: Pat
     with pytest.raises(PilotError) as failure:
         stage_out_outputs(job, scratch, job_dir)
     assert failure.value.code == ErrorCode.MISSING_OUTPUT and "maybe.root" in failure.value.diag
+
+
+# A process the payload left running: writes its output, empties it, and again, until it is killed.
+WRITE_AND_EMPTY = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+while True:
+    os.pwrite(fd, b"event" * 20000, 0)
+    os.ftruncate(fd, 0)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_output_emptied_between_its_size_check_and_its_copy_fails_the_job_with_1350(tmp_path: Path) -> None:
+    """What is declared is what was copied: an output a leftover process empties after the pilot read its size
+    is failed as any empty output (1350), nothing left under its name, never declared with size 0. Staged out
+    again and again until that race has been seen once; every output declared meanwhile is the file published."""
+    job = parse_job(with_outputs(job_definition(504, "true"), ["out.root"]))
+    scratch, job_dir = tmp_path / "scratch", tmp_path / "job"
+    scratch.mkdir(), job_dir.mkdir()
+    (scratch / "out.root").write_bytes(b"event")  # there before the first stage-out
+    leftover = subprocess.Popen([sys.executable, "-c", WRITE_AND_EMPTY, str(scratch / "out.root")])
+    try:
+        emptied_after_the_check = False
+        while not emptied_after_the_check:
+            try:
+                [declared] = stage_out_outputs(job, scratch, job_dir)
+            except PilotError as failure:
+                assert failure.code == ErrorCode.EMPTY_OUTPUT, failure.diag
+                assert not (job_dir / "out.root").exists()
+                emptied_after_the_check = "emptied" in failure.diag
+                continue
+            published = (job_dir / "out.root").read_bytes()
+            assert declared["fsize"] == len(published) > 0
+            assert declared["chksum"] == adler32_hex(published)
+            (job_dir / "out.root").unlink()  # the next round's failure must leave nothing there
+    finally:
+        leftover.kill()
+        leftover.wait()
