@@ -21,7 +21,8 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from .proctree import TOKEN_PREFIX, kill_until_gone, token_holders
 from .stopping import STOP_SIGNALS
@@ -37,8 +38,9 @@ class PayloadGuard:
         self._broken = False
         self.process: subprocess.Popen | None = None
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", __name__, TOKEN_PREFIX], stdin=read_end,
-                                            start_new_session=True)
+            with stop_signals_blocked():  # the guard is born with them blocked, until it ignores them
+                self.process = subprocess.Popen([sys.executable, "-m", __name__, TOKEN_PREFIX], stdin=read_end,
+                                                start_new_session=True)
         except OSError as error:  # the pilot still runs its jobs, as it did before there were guards
             self._broken = True
             log.warning("cannot start the payload guard (%s): payloads will outlive this rank if it is killed",
@@ -77,6 +79,21 @@ class PayloadGuard:
             log.warning("payload guard gone (%s): payloads will outlive this rank if it is killed", error)
 
 
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """The stop signals blocked in this thread, and in the processes it starts (a signal mask survives exec).
+
+    A guard's Python takes a few hundred milliseconds to start and ignore
+    them: a stop sent to every process of the job meanwhile would kill it.
+    This thread's own stop signals wait, and are delivered at the end.
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def guard(lines: Iterable[bytes]) -> set[int] | None:
     """The payload sessions left registered when ``lines`` end without a goodbye; None after one."""
     alive: set[int] = set()
@@ -95,6 +112,7 @@ def main() -> int:
     # (Slurm's --signal=USR1@60 reaches every process of the job step, the guard's session too).
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since its start (stop_signals_blocked)
     left = guard(sys.stdin.buffer)
     if left is None:
         return 0

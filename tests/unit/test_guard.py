@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
-from hpcpilot.guard import PayloadGuard, guard
+from hpcpilot.guard import PayloadGuard, guard, stop_signals_blocked
 from hpcpilot.proctree import TOKEN_ENV, new_token
+from hpcpilot.stopping import STOP_SIGNALS
 
 
 def sleeper(token: str | None = None) -> subprocess.Popen:
@@ -96,3 +97,39 @@ def test_a_guard_that_cannot_start_leaves_the_rank_running_unguarded(monkeypatch
     rank.started(12345)  # nothing to tell, nothing raised
     rank.close()
     assert rank.process is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda signum: signal.Signals(signum).name)
+def test_a_stop_signal_sent_the_instant_the_guard_starts_leaves_it_guarding(signum: int) -> None:
+    """A stop sent to every process of the job (Slurm's --signal) as a guard starts, before its Python could
+    ignore it, killed the guard, and a rank killed later left its payloads running."""
+    for _ in range(5):
+        rank = PayloadGuard()
+        os.kill(rank.process.pid, signum)
+        rank.close()
+        assert rank.process.returncode == 0
+
+
+def test_a_stop_for_the_rank_while_its_guard_starts_is_delivered_once_it_has_started() -> None:
+    """The rank's stop signals wait while its guard is started, and none is lost."""
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        with stop_signals_blocked():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert received == []
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.timeout(30)
+def test_starting_a_guard_leaves_the_rank_s_signal_mask_as_it_was() -> None:
+    """Also a stop signal the rank itself keeps blocked stays blocked."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        PayloadGuard().close()
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before | {signal.SIGUSR1}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
