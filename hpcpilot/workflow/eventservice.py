@@ -175,8 +175,16 @@ def staged_name(name: str, range_id: str) -> str:
     """The name of a range's output in the job directory: the payload's, if it ends with ``.<rangeID>``, else
     that name with ``.<rangeID>`` appended (Harvester's convention for event outputs). Payloads may give every
     range's output the same name (``<rangeID>/out.root``); staged under that name, each would overwrite the
-    one declared before. (A name that merely begins with one range's ID may end with another's.)"""
-    return name if name.endswith("." + range_id) else f"{name}.{range_id}"
+    one declared before. (A name that merely begins with one range's ID may end with another's.)
+
+    The part after the last dot is the range's: a dot in the ID is written ``~`` (no ID has one), else the
+    ranges ``x`` and ``y.x`` could both be staged as ``out.y.x``. PanDA's IDs have no dot: their names are
+    as Harvester's convention has them."""
+    suffix = "." + range_id.replace(".", RANGE_ID_DOT)
+    return name if name.endswith(suffix) else name + suffix
+
+
+RANGE_ID_DOT = "~"  # outside the characters of a range ID (ranges.is_valid_range_id); safe in URLs and paths
 
 
 def _socket_path(scratch: Path) -> Path | None:

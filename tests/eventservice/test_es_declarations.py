@@ -2,8 +2,12 @@
 import zlib
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from hpcpilot.eventservice.declarations import failed_entries, finished_entry
+from hpcpilot.eventservice.ranges import is_valid_range_id
+from hpcpilot.workflow.eventservice import RANGE_ID_DOT, staged_name
 
 
 def test_finished_range_is_an_es_output_entry_with_size_and_bare_adler32(tmp_path):
@@ -45,3 +49,32 @@ def test_answers_a_rank_took_are_forgotten_and_those_it_never_took_are_found():
     assert ledger.never_taken(1, 999) == [ranges[-1]]
     ledger.give(0, ranges[0])
     assert ledger.never_taken(0, 0) == [ranges[0]]
+
+
+PANDA_RANGE_ID = "13569003-4016399436-19927451553-1-2"  # <taskid>-<jobid>-<fileid>-<n>-<n>
+
+
+@pytest.mark.parametrize("name, staged", [("out.root", f"out.root.{PANDA_RANGE_ID}"),
+                                          (f"{PANDA_RANGE_ID}.out", f"{PANDA_RANGE_ID}.out.{PANDA_RANGE_ID}"),
+                                          (f"out.root.{PANDA_RANGE_ID}", f"out.root.{PANDA_RANGE_ID}")])
+def test_a_panda_range_output_is_staged_under_harvester_s_name(name: str, staged: str) -> None:
+    assert staged_name(name, PANDA_RANGE_ID) == staged
+
+
+def test_ranges_whose_ids_end_alike_are_staged_apart() -> None:
+    """Range IDs may have dots: ``x`` and ``y.x`` were both staged as ``out.y.x``, one output over the other."""
+    assert staged_name("out.y", "x") == "out.y.x"
+    assert staged_name("out", "y.x") == "out.y~x"
+    assert staged_name("out.y.x", "y.x") == "out.y.x.y~x"
+
+
+def range_id_of(staged: str) -> str:
+    """What a staged name says of its range: the part after its last dot."""
+    return staged.rsplit(".", 1)[1].replace(RANGE_ID_DOT, ".")
+
+
+@given(st.text(), st.from_regex(r"[0-9A-Za-z._\-]{1,20}", fullmatch=True))
+@example(name="out", range_id="y.x")
+def test_a_staged_name_tells_its_range_so_no_two_ranges_share_one(name: str, range_id: str) -> None:
+    assert is_valid_range_id(range_id)
+    assert range_id_of(staged_name(name, range_id)) == range_id
