@@ -11,7 +11,9 @@ from enum import IntEnum
 
 
 class ErrorCode(IntEnum):
-    """Per-job error codes, reported as ``pilotErrorCode``."""
+    """Per-job error codes, reported as ``pilotErrorCode``. All of PROTOCOL.md's table, for
+    ``hpcpilot.api.services.error_message`` to name any code PanDA shows; hpcpilot itself never raises some
+    (NO_JOB_REPORT: a payload without a job report gets a minimal one, as the README says)."""
 
     OK = 0
     GENERAL = 1008
@@ -135,7 +137,9 @@ def signal_error_code(signum: int) -> ErrorCode:
 
 
 class ExitCode(IntEnum):
-    """Exit codes of the pilot process, as batch wrappers read them."""
+    """Exit codes of the pilot process, as batch wrappers read them (PROTOCOL.md, section 4; exported for
+    wrappers by hpcpilot.api.services). hpcpilot's own are those the README lists: never FAILURE (a failed job
+    is declared, the run still succeeds) nor NO_LOCAL_SPACE (a scratch short of space fails its job, 1098)."""
 
     SUCCESS = 0
     FAILURE = 1
