@@ -1,4 +1,5 @@
-"""What the whole suite shares: no MPI shared memory left behind by the ranks its tests kill."""
+"""What the whole suite shares: no MPI shared memory left behind by the ranks its tests kill, and no process
+left running by a test that failed before it could end what it started."""
 from __future__ import annotations
 
 import glob
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import pytest
 
 import hpcpilot.atomicfile
@@ -39,6 +41,32 @@ def _mapped_segments() -> set[str]:
         except OSError:  # gone, or not ours to read
             continue
     return mapped
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """A test that fails (or times out) between starting a pilot and ending it leaves the pilot running, its
+    ranks perhaps SIGSTOPped; MPICH's proxy then spins on a core for ever, slowing every later test. What the
+    test started and left alive (its fixtures, torn down before this one, have ended theirs) is continued and
+    killed."""
+    before = {child.pid for child in _descendants()}
+    yield
+    for child in _descendants():
+        if child.pid not in before:
+            _kill_stopped_or_not(child)
+
+
+def _descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def _kill_stopped_or_not(process: psutil.Process) -> None:
+    try:
+        if process.status() != psutil.STATUS_ZOMBIE:
+            process.resume()  # a stopped process is killed only once continued
+            process.kill()
+    except psutil.Error:  # gone meanwhile
+        pass
 
 
 SLOWFS = Path(__file__).with_name("slowfs.py")
