@@ -30,16 +30,20 @@ Start it under the launcher for HPC mode (mpiexec -n N, srun, aprun) or
 alone for grid mode. Settings come, in rising priority, from defaults, the
 YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
 (HPCPILOT_CORES_PER_RANK=4, HPCPILOT_FILES__JOB_SPEC=pandaJobData.out) and
-these flags.
+these flags. Every setting and its default is in hpcpilot/config.py (Config,
+Limits, HarvesterFiles); an unknown one is an error that lists the known ones.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
-2 bad command line; 64 some job could not be declared in the access point,
-hpcpilot_summary.json could not be written, a rank fell silent for
-rank_silence_limit (600 s: it died or hangs), or reading the job definitions
-outlasted startup_limit (1800 s: a hung filesystem); 65 bad configuration or site;
-66 the demo access point cannot be written; 70 internal error; 77 access
-point unreadable or malformed; 81 the pilot's lifetime ran out; 82 no jobs;
-128+N stopped by signal N (143 also for the stop file hpcpilot_stop)."""
+2 bad command line (an unknown option, a value of the wrong kind); 64 some
+job could not be declared in the access point, hpcpilot_summary.json could
+not be written, a rank fell silent for rank_silence_limit (600 s: it died or
+hangs), reading the job definitions outlasted startup_limit (1800 s: a hung
+filesystem), or another pilot is running on the same access point; 65 bad
+configuration or site (a number out of range here too, settings that differ
+between ranks, an MPI not wired to the launcher); 66 the demo access point
+cannot be written; 70 internal error; 77 access point unreadable or
+malformed; 81 the pilot's lifetime ran out; 82 no jobs; 128+N stopped by
+signal N (143 also for the stop file hpcpilot_stop)."""
 
 DEMO_DESCRIPTION = """\
 Write an access point laid out as Harvester lays it, with 16 jobs (--jobs;
@@ -95,7 +99,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpilot", description="An MPI-parallel pilot for PanDA jobs "
-                                     "placed by Harvester on supercomputers, grids and single machines.")
+                                     "placed by Harvester on supercomputers, grids and single machines.",
+                                     epilog="'hpcpilot COMMAND --help' says what a command needs, where its "
+                                     "settings come from and its exit codes.")
     parser.add_argument("--version", action="version", version=f"hpcpilot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the jobs of an access point", description=RUN_DESCRIPTION,
