@@ -1,4 +1,4 @@
-"""What the README promises an operator, checked against the code: its YAML example and its exit codes."""
+"""What the README promises an operator, checked against the code: its YAML example, its exit codes, its Layout."""
 from __future__ import annotations
 
 import re
@@ -50,3 +50,22 @@ def test_every_exit_code_the_readme_lists_is_one_the_pilot_has():
 def test_run_help_lists_the_exit_codes_the_readme_lists():
     help_codes = RUN_DESCRIPTION.split("exit codes: ", 1)[1]
     assert _codes(" ".join(help_codes.split()), ";:") == _codes(_exit_code_paragraph(), ",:")
+
+
+def _layout_names() -> set[str]:
+    """The paths of the package the Layout section names, relative to hpcpilot/."""
+    lines = _fenced(_section("Layout")).splitlines()
+    inside = [line.strip() for line in lines if line.startswith("  ")]
+    names = set()
+    for line in inside:
+        names.update(re.match(r"[\w/.]+(?:, [\w/.]+)*", line).group().split(", "))
+    return names
+
+
+def test_the_layout_names_every_module_of_the_package_and_only_those():
+    package = ROOT / "hpcpilot"
+    modules = {str(path.relative_to(package)) for path in package.glob("*.py")} | \
+        {str(path.relative_to(package)) for path in package.glob("workflow/*.py")} | \
+        {f"{path.name}/" for path in package.iterdir() if path.is_dir() and path.name not in ("workflow", "__pycache__")}
+    modules -= {"__init__.py", "__main__.py", "workflow/__init__.py"}
+    assert _layout_names() == modules
