@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("sites", help="list the site plugins; * marks the one detected here",
                         description="List the site plugins registered under the entry point group hpcpilot.sites, "
                         "one line each (scheduler, launcher, cores and memory per node, scratch, container "
-                        "runtimes); * marks the one 'hpcpilot run' would choose here. Exit codes: 0; 65 when "
-                        "two packages register one name.")
+                        "runtimes); * marks the one detected here, which 'hpcpilot run' takes unless --site or the "
+                        "setting site_name names another. Exit codes: 0; 65 when two packages register one name.")
     return parser
 
 
