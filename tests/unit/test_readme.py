@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hpcpilot.cli import RUN_DESCRIPTION
+from hpcpilot.cli import RUN_DESCRIPTION, build_parser
 from hpcpilot.config import load_config
 from hpcpilot.errors import ExitCode
 
@@ -69,3 +69,11 @@ def test_the_layout_names_every_module_of_the_package_and_only_those():
         {f"{path.name}/" for path in package.iterdir() if path.is_dir() and path.name not in ("workflow", "__pycache__")}
     modules -= {"__init__.py", "__main__.py", "workflow/__init__.py"}
     assert _layout_names() == modules
+
+
+def test_every_option_the_readme_names_for_run_is_one_run_takes():
+    table = _section("Command line").split("| option | meaning |", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`(--[a-z-]+)", table))
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    taken = {option for action in run._actions for option in action.option_strings}
+    assert named and named <= taken
