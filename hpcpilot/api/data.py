@@ -209,8 +209,9 @@ def _transfer_in_time(transfer: Transfer, direction: _Direction, stop: Cancel, l
     """``_transfer_one`` in a thread of its own, given up on once it outlasts its time limit by
     ``transfer_timeout_base`` (MIN_HANG_WAIT at least): the limit is checked between chunks, and a read that
     never returns (a hung filesystem) or takes minutes per chunk (a crawling one) would keep the caller for
-    ever. The thread is left behind, cancelled: its copy is removed when its system call returns, never put in
-    place (so too when the caller is interrupted, e.g. by KeyboardInterrupt)."""
+    ever; so too once ``stop`` is set, MIN_HANG_WAIT later. The thread is left behind, cancelled: its copy is
+    removed when its system call returns, never put in place (so too when the caller is interrupted, e.g. by
+    KeyboardInterrupt)."""
     started = time.monotonic()
     size = UNKNOWN_SIZE if transfer.size is None else transfer.size  # no stat here: it could hang too
     allowance = max(limits.transfer_timeout(size) + limits.transfer_timeout(0), MIN_HANG_WAIT)
@@ -227,17 +228,32 @@ def _transfer_in_time(transfer: Transfer, direction: _Direction, stop: Cancel, l
 
     threading.Thread(target=transfer_one, name=f"{direction.name} of {transfer.source.name}", daemon=True).start()
     try:
-        done.wait(allowance)
+        _wait(done, stop, allowance)
     except BaseException:  # interrupted (KeyboardInterrupt): the copy ends within its chunk, its temp file removed
         abandoned.set()
         done.wait(MIN_HANG_WAIT)
         raise
     if not outcome:
         abandoned.set()
-        return _hung(transfer, direction, started, allowance)
+        return _hung(transfer, direction, started, allowance, stop.is_set())
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+STOP_POLL = 0.1  # seconds between looks at the caller's stop while a transfer runs
+
+
+def _wait(done: threading.Event, stop: Cancel, allowance: float) -> None:
+    """Until ``done`` is set, for ``allowance`` seconds at most, or for MIN_HANG_WAIT once ``stop`` is set: a
+    stopped copy ends within its chunk, and one stuck in a system call must not keep the caller past the stop."""
+    give_up = time.monotonic() + allowance
+    while not done.wait(STOP_POLL):
+        now = time.monotonic()
+        if stop.is_set():
+            give_up = min(give_up, now + MIN_HANG_WAIT)
+        if now >= give_up:
+            return
 
 
 class _AnyOf:
@@ -250,12 +266,15 @@ class _AnyOf:
         return any(cancel.is_set() for cancel in self.cancels)
 
 
-def _hung(transfer: Transfer, direction: _Direction, started: float, allowance: float) -> TransferResult:
-    diag = (f"{direction.name} of {transfer.source}: no answer from the filesystem after {allowance:.0f} s, past "
-            "its time limit (a system call that does not return: a hung filesystem); the copy is abandoned, never "
-            f"put in place; {_ADVICE[direction.timeout]}")
+def _hung(transfer: Transfer, direction: _Direction, started: float, allowance: float,
+          stopped: bool) -> TransferResult:
+    """The result of a transfer given up on: stopped (its code as any stopped copy's), else past its time limit."""
+    waited = f"{time.monotonic() - started:.0f} s" if stopped else f"{allowance:.0f} s, past its time limit"
+    diag = (f"{direction.name} of {transfer.source}: no answer from the filesystem after {waited} (a system call "
+            "that does not return: a hung filesystem); the copy is abandoned, never put in place; " +
+            ("stopped while copying; transfer it again" if stopped else _ADVICE[direction.timeout]))
     log.warning("%s", diag)
-    return _result(transfer, None, started, direction.timeout, diag)
+    return _result(transfer, None, started, direction.failed if stopped else direction.timeout, diag)
 
 
 class _Refused(PilotError):

@@ -297,6 +297,28 @@ def test_a_stop_during_a_copy_ends_it_within_a_chunk_and_starts_no_other(source:
     assert os.listdir(local) == []
 
 
+@pytest.mark.timeout(60)
+@DIRECTIONS
+def test_a_stop_during_a_read_that_does_not_return_ends_the_transfer_at_once(source: Path, local: Path, slow_file,
+                                                                            direction: tuple) -> None:
+    """One read of 20 s (a hung filesystem) under the default limits (minutes): the stop ends the call within
+    about a second, as it ends a copy between chunks, not at the time limit; the copy is never put in place."""
+    slow = slow_file(64 << 10, delay=20)
+    stop = threading.Event()
+    results: list[TransferResult] = []
+    transfers = [Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")]
+    worker = threading.Thread(target=lambda: results.extend(direction[0](transfers, stop=stop)))
+    worker.start()
+    _wait_for_temp_file(local)  # the copy has begun: its first read hangs
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive(), "the stop did not end a transfer stuck in a read"
+    assert [result.error_code for result in results] == [direction[1]] * 2
+    assert "stopped" in results[0].error_diag and "stopped before copying" in results[1].error_diag
+    _wait_for_no_temp_file(local)  # the read returned, the copy ended
+    assert os.listdir(local) == []
+
+
 def _wait_for_no_temp_file(directory: Path) -> None:
     deadline = time.monotonic() + 30
     while any(name.startswith(TEMP_PREFIX) for name in os.listdir(directory)):
