@@ -92,7 +92,9 @@ def _run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch, loc
     supervisor.settle()
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
-    return comm.bcast(exit_code, root=0)
+    exit_code = comm.bcast(exit_code, root=0)
+    wait_idly(comm)  # rank 0 keeps the run lock until every rank has published its last declarations
+    return exit_code
 
 
 def _take_over_from_earlier_run(ctx: RankContext, plan: WorkPlan) -> None:

@@ -547,6 +547,49 @@ def test_a_rerun_is_not_refused_while_a_payload_of_the_killed_run_lives_on(tmp_p
                 process.kill()
 
 
+@pytest.mark.timeout(120)
+def test_the_run_lock_is_held_until_every_rank_has_published_its_last_declarations(tmp_path: Path) -> None:
+    """Rank 1 still waits at the end for Harvester to take a dump that is not the pilot's (final_flush_wait),
+    its job's declarations unpublished, after rank 0 wrote the summary: a second pilot must still be refused
+    then, or both would take back and publish the same job's declarations."""
+    ap = write_access_point(tmp_path / "ap", {1241: job_definition(1241, "true"), 1242: job_definition(1242, "true")})
+    foreign = ap / "1242" / "event_status.dump.json"
+    foreign.write_text('"not a dump of the pilot"')  # rank 1's job (jobs of one size go round-robin)
+    command = [*LAUNCHES["mpi2"], sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)]
+    pilot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env={**os.environ, "HPCPILOT_FINAL_FLUSH_WAIT": "600"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (ap / "hpcpilot_summary.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (ap / "hpcpilot_summary.json").exists(), "rank 0 never finished"
+        assert not _lock_free_within(ap / ".hpcpilot" / "run.lock", 3), "released while rank 1 still publishes"
+        foreign.rename(foreign.with_name("event_status.dump.json.read"))  # Harvester takes it at last
+        _, stderr = communicate_or_kill(pilot, 60, "the pilot")
+    finally:
+        pilot.kill()
+        pilot.wait()
+    assert pilot.returncode == 0, stderr[-3000:]
+    assert [entry["type"] for entry in json.loads(foreign.read_text())["1242"]] == ["log"]
+
+
+def _lock_free_within(lock: Path, seconds: float) -> bool:
+    """Whether ``lock`` could be taken (and was let go at once) within ``seconds``."""
+    import fcntl
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.05)
+        finally:
+            os.close(fd)
+    return False
+
+
 def _escaped(tag: str) -> bool:
     return any(tag in (process.info["cmdline"] or []) for process in psutil.process_iter(["cmdline"]))
 
