@@ -408,9 +408,18 @@ def _copy_one(order: CopyOrder, messages: queue.Queue, stop: threading.Event) ->
             raise CopyFailed(order, error) from None
         raise
     finally:
-        os.close(source_fd)
+        _close_read_only(source_fd)
         os.close(target_fd)
     messages.put(_Finished(order))
+
+
+def _close_read_only(fd: int) -> None:
+    """Close a descriptor only read from: its close may fail (ENOTCONN once a FUSE server is gone) and loses
+    nothing then; its error must not replace the copy's own, nor keep the target's descriptor open."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class NotRegularFile(OSError):

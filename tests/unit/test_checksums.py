@@ -449,3 +449,36 @@ def test_a_checksum_of_a_slow_file_is_cancelled_within_a_chunk(slow_file):
     with pytest.raises(checksums.CopyCancelled):
         file_checksum(source, cancel=cancel)
     assert time.monotonic() - started < 6
+
+
+@pytest.mark.timeout(60)
+def test_a_source_whose_filesystem_goes_away_mid_copy_fails_the_copy_as_copy_failed(tmp_path, slow_file):
+    """A FUSE source whose server dies during a read (a crashed xrootd-fuse, a killed squashfuse): the read
+    and then the close of the source fail with ENOTCONN. The copy fails as CopyFailed, its target removed and
+    both descriptors closed; the close's error once replaced it, a bare OSError the stage-in took for a bug
+    of its own (1008, a traceback) and the target left open."""
+    source = slow_file(64 << 10, delay=30)
+    (tmp_path / "dst").mkdir()
+    order = checksums.CopyOrder(source, tmp_path / "dst" / "copy", size=64 << 10)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    raised: list[BaseException] = []
+    copier = threading.Thread(target=lambda: _raised_by(lambda: list(checksums.copy_files_with_checksums([order])),
+                                                        raised))
+    copier.start()
+    deadline = time.monotonic() + 20
+    while not order.target.exists() and time.monotonic() < deadline:  # opened: its first read waits
+        time.sleep(0.05)
+    slow_file.server(source).kill()
+    copier.join(30)
+    assert not copier.is_alive()
+    assert [type(error) for error in raised] == [checksums.CopyFailed], raised
+    assert raised[0].error.errno == errno.ENOTCONN
+    assert list((tmp_path / "dst").iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def _raised_by(call, raised: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as error:
+        raised.append(error)
