@@ -444,10 +444,17 @@ def _remove_unmounted_tree(path: Path) -> None:
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:
-    """End a payload's process tree without blocking the caller for the grace period."""
+    """End a payload's process tree without blocking the caller for the grace period; with the caller blocked,
+    when no thread can be started: a payload that took every process its user may have (a fork bomb under
+    ``ulimit -u``) would otherwise be declared killed and run on."""
     process = run.process
-    if process is not None:
+    if process is None:
+        return
+    try:
         threading.Thread(target=process.terminate, args=(grace,), name=f"kill-{run.pandaid}", daemon=True).start()
+    except RuntimeError as error:  # "can't start new thread"; ending it needs no new thread nor process
+        log.warning("job %d: ending its payload in this thread (%s)", run.pandaid, error)
+        process.terminate(grace)
 
 
 class recorded:
