@@ -352,7 +352,10 @@ def _start_copier(copier: Callable[..., None], args: tuple, stop: threading.Even
         return replay, None
     messages: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
     thread = threading.Thread(target=copier, args=(*args, messages, stop), name="checksummed-copy", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had (a payload took every process its user may have): copy here
+        return _start_copier(copier, args, stop, in_thread=False)
     return messages, thread
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcpilot import checksums
+from tests.threadless import run_without_threads
 from hpcpilot.accesspoint_writer import adler32_hex
 from hpcpilot.checksums import (
     ChecksummingWriter,
@@ -482,3 +483,32 @@ def _raised_by(call, raised: list[BaseException]) -> None:
         call()
     except BaseException as error:
         raised.append(error)
+
+
+COPY_WITHOUT_THREADS = """
+import os, zlib
+from pathlib import Path
+from hpcpilot.checksums import CopyOrder, copy_files_with_checksums, copy_into_with_checksum
+
+directory = Path(sys.argv[1])
+source = directory / "big.in"
+data = os.urandom(9 << 20)  # more than one kernel chunk: the copy would have a thread of its own
+source.write_bytes(data)
+no_thread_from_here()
+(copied,) = copy_files_with_checksums([CopyOrder(source, directory / "in.copy")])
+with open(directory / "out.copy", "wb") as target:
+    written = copy_into_with_checksum(source, target.fileno())
+print(f"{zlib.adler32(data) & 0xFFFFFFFF:08x}", copied.adler32, written.adler32)
+print((directory / "in.copy").read_bytes() == data, (directory / "out.copy").read_bytes() == data)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_copy_with_no_thread_to_be_had_is_made_in_the_calling_thread(tmp_path: Path) -> None:
+    """A payload that took every process its user may have must not fail the other jobs' stage-in and stage-out
+    (1008, a traceback, their outputs lost)."""
+    child = run_without_threads(COPY_WITHOUT_THREADS, str(tmp_path))
+    assert child.returncode == 0, child.stderr[-2000:]
+    expected, copied, written, *same = child.stdout.split()
+    assert copied == written == expected
+    assert same == ["True", "True"]

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-import hpcpilot
+from tests.threadless import run_without_threads
 
-# Run in a process of its own: the address-space limit that keeps a thread's stack from being mapped would
-# break the test runner's own threads.
 CHILD = """
-import resource, sys, threading
 from pathlib import Path
 from hpcpilot.accesspoint_writer import job_definition
 from hpcpilot.jobs import parse_job
@@ -28,13 +23,7 @@ run = JobRun(parse_job(job_definition(4003, "sleep")), 0, "node", 1)
 run.launch_unless_stopped(lambda: launch(["sleep", "60"], Path(sys.argv[1]), {"PATH": "/usr/bin:/bin",
                                                                                  TOKEN_ENV: new_token()}))
 print(run.process.pid, flush=True)
-used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (used + (4 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
-try:
-    threading.Thread(target=lambda: None).start()
-    sys.exit("a thread could still be started: the test proves nothing")
-except RuntimeError:
-    pass
+no_thread_from_here()
 terminate_in_background(run, 1.0)
 print(run.process.wait().returncode, flush=True)
 """
@@ -42,9 +31,7 @@ print(run.process.wait().returncode, flush=True)
 
 @pytest.mark.timeout(60)
 def test_a_payload_is_ended_when_no_thread_can_be_started_to_end_it(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(hpcpilot.__file__).parents[1])}
-    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True,
-                           timeout=45, env=env)
+    child = run_without_threads(CHILD, str(tmp_path))
     lines = child.stdout.split()
     try:
         assert child.returncode == 0, child.stderr[-2000:]
