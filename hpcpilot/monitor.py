@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 SWEEP_INTERVAL = 30.0  # leftovers may hold a core this long; a sweep reads every environment of our uid
+SUSPENDED_AFTER = 10  # check intervals between two passes that mean the pilot was not running (suspended)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Watch:
     due: dict[str, float] = field(default_factory=dict)
     announce: Callable[[], None] | None = None  # called once, when the payload has run announce_after seconds
     announce_at: float = float("inf")
+    looping_since: float = 0.0  # epoch seconds: no file change is looked for before (a suspension ended then)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -75,6 +77,7 @@ class Monitor:
         self.sweep_interval = sweep_interval
         self._leftovers = LeftoverSweep()
         self._next_sweep = time.monotonic() + sweep_interval
+        self._last_pass: float | None = None
         self._watches: dict[int, Watch] = {}
         self._guard = threading.Lock()
         self._stopped = threading.Event()
@@ -121,6 +124,7 @@ class Monitor:
         with self._guard:
             watches = list(self._watches.values())
         now = time.monotonic()
+        self._after_suspension(now, watches)
         # One read of /proc serves every payload's memory sample in this pass.
         table = read_proc_table() if any(now >= watch.due["memory"] for watch in watches) else None
         checks = {"memory": lambda watch: self._memory(watch, table), "disk": self._disk, "looping": self._looping}
@@ -131,6 +135,20 @@ class Monitor:
             if watch.announce is not None and now >= watch.announce_at:
                 announce, watch.announce = watch.announce, None
                 announce()
+
+    def _after_suspension(self, now: float, watches: list[Watch]) -> None:
+        """Passes far more apart than check_interval mean the pilot did not run: a batch system's suspend stops
+        every process of the job, payloads included, whose files could then not change. Their looping clocks
+        start again (Pilot 3 adds a suspension to the time files were last touched): else every payload would
+        be killed as looping at the first pass after a suspension longer than looping_limit."""
+        last, self._last_pass = self._last_pass, now
+        if last is None or now - last < SUSPENDED_AFTER * self.limits.check_interval:
+            return
+        log.warning("monitor passes %.0f s apart (%g s expected): the pilot was suspended; the looping clocks of "
+                    "%d payload(s) start again", now - last, self.limits.check_interval, len(watches))
+        resumed = time.time()
+        for watch in watches:
+            watch.looping_since = resumed
 
     def _intervals(self) -> dict[str, float]:
         return {"memory": self.limits.memory_interval, "disk": self.limits.disk_interval,
@@ -244,7 +262,7 @@ class Monitor:
         if not watch.run.spec.looping_check:
             return None
         try:
-            idle = time.time() - _newest_change(watch.run.scratch, ignore={TIMESERIES_NAME})
+            idle = time.time() - max(_newest_change(watch.run.scratch, ignore={TIMESERIES_NAME}), watch.looping_since)
         except OSError:  # the payload removed its scratch: nobody can tell (and the other payloads' pass goes on)
             return None
         if idle > self.limits.looping_limit:

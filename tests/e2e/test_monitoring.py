@@ -3,8 +3,10 @@ process tree gone, while the other jobs of the worker finish normally."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from hpcpilot.accesspoint_writer import job_definition, with_outputs, write_access_point
 
 from ..sites.conftest import install_outside_plugin
-from .conftest import run_pilot, tarball_members
+from .conftest import PilotRun, communicate_or_kill, run_pilot, tarball_members
 
 FAST_LIMITS = {
     "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.2", "HPCPILOT_LIMITS__MEMORY_INTERVAL": "0.5",
@@ -188,3 +190,46 @@ def test_a_payload_that_fails_after_outgrowing_the_stdout_limit_fails_for_its_st
     attributes = run.attributes(31)
     assert (attributes["pilotErrorCode"], attributes["transExitCode"]) == (1106, 1), attributes
     assert "exited with code 1" in attributes["pilotErrorDiag"] and "stdout" in attributes["pilotErrorDiag"]
+
+
+@pytest.mark.timeout(120)
+def test_a_suspended_worker_is_not_taken_for_looping_when_it_resumes(tmp_path: Path) -> None:
+    """A batch system's suspend stops the pilot and its payloads for longer than the looping limit (here 3 s);
+    the pilot comes back first. Its next looping check must not fail a payload that could not write meanwhile."""
+    beats = f"-c 'for i in $(seq 40); do date > beat; sleep 0.25; done; echo done > out.txt; : {MARK}'"
+    ap = write_access_point(tmp_path / "ap", {41: with_outputs(job_definition(41, "bash", beats), ["out.txt"])})
+    pilot = subprocess.Popen([sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **FAST_LIMITS}, start_new_session=True)
+    payload = _wait_for_payload(pilot)
+    time.sleep(1)  # a few looping checks have seen it write
+    for process in (pilot.pid, payload):
+        os.killpg(process, signal.SIGSTOP)
+    time.sleep(5)
+    os.killpg(pilot.pid, signal.SIGCONT)
+    time.sleep(1.5)  # the pilot runs its passes before the payload writes again
+    os.killpg(payload, signal.SIGCONT)
+    _, stderr = communicate_or_kill(pilot, 60, "hpcpilot")
+    run = PilotRun(pilot.returncode, "", stderr, ap)
+    assert run.attributes(41)["jobStatus"] == "finished", run.attributes(41)
+    assert "the pilot was suspended" in stderr
+    assert survivors() == []
+
+
+def _wait_for_payload(pilot: subprocess.Popen) -> int:
+    """The pid of the pilot's payload, once it runs (it leads a session and a process group of its own)."""
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up and pilot.poll() is None:
+        for process in psutil.process_iter(["cmdline"]):
+            line = " ".join(process.info["cmdline"] or [])
+            if MARK in line and "beat" in line and _leads_a_session(process.pid):
+                return process.pid
+        time.sleep(0.05)
+    pytest.fail("the payload did not start")
+
+
+def _leads_a_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
