@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import scratchroot
 from ..config import Config
 from ..errors import ExitCode, PilotError, WorkerError
 from ..guard import PayloadGuard
@@ -138,6 +139,7 @@ def _wrap_up(ctx: RankContext) -> None:
                     waiting, ctx.config.files.pending_declarations, ctx.config.files.event_status)
     if not ctx.config.keep_scratch:
         try:
+            scratchroot.release(ctx.scratch_base)
             ctx.scratch_base.rmdir()
         except OSError:
             pass
@@ -279,9 +281,11 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
     filesystem as last resort only, not while a node-local directory can still be had."""
     for wanted in dict.fromkeys([config.scratch, None]):
         try:
-            base = site.choose_scratch(wanted, os.environ) / f"hpcpilot-{os.getpid()}"
-            base.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return base
+            parent = site.choose_scratch(wanted, os.environ)
+            parent.mkdir(parents=True, exist_ok=True)
+            root = scratchroot.make_root(parent, keep=config.keep_scratch)
+            scratchroot.reclaim_dead_roots(parent, own=root)
+            return root
         except (OSError, PilotError) as error:
             log.warning("node-local scratch unusable: %s%s", error, "; trying the site's choice" if wanted else "")
     fallback = access_point.state_dir / "scratch"

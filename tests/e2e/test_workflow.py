@@ -484,9 +484,9 @@ def test_a_rerun_leaves_alone_a_job_whose_state_cannot_be_read_and_says_so(tmp_p
     assert {job["pandaid"]: job["status"] for job in run.summary()["jobs"]} == {1211: "failed", 1212: "finished"}
 
 
-def start_pilot(ap: Path) -> subprocess.Popen:
+def start_pilot(ap: Path, *options: str) -> subprocess.Popen:
     """``hpcpilot run`` in the background (grid mode), payloads declared running at their start."""
-    return subprocess.Popen([sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap)],
+    return subprocess.Popen([sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap), *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "HPCPILOT_DECLARE_RUNNING_AFTER": "0"})
 
@@ -762,3 +762,22 @@ def test_the_batch_jobs_id_is_declared_as_batch_id(tmp_path: Path) -> None:
     assert attributes["jobStatus"] == "finished" and attributes["batchID"] == "4242", attributes
     assert_types_the_panda_server_accepts(attributes)
     assert (run.attributes(304)["jobStatus"], run.attributes(304)["batchID"]) == ("failed", "4242")
+
+
+@pytest.mark.timeout(120)
+def test_the_scratch_a_killed_pilot_left_on_the_node_is_removed_by_the_next_pilot(tmp_path: Path) -> None:
+    """A pilot SIGKILLed (the OOM killer, the batch system at the walltime) leaves its scratch on a node-local
+    disk that may outlive the batch job; the next pilot using that scratch removes it, and its own at its end."""
+    scratch = tmp_path / "scratch"
+    first = write_access_point(tmp_path / "ap1", {1231: job_definition(1231, "sleep", "300")})
+    pilot = start_pilot(first, "--scratch", str(scratch))
+    wait_until_declared_running(first, 1231)
+    pilot.kill()
+    communicate_or_kill(pilot, 30, "the killed pilot")
+    [left] = scratch.iterdir()
+    assert list(left.glob("job-1231-*"))
+    second = write_access_point(tmp_path / "ap2", {1232: job_definition(1232, "true")})
+    run = run_pilot(second, "grid", "--scratch", str(scratch))
+    assert run.returncode == 0 and run.attributes(1232)["jobStatus"] == "finished", run.stderr[-2000:]
+    assert "removed the scratch of 1 pilot(s)" in run.stderr
+    assert list(scratch.iterdir()) == []

@@ -161,7 +161,7 @@ def test_payload_symlinks_in_log_files_are_not_followed(tmp_path: Path, name: st
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", ["/etc/shadow", "decoy", "../../../elsewhere/decoy.txt"])
 def test_output_symlink_out_of_scratch_is_refused(tmp_path: Path, target: str) -> None:
-    """The relative target climbs from <scratch>/hpcpilot-<pid>/job-<PandaID>-<random>/ to the decoy."""
+    """The relative target climbs from <scratch>/hpcpilot-<pid>-<random>/job-<PandaID>-<random>/ to the decoy."""
     decoy = decoy_dir(tmp_path) / "decoy.txt"
     target = str(decoy) if target == "decoy" else target
     definition = with_outputs(job_definition(HOSTILE, "ln", f"-s {target} result.out"), ["result.out"])

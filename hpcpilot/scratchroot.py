@@ -1,0 +1,90 @@
+"""A rank's scratch root on node-local storage, and the roots of pilots that died without removing theirs.
+
+Each rank makes its own root, ``hpcpilot-<pid>-<random>`` in the scratch
+directory, and holds a lock (flock) on the file ``.alive`` inside it for as
+long as it lives. A rank killed (SIGKILL, the OOM killer, the batch system at
+the walltime) leaves its root behind, on a node-local disk that may outlive
+the batch job; its lock goes with the process. So each rank, as it starts,
+removes the roots beside its own whose lock it can take: their pilots are
+gone. A root without that file (a pilot run with keep_scratch, whose scratch
+is kept for whoever inspects it, or one of an older hpcpilot) is left alone,
+and so is another user's.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from .workflow.jobflow import remove_tree
+
+log = logging.getLogger(__name__)
+
+PREFIX = "hpcpilot-"
+ALIVE = ".alive"
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never through a link, never waiting
+
+
+def make_root(parent: Path, keep: bool) -> Path:
+    """This rank's new root in ``parent`` (mode 0700); locked as alive for the process's life unless ``keep``."""
+    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
+    if not keep:
+        _hold_alive_lock(root)
+    return root
+
+
+def _hold_alive_lock(root: Path) -> None:
+    """The file is locked before it has its name: no other rank ever finds it unlocked while this one lives.
+    Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
+    unnamed = root / f"{ALIVE}.new"
+    fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(unnamed, root / ALIVE)
+
+
+def release(root: Path) -> None:
+    """The rank ends, its jobs' scratch removed: the root, emptied of its lock file, can be removed."""
+    (root / ALIVE).unlink(missing_ok=True)
+
+
+def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
+    """Remove the roots in ``parent`` of this user's pilots that died; those removed."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    reclaimed = []
+    for entry in entries:
+        if entry.name.startswith(PREFIX) and entry.path != os.fspath(own) and _ours(entry):
+            root = Path(entry.path)
+            if _removed_if_dead(root):
+                reclaimed.append(root)
+    if reclaimed:
+        log.info("removed the scratch of %d pilot(s) that ended without removing it, in %s", len(reclaimed), parent)
+    return reclaimed
+
+
+def _ours(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def _removed_if_dead(root: Path) -> bool:
+    """Removed while its lock is held here, which only a dead pilot's root lets this rank take."""
+    try:
+        fd = os.open(root / ALIVE, _OPEN_FLAGS)
+    except OSError:  # no lock file: kept on purpose, or not one of ours
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # its pilot lives (or another rank is removing it)
+        os.close(fd)
+        return False
+    try:
+        return not remove_tree(root) and not root.exists()  # a mount left inside keeps it, as in a job's scratch
+    finally:
+        os.close(fd)

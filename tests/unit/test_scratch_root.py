@@ -1,0 +1,84 @@
+"""A rank's scratch root, and the roots that pilots killed before removing theirs leave on the node."""
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hpcpilot import scratchroot
+
+MAKE_ROOT = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from hpcpilot import scratchroot
+    root = scratchroot.make_root(Path(sys.argv[1]), keep=sys.argv[2] == "keep")
+    (root / "job-1-x").mkdir()
+    (root / "job-1-x" / "payload.stdout").write_text("left behind")
+    print(root, flush=True)
+    time.sleep(300)
+""")
+
+
+def rank_making_a_root(parent: Path, keep: bool = False) -> tuple[subprocess.Popen, Path]:
+    """A process that makes its root (with a job's scratch in it) and lives on: (the process, its root)."""
+    process = subprocess.Popen([sys.executable, "-c", MAKE_ROOT, str(parent), "keep" if keep else "lock"],
+                               stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def killed(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_root_of_a_killed_rank_is_removed_by_the_next_one_and_a_living_rank_s_is_not(tmp_path: Path) -> None:
+    dead, dead_root = rank_making_a_root(tmp_path)
+    living, living_root = rank_making_a_root(tmp_path)
+    try:
+        killed(dead)
+        own = scratchroot.make_root(tmp_path, keep=False)
+        assert scratchroot.reclaim_dead_roots(tmp_path, own=own) == [dead_root]
+        assert not dead_root.exists()
+        assert (living_root / "job-1-x" / "payload.stdout").read_text() == "left behind"
+        assert (own / scratchroot.ALIVE).exists()
+    finally:
+        killed(living)
+    assert scratchroot.reclaim_dead_roots(tmp_path, own=own) == [living_root]
+    assert sorted(tmp_path.iterdir()) == [own]
+
+
+@pytest.mark.timeout(60)
+def test_a_root_kept_for_inspection_is_never_reclaimed(tmp_path: Path) -> None:
+    kept, kept_root = rank_making_a_root(tmp_path, keep=True)
+    killed(kept)
+    assert scratchroot.reclaim_dead_roots(tmp_path, own=tmp_path / "none") == []
+    assert (kept_root / "job-1-x" / "payload.stdout").exists()
+
+
+@pytest.mark.timeout(60)
+def test_another_user_s_root_and_what_is_no_root_are_left_alone(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making another user's directory needs root")
+    dead, others = rank_making_a_root(tmp_path)
+    killed(dead)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(others, nobody.pw_uid, nobody.pw_gid)
+    (tmp_path / "hpcpilot-file").write_text("a file, not a root")
+    (tmp_path / "hpcpilot-link").symlink_to(tmp_path / "elsewhere")
+    assert scratchroot.reclaim_dead_roots(tmp_path, own=tmp_path / "none") == []
+    assert others.exists() and (tmp_path / "hpcpilot-file").exists()
+
+
+def test_a_rank_s_own_root_is_emptied_of_its_lock_at_the_end(tmp_path: Path) -> None:
+    root = scratchroot.make_root(tmp_path, keep=False)
+    assert [entry.name for entry in root.iterdir()] == [scratchroot.ALIVE]
+    scratchroot.release(root)
+    root.rmdir()
