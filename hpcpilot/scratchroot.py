@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .workflow.jobflow import remove_tree
 log = logging.getLogger(__name__)
 
 PREFIX = "hpcpilot-"
+_ROOT_NAME = re.compile(PREFIX + r"[0-9]+-[A-Za-z0-9_]{8}")  # as make_root's mkdtemp names it, nothing else
 ALIVE = ".alive"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never through a link, never waiting
 
@@ -57,7 +59,7 @@ def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
         return []
     reclaimed = []
     for entry in entries:
-        if entry.name.startswith(PREFIX) and entry.path != os.fspath(own) and _ours(entry):
+        if _ROOT_NAME.fullmatch(entry.name) and entry.path != os.fspath(own) and _ours(entry):
             root = Path(entry.path)
             if _removed_if_dead(root):
                 reclaimed.append(root)

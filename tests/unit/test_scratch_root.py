@@ -71,10 +71,13 @@ def test_another_user_s_root_and_what_is_no_root_are_left_alone(tmp_path: Path) 
     killed(dead)
     nobody = pwd.getpwnam("nobody")
     os.chown(others, nobody.pw_uid, nobody.pw_gid)
-    (tmp_path / "hpcpilot-file").write_text("a file, not a root")
-    (tmp_path / "hpcpilot-link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "hpcpilot-1-aaaaaaaa").write_text("a file, not a root")
+    (tmp_path / "hpcpilot-2-bbbbbbbb").symlink_to(tmp_path / "elsewhere")
+    demo = tmp_path / "hpcpilot-demo-20261127-053000"  # an access point, say, with a file of that name
+    demo.mkdir()
+    (demo / scratchroot.ALIVE).write_text("")
     assert scratchroot.reclaim_dead_roots(tmp_path, own=tmp_path / "none") == []
-    assert others.exists() and (tmp_path / "hpcpilot-file").exists()
+    assert others.exists() and (tmp_path / "hpcpilot-1-aaaaaaaa").exists() and (demo / scratchroot.ALIVE).exists()
 
 
 def test_a_rank_s_own_root_is_emptied_of_its_lock_at_the_end(tmp_path: Path) -> None:
