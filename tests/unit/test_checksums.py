@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from hpcpilot import checksums
-from tests.threadless import run_without_threads
 from hpcpilot.accesspoint_writer import adler32_hex
 from hpcpilot.checksums import (
     ChecksummingWriter,
@@ -28,6 +27,7 @@ from hpcpilot.checksums import (
     matches,
 )
 from hpcpilot.jobs import Checksum
+from tests.threadless import run_without_threads
 
 # Published adler32 values (RFC 1950 reference implementation), as 8 lower-case hex digits.
 KNOWN_ADLER32 = [
