@@ -8,7 +8,10 @@ the batch job; its lock goes with the process. So each rank, as it starts,
 removes the roots beside its own whose lock it can take: their pilots are
 gone. A root without that file (a pilot run with keep_scratch, whose scratch
 is kept for whoever inspects it, or one of an older hpcpilot) is left alone,
-and so is another user's.
+and so is another user's. So is one whose file names another node: a scratch
+directory shared between nodes (NFS mounted nolock, Lustre with localflock)
+may show no node the locks of another, whose living pilots' roots would look
+dead.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -38,12 +42,17 @@ def make_root(parent: Path, keep: bool) -> Path:
 
 
 def _hold_alive_lock(root: Path) -> None:
-    """The file is locked before it has its name: no other rank ever finds it unlocked while this one lives.
-    Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
+    """The file is locked, and names this node, before it has its name: no other rank ever finds it unlocked
+    while this one lives. Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
     unnamed = root / f"{ALIVE}.new"
     fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, _this_node())
     os.rename(unnamed, root / ALIVE)
+
+
+def _this_node() -> bytes:
+    return socket.gethostname().encode() + b"\n"
 
 
 def release(root: Path) -> None:
@@ -82,11 +91,17 @@ def _removed_if_dead(root: Path) -> bool:
     except OSError:  # no lock file: kept on purpose, or not one of ours
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # its pilot lives (or another rank is removing it)
-        os.close(fd)
-        return False
-    try:
-        return not remove_tree(root) and not root.exists()  # a mount left inside keeps it, as in a job's scratch
+        return _dead_here(fd) and not remove_tree(root) and not root.exists()  # a mount left inside keeps it
     finally:
         os.close(fd)
+
+
+def _dead_here(fd: int) -> bool:
+    """The lock file of a root of this node whose lock this rank took: its pilot is dead."""
+    try:
+        if os.read(fd, 4096) != _this_node():  # another node's, whose lock may not show here
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # its pilot lives (or another rank is removing it)
+        return False
