@@ -46,7 +46,14 @@ def _hold_alive_lock(root: Path) -> None:
     while this one lives. Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
     unnamed = root / f"{ALIVE}.new"
     fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:  # a filesystem without flock (Lustre mounted without it: ENOSYS; NFS: ENOLCK)
+        os.close(fd)
+        unnamed.unlink()
+        log.warning("cannot lock %s (%s): if this rank is killed, its scratch stays in %s", unnamed,
+                    error.strerror, root.parent)
+        return
     os.write(fd, _this_node())
     os.rename(unnamed, root / ALIVE)
 

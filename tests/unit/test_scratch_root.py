@@ -1,6 +1,7 @@
 """A rank's scratch root, and the roots that pilots killed before removing theirs leave on the node."""
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import signal
@@ -101,3 +102,14 @@ def test_a_rank_s_own_root_is_emptied_of_its_lock_at_the_end(tmp_path: Path) -> 
     assert [entry.name for entry in root.iterdir()] == [scratchroot.ALIVE]
     scratchroot.release(root)
     root.rmdir()
+
+
+def test_a_scratch_directory_without_flock_is_used_unlocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre mounted without flock answers ENOSYS, an NFS without its lock manager ENOLCK; neither runs here,
+    so flock is made to answer so. The scratch asked for is used as it was before roots had locks."""
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(scratchroot.fcntl, "flock", no_flock)
+    root = scratchroot.make_root(tmp_path, keep=False)
+    assert root.is_dir() and list(root.iterdir()) == []  # like a kept root: never taken for a dead one's
