@@ -77,7 +77,6 @@ class Monitor:
         self.sweep_interval = sweep_interval
         self._leftovers = LeftoverSweep()
         self._next_sweep = time.monotonic() + sweep_interval
-        self._last_pass: float | None = None
         self._watches: dict[int, Watch] = {}
         self._guard = threading.Lock()
         self._stopped = threading.Event()
@@ -124,7 +123,6 @@ class Monitor:
         with self._guard:
             watches = list(self._watches.values())
         now = time.monotonic()
-        self._after_suspension(now, watches)
         # One read of /proc serves every payload's memory sample in this pass.
         table = read_proc_table() if any(now >= watch.due["memory"] for watch in watches) else None
         checks = {"memory": lambda watch: self._memory(watch, table), "disk": self._disk, "looping": self._looping}
@@ -136,16 +134,19 @@ class Monitor:
                 announce, watch.announce = watch.announce, None
                 announce()
 
-    def _after_suspension(self, now: float, watches: list[Watch]) -> None:
-        """Passes far more apart than check_interval mean the pilot did not run: a batch system's suspend stops
-        every process of the job, payloads included, whose files could then not change. Their looping clocks
-        start again (Pilot 3 adds a suspension to the time files were last touched): else every payload would
-        be killed as looping at the first pass after a suspension longer than looping_limit."""
-        last, self._last_pass = self._last_pass, now
-        if last is None or now - last < SUSPENDED_AFTER * self.limits.check_interval:
+    def _after_suspension(self, slept: float) -> None:
+        """A sleep of check_interval that lasted far longer means the pilot did not run: a batch system's suspend
+        stops every process of the job, payloads included, whose files could then not change. Their looping
+        clocks start again (Pilot 3 adds a suspension to the time files were last touched): else every payload
+        would be killed as looping at the first pass after a suspension longer than looping_limit. The passes'
+        own time is no suspension: a sweep waiting kill_grace, or a walk of a large scratch, would start the
+        clocks again at every pass, and a payload that loops would never be found."""
+        if slept < SUSPENDED_AFTER * self.limits.check_interval:
             return
-        log.warning("monitor passes %.0f s apart (%g s expected): the pilot was suspended; the looping clocks of "
-                    "%d payload(s) start again", now - last, self.limits.check_interval, len(watches))
+        with self._guard:
+            watches = list(self._watches.values())
+        log.warning("the monitor slept %.0f s (%g s asked): the pilot was suspended; the looping clocks of "
+                    "%d payload(s) start again", slept, self.limits.check_interval, len(watches))
         resumed = time.time()
         for watch in watches:
             watch.looping_since = resumed
@@ -155,8 +156,12 @@ class Monitor:
                 "looping": self.limits.looping_interval}
 
     def _loop(self) -> None:
-        while not self._stopped.wait(self.limits.check_interval):
+        while True:
+            asleep = time.monotonic()
+            if self._stopped.wait(self.limits.check_interval):
+                return
             try:
+                self._after_suspension(time.monotonic() - asleep)
                 self.check_now()
                 self._sweep_if_due()
             except Exception:  # monitoring must outlive any one odd payload

@@ -303,3 +303,30 @@ def test_limits_exceeded_in_one_pass_are_all_logged_and_the_first_is_the_error(s
     assert killed == [run] and run.error.code == 1213
     assert watch.series.count == 1
     assert "also 1235 PSS" in caplog.text
+
+
+STUBBORN_ESCAPE = ("setsid bash -c 'trap \"\" TERM; echo $$ > escaped.tmp && mv escaped.tmp escaped; "
+                   "while :; do sleep 0.1; done' & while [ ! -e escaped ]; do sleep 0.02; done")
+
+
+@pytest.mark.timeout(60)
+def test_a_long_pass_is_not_taken_for_a_suspension_and_a_looping_payload_is_still_found(start_payload, caplog):
+    """A leftover that ignores SIGTERM keeps a pass kill_grace long, far more than ten check_intervals: the
+    pilot ran all along, and the looping payload beside it must not have its looping clock started again."""
+    killed = []
+    monitor = Monitor(Limits(check_interval=0.3, kill_grace=6, looping_limit=1, looping_interval=0.3),
+                      kill=killed.append, sweep_interval=0.3).start()
+    try:
+        finished = start_payload(STUBBORN_ESCAPE)
+        escaped = escaped_pid(finished)
+        finished.process.wait()
+        monitor.unwatch(finished)  # the next sweep waits kill_grace for it
+        looping = start_payload("sleep 60")
+        monitor.watch(looping)
+        wait_until_gone(escaped, timeout=30)
+        while not killed:
+            time.sleep(0.05)
+    finally:
+        monitor.stop()
+    assert killed == [looping] and looping.error.code == 1150
+    assert "the pilot was suspended" not in caplog.text
