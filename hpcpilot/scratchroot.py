@@ -77,8 +77,11 @@ def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
     for entry in entries:
         if _ROOT_NAME.fullmatch(entry.name) and entry.path != os.fspath(own) and _ours(entry):
             root = Path(entry.path)
-            if _removed_if_dead(root):
-                reclaimed.append(root)
+            try:
+                if _removed_if_dead(root):
+                    reclaimed.append(root)
+            except OSError as error:  # e.g. no process to be had for chmod: a later rank tries again
+                log.warning("cannot remove %s, the scratch of a pilot that died: %s", root, error)
     if reclaimed:
         log.info("removed the scratch of %d pilot(s) that ended without removing it, in %s", len(reclaimed), parent)
     return reclaimed
@@ -98,9 +101,24 @@ def _removed_if_dead(root: Path) -> bool:
     except OSError:  # no lock file: kept on purpose, or not one of ours
         return False
     try:
-        return _dead_here(fd) and not remove_tree(root) and not root.exists()  # a mount left inside keeps it
+        if not _dead_here(fd):
+            return False
+        try:
+            return not remove_tree(root) and not root.exists()  # a mount left inside keeps it
+        finally:
+            _left_for_later(root)
     finally:
         os.close(fd)
+
+
+def _left_for_later(root: Path) -> None:
+    """What a removal left of a dead root (its lock file gone with the rest) gets a new one, unlocked: a later
+    rank tries again."""
+    try:
+        with open(root / ALIVE, "xb") as handle:
+            handle.write(_this_node())
+    except OSError:  # removed whole, or its lock file still there
+        pass
 
 
 def _dead_here(fd: int) -> bool:

@@ -6,6 +6,7 @@ import glob
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -67,6 +68,21 @@ def _kill_stopped_or_not(process: psutil.Process) -> None:
             process.kill()
     except psutil.Error:  # gone meanwhile
         pass
+
+
+@pytest.fixture
+def users_scratch() -> Iterator[Path]:
+    """A scratch whose whole tree 'nobody' owns (when we are root), in a directory 'nobody' may write to, as
+    a pilot's scratch under its own user's $TMPDIR."""
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    base.chmod(0o777)
+    scratch = base / "scratch"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", str(base)], check=False, timeout=30)
+        subprocess.run(["rm", "-rf", str(base)], check=False, timeout=30)
 
 
 SLOWFS = Path(__file__).with_name("slowfs.py")

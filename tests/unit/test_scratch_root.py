@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import resource
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcpilot import scratchroot
+from tests.unit.test_harvester_files import unprivileged_outcome
 
 MAKE_ROOT = textwrap.dedent("""
     import os, sys, time
@@ -33,7 +35,11 @@ def rank_making_a_root(parent: Path, keep: bool = False, node: str | None = None
     if node is not None:
         command = ["unshare", "--uts", "sh", "-c", f'hostname {node} && exec "$@"', "rank", *command]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    return process, Path(process.stdout.readline().strip())
+    root = process.stdout.readline().strip()
+    if not root:  # never Path(""), the working directory, which the tests would chown and remove
+        killed(process)
+        pytest.fail("the rank made no root")
+    return process, Path(root)
 
 
 def killed(process: subprocess.Popen) -> None:
@@ -113,3 +119,29 @@ def test_a_scratch_directory_without_flock_is_used_unlocked(tmp_path: Path, monk
     monkeypatch.setattr(scratchroot.fcntl, "flock", no_flock)
     root = scratchroot.make_root(tmp_path, keep=False)
     assert root.is_dir() and list(root.iterdir()) == []  # like a kept root: never taken for a dead one's
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_root_that_cannot_be_removed_now_is_left_for_a_later_rank(users_scratch: Path) -> None:
+    """Its payload locked a directory (chmod 000): removing it takes chmod -R, a process, which a rank whose
+    user has none left (a fork bomb elsewhere) cannot start. The rank goes on with its own scratch, and what
+    is left keeps a lock file for a later rank to try again."""
+    if os.geteuid() != 0:
+        pytest.skip("running as nobody needs root")
+    dead, root = rank_making_a_root(users_scratch)
+    killed(dead)
+    locked = root / "job-1-x" / "locked"
+    locked.mkdir()
+    (locked / "data.root").write_text("x")
+    subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
+    locked.chmod(0)
+
+    def reclaim_without_processes() -> list[Path]:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        return scratchroot.reclaim_dead_roots(users_scratch, own=users_scratch / "none")
+
+    assert unprivileged_outcome(reclaim_without_processes) == "[]"
+    assert (root / scratchroot.ALIVE).exists(), "what is left could never be reclaimed"
+    assert unprivileged_outcome(lambda: scratchroot.reclaim_dead_roots(users_scratch, own=users_scratch / "none")) \
+        == repr([root])
+    assert not root.exists()

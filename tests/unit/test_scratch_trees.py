@@ -80,21 +80,6 @@ def test_remove_tree_removes_a_tree_deeper_than_the_recursion_limit(deep_scratch
     assert not deep_scratch.exists()
 
 
-@pytest.fixture
-def users_scratch() -> Iterator[Path]:
-    """A scratch whose whole tree 'nobody' owns (when we are root), in a directory 'nobody' may write to, as
-    a pilot's scratch under its own user's $TMPDIR."""
-    base = Path(tempfile.mkdtemp(dir="/tmp"))
-    base.chmod(0o777)
-    scratch = base / "scratch"
-    scratch.mkdir()
-    try:
-        yield scratch
-    finally:
-        subprocess.run(["chmod", "-R", "u+rwX", str(base)], check=False, timeout=30)
-        subprocess.run(["rm", "-rf", str(base)], check=False, timeout=30)
-
-
 def _owned_by_nobody(tree: Path) -> None:
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
