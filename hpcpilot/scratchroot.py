@@ -45,17 +45,24 @@ def _hold_alive_lock(root: Path) -> None:
     """The file is locked, and names this node, before it has its name: no other rank ever finds it unlocked
     while this one lives. Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
     unnamed = root / f"{ALIVE}.new"
-    fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        return _unlocked(root, error)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:  # a filesystem without flock (Lustre mounted without it: ENOSYS; NFS: ENOLCK)
+        os.write(fd, _this_node())
+        os.rename(unnamed, root / ALIVE)
+    except OSError as error:  # no flock (Lustre mounted without it: ENOSYS; NFS: ENOLCK), or no space left
         os.close(fd)
-        unnamed.unlink()
-        log.warning("cannot lock %s (%s): if this rank is killed, its scratch stays in %s", unnamed,
-                    error.strerror, root.parent)
-        return
-    os.write(fd, _this_node())
-    os.rename(unnamed, root / ALIVE)
+        unnamed.unlink(missing_ok=True)
+        _unlocked(root, error)
+
+
+def _unlocked(root: Path, error: OSError) -> None:
+    """The root is used without its lock, as a kept one: the scratch is no less usable for it."""
+    log.warning("cannot lock %s (%s): if this rank is killed, its scratch stays in %s", root / ALIVE,
+                error.strerror, root.parent)
 
 
 def _this_node() -> bytes:
