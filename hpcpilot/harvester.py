@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import locale
 import os
 import time
 import urllib.parse
@@ -27,7 +26,9 @@ from .jobs import (SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_cor
 
 log = logging.getLogger(__name__)
 
-_TEXT_ENCODING = locale.getpreferredencoding(False)  # what Path.read_text decodes with
+# A job spec is UTF-8 (JSON's encoding, and what a URL-encoded one decodes to) whatever the node's locale: a
+# batch node's LC_ALL=C would read it as ASCII. A leading byte order mark is skipped (RFC 8259 lets a reader).
+SPEC_ENCODING = "utf-8-sig"
 
 # Overlaps the metadata latency of a shared filesystem when reading many job files.
 READ_THREADS = 8
@@ -233,8 +234,11 @@ class AccessPoint:
             return _read_text(os.fspath(spec), self._short_read_is_end)
         except FileNotFoundError:
             return JobDefinitionError(ErrorCode.NO_SUCH_FILE, f"job definition {spec} does not exist")
-        except (OSError, UnicodeDecodeError) as error:
+        except OSError as error:
             return JobDefinitionError(ErrorCode.FILE_HANDLING, f"cannot read job definition {spec}: {error}")
+        except UnicodeDecodeError as error:
+            return JobDefinitionError(ErrorCode.FILE_HANDLING, f"job definition {spec} is not UTF-8 text: byte "
+                                      f"{error.object[error.start]:#04x} at offset {error.start}")
 
     def _definitions_in(self, spec: Path | str, text: str) -> dict[Any, Any]:
         """The spec file's text as {PandaID string: definition}."""
@@ -357,8 +361,9 @@ def _parse_or_invalid(key: Any, raw: Any, secret_keys: tuple[str, ...], reserved
 
 
 def _read_text(path: str, short_read_is_end: bool) -> str:
-    """What ``Path.read_text`` returns, without the layers of a buffered text file (read many times over)."""
-    text = read_bytes(path, short_read_is_end=short_read_is_end).decode(_TEXT_ENCODING)
+    """The file's text as UTF-8 with universal newlines, without the layers of a buffered text file (read many
+    times over)."""
+    text = read_bytes(path, short_read_is_end=short_read_is_end).decode(SPEC_ENCODING)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text  # universal newlines
 
 

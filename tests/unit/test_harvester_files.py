@@ -899,3 +899,46 @@ def test_output_guids_come_from_the_payload_report_of_any_shape(report, guids):
 ])
 def test_the_payloads_error_is_taken_from_its_report_of_any_shape(report, error):
     assert payload_error(report) == error
+
+
+@pytest.mark.timeout(60)
+def test_a_utf8_spec_is_read_alike_under_an_ascii_locale(tmp_path):
+    """A batch node's LC_ALL=C (with PYTHONUTF8=0) made the spec ASCII to Python: a UTF-8 field failed the job."""
+    root = write_access_point(tmp_path / "ap", {})
+    write_raw_utf8_spec(root, 1001)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path), "LC_ALL": "C", "PYTHONUTF8": "0"}
+    reading = ("import sys; from hpcpilot.harvester import AccessPoint; from hpcpilot.config import HarvesterFiles; "
+               "(job,) = AccessPoint(sys.argv[1], HarvesterFiles()).read_jobs(); print(ascii(job.job_pars))")
+    printed = subprocess.run([sys.executable, "-c", reading, str(root)], env=env, capture_output=True, text=True,
+                             timeout=50)
+    assert printed.stdout.strip() == ascii(TRICKY_ARGS), printed.stderr
+
+
+@pytest.mark.parametrize("spec_format", ["json", "cgi"])
+def test_a_spec_with_a_byte_order_mark_and_crlf_line_ends_is_read(tmp_path, spec_format):
+    files = CGI_FILES if spec_format == "cgi" else FILES
+    root = write_access_point(tmp_path / "ap", {1001: job_definition(1001, "run.sh", TRICKY_ARGS)}, files=files)
+    spec = spec_path(root, 1001, files)
+    spec.write_bytes(b"\xef\xbb\xbf" + spec.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
+    (job,) = read(root, files)
+    assert isinstance(job, JobSpec) and job.job_pars == TRICKY_ARGS, job
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_spec_in_another_encoding_is_1303_naming_the_byte(tmp_path, encoding):
+    root = write_access_point(tmp_path / "ap", {})
+    spec = write_raw_utf8_spec(root, 1001)
+    spec.write_bytes(spec.read_text(encoding="utf-8").encode(encoding))
+    (job,) = read(root)
+    assert isinstance(job, InvalidJob) and (job.pandaid, job.code) == (1001, ErrorCode.FILE_HANDLING)
+    assert "is not UTF-8 text: byte 0x" in job.diag, job.diag
+
+
+def write_raw_utf8_spec(root: Path, pandaid: int) -> Path:
+    """A spec whose non-ASCII characters are UTF-8 bytes, not \\u escapes (any JSON writer but Python's)."""
+    (root / str(pandaid)).mkdir()
+    (root / FILES.worker_pandaids).write_text(json.dumps([pandaid]))
+    spec = spec_path(root, pandaid)
+    definition = {str(pandaid): job_definition(pandaid, "run.sh", TRICKY_ARGS)}
+    spec.write_bytes(json.dumps(definition, ensure_ascii=False).encode("utf-8"))
+    return spec
