@@ -59,10 +59,15 @@ class JobLogRouter(logging.Handler):
         with self._guard:
             self._lines[pandaid] = []
 
-    def close_job(self, pandaid: int) -> str:
-        """The job's log; lines logged for it from now on go to the pilot's log only."""
+    def close_job(self, pandaid: int) -> bytes:
+        """The job's log as UTF-8; lines logged for it from now on go to the pilot's log only.
+
+        A character UTF-8 cannot carry is written as its escape: a path that
+        does not decode in the node's locale (LC_ALL=C makes every non-ASCII
+        byte one) holds lone surrogates, as may a job's field.
+        """
         with self._guard:
-            return "".join(self._lines.pop(pandaid, ()))
+            return "".join(self._lines.pop(pandaid, ())).encode("utf-8", "backslashreplace")
 
     def emit(self, record: logging.LogRecord) -> None:
         self._write(getattr(record, "pandaid", None), self.format(record))

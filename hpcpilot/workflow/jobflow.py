@@ -272,7 +272,7 @@ def _stage_out_and_declare(ctx: RankContext, run: JobRun) -> None:
         job_log.info("%s (code %d) %s", run.status.value, run.error.code if run.error else 0,
                      run.error.diag if run.error else "")
         members = _log_members(ctx, run, job_log)
-        own_files = {PILOT_LOG_NAME: ctx.log_router.close_job(run.pandaid).encode(),
+        own_files = {PILOT_LOG_NAME: ctx.log_router.close_job(run.pandaid),
                      PAYLOAD_REPORT_NAME: json.dumps(report).encode()}
         if ctx.config.keep_scratch:
             _keep_in_scratch(run, own_files)
