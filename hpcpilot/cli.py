@@ -5,6 +5,7 @@ import argparse
 import ctypes
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -162,7 +163,23 @@ def limit_malloc_arenas(count: int = 2) -> None:
         pass
 
 
+def run_in_utf8_mode() -> None:
+    """Start again in Python's UTF-8 mode (same process, before MPI starts) when the locale makes text ASCII.
+
+    Under LC_ALL=C or POSIX with PYTHONUTF8=0, as a batch node may give,
+    Python encodes file names, command lines and environment values as ASCII:
+    a job whose command or file names hold one non-ASCII character (UTF-8 in
+    its definition) could not be run nor staged. UTF-8 mode reads the bytes
+    of such names alike, and ``-X utf8`` is the pilot's alone: its payloads
+    keep the environment they were given.
+    """
+    if sys.getfilesystemencoding() == "ascii" and not sys.flags.utf8_mode:
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself, not a call from Python code
+        run_in_utf8_mode()
     limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     if args.command == "batch-script":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,56 @@ def test_a_scratch_path_that_is_not_utf8_fails_no_job(tmp_path: Path) -> None:
     members = assert_finished_with_its_log(run, 701)
     assert b"tmp \\udcff" in members["pilot.log"]
     assert not os.listdir(tmpdir)  # the scratch removed
+
+
+FINISHING, FAILING = 301, 302
+OUTPUT = "r\u00e9sultat.txt"
+# Non-UTF-8 file names in a directory of its own; output with invalid UTF-8, a NUL and ANSI escapes; as its
+# output, the bytes its argument came as.
+HOSTILE_PAYLOAD = r"""
+import os, sys
+os.makedirs(b'd\xff\xfe', exist_ok=True)
+open(b'd\xff\xfe/f\xe9\x80', 'wb').write(b'x' * 10)
+open(b'name\xc3\x28', 'wb').write(b'y')
+for stream in (sys.stdout, sys.stderr):
+    stream.buffer.write(b'bad \xff\xfe nul \x00 \x1b[31mred\x1b[0m caf\xc3\xa9\n')
+open(os.fsencode(sys.argv[3]), 'wb').write(os.fsencode(sys.argv[2]))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def hostile_job(pandaid: int, script: Path, exit_code: int) -> dict:
+    definition = job_definition(pandaid, sys.executable, f"{script} {exit_code} caf\u00e9 {OUTPUT}",
+                                processingType="r\u00e9co")
+    return with_outputs(definition, [OUTPUT])
+
+
+def write_raw_utf8_specs(ap: Path, definitions: dict[int, dict]) -> None:
+    """Spec files with UTF-8 bytes rather than \\u escapes (any JSON writer but Python's)."""
+    for pandaid, definition in definitions.items():
+        spec = json.dumps({str(pandaid): definition}, ensure_ascii=False).encode("utf-8")
+        (ap / str(pandaid) / "HPCJobs.json").write_bytes(spec)
+
+
+@pytest.mark.timeout(120)
+def test_an_ascii_locale_runs_jobs_with_non_ascii_commands_and_names(tmp_path: Path) -> None:
+    """LC_ALL=C with PYTHONUTF8=0 made Python's file names, command lines and environment ASCII: a job whose
+    command held a UTF-8 character failed at its launch (1008, a traceback), and so did one with such an output."""
+    script = tmp_path / "payload.py"
+    script.write_text(HOSTILE_PAYLOAD)
+    definitions = {FINISHING: hostile_job(FINISHING, script, 0), FAILING: hostile_job(FAILING, script, 3)}
+    ap = write_access_point(tmp_path / "ap \u00e9", definitions)
+    write_raw_utf8_specs(ap, definitions)
+    tmpdir = tmp_path / "tmp dir \u00fc"
+    tmpdir.mkdir()
+    batch_node = [f"PATH={os.environ['PATH']}", f"PYTHONPATH={os.pathsep.join(sys.path)}", "LC_ALL=C",
+                  "PYTHONUTF8=0", f"TMPDIR={tmpdir}", "HOSTNAME=node$(x);\u00e9"]  # and no HOME
+
+    run = run_pilot(ap, "grid", prefix=("env", "-i", *batch_node))
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    members = assert_finished_with_its_log(run, FINISHING)
+    assert b"bad \xff\xfe nul \x00" in members["payload.stderr"]
+    assert (run.job_dir(FINISHING) / OUTPUT).read_bytes() == "caf\u00e9".encode()
+    assert (run.attributes(FAILING)["pilotErrorCode"], run.attributes(FAILING)["transExitCode"]) == (1305, 3)
+    assert not list(tmpdir.iterdir())  # every scratch removed, its names that are not UTF-8 too
