@@ -311,6 +311,25 @@ def is_reserved(name: str, reserved: frozenset[str] = SCRATCH_NAMES) -> bool:
     return name in reserved or name.startswith(PILOT_PREFIX)
 
 
+def _check_unicode(raw: Mapping[str, Any]) -> None:
+    """Every text of the definition is Unicode: a JSON \\u escape of half a UTF-16 pair (\\ud800) is a lone
+    surrogate, which no command line, file name, environment or log can carry (UTF-8 refuses it)."""
+    for key, value in raw.items():
+        text = str(key) + _texts_in(value)
+        if not text.isascii():  # the common case costs no encoding
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise _fail(ErrorCode.GENERAL, ascii(key)[1:-1], f"holds {error.object[error.start]!a}, a lone "
+                            "surrogate (half of a UTF-16 pair), not text") from None
+
+
+def _texts_in(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else ""
+
+
 def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS,
               reserved: frozenset[str] = SCRATCH_NAMES) -> JobSpec:
     """Turn one PanDA job definition into a :class:`JobSpec`, or raise JobDefinitionError.
@@ -320,6 +339,7 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
     if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict skips the slower ABC check
         raise JobDefinitionError(ErrorCode.GENERAL, f"job definition is a {type(raw).__name__}, not an object")
     pandaid = parse_pandaid(raw.get("PandaID"))
+    _check_unicode(raw)
     transformation = _text(raw, "transformation")
     if not transformation:
         raise _fail(ErrorCode.SETUP_FAILED, "transformation", "is empty: there is no payload to run")

@@ -443,3 +443,19 @@ def test_each_value_of_a_secrets_dict_is_a_secret_as_json_and_as_harvester_s_cgi
 
 def test_a_secrets_text_that_is_neither_json_nor_a_literal_is_one_secret():
     assert secret_values({"pilotSecrets": "{not: closed"}, ("pilotSecrets",)) == ("{not: closed",)
+
+
+@pytest.mark.parametrize("fields", [{"jobPars": "--x \ud800"}, {"processingType": "\udcff"},
+                                    {"pilotSecrets": {"token": "abcd\udc80"}}, {"\ud83d": "x"}],
+                         ids=["jobPars", "surrogate-escape", "nested", "key"])
+def test_a_lone_surrogate_in_a_field_is_refused_naming_it(fields):
+    """JSON's \\ud800 parses into text that no command line, file name or log can carry: the job failed at its
+    launch or stage-out with a traceback."""
+    with pytest.raises(JobDefinitionError) as refused:
+        parse_job(definition(**fields))
+    assert refused.value.code == ErrorCode.GENERAL
+    assert "lone surrogate" in refused.value.diag and refused.value.diag.isascii()
+
+
+def test_characters_beyond_the_basic_plane_are_text():
+    assert parse_job(definition(jobPars="--title \U0001f600 caf\u00e9")).job_pars == "--title \U0001f600 caf\u00e9"
