@@ -6,6 +6,7 @@ The numbers are the ones the PanDA server and its monitoring know
 from __future__ import annotations
 
 import errno
+import re
 import signal
 from enum import IntEnum
 
@@ -156,6 +157,16 @@ class ExitCode(IntEnum):
 def signal_exit_code(signum: int) -> int:
     """Shell convention for a process ended by a signal: 128 + signal number."""
     return 128 + signum
+
+
+# A NUL, which PostgreSQL (a PanDA server's database) refuses in any text, failing the job's whole update; other
+# control characters but tab and newline (a payload's ANSI colours); lone surrogates, which have no UTF-8 form.
+_NOT_STORABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+
+
+def storable_diag(text: str) -> str:
+    """A diagnostic as PanDA can store and show it: each character it cannot replaced by U+FFFD."""
+    return _NOT_STORABLE.sub("\ufffd", text)
 
 
 class PilotError(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import staging
 from .atomicfile import read_bytes
-from .errors import ErrorCode, PilotError
+from .errors import ErrorCode, PilotError, storable_diag
 from .jobstate import JobRun
 from .redaction import redact, redact_json
 
@@ -42,7 +42,8 @@ def payload_error(report: Any) -> dict[str, Any]:
         code, diag = report.get("exitCode"), report.get("exitMsg")
     if type(code) is not int or code not in EXE_ERROR_CODES:
         return {}  # not a bool either; and PanDA's integer column refuses the whole update for a larger one
-    return {"exeErrorCode": code, "exeErrorDiag": diag[:MAX_EXE_ERROR_DIAG] if isinstance(diag, str) else ""}
+    text = diag[:MAX_EXE_ERROR_DIAG] if isinstance(diag, str) else ""
+    return {"exeErrorCode": code, "exeErrorDiag": storable_diag(text)}
 
 
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ErrorCode, PilotError
+from .errors import ErrorCode, PilotError, storable_diag
 from .jobs import InvalidJob, JobSpec
 from .lifetime import batch_id
 from .redaction import redact
@@ -118,7 +118,7 @@ def worker_attributes(run: JobRun) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "jobStatus": run.status.value,
         "pilotErrorCode": int(code),
-        "pilotErrorDiag": redact(run.error.diag, run.spec.secrets) if run.error else "",
+        "pilotErrorDiag": storable_diag(redact(run.error.diag, run.spec.secrets)) if run.error else "",
         **_where(run.node),
         "coreCount": run.cores,
         "attemptNr": run.spec.attempt_nr,
@@ -156,7 +156,7 @@ def invalid_job_attributes(job: InvalidJob, node: str) -> dict[str, Any]:
     """``worker_attributes.json`` for a definition that failed validation."""
     now = utc_text(time.time())
     return {
-        "jobStatus": JobStatus.FAILED.value, "pilotErrorCode": int(job.code), "pilotErrorDiag": job.diag,
+        "jobStatus": JobStatus.FAILED.value, "pilotErrorCode": int(job.code), "pilotErrorDiag": storable_diag(job.diag),
         **_where(node), "startTime": now, "endTime": now,
     }
 

@@ -26,12 +26,13 @@ from hpcpilot.staging import pool_file_catalog
 from hpcpilot.accesspoint_writer import job_definition, with_inputs, with_outputs, write_access_point
 from hpcpilot.atomicfile import TEMP_PREFIX
 from hpcpilot.config import HarvesterFiles
-from hpcpilot.errors import ErrorCode, ExitCode, WorkerError
+from hpcpilot.errors import ErrorCode, ExitCode, PilotError, WorkerError
 from hpcpilot import harvester
 from hpcpilot.eventstatus import EventStatusPublisher
 from hpcpilot.harvester import AccessPoint
 from hpcpilot.jobreport import output_guids, payload_error
 from hpcpilot.jobs import InvalidJob, JobSpec, parse_job
+from hpcpilot.jobstate import JobRun, invalid_job_attributes, worker_attributes
 
 FILES = HarvesterFiles()
 CGI_FILES = HarvesterFiles(job_spec="pandaJobData.out", job_spec_format="cgi")
@@ -894,6 +895,8 @@ def test_output_guids_come_from_the_payload_report_of_any_shape(report, guids):
                                                                   "exeErrorDiag": "the smallest"}),
     ({"exeErrorCode": int("9" * 4000), "exeErrorDiag": "thousands of digits"}, {}),
     ({"exitCode": 65}, {}),
+    ({"exeErrorCode": 1, "exeErrorDiag": "nul \x00 \x1b[31mred\x1b[0m \ud800\udcff\tcaf\u00e9\n\U0001f600"},
+     {"exeErrorCode": 1, "exeErrorDiag": "nul \ufffd \ufffd[31mred\ufffd[0m \ufffd\ufffd\tcaf\u00e9\n\U0001f600"}),
     ([], {}),
     (None, {}),
 ])
@@ -942,3 +945,21 @@ def write_raw_utf8_spec(root: Path, pandaid: int) -> Path:
     definition = {str(pandaid): job_definition(pandaid, "run.sh", TRICKY_ARGS)}
     spec.write_bytes(json.dumps(definition, ensure_ascii=False).encode("utf-8"))
     return spec
+
+
+HOSTILE_DIAG = "container said: nul \x00 \x1b[31mred\x1b[0m, scratch /tmp/x\udcff\tcaf\u00e9"
+STORED_DIAG = "container said: nul \ufffd \ufffd[31mred\ufffd[0m, scratch /tmp/x\ufffd\tcaf\u00e9"
+
+
+def test_a_diagnostic_is_declared_without_what_panda_cannot_store(tmp_path):
+    """A NUL fails the job's whole update in PostgreSQL, a lone surrogate has no UTF-8 form (strict JSON readers
+    refuse its \\u escape), ANSI colours are noise: the job's diagnostic came through with them all."""
+    ap = AccessPoint(write_access_point(tmp_path / "ap", definitions(1001, 1002)), FILES)
+    run = JobRun(parse_job(definitions(1001)[1001]), 0, "node", 1)
+    run.fail(PilotError(ErrorCode.SETUP_FAILED, HOSTILE_DIAG))
+    ap.write_attributes(1001, worker_attributes(run))
+    ap.write_attributes(1002, invalid_job_attributes(InvalidJob(1002, ErrorCode.GENERAL, HOSTILE_DIAG), "node"))
+    for pandaid in (1001, 1002):
+        written = ap.path(pandaid, FILES.worker_attributes).read_bytes()
+        assert json.loads(written.decode("utf-8"))["pilotErrorDiag"] == STORED_DIAG
+        assert b"\\ud" not in written and b"\\u0000" not in written
