@@ -85,7 +85,10 @@ def _read_report(path: str) -> Any:
     data = read_bytes(path, MAX_REPORT_BYTES)
     if len(data) > MAX_REPORT_VALUES and _most_values(data) > MAX_REPORT_VALUES:  # the first test is free
         raise ValueError(f"{path}: more than {MAX_REPORT_VALUES} JSON values")
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:  # a byte that is not UTF-8 (a payload in another locale) loses no more than itself
+        return json.loads(data.decode("utf-8", "replace"))
 
 
 def _most_values(data: bytes) -> int:

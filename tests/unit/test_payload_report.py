@@ -6,7 +6,7 @@ import tracemalloc
 from pathlib import Path
 
 from hpcpilot.accesspoint_writer import job_definition
-from hpcpilot.jobreport import payload_report
+from hpcpilot.jobreport import output_guids, payload_report
 from hpcpilot.jobs import parse_job
 from hpcpilot.jobstate import JobRun
 
@@ -43,3 +43,14 @@ def test_a_large_report_of_ordinary_text_is_still_read(tmp_path: Path) -> None:
     content = {"exeErrorCode": 65, "exeErrorDiag": "bad input", "executor": [{"logfileReport": {"x": excerpt}}]}
     report = payload_report(_run_with_report(tmp_path, json.dumps(content).encode()))
     assert report == {**content, "executor": [{"logfileReport": {}}]}  # the excerpt blanked, as any too long
+
+
+def test_a_report_with_bytes_that_are_not_utf8_is_still_read(tmp_path: Path) -> None:
+    """One Latin-1 byte (a payload in another locale, a log excerpt) made the whole report unreadable: its
+    output GUIDs were lost (the outputs declared with new ones, not those inside the files) with its error."""
+    guid = "6b2b1a5e-2f7e-4c1e-9d3a-0f1e2d3c4b5a"
+    content = (b'{"exeErrorCode": 65, "exeErrorDiag": "r\xe9sultat manquant", "files": {"output": [{"subFiles": '
+               b'[{"name": "out.root", "file_guid": "' + guid.encode() + b'"}]}]}}')
+    report = payload_report(_run_with_report(tmp_path, content))
+    assert output_guids(report) == {"out.root": guid}
+    assert report["exeErrorDiag"] == "r\ufffdsultat manquant"
