@@ -164,16 +164,18 @@ def limit_malloc_arenas(count: int = 2) -> None:
 
 
 def run_in_utf8_mode() -> None:
-    """Start again in Python's UTF-8 mode (same process, before MPI starts) when the locale makes text ASCII.
+    """Start again in Python's UTF-8 mode (same process, before MPI starts) when the locale's encoding is another.
 
     Under LC_ALL=C or POSIX with PYTHONUTF8=0, as a batch node may give,
     Python encodes file names, command lines and environment values as ASCII:
     a job whose command or file names hold one non-ASCII character (UTF-8 in
-    its definition) could not be run nor staged. UTF-8 mode reads the bytes
-    of such names alike, and ``-X utf8`` is the pilot's alone: its payloads
-    keep the environment they were given.
+    its definition) could not be run nor staged. Under a Latin-1 locale a
+    non-ASCII access point was declared to Harvester by paths it cannot open
+    (its bytes taken as Latin-1, written as UTF-8). UTF-8 mode reads the
+    bytes of such names alike, and ``-X utf8`` is the pilot's alone: its
+    payloads keep the environment they were given.
     """
-    if sys.getfilesystemencoding() == "ascii" and not sys.flags.utf8_mode:
+    if sys.getfilesystemencoding() != "utf-8" and not sys.flags.utf8_mode:
         os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
 
 

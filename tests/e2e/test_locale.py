@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,10 +70,32 @@ def write_raw_utf8_specs(ap: Path, definitions: dict[int, dict]) -> None:
         (ap / str(pandaid) / "HPCJobs.json").write_bytes(spec)
 
 
+def latin1_locale(directory: Path) -> list[str]:
+    """``LANG`` of a Latin-1 locale made for the test (``LOCPATH``); the test is skipped where none can be."""
+    target = directory / "de_DE.ISO-8859-1"
+    try:
+        said = subprocess.run(["localedef", "-i", "de_DE", "-f", "ISO-8859-1", str(target)], capture_output=True,
+                              timeout=60).stderr.decode(errors="replace")
+    except OSError as error:  # no localedef
+        said = str(error)
+    if not target.is_dir():  # (localedef exits 1 also when it made the locale, with warnings)
+        pytest.skip(f"no Latin-1 locale can be made here: {said[-300:]}")
+    return [f"LOCPATH={directory}", "LANG=de_DE.ISO-8859-1"]
+
+
+LOCALES = {
+    "ascii": lambda directory: ["LC_ALL=C", "PYTHONUTF8=0"],  # Python takes every name for ASCII
+    "latin1": latin1_locale,  # LC_ALL unset
+}
+
+
 @pytest.mark.timeout(120)
-def test_an_ascii_locale_runs_jobs_with_non_ascii_commands_and_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_locale_that_is_not_utf8_runs_jobs_with_non_ascii_commands_and_names(tmp_path: Path, locale: str) -> None:
     """LC_ALL=C with PYTHONUTF8=0 made Python's file names, command lines and environment ASCII: a job whose
-    command held a UTF-8 character failed at its launch (1008, a traceback), and so did one with such an output."""
+    command held a UTF-8 character failed at its launch (1008, a traceback), and so did one with such an output.
+    Under a Latin-1 locale, the outputs and log of a non-ASCII access point were declared by paths that do not
+    exist (its bytes taken for Latin-1, written to the JSON as UTF-8)."""
     script = tmp_path / "payload.py"
     script.write_text(HOSTILE_PAYLOAD)
     definitions = {FINISHING: hostile_job(FINISHING, script, 0), FAILING: hostile_job(FAILING, script, 3)}
@@ -80,14 +103,16 @@ def test_an_ascii_locale_runs_jobs_with_non_ascii_commands_and_names(tmp_path: P
     write_raw_utf8_specs(ap, definitions)
     tmpdir = tmp_path / "tmp dir \u00fc"
     tmpdir.mkdir()
-    batch_node = [f"PATH={os.environ['PATH']}", f"PYTHONPATH={os.pathsep.join(sys.path)}", "LC_ALL=C",
-                  "PYTHONUTF8=0", f"TMPDIR={tmpdir}", "HOSTNAME=node$(x);\u00e9"]  # and no HOME
+    (tmp_path / "locales").mkdir()
+    batch_node = [f"PATH={os.environ['PATH']}", f"PYTHONPATH={os.pathsep.join(sys.path)}", f"TMPDIR={tmpdir}",
+                  "HOSTNAME=node$(x);\u00e9", *LOCALES[locale](tmp_path / "locales")]  # and no HOME
 
     run = run_pilot(ap, "grid", prefix=("env", "-i", *batch_node))
 
     assert run.returncode == 0, run.stderr[-3000:]
     members = assert_finished_with_its_log(run, FINISHING)
     assert b"bad \xff\xfe nul \x00" in members["payload.stderr"]
-    assert (run.job_dir(FINISHING) / OUTPUT).read_bytes() == "caf\u00e9".encode()
+    output, = [Path(entry["path"]) for entry in run.declared(FINISHING) if entry["type"] == "output"]
+    assert output == run.job_dir(FINISHING) / OUTPUT and output.read_bytes() == "caf\u00e9".encode()
     assert (run.attributes(FAILING)["pilotErrorCode"], run.attributes(FAILING)["transExitCode"]) == (1305, 3)
     assert not list(tmpdir.iterdir())  # every scratch removed, its names that are not UTF-8 too
