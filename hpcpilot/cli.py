@@ -6,10 +6,12 @@ import ctypes
 import json
 import logging
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import __version__, logsetup
 from .batchscript import add_batch_script_arguments, run_batch_script
@@ -68,7 +70,7 @@ submitter to fill in; --nodes, --walltime and --access-point are then not
 needed. Nothing is submitted.
 
 exit codes: 0 the script was written; 2 a bad request or site (the message
-says which)."""
+says which); 141 its reader left before it was all written (| head)."""
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -183,15 +185,33 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command itself, not a call from Python code
         run_in_utf8_mode()
     limit_malloc_arenas()
-    args = build_parser().parse_args(argv)
-    if args.command == "batch-script":
-        return run_batch_script(args)
-    if args.command == "sites":
-        return run_sites(args)
+    with _quiet_when_reader_leaves():
+        args = build_parser().parse_args(argv)  # --help and --version print, then exit
+        if args.command == "batch-script":
+            return run_batch_script(args)
+        if args.command == "sites":
+            return run_sites(args)
     # Installed before MPI starts and kept until the process exits: a stop signal is never fatal. MPI finalizes
     # after main returns (mpi4py, at exit); a rank a late signal killed there would leave MPICH's segment in
     # /dev/shm and the signal as the launcher's exit code, when every job is already declared.
     return _run_command(args, SignalWatch().install())
+
+
+@contextmanager
+def _quiet_when_reader_leaves() -> Iterator[None]:
+    """A command whose reader went away (``| head -1``) ends as a Unix tool killed by SIGPIPE would: exit
+    128+SIGPIPE, no traceback. Not 0: the output was not all delivered (a script piped to sbatch that quit early
+    was not submitted), and a pipeline under ``set -o pipefail`` fails as it would with cat. Only for the
+    commands that print: a pilot's own pipes (to its guard, its payloads) must not end it so."""
+    try:
+        try:
+            yield
+        finally:
+            if sys.stdout is not None:  # None: started with standard output closed
+                sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
+        sys.exit(128 + signal.SIGPIPE)
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
