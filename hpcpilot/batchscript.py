@@ -33,6 +33,10 @@ SITE_PLACEHOLDERS = frozenset({
 DIRECTIVE_PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS", "cobalt": "#COBALT", "none": "#"}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _WALLTIME = re.compile(r"(\d+):([0-5]\d):([0-5]\d)")
+# Beyond any machine or partition, so a typo (an extra digit or three): the largest machines have about 160,000
+# nodes (Fugaku), the longest queues weeks; a scheduler would hold such a job pending forever, or refuse it.
+MAX_NODES = 1_000_000
+MAX_WALLTIME_HOURS = 365 * 24
 # Characters that would break the unquoted directive lines or the quoted variable.
 _UNSAFE_PATH = re.compile(r"[\s'\"{}$`\\]")
 
@@ -64,8 +68,9 @@ def parse_walltime(walltime: str) -> int:
         raise BatchScriptError(f"walltime {walltime!r}: expected HH:MM:SS")
     hours, minutes, seconds = (int(part) for part in match.groups())
     total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise BatchScriptError(f"walltime {walltime!r}: must be positive")
+    if not 0 < total <= MAX_WALLTIME_HOURS * 3600:
+        raise BatchScriptError(f"walltime {walltime!r}: must be from 00:00:01 to {MAX_WALLTIME_HOURS}:00:00 "
+                               "(365 days)")
     return total
 
 
@@ -131,8 +136,9 @@ def _checked_request(
 ) -> BatchRequest:
     if nodes is None:
         raise BatchScriptError("the number of nodes is required (--nodes N)")
-    if nodes < 1:
-        raise BatchScriptError(f"nodes {nodes}: must be at least 1")
+    if not 1 <= nodes <= MAX_NODES:
+        raise BatchScriptError(f"nodes {nodes}: must be from 1 to {MAX_NODES:,} (the largest machines have about "
+                               "160,000)")
     if walltime is None:
         raise BatchScriptError("walltime is required (HH:MM:SS)")
     if cores_per_node is not None and cores_per_node < 1:

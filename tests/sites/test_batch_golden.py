@@ -99,7 +99,7 @@ def test_a_directive_of_several_lines_is_refused(directive):
         render_batch_script(load_site("nersc"), 1, "00:30:00", ACCESS_POINT, extra_directives=[directive])
 
 
-@pytest.mark.parametrize("bad", ["1:30", "01:61:00", "abc", "00:00:00"])
+@pytest.mark.parametrize("bad", ["1:30", "01:61:00", "abc", "00:00:00", "8761:00:00"])
 def test_bad_walltime_is_refused(bad):
     with pytest.raises(BatchScriptError, match="walltime"):
         parse_walltime(bad)
