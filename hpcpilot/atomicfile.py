@@ -54,9 +54,9 @@ def temp_path(path: Path | str) -> str:
 
 
 @contextmanager
-def _created(path: Path | str) -> Iterator[RawWriter]:
+def _created(path: Path | str, mode: int = FILE_MODE) -> Iterator[RawWriter]:
     """A writer on a new file (never an existing one: O_EXCL), closed on exit; emptied if its writing fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         yield RawWriter(fd)
     except BaseException:
@@ -67,11 +67,12 @@ def _created(path: Path | str) -> Iterator[RawWriter]:
 
 
 @contextmanager
-def atomic_writer(path: Path, fsync: bool = True) -> Iterator[RawWriter]:
-    """Yield a writer; on a clean exit its content replaces ``path`` in one rename."""
+def atomic_writer(path: Path, fsync: bool = True, mode: int = FILE_MODE) -> Iterator[RawWriter]:
+    """Yield a writer; on a clean exit its content replaces ``path`` in one rename (a new file: ``mode`` less
+    the umask)."""
     temp = temp_path(path)
     try:
-        with _created(temp) as handle:
+        with _created(temp, mode) as handle:
             yield handle
             if fsync:
                 flush_to_disk(handle.fd)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import shlex
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .atomicfile import atomic_writer
 from .sites import Site, SitePluginError, select_site
 
 HARVESTER_PLACEHOLDERS = frozenset({
@@ -244,7 +247,8 @@ def add_batch_script_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds before the walltime limit to send SIGUSR1 (default: the site's, 300 for the "
                              "sites shipped here)")
     parser.add_argument("--output", "-o", metavar="FILE",
-                        help="write the script to this file, replacing it (default: standard output)")
+                        help="write the script to this file, replacing it in one rename: never half-written, its "
+                             "permissions kept (default: standard output)")
 
 
 def run_batch_script(args: argparse.Namespace) -> int:
@@ -275,7 +279,28 @@ def _pilot_args(text: str) -> list[str]:
 
 
 def _write_script(path: Path, script: str) -> None:
+    """Replace ``path`` in one rename: a crash or a full disk leaves the old script or none, never half of one
+    that a later sbatch would submit. Kept as writing in place kept them: an existing script's permissions (its
+    x bits), a symlink (its target is replaced), and a device or FIFO (/dev/stdout), which is written to."""
+    target = os.path.realpath(path)
     try:
-        path.write_text(script)
+        existing = _status_or_none(target)
+        if existing is not None and not stat.S_ISREG(existing.st_mode):  # no file to replace
+            path.write_text(script)
+            return
+        with atomic_writer(Path(target), mode=NEW_SCRIPT_MODE) as writer:
+            if existing is not None:
+                os.fchmod(writer.fd, stat.S_IMODE(existing.st_mode))
+            writer.write(script.encode())
     except OSError as error:
         raise BatchScriptError(f"cannot write {path}: {error.strerror}") from None
+
+
+NEW_SCRIPT_MODE = 0o666  # less the umask, as open() gives a new file
+
+
+def _status_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,53 @@ def test_large_allocations_that_exist_are_written(nodes, walltime, minutes):
     result = batch_script(nodes, walltime)
     assert (result.returncode, result.stderr) == (0, "")
     assert f"#SBATCH --nodes={nodes}\n" in result.stdout and f"#SBATCH --time={minutes}\n" in result.stdout
+
+
+def write_script(path: Path, *directives: str) -> subprocess.CompletedProcess:
+    """``batch-script --output path``, under umask 022; each directive makes the script longer."""
+    return hpcpilot(*BATCH_SCRIPT, "--output", str(path), *(f"--directive={text}" for text in directives),
+                    stdout=subprocess.PIPE, preexec_fn=lambda: os.umask(0o022))
+
+
+@pytest.mark.timeout(120)
+def test_a_script_that_does_not_fit_on_the_disk_leaves_the_old_one_whole(small_tmpfs):
+    """Emptied in place, the old script's block would take 4 KiB of the new one, and sbatch the half script."""
+    script = small_tmpfs / "job.sh"
+    assert write_script(script).returncode == 0
+    script.chmod(0o750)
+    old = script.read_bytes()
+    with open(small_tmpfs / "filler", "wb") as filler, pytest.raises(OSError):
+        filler.write(b"\0" * (2 << 20))
+    result = write_script(script, *[f"--comment=line-{number}-{'x' * 60}" for number in range(200)])
+    assert result.returncode == 2 and "No space left on device" in result.stderr
+    assert script.read_bytes() == old and script.stat().st_mode & 0o777 == 0o750
+    assert sorted(path.name for path in small_tmpfs.iterdir()) == ["filler", "job.sh"]
+
+
+@pytest.mark.timeout(120)
+def test_a_script_is_replaced_keeping_its_permissions_and_a_new_one_gets_the_umasks(tmp_path):
+    script, link = tmp_path / "job.sh", tmp_path / "link.sh"
+    assert write_script(script).returncode == 0
+    assert script.stat().st_mode & 0o777 == 0o644
+    script.chmod(0o750)
+    link.symlink_to(script.name)
+    assert write_script(link, "--account=abc").returncode == 0
+    assert link.is_symlink() and "#SBATCH --account=abc\n" in script.read_text()
+    assert script.stat().st_mode & 0o777 == 0o750
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["job.sh", "link.sh"]
+
+
+@pytest.mark.timeout(120)
+def test_a_script_written_to_a_fifo_reaches_its_reader(tmp_path):
+    """A FIFO (as /dev/stdout may be) is no file to replace: it is written to, and stays."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen([sys.executable, "-m", "hpcpilot", *BATCH_SCRIPT, "--output", str(fifo)],
+                              env=environment)
+    try:
+        with open(fifo) as reader:
+            assert reader.read().startswith("#!/bin/bash")
+    finally:
+        assert writer.wait(timeout=60) == 0
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
