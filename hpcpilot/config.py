@@ -183,6 +183,9 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: empty; give a directory, or leave the setting out")
     if isinstance(value, kind):
         return value
+    if kind in (str, Path) and not isinstance(value, str):  # YAML reads 010 as 8, 1.10 as 1.1: not what was typed
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}: YAML read it as {type(value).__name__} "
+                          "(quote it if it is meant as text)")
     if kind is bool:
         text = str(value).strip().lower()
         if text in ("1", "true", "yes", "on"):

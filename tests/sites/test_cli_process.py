@@ -126,3 +126,12 @@ def test_a_script_written_to_a_fifo_reaches_its_reader(tmp_path):
     finally:
         assert writer.wait(timeout=60) == 0
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.timeout(120)
+def test_a_yaml_number_for_a_text_setting_stops_the_pilot_with_65_naming_it(tmp_path):
+    (tmp_path / "site.yaml").write_text("site_name: 5\n")
+    result = hpcpilot("run", "--config", str(tmp_path / "site.yaml"), "--access-point", str(tmp_path / "ap"),
+                      stdout=subprocess.PIPE)
+    assert result.returncode == 65 and "Traceback" not in result.stderr
+    assert "configuration error: config file" in result.stderr and "site_name: 5 is not a valid str" in result.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,22 @@ def test_a_yes_no_yaml_value_for_a_number_or_text_setting_is_a_config_error(tmp_
     """YAML reads yes/no/on/true as booleans: taken as the number 1 'lifetime: true' gave the pilot one second
     (no job started, exit 81), and 'secret_keys: no' redacted the word False."""
     assert setting in config_error(yaml_file=yaml_file(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, setting", [("site_name: 5\n", "site_name"), ("secret_keys: 010\n", "secret_keys"),
+                                           ("files:\n  job_spec: 1.10\n", "job_spec"),
+                                           ("site_name: 2024-01-01\n", "site_name"), ("scratch: 1\n", "scratch")])
+def test_a_yaml_number_or_date_for_a_text_or_path_setting_is_a_config_error(tmp_path, text, setting):
+    """YAML reads 010 as the number 8 and 1.10 as 1.1: taken as text, 'secret_keys: 010' redacted the field '8'
+    and 'job_spec: 1.10' read jobs from the file '1.1', without a word. Quoted, each is the text typed."""
+    message = config_error(yaml_file=yaml_file(tmp_path, text))
+    assert setting in message and "quote it" in message
+    quoted = re.sub(r": (.+)$", r": '\1'", text.rstrip("\n"))
+    assert load_config(yaml_file(tmp_path, quoted), environ={}) is not None
+
+
+def test_a_number_from_the_environment_is_the_text_typed():
+    assert load_config(environ={"HPCPILOT_SECRET_KEYS": "010"}).secret_keys == "010"
 
 
 @pytest.mark.parametrize("value", ["2.5", "true"])
