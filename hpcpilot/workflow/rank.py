@@ -80,6 +80,7 @@ class RankRunner:
                 if time.monotonic() >= next_tick:
                     tick()
                     self._give_up_on_the_hung()
+                    self.pool.restore()
                     next_tick = time.monotonic() + TICK_SECONDS / 2
         finally:
             self.pool.close()

@@ -30,13 +30,27 @@ class Workers:
         self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple] | None] = queue.SimpleQueue()
         self._name = name
         self._started = 0
+        self._missing = 0  # threads that could not be started yet
         for _ in range(count):
             self.add()
 
     def add(self) -> None:
-        """One thread more: in place of one that will not come back."""
-        self._started += 1
-        threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+        """One thread more: in place of one that will not come back. When none can be started (a payload took
+        every process its user may have), it is started by a later ``restore``: the other threads go on."""
+        self._missing += 1
+        if error := self.restore():
+            log.warning("%s: %d worker thread(s) short, to be started later (%s)", self._name, self._missing, error)
+
+    def restore(self) -> RuntimeError | None:
+        """Start the threads ``add`` could not start (the caller calls this now and then); why not, if not."""
+        while self._missing:
+            try:
+                threading.Thread(target=self._work, name=f"{self._name}-{self._started + 1}", daemon=True).start()
+            except RuntimeError as error:  # "can't start new thread"
+                return error
+            self._started += 1
+            self._missing -= 1
+        return None
 
     def submit(self, task: Callable[..., Any], *args: Any) -> None:
         self._tasks.put((task, args))

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from hpcpilot.workflow.workers import HangClock, HangWatch, Hung, Workers, in_thread_of_its_own
+from tests.threadless import run_without_threads
 
 
 def test_a_replacement_thread_runs_the_work_queued_behind_a_stuck_one() -> None:
@@ -76,3 +77,27 @@ def test_work_in_a_thread_of_its_own_hands_on_its_result_or_error() -> None:
     with pytest.raises(ZeroDivisionError):
         in_thread_of_its_own(lambda: 1 / 0, "test").result(5)
     assert Hung(3.2).waited == 3.2 and str(Hung(3.2)) == "no answer after 3 s"
+
+
+THREADLESS_POOL = """
+import threading
+from hpcpilot.workflow.workers import Workers
+
+stuck, done = threading.Event(), threading.Event()
+workers = Workers(1, "test")
+workers.submit(stuck.wait)  # the only thread, stuck (in a hung filesystem's read, say)
+workers.submit(done.set)
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+no_thread_from_here()
+workers.add()  # in the stuck one's place: none can be started
+print("added", done.is_set(), flush=True)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))  # the payload that took them all has ended
+workers.restore()
+print("restored", done.wait(20), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_that_cannot_be_started_is_started_later_instead_of_raising() -> None:
+    child = run_without_threads(THREADLESS_POOL)
+    assert (child.returncode, child.stdout.split()) == (0, ["added", "False", "restored", "True"]), child.stderr[-2000:]
