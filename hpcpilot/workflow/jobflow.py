@@ -421,7 +421,7 @@ def remove_tree(path: Path) -> list[str]:
         return mounted
     _remove_unmounted_tree(path)
     if _is_directory_itself(path):  # a directory the payload chmod'ed 000 or 0500 stops even its owner's removal
-        subprocess.run(["chmod", "-R", "u+rwX", "--", os.fspath(path)], stderr=subprocess.DEVNULL, check=False)
+        _run_helper(["chmod", "-R", "u+rwX", "--", os.fspath(path)])
         _remove_unmounted_tree(path)
     return []
 
@@ -439,8 +439,16 @@ def _remove_unmounted_tree(path: Path) -> None:
     try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], stderr=subprocess.DEVNULL,
-                       check=False)  # what it cannot remove is tried again, or named in a warning
+        _run_helper(["rm", "-rf", "--one-file-system", "--", os.fspath(path)])
+
+
+def _run_helper(argv: list[str]) -> None:
+    """A tool that removes what it can of a scratch: what it leaves is tried again, or named in a warning,
+    as is all of it when it cannot be started (a payload that took every process its user may have)."""
+    try:
+        subprocess.run(argv, stderr=subprocess.DEVNULL, check=False)
+    except OSError as error:
+        log.warning("cannot run %s: %s", argv[0], error)
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import signal
 import subprocess
 import sys
@@ -231,3 +232,21 @@ def test_a_users_fuse_mount_left_in_scratch_is_detached_by_its_owner_and_the_scr
     outcome = unprivileged_outcome(lambda: remove_tree(users_fuse_mount))
     assert outcome == "[]"
     assert not users_fuse_mount.exists() and mounts_below(users_fuse_mount) == []
+
+
+def _remove_tree_unable_to_fork(tree: Path) -> list[str]:
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # as when a payload took every process of the user
+    return remove_tree(tree)
+
+
+@pytest.mark.timeout(60)
+def test_remove_tree_leaves_a_tree_it_needs_chmod_for_when_no_process_can_be_started(users_scratch: Path) -> None:
+    """Raised, the fork's EAGAIN failed the stage-out after the job's final declaration, which declared it
+    again, failed (1008) and without its outputs."""
+    locked = users_scratch / "output"
+    locked.mkdir()
+    (locked / "data.root").write_bytes(b"x" * 1000)
+    _owned_by_nobody(users_scratch)
+    locked.chmod(0o500)
+    assert unprivileged_outcome(lambda: _remove_tree_unable_to_fork(users_scratch)) == "[]"
+    assert (locked / "data.root").exists()  # left for the warning, and the node's clean-up
