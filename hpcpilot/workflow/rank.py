@@ -209,13 +209,16 @@ def _stage_in_phase(ctx: RankContext, run: JobRun) -> None:
 def _declare_after_crash(ctx: RankContext, run: JobRun) -> None:
     """A bug in stage-out: the job is still declared failed, with a minimal job report, and counted as
     declared. Its files are not: what was gathered before the bug cannot be trusted (Harvester makes a log
-    tarball of its own for a job that declares none)."""
+    tarball of its own for a job that declares none). Its log lines go too: kept, they would stay for the rest
+    of the pilot's life."""
     try:
         run.finish()
         run.declared_files = []
         jobflow.declare_final(ctx, run, minimal_report(run))
     except Exception:
         log.exception("job %d: could not declare it failed", run.pandaid)
+    finally:
+        ctx.log_router.close_job(run.pandaid)
 
 
 _PHASES = {"stagein": _stage_in_phase, "payload": jobflow.run_payload, "stageout": jobflow.stage_out,
