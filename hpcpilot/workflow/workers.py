@@ -126,7 +126,8 @@ class Hung(Exception):
 
 
 def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
-    """Start ``work`` in a daemon thread; its result, or what it raised, comes in the future."""
+    """Start ``work`` in a daemon thread; its result, or what it raised, comes in the future. When no thread can
+    be started (a payload took every process its user may have), ``work`` is done here, the caller blocked."""
     outcome: futures.Future = futures.Future()
 
     def settle() -> None:
@@ -135,5 +136,9 @@ def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
         except BaseException as error:  # handed to whoever waits for the outcome
             outcome.set_exception(error)
 
-    threading.Thread(target=settle, name=name, daemon=True).start()
+    try:
+        threading.Thread(target=settle, name=name, daemon=True).start()
+    except RuntimeError as error:  # "can't start new thread"
+        log.warning("%s: done without a thread of its own (%s)", name, error)
+        settle()
     return outcome

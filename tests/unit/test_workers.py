@@ -101,3 +101,19 @@ print("restored", done.wait(20), flush=True)
 def test_a_thread_that_cannot_be_started_is_started_later_instead_of_raising() -> None:
     child = run_without_threads(THREADLESS_POOL)
     assert (child.returncode, child.stdout.split()) == (0, ["added", "False", "restored", "True"]), child.stderr[-2000:]
+
+
+THREADLESS_WORK = """
+from hpcpilot.workflow.workers import in_thread_of_its_own
+
+no_thread_from_here()
+print(in_thread_of_its_own(lambda: 42, "test").result(5), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_work_for_a_thread_of_its_own_is_done_when_no_thread_can_be_started() -> None:
+    """As an event service job's stage-in and declaration: the rank raised RuntimeError and died, its jobs
+    undeclared."""
+    child = run_without_threads(THREADLESS_WORK)
+    assert (child.returncode, child.stdout) == (0, "42\n"), child.stderr[-2000:]
