@@ -159,10 +159,14 @@ class EventChannel:
     def start(self) -> "EventChannel":
         self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._waker_in, selectors.EVENT_READ, self._drain_waker)
-        self._threads = [threading.Thread(target=self._read_loop, name="event-channel-reader", daemon=True),
-                         threading.Thread(target=self._dispatch_loop, name="event-channel-dispatcher", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        for loop, role in ((self._read_loop, "reader"), (self._dispatch_loop, "dispatcher")):
+            thread = threading.Thread(target=loop, name=f"event-channel-{role}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": no socket is left open for a payload never started
+                self.stop()
+                raise
+            self._threads.append(thread)
         log.info("event channel listening on %s", self.address)
         return self
 

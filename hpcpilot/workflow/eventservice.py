@@ -675,7 +675,7 @@ def _drain_answers(comm: Any, tick: Callable[[], None]) -> None:
 def _start(work: RankEventWork) -> None:
     try:
         work.start()
-    except OSError as error:  # e.g. the event channel's socket
+    except (OSError, RuntimeError) as error:  # e.g. the event channel's socket, or a thread for it
         _start_failed(work, PilotError(ErrorCode.SETUP_FAILED, f"cannot start the event service payload: {error}"))
     except PilotError as error:
         _start_failed(work, error)
