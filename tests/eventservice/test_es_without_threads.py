@@ -15,30 +15,21 @@ from tests.threadless import run_without_threads
 PANDAID = 5101
 
 CHILD = """
-import logging, os, socket
+import os
 from pathlib import Path
-from hpcpilot.config import Config
-from hpcpilot.eventstatus import EventStatusPublisher
-from hpcpilot.harvester import AccessPoint
-from hpcpilot.jobs import parse_job
 from hpcpilot.lifetime import Deadline
-from hpcpilot.logsetup import JobLogRouter
-from hpcpilot.monitor import Monitor
 from hpcpilot.mpi import SerialComm
-from hpcpilot.sites import select_site
 from hpcpilot.stopping import SignalWatch
 from hpcpilot.workflow.eventservice import run_event_service_job
-from hpcpilot.workflow.jobflow import RankContext
 from hpcpilot.workflow.supervisor import Supervisor
+from tests.rank_context import rank_context
 
-access_point, scratch = AccessPoint(Path(sys.argv[1]), Config().files), Path(sys.argv[2])
-router = JobLogRouter(rank=0)
-logging.getLogger("hpcpilot").addHandler(router)
-ctx = RankContext(Config(), access_point, EventStatusPublisher(access_point), 0, socket.gethostname(), scratch,
-                  router, Monitor(Config().limits, kill=lambda run: None), select_site("generic", {}))
+ctx = rank_context(Path(sys.argv[1]), Path(sys.argv[2]))
 comm = SerialComm()
 supervisor = Supervisor(ctx, comm, Deadline(None, 0), SignalWatch())
-job, = access_point.read_jobs()
+job, = ctx.access_point.read_jobs()
+
+
 def sockets():
     links = []
     for fd in os.listdir("/proc/self/fd"):

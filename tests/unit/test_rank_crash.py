@@ -6,28 +6,21 @@ import logging
 from pathlib import Path
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
-from hpcpilot.config import Config, HarvesterFiles
+from hpcpilot.config import HarvesterFiles
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.eventstatus import EventStatusPublisher
-from hpcpilot.harvester import AccessPoint
 from hpcpilot.jobs import parse_job
 from hpcpilot.jobstate import JobRun
-from hpcpilot.logsetup import JobLogRouter
-from hpcpilot.monitor import Monitor
-from hpcpilot.sites import select_site
-from hpcpilot.workflow.jobflow import RankContext, job_logger
+from hpcpilot.workflow.jobflow import job_logger
 from hpcpilot.workflow.rank import _declare_after_crash
+from tests.rank_context import rank_context
 
 
 def test_a_job_declared_after_a_bug_in_its_stage_out_leaves_no_log_lines_behind(tmp_path: Path) -> None:
     """The job's lines were kept in memory for the rest of the pilot's life (and every later line of its
     left-behind thread with them)."""
     definition = job_definition(4005, "true")
-    access_point = AccessPoint(write_access_point(tmp_path / "ap", {4005: definition}), HarvesterFiles())
-    router = JobLogRouter(rank=0)
-    logging.getLogger("hpcpilot").addHandler(router)
-    ctx = RankContext(Config(), access_point, EventStatusPublisher(access_point), 0, "node", tmp_path, router,
-                      Monitor(Config().limits, kill=lambda run: None), select_site("generic", {}))
+    ctx = rank_context(write_access_point(tmp_path / "ap", {4005: definition}), tmp_path)
+    router = ctx.log_router
     run = JobRun(parse_job(definition), 0, "node", 1)
     try:
         router.open(run.pandaid)
@@ -36,6 +29,6 @@ def test_a_job_declared_after_a_bug_in_its_stage_out_leaves_no_log_lines_behind(
         _declare_after_crash(ctx, run)
     finally:
         logging.getLogger("hpcpilot").removeHandler(router)
-    attributes = json.loads((access_point.job_dir(4005) / HarvesterFiles().worker_attributes).read_text())
+    attributes = json.loads((ctx.access_point.job_dir(4005) / HarvesterFiles().worker_attributes).read_text())
     assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", ErrorCode.GENERAL)
     assert router.close_job(run.pandaid) == b""  # already released
