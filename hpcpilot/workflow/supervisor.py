@@ -152,11 +152,15 @@ class Supervisor:
                   "jobs that were not declared yet", reason, ExitCode.SITE_PROBLEM)
         # In a thread of its own: the filesystem may hang (maybe why the peer fell silent), the abort must not.
         writer = threading.Thread(target=self._request_kill, args=(reason,), name="kill-worker", daemon=True)
-        writer.start()
-        writer.join(KILL_FILE_WAIT)
-        if writer.is_alive():
-            log.warning("%s not written after %g s: aborting without it", self.ctx.config.files.kill_worker,
-                        KILL_FILE_WAIT)
+        try:
+            writer.start()
+        except RuntimeError as error:  # "can't start new thread": writing here could hang the abort
+            log.warning("%s not written (%s): aborting without it", self.ctx.config.files.kill_worker, error)
+        else:
+            writer.join(KILL_FILE_WAIT)
+            if writer.is_alive():
+                log.warning("%s not written after %g s: aborting without it", self.ctx.config.files.kill_worker,
+                            KILL_FILE_WAIT)
         abort_every_rank(self.comm, ExitCode.SITE_PROBLEM)
 
     def _request_kill(self, reason: str) -> None:

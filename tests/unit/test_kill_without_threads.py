@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from hpcpilot.errors import ExitCode
 from tests.threadless import run_without_threads
 
 CHILD = """
@@ -42,3 +44,27 @@ def test_a_payload_is_ended_when_no_thread_can_be_started_to_end_it(tmp_path: Pa
                 os.kill(int(lines[0]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+GIVING_UP = """
+from pathlib import Path
+from hpcpilot.lifetime import Deadline
+from hpcpilot.mpi import SerialComm
+from hpcpilot.stopping import SignalWatch
+from hpcpilot.workflow.supervisor import Supervisor
+from tests.rank_context import rank_context
+
+supervisor = Supervisor(rank_context(Path(sys.argv[1]), Path(sys.argv[2])), SerialComm(), Deadline(None, 0),
+                        SignalWatch())
+no_thread_from_here()
+supervisor._give_up(1, 700.0)  # a peer silent past rank_silence_limit
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_that_gives_up_on_a_silent_peer_aborts_with_64_when_no_thread_can_be_started(tmp_path: Path) -> None:
+    """The thread that writes kill_worker.json raised instead: a traceback, and the uncaught error's exit code."""
+    ap = write_access_point(tmp_path / "ap", {4004: job_definition(4004, "true")})
+    child = run_without_threads(GIVING_UP, str(ap), str(tmp_path))
+    assert child.returncode == ExitCode.SITE_PROBLEM, child.stderr[-2000:]
+    assert "Traceback" not in child.stderr
