@@ -323,11 +323,19 @@ class ProcessTree:
 
     def _seeds(self, table: ProcTable) -> set[int]:
         seeds = {key[0] for key in self._members if not _is_gone(key, table)}
+        if self._root_pid_reused(table):  # and with it the session's id: nothing of the payload is left there
+            return seeds
         if self.root_pid in table:
             seeds.add(self.root_pid)
         if self._session is not None:
             seeds.update(table.sessions.get(self._session, ()))
         return seeds
+
+    def _root_pid_reused(self, table: ProcTable) -> bool:
+        """The root was reaped and its pid went to another process: a kill's grace of seconds, the root reaped
+        early in it, is enough for that on a busy node with pid_max 32768."""
+        root = table.get(self.root_pid)
+        return root is not None and bool(self._born) and root.start_ticks != self._born
 
     def _token_holders(self, table: ProcTable, exclude: set[int]) -> set[int]:
         holders = set()

@@ -382,3 +382,57 @@ def test_sweep_kills_leftover_ignoring_sigterm_and_its_children(launch):
     assert escaped in sweep.sweep(grace=0.5)
     assert time.monotonic() - started >= 0.5
     wait_until(lambda: is_gone(escaped) and is_gone(grandchild))
+
+
+PID_REUSE = r"""
+import os, signal, subprocess, sys, threading
+from hpcpilot.proctree import TOKEN_ENV, ProcessTree, new_token
+
+
+def next_pid_after(pid):  # this namespace's allocator: the next process gets pid + 1
+    with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+        handle.write(str(pid))
+
+
+next_pid_after(1000)  # clear of the pids the tree never signals (init's, kthreadd's)
+daemon = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+token = new_token()
+root = subprocess.Popen(["sh", "-c", f"setsid {sys.executable} -c '{daemon}' & exec sleep 600"],
+                        env={**os.environ, TOKEN_ENV: token}, start_new_session=True)
+tree = ProcessTree(root.pid, token)
+
+
+def ignores_sigterm(pid):
+    ignored = next(line for line in open(f"/proc/{pid}/status") if line.startswith("SigIgn:")).split()[1]
+    return int(ignored, 16) & (1 << (signal.SIGTERM - 1))
+
+
+while len(members := tree.pids()) < 2:  # the root and its daemon, which left its session
+    pass
+daemon_pid, = members - {root.pid}
+while not ignores_sigterm(daemon_pid):
+    pass
+killing = threading.Thread(target=tree.kill, args=(20.0,))
+killing.start()  # SIGTERM: the root ends, the daemon outlives it for the grace
+root.wait()
+next_pid_after(root.pid - 1)
+innocent = subprocess.Popen(["sleep", "600"], start_new_session=True)  # another job's payload, say
+assert innocent.pid == root.pid, (innocent.pid, root.pid)
+os.kill(daemon_pid, signal.SIGKILL)
+killing.join()
+print(innocent.poll(), flush=True)
+innocent.kill()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_process_that_got_the_reaped_roots_pid_during_a_kill_is_left_alone() -> None:
+    """A pid namespace of its own, whose next pid can be chosen (ns_last_pid), makes the reuse at once; on a
+    node it takes pid_max forks, which a busy one does within a kill's grace when pid_max is 32768."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PID_REUSE]
+    env = {**os.environ, "PYTHONPATH": str(Path(proctree.__file__).parents[1])}
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs a pid namespace of its own (root)")
+    child = subprocess.run(command, capture_output=True, text=True, timeout=100, env=env)
+    assert (child.returncode, child.stdout) == (0, "None\n"), child.stderr[-2000:]
