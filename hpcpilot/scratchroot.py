@@ -84,11 +84,8 @@ def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
     for entry in entries:
         if _ROOT_NAME.fullmatch(entry.name) and entry.path != os.fspath(own) and _ours(entry):
             root = Path(entry.path)
-            try:
-                if _removed_if_dead(root):
-                    reclaimed.append(root)
-            except OSError as error:  # e.g. no process to be had for chmod: a later rank tries again
-                log.warning("cannot remove %s, the scratch of a pilot that died: %s", root, error)
+            if _removed_if_dead(root):
+                reclaimed.append(root)
     if reclaimed:
         log.info("removed the scratch of %d pilot(s) that ended without removing it, in %s", len(reclaimed), parent)
     return reclaimed
