@@ -12,7 +12,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..monitor import MB, Monitor, tree_size
 from ..mounts import unmount_all_below
 from ..sites import Site
 from ..stopping import StopEvent
+from .workers import in_thread_or_here
 
 log = logging.getLogger(__name__)
 
@@ -456,13 +456,8 @@ def terminate_in_background(run: JobRun, grace: float) -> None:
     when no thread can be started: a payload that took every process its user may have (a fork bomb under
     ``ulimit -u``) would otherwise be declared killed and run on."""
     process = run.process
-    if process is None:
-        return
-    try:
-        threading.Thread(target=process.terminate, args=(grace,), name=f"kill-{run.pandaid}", daemon=True).start()
-    except RuntimeError as error:  # "can't start new thread"; ending it needs no new thread nor process
-        log.warning("job %d: ending its payload in this thread (%s)", run.pandaid, error)
-        process.terminate(grace)
+    if process is not None:  # ending it needs no new thread nor process
+        in_thread_or_here(lambda: process.terminate(grace), f"kill-{run.pandaid}")
 
 
 class recorded:

@@ -136,9 +136,15 @@ def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
         except BaseException as error:  # handed to whoever waits for the outcome
             outcome.set_exception(error)
 
+    in_thread_or_here(settle, name)
+    return outcome
+
+
+def in_thread_or_here(work: Callable[[], Any], name: str) -> None:
+    """Start ``work`` in a daemon thread; when no thread can be started (a payload took every process its user
+    may have), do it here, the caller blocked."""
     try:
-        threading.Thread(target=settle, name=name, daemon=True).start()
+        threading.Thread(target=work, name=name, daemon=True).start()
     except RuntimeError as error:  # "can't start new thread"
         log.warning("%s: done without a thread of its own (%s)", name, error)
-        settle()
-    return outcome
+        work()
