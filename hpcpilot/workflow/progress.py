@@ -41,11 +41,15 @@ class Reporter:
         if results:
             self._send(("declared", results))
 
-    def close(self, stop_request: Any = None) -> None:
-        """The share is done; ``stop_request`` tells rank 0 how this rank was stopped, if it was."""
+    def close(self, stop_request: Any = None, tick: Callable[[], None] = lambda: None) -> None:
+        """The share is done; ``stop_request`` tells rank 0 how this rank was stopped, if it was. Waits until
+        rank 0 has taken every message, calling ``tick`` meanwhile: rank 0 may still be busy with its own share
+        (declaring thousands of invalid jobs) while a large message waits for its receive."""
         self._send(("done", stop_request))
-        for request in self.requests:
-            request.wait()
+        while self.requests:
+            tick()
+            time.sleep(POLL_SECONDS)
+            self.requests = [request for request in self.requests if not request.Test()]
 
 
 class Collector:

@@ -117,6 +117,20 @@ def test_ranks_declaring_many_invalid_jobs_are_not_taken_for_silent(tmp_path: Pa
     assert (summary["failed"], summary["undeclared"]) == (4000, 0)
 
 
+@pytest.mark.timeout(120)
+def test_a_rank_done_seconds_before_rank_0_is_not_taken_for_silent(tmp_path: Path) -> None:
+    """Unreadable definitions are all rank 0's to declare: rank 1, its share of invalid jobs declared seconds
+    earlier, says it is alive while its results (one message, too large for MPI to send before rank 0 takes
+    it) wait for rank 0. It did not: silent until rank 0 was done, it was taken for dead."""
+    jobs = {p: job_definition(p, "true", logFile="../escape") for p in range(1, 4001)}  # 1371 each
+    ap = write_access_point(tmp_path / "ap", jobs)
+    for pandaid in range(2001, 4001):
+        (ap / str(pandaid) / "HPCJobs.json").write_text("{")  # unreadable: rank 0 declares these too
+    run_to_the_end_under_a_1_s_limit(ap, 90)
+    summary = json.loads((ap / "hpcpilot_summary.json").read_text())
+    assert (summary["failed"], summary["undeclared"]) == (4000, 0)
+
+
 HUNG_KILL_FILE = """\
 import time
 import hpcpilot.harvester
