@@ -84,13 +84,13 @@ def _run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch, loc
         supervisor = Supervisor(ctx, comm, deadline, signals)
         results = _run_share(ctx, plan, cores, deadline, supervisor, comm)
         results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)
+        supervisor.settle()  # before the clean-up below: waiting for the guard to go, a rank says nothing
     except BaseException:
         ctx.guard.abandon()  # a rank that fails leaves no payload behind, as one that dies
         raise
     finally:
         ctx.monitor.stop()  # also ends what finished payloads left behind
         ctx.guard.close()
-    supervisor.settle()
     _wrap_up(ctx)
     exit_code = _finish(access_point, results, comm.size, started, supervisor.stop_request) if comm.rank == 0 else None
     exit_code = comm.bcast(exit_code, root=0)
@@ -313,7 +313,7 @@ def _run_share(ctx: RankContext, plan: WorkPlan, cores: int, deadline: Deadline,
     runner = RankRunner(ctx, valid, cores, deadline, reporter.send_result, reporter.send_started)
     supervisor.on_stop = runner.stop
     runner.run(tick=supervisor.tick)
-    reporter.close(supervisor.stop_request)
+    reporter.close(supervisor.stop_request, tick=supervisor.keep_alive)
     return []
 
 
