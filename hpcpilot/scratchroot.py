@@ -23,7 +23,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .workflow.jobflow import remove_tree
+from .scratchtree import remove_tree
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import stat
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,11 +24,11 @@ from ..eventstatus import EventStatusPublisher
 from ..harvester import AccessPoint
 from ..jobstate import JobRun, JobStatus, worker_attributes
 from ..redaction import redact_files
+from ..scratchtree import remove_tree
 from ..jobreport import PAYLOAD_REPORT_NAME, minimal_report, output_guids, payload_error, payload_report
 from ..logsetup import JobLog, JobLogRouter
 from ..memorymonitor import TIMESERIES_NAME
 from ..monitor import MB, Monitor, tree_size
-from ..mounts import unmount_all_below
 from ..sites import Site
 from ..stopping import StopEvent
 from .workers import in_thread_or_here
@@ -411,44 +408,6 @@ def _removed_once_leftovers_end(ctx: RankContext, scratch: Path) -> bool:
     scratch meanwhile, faster than it is removed: end it now, and remove again."""
     ctx.monitor.sweep_leftovers()
     return not remove_tree(scratch) and not scratch.exists()
-
-
-def remove_tree(path: Path) -> list[str]:
-    """Unmount what is mounted inside, then remove the tree, making its directories the owner's to empty if
-    the payload took that from them. A tree with a mount that stays is left whole; its mount points are
-    returned."""
-    if mounted := unmount_all_below(path):
-        return mounted
-    _remove_unmounted_tree(path)
-    if _is_directory_itself(path):  # a directory the payload chmod'ed 000 or 0500 stops even its owner's removal
-        _run_helper(["chmod", "-R", "u+rwX", "--", os.fspath(path)])
-        _remove_unmounted_tree(path)
-    return []
-
-
-def _is_directory_itself(path: Path) -> bool:
-    """A directory, not a symlink to one (chmod -R follows a symlink it is given)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _remove_unmounted_tree(path: Path) -> None:
-    """shutil.rmtree, or ``rm -rf`` for a tree nested deeper than rmtree's recursion reaches."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        _run_helper(["rm", "-rf", "--one-file-system", "--", os.fspath(path)])
-
-
-def _run_helper(argv: list[str]) -> None:
-    """A tool that removes what it can of a scratch: what it leaves is tried again, or named in a warning,
-    as is all of it when it cannot be started (a payload that took every process its user may have)."""
-    try:
-        subprocess.run(argv, stderr=subprocess.DEVNULL, check=False)
-    except OSError as error:
-        log.warning("cannot run %s: %s", argv[0], error)
 
 
 def terminate_in_background(run: JobRun, grace: float) -> None:

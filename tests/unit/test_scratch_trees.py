@@ -17,7 +17,7 @@ import pytest
 
 from hpcpilot.monitor import tree_size
 from hpcpilot.mounts import mounts_below
-from hpcpilot.workflow.jobflow import remove_tree
+from hpcpilot.scratchtree import remove_tree
 from tests.unit.test_harvester_files import unprivileged_outcome
 
 DEPTH = sys.getrecursionlimit() + 500
