@@ -22,8 +22,10 @@ CGROUP_V1_UNLIMITED = 2 ** 62
 
 @dataclass(frozen=True)
 class CoreMemory:
-    """RAM per core, and where the figure comes from (the log explaining a payload's memory limit says it;
-    ``brief``, a few words, goes into the 1235 diagnostic)."""
+    """RAM per core: what each core a job runs on is allowed, for the memory limit of a job without minRamCount
+    (monitor.py). A :class:`MemoryCeiling` over the allocation's CPUs, or the machine's or a site's memory over
+    its cores. ``origin`` says how it was worked out (the log explaining a payload's memory limit says it);
+    ``brief``, a few words, goes into the 1235 diagnostic (empty: ``origin`` goes there instead)."""
 
     mb: float
     origin: str
@@ -32,7 +34,10 @@ class CoreMemory:
 
 @dataclass(frozen=True)
 class MemoryCeiling:
-    """Memory this process may not go over, and which figure says so."""
+    """The memory the whole allocation may use on this node, as one source (a cgroup, Slurm) states it: a total
+    for all its processes, not per core. Only ``allocation_memory_per_core`` uses it, dividing the smallest by
+    the allocation's CPUs into a :class:`CoreMemory`; a type of its own, with the same fields, so that a total
+    is never taken for a per-core figure. ``brief`` names the source alone."""
 
     mb: float
     origin: str
