@@ -458,35 +458,34 @@ def excerpt(scratch: Path, name: str, secrets: tuple[str, ...]) -> bytes:
     """The first and last EXCERPT_BYTES of a file of scratch, a line between them saying what was left out
     (b"" if it is not a regular file or cannot be read). Each end also loses, where it was cut, as many bytes
     as the longest secret has: a secret cut in two would not be found, and half of one would go out."""
-    fd = _open_in_scratch(scratch, name)
-    if fd is None:
-        return b""
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            return b""
-        if status.st_size <= 2 * EXCERPT_BYTES:  # a limit under 2 MB: nothing to leave out
-            return _redact_bytes(os.pread(fd, status.st_size, 0), secrets)
-        cut = max((len(secret.encode()) for secret in secrets), default=0)
-        head = os.pread(fd, EXCERPT_BYTES, 0)[:EXCERPT_BYTES - cut]
-        tail = os.pread(fd, EXCERPT_BYTES, status.st_size - EXCERPT_BYTES)[cut:]
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-    gap = f"\n[hpcpilot: {status.st_size - len(head) - len(tail)} bytes left out here; {name} was " \
-          f"{status.st_size} bytes, over max_stdout_mb]\n"
-    return _redact_bytes(head, secrets) + gap.encode() + _redact_bytes(tail, secrets)
+    return _read_in_scratch(scratch, name, lambda fd, size: _ends(fd, size, name, secrets))
+
+
+def _ends(fd: int, size: int, name: str, secrets: tuple[str, ...]) -> bytes:
+    if size <= 2 * EXCERPT_BYTES:  # a limit under 2 MB: nothing to leave out
+        return _redact_bytes(os.pread(fd, size, 0), secrets)
+    cut = max((len(secret.encode()) for secret in secrets), default=0)
+    head = os.pread(fd, EXCERPT_BYTES, 0)[:EXCERPT_BYTES - cut]
+    end = os.pread(fd, EXCERPT_BYTES, size - EXCERPT_BYTES)[cut:]
+    gap = f"\n[hpcpilot: {size - len(head) - len(end)} bytes left out here; {name} was " \
+          f"{size} bytes, over max_stdout_mb]\n"
+    return _redact_bytes(head, secrets) + gap.encode() + _redact_bytes(end, secrets)
 
 
 def tail(scratch: Path, name: str, size: int) -> bytes:
     """The last ``size`` bytes of a file of scratch (b"" if it is not a regular file or cannot be read)."""
+    return _read_in_scratch(scratch, name, lambda fd, length: os.pread(fd, size, max(0, length - size)))
+
+
+def _read_in_scratch(scratch: Path, name: str, read: Callable[[int, int], bytes]) -> bytes:
+    """What ``read(descriptor, size)`` takes of ``name`` of scratch, opened as ``_open_in_scratch`` opens it;
+    b"" if it is not a regular file or cannot be read."""
     fd = _open_in_scratch(scratch, name)
     if fd is None:
         return b""
     try:
         status = os.fstat(fd)
-        return os.pread(fd, size, max(0, status.st_size - size)) if stat.S_ISREG(status.st_mode) else b""
+        return read(fd, status.st_size) if stat.S_ISREG(status.st_mode) else b""
     except OSError:
         return b""
     finally:
