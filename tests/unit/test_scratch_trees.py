@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -107,19 +108,32 @@ def test_remove_tree_removes_directories_the_payload_took_its_owner_s_rights_fro
 def bind_mounted(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(a scratch tree with a directory bind-mounted inside, under a name with a space; that directory, holding
     a file that must survive). Needs root; whatever stays mounted is unmounted after the test."""
+    precious = _precious(tmp_path)
+    scratch = tmp_path / "scratch"
+    mount_point = scratch / "work dir" / "mounted"
+    mount_point.mkdir(parents=True)
+    with _bind_mount(precious, mount_point):
+        yield scratch, precious
+
+
+def _precious(tmp_path: Path) -> Path:
+    """A directory to bind-mount inside a scratch, holding a file that must survive its removal."""
     if os.geteuid() != 0:
         pytest.skip("bind mounts need root")
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.root").write_bytes(b"not the payload's")
-    scratch = tmp_path / "scratch"
-    mount_point = scratch / "work dir" / "mounted"
-    mount_point.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(precious), str(mount_point)], check=True, timeout=30)
+    return precious
+
+
+@contextmanager
+def _bind_mount(source: Path, target: Path) -> Iterator[None]:
+    """``source`` mounted on ``target`` for the block; unmounted after it if it is still there."""
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True, timeout=30)
     try:
-        yield scratch, precious
+        yield
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], stderr=subprocess.DEVNULL, check=False, timeout=30)
+        subprocess.run(["umount", "-l", str(target)], stderr=subprocess.DEVNULL, check=False, timeout=30)
 
 
 @pytest.mark.timeout(60)
@@ -136,19 +150,12 @@ def test_remove_tree_unmounts_what_the_payload_left_mounted_and_deletes_nothing_
 @pytest.mark.parametrize("name", ["scr atch", "scr\tatch", "scr\\atch", "scr\natch"])
 def test_a_mount_is_found_below_a_tree_whose_own_name_mountinfo_escapes(tmp_path: Path, name: str) -> None:
     """The table is searched for the tree's name as mountinfo writes it (octal escapes) before it is parsed."""
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts need root")
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "data.root").write_bytes(b"not the payload's")
+    precious = _precious(tmp_path)
     mount_point = tmp_path / name / "mounted"
     mount_point.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(precious), str(mount_point)], check=True, timeout=30)
-    try:
+    with _bind_mount(precious, mount_point):
         assert [m.point for m in mounts_below(tmp_path / name)] == [str(mount_point)]
         assert remove_tree(tmp_path / name) == []
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], stderr=subprocess.DEVNULL, check=False, timeout=30)
     assert not (tmp_path / name).exists()
     assert (precious / "data.root").read_bytes() == b"not the payload's"
 
@@ -161,12 +168,9 @@ def test_a_mount_covered_by_another_mounted_above_it_is_reached_once_that_one_is
     other.mkdir()
     (other / "calibration.db").write_bytes(b"not the payload's either")
     covering = scratch / "work dir"
-    subprocess.run(["mount", "--bind", str(other), str(covering)], check=True, timeout=30)
-    try:
+    with _bind_mount(other, covering):
         assert len(mounts_below(scratch)) == 2
         assert remove_tree(scratch) == []
-    finally:
-        subprocess.run(["umount", "-l", str(covering)], stderr=subprocess.DEVNULL, check=False, timeout=30)
     assert not scratch.exists()
     assert (precious / "data.root").read_bytes() == b"not the payload's"
     assert (other / "calibration.db").read_bytes() == b"not the payload's either"
