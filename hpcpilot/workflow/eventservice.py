@@ -641,23 +641,34 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
             work.step(wait=TICK_SECONDS)  # wakes as soon as the payload reports a range
             tick()
     if dispatcher is None:
-        comm.send(("done", work.outcome), dest=0, tag=TAG_REPORT)
-        _drain_answers(comm, tick)
-        for request in sent:
-            request.wait()
+        _finish_on_other_rank(comm, work, sent, tick)
     else:
-        dispatcher.rank_done(0, work.outcome)
-        while not dispatcher.all_done():
-            dispatcher.serve()
-            tick()
-            time.sleep(TICK_SECONDS)
-        error = dispatcher.first_error()
-        dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
-        dispatcher.declare_pending()
-        dispatcher.wait_for_sends()
-        keeping_alive(lambda: _declare_job(ctx, work, dispatcher))  # its log tarball: gigabytes, maybe
+        _finish_on_rank_0(ctx, work, dispatcher, tick, keeping_alive)
     jobflow.clean_scratch(ctx, run)
     return run
+
+
+def _finish_on_other_rank(comm: Any, work: RankEventWork, sent: list[Any], tick: Callable[[], None]) -> None:
+    """This rank's outcome to rank 0, rank 0's last answers taken, every report this rank sent delivered."""
+    comm.send(("done", work.outcome), dest=0, tag=TAG_REPORT)
+    _drain_answers(comm, tick)
+    for request in sent:
+        request.wait()
+
+
+def _finish_on_rank_0(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher, tick: Callable[[], None],
+                      keeping_alive: Callable[[Callable[[], Any]], Any]) -> None:
+    """Every rank served until all are done; the ranges none started failed, the rest declared, then the job."""
+    dispatcher.rank_done(0, work.outcome)
+    while not dispatcher.all_done():
+        dispatcher.serve()
+        tick()
+        time.sleep(TICK_SECONDS)
+    error = dispatcher.first_error()
+    dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
+    dispatcher.declare_pending()
+    dispatcher.wait_for_sends()
+    keeping_alive(lambda: _declare_job(ctx, work, dispatcher))  # its log tarball: gigabytes, maybe
 
 
 def _drain_answers(comm: Any, tick: Callable[[], None]) -> None:
