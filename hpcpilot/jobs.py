@@ -11,7 +11,7 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import ErrorCode, JobDefinitionError
 
@@ -345,11 +345,7 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         raise _fail(ErrorCode.SETUP_FAILED, "transformation", "is empty: there is no payload to run")
     log = _log(raw, pandaid)
     inputs, outputs = _inputs(raw), _outputs(raw, log.lfn)
-    for field, specs in (("inFiles", inputs), ("outFiles", outputs), ("logFile", (log,))):
-        for spec in specs:
-            if is_reserved(spec.lfn, reserved):
-                raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{spec.lfn!r} is the name of a file the pilot or "
-                            "Harvester keeps for itself")
+    _check_none_reserved((("inFiles", inputs), ("outFiles", outputs), ("logFile", (log,))), reserved)
     return JobSpec(
         pandaid=pandaid,
         transformation=transformation,
@@ -371,3 +367,12 @@ def parse_job(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = SECRET_KEYS
         allow_no_output=frozenset(_file_list(raw, "allowNoOutput")),
         secrets=secret_values(raw, secret_keys),
     )
+
+
+def _check_none_reserved(files: Iterable[tuple[str, Iterable[FileSpec]]], reserved: frozenset[str]) -> None:
+    """JobDefinitionError (1371) for the first file, of (field, its files), with one of the ``reserved`` names."""
+    for field, specs in files:
+        for spec in specs:
+            if is_reserved(spec.lfn, reserved):
+                raise _fail(ErrorCode.BAD_FILE_NAME, field, f"{spec.lfn!r} is the name of a file the pilot or "
+                            "Harvester keeps for itself")
