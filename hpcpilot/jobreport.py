@@ -9,7 +9,7 @@ from . import staging
 from .atomicfile import read_bytes
 from .errors import ErrorCode, PilotError, storable_diag
 from .jobstate import JobRun
-from .redaction import redact, redact_json
+from .redaction import redact, rewrite_json
 
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
@@ -23,7 +23,8 @@ MAX_REPORT_VALUES = 2_000_000
 def minimal_report(run: JobRun) -> dict:
     """The report of a job whose payload wrote none (or ran not at all)."""
     code = run.error.code if run.error else ErrorCode.OK
-    return {"exitCode": int(code), "exitMsg": redact(run.error.diag, run.spec.secrets) if run.error else "OK",
+    message = storable_diag(redact(run.error.diag, run.spec.secrets)) if run.error else "OK"
+    return {"exitCode": int(code), "exitMsg": message,
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
 
 
@@ -66,8 +67,9 @@ def output_guids(report: Any) -> dict[str, str]:
 
 
 def payload_report(run: JobRun) -> dict | None:
-    """The payload's own report, trimmed and redacted; None if it wrote none, or none that can be used
-    (it is the payload's: any shape, any size, any depth)."""
+    """The payload's own report, trimmed, redacted, and every string in it storable (``storable_diag``: a NUL
+    in any key or value, at any depth, would fail the job's whole update to PanDA); None if it wrote none, or
+    none that can be used (it is the payload's: any shape, any size, any depth)."""
     if not run.scratch:
         return None
     try:
@@ -75,7 +77,7 @@ def payload_report(run: JobRun) -> dict | None:
         if not isinstance(report, dict):
             return None
         report = trim_logfile_reports(report)
-        return redact_json(report, run.spec.secrets) if run.spec.secrets else report
+        return rewrite_json(report, lambda text: storable_diag(redact(text, run.spec.secrets)))
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
 

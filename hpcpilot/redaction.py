@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,19 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 def redact_json(value: Any, secrets: tuple[str, ...]) -> Any:
     """Decoded JSON with the secrets blanked in every string, key and number. Not in its encoded text, where
     a secret's quotes, backslashes, newlines or non-ASCII characters would be escaped and not found."""
+    return rewrite_json(value, lambda text: redact(text, secrets))
+
+
+def rewrite_json(value: Any, rewrite: Callable[[str], str]) -> Any:
+    """Decoded JSON with ``rewrite`` applied to every string and key, at any depth; a number whose text it
+    would change (a secret's digits) becomes REDACTED."""
     if isinstance(value, str):
-        return redact(value, secrets)
+        return rewrite(value)
     if isinstance(value, dict):
-        return {redact(key, secrets): redact_json(item, secrets) for key, item in value.items()}
+        return {rewrite(key): rewrite_json(item, rewrite) for key, item in value.items()}
     if isinstance(value, list):
-        return [redact_json(item, secrets) for item in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and redact(str(value), secrets) != str(value):
+        return [rewrite_json(item, rewrite) for item in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and rewrite(str(value)) != str(value):
         return REDACTED
     return value
 

@@ -6,7 +6,8 @@ import tracemalloc
 from pathlib import Path
 
 from hpcpilot.accesspoint_writer import job_definition
-from hpcpilot.jobreport import output_guids, payload_report
+from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.jobreport import minimal_report, output_guids, payload_report
 from hpcpilot.jobs import parse_job
 from hpcpilot.jobstate import JobRun
 
@@ -54,3 +55,23 @@ def test_a_report_with_bytes_that_are_not_utf8_is_still_read(tmp_path: Path) -> 
     report = payload_report(_run_with_report(tmp_path, content))
     assert output_guids(report) == {"out.root": guid}
     assert report["exeErrorDiag"] == "r\ufffdsultat manquant"
+
+
+def test_every_string_of_a_report_goes_out_as_panda_can_store_it(tmp_path: Path) -> None:
+    """A NUL in any string of the report (PostgreSQL refuses it in any text) failed the job's whole update to
+    PanDA; a lone surrogate has no UTF-8 form; an ANSI escape reaches whoever shows the report. Each is replaced
+    by U+FFFD in keys and values at any depth; tabs, newlines and all else stay."""
+    content = (b'{"exitMsg": "bad\\u0000input", "executor": [{"name": "Sim\\u001b[31m", "k\\u0000ey": '
+               b'{"deep": ["half \\ud800 pair", "tab\\tand\\nnewline", 7]}}]}')
+    report = payload_report(_run_with_report(tmp_path, content))
+    assert report == {"exitMsg": "bad\ufffdinput", "executor": [
+        {"name": "Sim\ufffd[31m", "k\ufffdey": {"deep": ["half \ufffd pair", "tab\tand\nnewline", 7]}}]}
+    json.dumps(report, ensure_ascii=False).encode()  # UTF-8 as a database takes it: no lone surrogate left
+
+
+def test_the_pilots_own_report_carries_a_diagnostic_as_panda_can_store_it(tmp_path: Path) -> None:
+    """A job whose payload wrote no report gets the pilot's, its error's diagnostic as exitMsg: that text (a
+    container runtime's error output, say) is cleaned as pilotErrorDiag is."""
+    run = JobRun(parse_job(job_definition(4711, "true")), 0, "node", 1, scratch=tmp_path)
+    run.fail(PilotError(ErrorCode.SETUP_FAILED, "runtime said \x1b[1mno\x00"))
+    assert minimal_report(run)["exitMsg"] == "runtime said \ufffd[1mno\ufffd"
