@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
-from .errors import ErrorCode, PilotError
+from .errors import ErrorCode, PilotError, storable_diag
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ def find_runtime(site: ContainerSite, search_path: str | None = None) -> tuple[s
 def runtime_failure(runtime: str, returncode: int, stderr_tail: str = "") -> PilotError | None:
     """The setup error of a container ``runtime`` (as ``runtime_of`` names it) that failed itself, before any
     payload ran: it exited with its own failure code, or could not start the shell in the container (its
-    message, the last line of ``stderr_tail``, says so); None for the payload's own exit."""
-    message = _last_line(stderr_tail)
+    message, the last line of ``stderr_tail``, says so); None for the payload's own exit. The message is
+    cleaned once here (a runtime's colours, a NUL): the diagnostic goes into the rank's log as into PanDA."""
+    message = storable_diag(_last_line(stderr_tail))
     shell_failed = returncode in _SHELL_FAILURE.get(runtime, ()) and _SHELL_FAILURE_WORDS in message
     if _OWN_FAILURE.get(runtime) != returncode and not shell_failed:
         return None

@@ -64,3 +64,21 @@ def test_a_container_that_cannot_start_fails_its_job_with_1110_saying_why(tmp_pa
         assert_failed_with(run, pandaid, ErrorCode.SETUP_FAILED, *words)
     assert run.attributes(BYSTANDER)["jobStatus"] == "finished"
     assert list(scratch.rglob("job-*")) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_runtimes_error_in_colour_reaches_the_log_without_its_escapes(tmp_path: Path) -> None:
+    """A runtime that fails (125, podman's own code) saying so in colour, a NUL in it: its line was written
+    raw into the rank's log, escape sequences and all, for a terminal or log viewer to act on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    runtime = bin_dir / "podman-hpc"
+    runtime.write_text("#!/bin/sh\nprintf 'Error: \\033[31mimage not known\\033[0m\\000\\n' >&2\nexit 125\n")
+    runtime.chmod(0o755)
+    definitions = {101: job_definition(101, "true", container_name="localhost/missing:1")}
+    run = run_pilot(write_access_point(tmp_path / "ap", definitions), "grid", "--site", "nersc",
+                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=90)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_failed_with(run, 101, ErrorCode.SETUP_FAILED, "image not known")
+    assert "image not known" in run.stderr
+    assert "\x1b" not in run.stderr and "\x00" not in run.stderr
