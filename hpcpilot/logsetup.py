@@ -6,11 +6,11 @@ whose records also land in that job's own log (packed in its log tarball).
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import threading
 import time
 
+from .nodename import node_name
 from .redaction import redact
 
 FORMAT = "%(asctime)s [%(rank)s@%(host)s] %(levelname)-7s %(name)s: %(message)s"
@@ -21,7 +21,7 @@ class _RankFilter(logging.Filter):
     def __init__(self, rank: int):
         super().__init__()
         self.rank = rank
-        self.host = socket.gethostname()
+        self.host = node_name()
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
@@ -49,7 +49,7 @@ class JobLogRouter(logging.Handler):
 
     def __init__(self, rank: int):
         super().__init__(logging.DEBUG)
-        self._rank, self._host = rank, socket.gethostname()
+        self._rank, self._host = rank, node_name()
         self.addFilter(_RankFilter(rank))
         self.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         self._lines: dict[int, list[str]] = {}

@@ -7,11 +7,12 @@ fail or hang, and one rank needs no MPI at all.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import traceback
 from typing import Any, Callable, Mapping
+
+from .nodename import node_name
 
 # Variables that MPI launchers set in every rank they start.
 _LAUNCHER_VARIABLES = (
@@ -135,7 +136,7 @@ def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
     except SystemExit:
         raise
     except BaseException:
-        sys.stderr.write(f"[{comm.rank}@{socket.gethostname()}] uncaught error, aborting all ranks:\n")
+        sys.stderr.write(f"[{comm.rank}@{node_name()}] uncaught error, aborting all ranks:\n")
         traceback.print_exc()
         if comm.size > 1:
             abort_every_rank(comm, exit_code)

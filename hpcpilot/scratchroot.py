@@ -19,10 +19,10 @@ import fcntl
 import logging
 import os
 import re
-import socket
 import tempfile
 from pathlib import Path
 
+from .nodename import node_name
 from .scratchtree import remove_tree
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _unlocked(root: Path, error: OSError) -> None:
 
 
 def _this_node() -> bytes:
-    return socket.gethostname().encode() + b"\n"
+    return node_name().encode() + b"\n"
 
 
 def release(root: Path) -> None:

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import yaml
 
 from .allocation import CoreMemory, allocation_memory_per_core
 from .errors import ErrorCode, ExitCode, PilotError
+from .nodename import node_name
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ def _environment_with_hostname(environ: Mapping[str, str] | None) -> Mapping[str
     """os.environ with HOSTNAME filled in when the shell did not export it."""
     if environ is not None:
         return environ
-    return {"HOSTNAME": socket.gethostname(), **os.environ}
+    return {"HOSTNAME": node_name(), **os.environ}
 
 
 def detected_sites(environ: Mapping[str, str]) -> list[Site]:

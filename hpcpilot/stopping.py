@@ -6,11 +6,11 @@ declared with the stop's PanDA code, and the pilot exits with its code.
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from dataclasses import dataclass
 
 from .errors import ErrorCode, ExitCode, PilotError, signal_error_code, signal_exit_code
+from .nodename import node_name
 
 # Signals that ask for a graceful stop (batch systems send SIGTERM or SIGUSR1 before the kill).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT, signal.SIGXCPU)
@@ -26,7 +26,7 @@ class StopRequest:
     def for_signal(cls, signum: int, rank: int) -> "StopRequest":
         name = signal.Signals(signum).name
         return cls(signal_error_code(signum), signal_exit_code(signum),
-                   f"{name} received by rank {rank} on {socket.gethostname()}")
+                   f"{name} received by rank {rank} on {node_name()}")
 
     @classmethod
     def for_stop_file(cls, path: str, there_at_start: bool = False) -> "StopRequest":

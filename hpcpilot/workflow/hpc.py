@@ -9,7 +9,6 @@ import gc
 import heapq
 import logging
 import os
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from ..lifetime import Deadline, pilot_deadline
 from ..logsetup import JobLogRouter
 from ..monitor import Monitor
 from ..mpi import node_cpu_sets, wait_idly
+from ..nodename import node_name
 from ..runlock import RunLock
 from ..sites import Site
 from ..stopping import SignalWatch, StopRequest
@@ -257,7 +257,7 @@ def _rank_context(config: Config, access_point: AccessPoint, rank: int, site: Si
                       core_memory=site.memory_per_core())
     if rank == 0:
         log.info("site %s: %s", site.name, site.describe())
-    return RankContext(config, access_point, EventStatusPublisher(access_point), rank, socket.gethostname(),
+    return RankContext(config, access_point, EventStatusPublisher(access_point), rank, node_name(),
                        scratch_base(config, site, access_point), router, monitor, site, PayloadGuard())
 
 

@@ -116,3 +116,24 @@ def test_a_locale_that_is_not_utf8_runs_jobs_with_non_ascii_commands_and_names(t
     assert output == run.job_dir(FINISHING) / OUTPUT and output.read_bytes() == "caf\u00e9".encode()
     assert (run.attributes(FAILING)["pilotErrorCode"], run.attributes(FAILING)["transExitCode"]) == (1305, 3)
     assert not list(tmpdir.iterdir())  # every scratch removed, its names that are not UTF-8 too
+
+
+ODD_HOSTNAME = b"node\x1b[31m\xff\x01x"  # an escape sequence, a byte that is not UTF-8, a control character
+SET_HOSTNAME = f"import socket; socket.sethostname({ODD_HOSTNAME!r})"
+
+
+@pytest.mark.timeout(120)
+def test_a_host_name_of_odd_bytes_is_declared_as_panda_can_store_it(tmp_path: Path) -> None:
+    """root may name a node (a container's UTS namespace) with any bytes: one not UTF-8 ended the rank in a
+    traceback (70) before any job ran, and control characters went as they were into ``node``, the summary
+    and every log line."""
+    if os.geteuid() != 0:
+        pytest.skip("naming the node needs root (unshare --uts)")
+    prefix = ("unshare", "--uts", "sh", "-c", f'{sys.executable} -c "{SET_HOSTNAME}" && exec "$@"', "rank")
+    run = run_pilot(write_access_point(tmp_path / "ap", {101: job_definition(101, "true")}), prefix=prefix)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_finished_with_its_log(run, 101)
+    node = "node\ufffd[31m\ufffd\ufffdx"
+    assert run.attributes(101)["node"] == node
+    assert node in json.dumps(run.summary(), ensure_ascii=False)
+    assert f"@{node}]" in run.stderr and "\x1b" not in run.stderr
