@@ -97,26 +97,54 @@ def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     mounts: list[tuple[Path, subprocess.Popen]] = []
 
     def mount(size: int = 1 << 30, delay: float = 0.05, short: int | None = None, lifetime: float = 300) -> Path:
-        mountpoint = tmp_path / f"slowfs-{len(mounts)}"
-        mountpoint.mkdir()
         options = ["--size", str(size), "--delay", str(delay), "--lifetime", str(lifetime)]
-        process = subprocess.Popen([sys.executable, str(SLOWFS), str(mountpoint), *options, *(
-            ["--short", str(short)] if short else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        mounts.append((mountpoint, process))
-        _wait_for_mount(mountpoint, process)
-        return mountpoint / "big.root"
+        mountpoint = tmp_path / f"slowfs-{len(mounts)}"
+        return _mount_slowfs(mountpoint, mounts, [*options, *(["--short", str(short)] if short else [])]) / "big.root"
 
     mount.server = lambda path: next(process for mountpoint, process in mounts if path.parent == mountpoint)
     try:
         yield mount
     finally:
-        for mountpoint, process in mounts:
-            subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
-            try:
-                process.wait(3)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _unmount_slowfs(mounts)
+
+
+@pytest.fixture
+def slow_sync_dir(tmp_path: Path) -> Iterator[Callable[[float], Path]]:
+    """``slow_sync_dir(seconds)``: a writable directory (tests/slowfs.py over a directory of tmp_path) whose
+    every fsync and fdatasync returns ``seconds`` late; skips the test where FUSE cannot be mounted; unmounted
+    at the end of the test."""
+    mounts: list[tuple[Path, subprocess.Popen]] = []
+
+    def mount(sync_delay: float) -> Path:
+        backing = tmp_path / f"backing-{len(mounts)}"
+        backing.mkdir()
+        mountpoint = tmp_path / f"slowsync-{len(mounts)}"
+        return _mount_slowfs(mountpoint, mounts, ["--backing", str(backing), "--sync-delay", str(sync_delay)])
+
+    try:
+        yield mount
+    finally:
+        _unmount_slowfs(mounts)
+
+
+def _mount_slowfs(mountpoint: Path, mounts: list[tuple[Path, subprocess.Popen]], options: list[str]) -> Path:
+    """tests/slowfs.py with ``options`` mounted on ``mountpoint`` (made here), recorded in ``mounts``."""
+    mountpoint.mkdir()
+    process = subprocess.Popen([sys.executable, str(SLOWFS), str(mountpoint), *options],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mounts.append((mountpoint, process))
+    _wait_for_mount(mountpoint, process)
+    return mountpoint
+
+
+def _unmount_slowfs(mounts: list[tuple[Path, subprocess.Popen]]) -> None:
+    for mountpoint, process in mounts:
+        subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
+        try:
+            process.wait(3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def mounts_below(directory: Path) -> list[str]:

@@ -1,16 +1,20 @@
-"""A test-only FUSE filesystem: one large read-only regular file, served slowly, as from a shared
-filesystem under load. Run as a process of its own:
+"""Test-only FUSE filesystems, each run as a process of its own:
 
     python tests/slowfs.py MOUNTPOINT --size BYTES --delay SECONDS_PER_READ [--short BYTES] [--lifetime S]
+    python tests/slowfs.py MOUNTPOINT --backing DIRECTORY --sync-delay SECONDS [--lifetime S]
 
+The first serves one large read-only regular file slowly, as from a shared filesystem under load.
 ``--short`` answers every read with at most that many bytes (a short read; mount with direct_io so that the
-kernel hands it on as it is). It unmounts itself after ``--lifetime`` seconds, so a test that dies leaves no
-mount behind for long; tests mount it through the ``slow_file`` fixture, which unmounts it too.
+kernel hands it on as it is). The second shows the files of DIRECTORY, writable, and answers each fsync
+(fdatasync too) SECONDS late: a disk that takes its time to flush. It unmounts itself after ``--lifetime``
+seconds, so a test that dies leaves no mount behind for long; tests mount it through the ``slow_file`` and
+``slow_sync_dir`` fixtures, which unmount it too.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import os
 import stat
 import subprocess
 import sys
@@ -48,6 +52,58 @@ class SlowFile(Operations):
         return PATTERN[start:start + size]
 
 
+class SlowSyncDirectory(Operations):
+    """DIRECTORY's files as they are, each fsync answered late."""
+
+    def __init__(self, backing: Path, sync_delay: float):
+        self.backing, self.sync_delay = backing, sync_delay
+
+    def _real(self, path: str) -> str:
+        return os.path.join(self.backing, path.lstrip("/"))
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        try:
+            status = os.lstat(self._real(path))
+        except OSError as error:
+            raise FuseOSError(error.errno) from None
+        return {key: getattr(status, key) for key in ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid",
+                                                      "st_atime", "st_mtime", "st_ctime")}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *os.listdir(self._real(path))]
+
+    def create(self, path: str, mode: int, fi: object = None) -> int:
+        return os.open(self._real(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+
+    def open(self, path: str, flags: int) -> int:
+        return os.open(self._real(path), flags)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        os.truncate(self._real(path), length)
+
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        time.sleep(self.sync_delay)
+        os.fsync(fh)
+
+    def release(self, path: str, fh: int) -> None:
+        os.close(fh)
+
+    def rename(self, old: str, new: str) -> None:
+        os.rename(self._real(old), self._real(new))
+
+    def unlink(self, path: str) -> None:
+        os.unlink(self._real(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self._real(path), mode)
+
+
 def unmount(mountpoint: Path) -> None:
     subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
 
@@ -58,11 +114,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1 << 30)
     parser.add_argument("--delay", type=float, default=0.05)
     parser.add_argument("--short", type=int, default=None)
+    parser.add_argument("--backing", type=Path, default=None)
+    parser.add_argument("--sync-delay", type=float, default=0)
     parser.add_argument("--lifetime", type=float, default=300)
     args = parser.parse_args()
     timer = threading.Timer(args.lifetime, unmount, (args.mountpoint,))
     timer.daemon = True
     timer.start()
+    if args.backing:
+        FUSE(SlowSyncDirectory(args.backing, args.sync_delay), str(args.mountpoint), foreground=True)
+        return
     options = {"direct_io": True} if args.short else {}
     FUSE(SlowFile(args.size, args.delay, args.short), str(args.mountpoint), foreground=True, ro=True, **options)
 

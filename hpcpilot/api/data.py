@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from ..atomicfile import atomic_writer
+from ..atomicfile import atomic_writer, flush_to_disk
 from ..checksums import NEVER, Cancel, CopyCancelled, NotRegularFile, RunningChecksum, copy_into_with_checksum, \
     file_checksum, matches
 from ..config import Limits
@@ -339,14 +339,16 @@ def _source_path(transfer: Transfer, direction: _Direction) -> Path:
 
 def _copy(transfer: Transfer, source: Path, expected: Checksum | None, direction: _Direction,
           deadline: TransferDeadline) -> RunningChecksum:
-    """Copy into a temp file beside the destination and rename it into place once verified; any failure
-    (raised as PilotError) removes the temp file."""
+    """Copy into a temp file beside the destination; verify and flush it; look at the deadline last, so that a
+    caller given up on meanwhile never sees it appear; rename it into place. Any failure (raised as
+    PilotError) removes the temp file."""
     what = f"{direction.name} of {transfer.source}"
     try:
-        with atomic_writer(transfer.destination) as handle:
+        with atomic_writer(transfer.destination, fsync=False) as handle:
             running = copy_into_with_checksum(source, handle.fd, expected is not None and expected.kind == "md5",
                                               deadline)
             _verify(transfer, running, expected, direction)
+            flush_to_disk(handle.fd)  # before the last look at the deadline: a flush can take long on a busy disk
             if deadline.is_set():  # its caller may have given up on it already: never put it in place then
                 raise CopyCancelled(f"{what}: ended past its time limit, or stopped")
     except CopyCancelled:

@@ -234,6 +234,22 @@ def test_a_read_that_outlasts_the_time_limit_is_given_up_on_and_its_copy_never_p
     assert os.listdir(local) == ["next.root"]
 
 
+@pytest.mark.timeout(60)
+@DIRECTIONS
+def test_a_copy_given_up_on_during_a_slow_fdatasync_is_never_put_in_place(tmp_path: Path, slow_sync_dir,
+                                                                          direction: tuple) -> None:
+    """A disk that takes 4 s to flush (FUSE) the few bytes copied in an instant: the caller gives up at the 1 s
+    limit plus 1 s, with the timeout code, and the verified copy, once flushed, is not renamed into place after
+    all (the limit was checked before the flush: the file appeared for a caller told it had failed)."""
+    source = tmp_path / "small.root"
+    source.write_bytes(b"a few bytes")
+    destination = slow_sync_dir(4) / "small.root"
+    result = only(direction[0]([Transfer(source, destination)], limits=SHORT_TIME))
+    assert result.error_code == direction[2], result.error_diag
+    _wait_for_no_temp_file(destination.parent)  # the flush returned, the copy ended
+    assert os.listdir(destination.parent) == []
+
+
 INTERRUPTED = """
 import sys
 from hpcpilot.api.data import Transfer, stage_in, stage_out
