@@ -58,7 +58,8 @@ table, goes to standard error).
 
 exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
 the demo access point cannot be written (or DIR or DIR-replicas has files in
-it: it may be a real worker's)."""
+it: it may be a real worker's); 141 its reader left before the outcome was
+all written (| head -1): the jobs were run all the same."""
 
 BATCH_SCRIPT_DESCRIPTION = """\
 Print a batch script that runs 'hpcpilot run' under the site's scheduler and
@@ -322,7 +323,8 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any, signa
     exit_code = run_worker(config, comm, site, signals)
     summary = config.access_point / config.files.summary
     if comm.rank == 0 and summary.exists():
-        _print_demo_outcome(summary)
+        with _quiet_when_reader_leaves():  # the outcome only: while the jobs run, no pipe ends the pilot
+            _print_demo_outcome(summary)
     return exit_code
 
 

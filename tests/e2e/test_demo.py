@@ -1,6 +1,9 @@
 """The README's demo command: ``hpcpilot demo`` writes a Harvester-style access point and runs it."""
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +88,20 @@ def test_a_cores_per_rank_far_beyond_any_node_costs_no_thread_per_core(tmp_path:
     run = run_demo(tmp_path, "--dir", "demo", "--jobs", "2", "--cores-per-rank", str(10 ** 9), launch="grid")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 finished, 0 failed" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.timeout(200)
+def test_a_demo_whose_reader_left_runs_its_jobs_and_ends_as_a_unix_tool_would(tmp_path: Path) -> None:
+    """``hpcpilot demo | head -0``: its outcome cannot be printed. The jobs run and are declared all the same,
+    and the demo ends as the other commands do, 128+SIGPIPE without a traceback (it ended in 'uncaught error'
+    and 70)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader gone before the demo prints anything
+    command = [*LAUNCHES["grid"], sys.executable, "-m", "hpcpilot", "demo", "--jobs", "1", "--dir", "demo"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    os.close(write_end)
+    _, stderr = communicate_or_kill(process, 180, "hpcpilot demo")
+    assert process.returncode == 128 + signal.SIGPIPE, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())["finished"] == 1
