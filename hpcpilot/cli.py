@@ -41,7 +41,8 @@ exit codes: 0 every job ran and was declared (whatever its own outcome);
 job could not be declared in the access point, hpcpilot_summary.json could
 not be written, a rank fell silent for rank_silence_limit (600 s: it died or
 hangs), reading the job definitions outlasted startup_limit (1800 s: a hung
-filesystem), or another pilot is running on the same access point; 65 bad
+filesystem), another pilot is running on the same access point, or a rank
+could start no thread (ulimit -u: no job runs unwatched); 65 bad
 configuration or site (a number out of range here too, settings that differ
 between ranks, an MPI not wired to the launcher); 66 the demo access point
 cannot be written; 70 internal error; 77 access point unreadable or

@@ -23,6 +23,7 @@ from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import (SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service,
                    is_reserved, parse_job, parse_pandaid)
+from .workflow.workers import no_thread_error
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,10 @@ class AccessPoint:
         outside = {pandaid for pandaid in pandaids if str(pandaid) in symlinked and not self.job_dir_is_inside(pandaid)}
         chunks = [pandaids[start:start + READ_CHUNK] for start in range(0, len(pandaids), READ_CHUNK)]
         with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
-            texts = pool.map(self._read_spec_texts, chunks, [outside] * len(chunks))
+            try:
+                texts = pool.map(self._read_spec_texts, chunks, [outside] * len(chunks))
+            except RuntimeError as error:  # "can't start new thread"
+                raise no_thread_error("the threads that read the job definitions", error) from None
             return [self._job_from(pandaid, text) for chunk, chunk_texts in zip(chunks, texts)
                     for pandaid, text in zip(chunk, chunk_texts)]
 

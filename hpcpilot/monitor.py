@@ -24,6 +24,7 @@ from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
 from .proctree import LeftoverSweep, ProcTable, read_proc_table
+from .workflow.workers import start_or_give_up
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Monitor:
         self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
 
     def start(self) -> "Monitor":
-        self._thread.start()
+        start_or_give_up(self._thread, "the payload monitor's thread")
         return self
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
+from .errors import WorkerError
 from .nodename import node_name
 
 # Variables that MPI launchers set in every rank they start.
@@ -130,17 +131,20 @@ def new_status() -> Any:
 
 def run_or_abort(comm: Any, main: Callable[[], int], exit_code: int) -> int:
     """Run ``main``; an exception escaping it ends every rank, so none hangs in a collective, with
-    ``exit_code``."""
+    ``exit_code`` (a WorkerError with its own, its message said without a traceback)."""
     try:
         return main()
     except SystemExit:
         raise
+    except WorkerError as error:  # the pilot cannot go on, for a reason it names: no traceback
+        sys.stderr.write(f"[{comm.rank}@{node_name()}] {error}; aborting all ranks\n")
+        exit_code = error.exit_code
     except BaseException:
         sys.stderr.write(f"[{comm.rank}@{node_name()}] uncaught error, aborting all ranks:\n")
         traceback.print_exc()
-        if comm.size > 1:
-            abort_every_rank(comm, exit_code)
-        return exit_code
+    if comm.size > 1:
+        abort_every_rank(comm, exit_code)
+    return exit_code
 
 
 # MPI_Abort has the launcher end every rank at once, and its proxies with them: a rank's last lines, still in

@@ -79,8 +79,8 @@ def _run_worker(config: Config, comm: Any, site: Site, signals: SignalWatch, loc
     deadline = _agree_on_deadline(config, comm)
     if comm.rank == 0:
         _announce(plan, comm.size, cores, ctx.scratch_base)
-    ctx.monitor.start()
     try:
+        ctx.monitor.start()
         supervisor = Supervisor(ctx, comm, deadline, signals)
         results = _run_share(ctx, plan, cores, deadline, supervisor, comm)
         results += _run_event_jobs(ctx, plan.event_jobs, cores, supervisor, comm)

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from ..errors import ExitCode
 from ..mpi import abort_every_rank, any_source, new_status
+from .workers import start_or_give_up
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def startup_watch(comm: Any, limit: float) -> Iterator[None]:
         return
     timer = threading.Timer(limit, _give_up_starting, args=(comm, limit))
     timer.daemon = True  # a rank that ends on its own does not wait for it
-    timer.start()
+    start_or_give_up(timer, "the start-up watch's timer")
     try:
         yield
     finally:
