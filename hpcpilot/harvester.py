@@ -23,7 +23,7 @@ from .config import HarvesterFiles
 from .errors import ErrorCode, ExitCode, JobDefinitionError, WorkerError
 from .jobs import (SCRATCH_NAMES, SECRET_KEYS, InvalidJob, JobSpec, declared_core_count, is_event_service,
                    is_reserved, parse_job, parse_pandaid)
-from .workflow.workers import no_thread_error
+from .threadstart import no_thread_error
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from .jobstate import JobRun
 from .memorymonitor import TIMESERIES_NAME, MemorySeries
 from .payload import STDOUT_NAME
 from .proctree import LeftoverSweep, ProcTable, read_proc_table
-from .workflow.workers import start_or_give_up
+from .threadstart import start_or_give_up
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from ..errors import ExitCode
 from ..mpi import abort_every_rank, any_source, new_status
-from .workers import start_or_give_up
+from ..threadstart import start_or_give_up
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,6 @@ import time
 from concurrent import futures
 from typing import Any, Callable
 
-from ..errors import ExitCode, WorkerError
-
 log = logging.getLogger(__name__)
 
 
@@ -140,23 +138,6 @@ def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
 
     in_thread_or_here(settle, name)
     return outcome
-
-
-def start_or_give_up(thread: threading.Thread, what: str) -> None:
-    """Start ``thread``, which the rank cannot run without; when no thread can be started (this user's other
-    processes took every one it may have: ulimit -u), WorkerError 64 saying so: this node cannot run the rank
-    now, and a rank whose payloads nothing watches must not run them."""
-    try:
-        thread.start()
-    except RuntimeError as error:  # "can't start new thread"
-        raise no_thread_error(what, error) from None
-
-
-def no_thread_error(what: str, error: RuntimeError) -> WorkerError:
-    """Why the rank ends when ``what``, a thread it needs, could not be started."""
-    return WorkerError(ExitCode.SITE_PROBLEM, f"cannot start {what} ({error}): this node lets this user start no "
-                       "more threads or processes (ulimit -u, or no memory for a thread's stack); no job was started, "
-                       "run the worker again elsewhere or once the node has room")
 
 
 def in_thread_or_here(work: Callable[[], Any], name: str) -> None:
