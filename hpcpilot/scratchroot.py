@@ -22,7 +22,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .nodename import node_name
+from .nodename import node_identity
 from .scratchtree import remove_tree
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _unlocked(root: Path, error: OSError) -> None:
 
 
 def _this_node() -> bytes:
-    return node_name().encode() + b"\n"
+    return node_identity() + b"\n"
 
 
 def release(root: Path) -> None:

@@ -78,6 +78,41 @@ def test_the_root_of_another_node_whose_lock_does_not_show_here_is_left_alone(tm
     assert (elsewhere_root / "job-1-x" / "payload.stdout").read_text() == "left behind"
 
 
+RECLAIM = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hpcpilot import scratchroot
+    parent = Path(sys.argv[1])
+    print([str(root) for root in scratchroot.reclaim_dead_roots(parent, scratchroot.make_root(parent, keep=False))])
+""")
+
+
+def on_node(node: bytes, command: list[str]) -> list[str]:
+    """``command`` run on a node named ``node``, any bytes (a UTS namespace of its own; ``hostname`` takes no
+    control character)."""
+    naming = f"import socket; socket.sethostname({node!r})"
+    return ["unshare", "--uts", "sh", "-c", f'{sys.executable} -c "{naming}" && exec "$@"', "rank", *command]
+
+
+@pytest.mark.timeout(60)
+def test_nodes_whose_names_differ_only_in_odd_bytes_never_take_each_others_roots_for_their_own(tmp_path: Path) -> None:
+    """The lock file names its node by the host name's bytes: as logged (each control character or byte that
+    is not UTF-8 shown as U+FFFD), b'n\\x01' and b'n\\x02' were one node, and the root of a pilot living on
+    the other, its lock not shown here (a shared scratch directory), was removed as a dead one's."""
+    if os.geteuid() != 0:
+        pytest.skip("naming a process's node otherwise needs root (unshare --uts)")
+    maker = subprocess.Popen(on_node(b"n\x01", [sys.executable, "-c", MAKE_ROOT, str(tmp_path), "lock"]),
+                             stdout=subprocess.PIPE, text=True)
+    elsewhere_root = Path(maker.stdout.readline().strip())
+    killed(maker)  # its lock gone here, as if it had never shown
+    assert elsewhere_root.name.startswith(scratchroot.PREFIX)
+    reclaimer = subprocess.run(on_node(b"n\x02", [sys.executable, "-c", RECLAIM, str(tmp_path)]),
+                               capture_output=True, text=True, timeout=30)
+    assert reclaimer.returncode == 0, reclaimer.stderr[-2000:]
+    assert reclaimer.stdout.strip() == "[]"
+    assert (elsewhere_root / "job-1-x" / "payload.stdout").read_text() == "left behind"
+
+
 @pytest.mark.timeout(60)
 def test_a_root_kept_for_inspection_is_never_reclaimed(tmp_path: Path) -> None:
     kept, kept_root = rank_making_a_root(tmp_path, keep=True)
