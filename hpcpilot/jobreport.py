@@ -77,7 +77,8 @@ def payload_report(run: JobRun) -> dict | None:
         if not isinstance(report, dict):
             return None
         report = trim_logfile_reports(report)
-        return rewrite_json(report, lambda text: storable_diag(redact(text, run.spec.secrets)))
+        secrets = run.spec.secrets  # storable_diag never changes a number's text: only a secret's digits can
+        return rewrite_json(report, lambda text: storable_diag(redact(text, secrets)), numbers=bool(secrets))
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
 

@@ -26,16 +26,18 @@ def redact_json(value: Any, secrets: tuple[str, ...]) -> Any:
     return rewrite_json(value, lambda text: redact(text, secrets))
 
 
-def rewrite_json(value: Any, rewrite: Callable[[str], str]) -> Any:
+def rewrite_json(value: Any, rewrite: Callable[[str], str], numbers: bool = True) -> Any:
     """Decoded JSON with ``rewrite`` applied to every string and key, at any depth; a number whose text it
-    would change (a secret's digits) becomes REDACTED."""
+    would change (a secret's digits) becomes REDACTED. ``numbers`` False: ``rewrite`` never changes a number's
+    text (no secrets to blank), and numbers go as they are, without each one turned into text."""
     if isinstance(value, str):
         return rewrite(value)
     if isinstance(value, dict):
-        return {rewrite(key): rewrite_json(item, rewrite) for key, item in value.items()}
+        return {rewrite(key): rewrite_json(item, rewrite, numbers) for key, item in value.items()}
     if isinstance(value, list):
-        return [rewrite_json(item, rewrite) for item in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and rewrite(str(value)) != str(value):
+        return [rewrite_json(item, rewrite, numbers) for item in value]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            rewrite(str(value)) != str(value):
         return REDACTED
     return value
 
