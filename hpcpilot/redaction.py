@@ -30,12 +30,20 @@ def rewrite_json(value: Any, rewrite: Callable[[str], str], numbers: bool = True
     """Decoded JSON with ``rewrite`` applied to every string and key, at any depth; a number whose text it
     would change (a secret's digits) becomes REDACTED. ``numbers`` False: ``rewrite`` never changes a number's
     text (no secrets to blank), and numbers go as they are, without each one turned into text."""
+    # Loops, not comprehensions: a comprehension is a call of its own, and two calls a level reached the
+    # recursion limit at half the depth json.loads reads.
     if isinstance(value, str):
         return rewrite(value)
     if isinstance(value, dict):
-        return {rewrite(key): rewrite_json(item, rewrite, numbers) for key, item in value.items()}
+        rewritten = {}
+        for key, item in value.items():
+            rewritten[rewrite(key)] = rewrite_json(item, rewrite, numbers)
+        return rewritten
     if isinstance(value, list):
-        return [rewrite_json(item, rewrite, numbers) for item in value]
+        items = []
+        for item in value:
+            items.append(rewrite_json(item, rewrite, numbers))
+        return items
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool) and \
             rewrite(str(value)) != str(value):
         return REDACTED

@@ -106,3 +106,16 @@ def test_the_numbers_of_a_report_are_looked_at_only_for_a_job_with_secrets(tmp_p
     definition = {**job_definition(4712, "true"), "pilotSecrets": "3456789"}
     with_secret = JobRun(parse_job(definition), 0, "node", 1, scratch=tmp_path)
     assert payload_report(with_secret)["values"][:3] == [0.25, REDACTED, -7e300]
+
+
+def test_a_report_nested_as_deep_as_json_reads_goes_out_whole(tmp_path: Path) -> None:
+    """A report the parser reads at any depth is rewritten as deep (each level cleaned in one call, not two: a
+    comprehension is a call of its own): one nested 600 deep (300 objects, 300 lists) went out whole before every report was rewritten,
+    and then was dropped for the pilot's minimal one (RecursionError), its payload's metadata lost."""
+    depth = 300  # pairs of levels: an object and a list
+    content = b'{"a": [' * depth + b'"x\\u0000"' + b']}' * depth
+    report = payload_report(_run_with_report(tmp_path, content))
+    assert report is not None
+    for _ in range(depth):
+        report = report["a"][0]
+    assert report == "x\ufffd"
