@@ -14,13 +14,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcpilot.atomicfile import write_json
 from hpcpilot.proctree import TreeSample
 
 log = logging.getLogger(__name__)
 
 TIMESERIES_NAME = "memory_monitor_output.txt"
-SUMMARY_NAME = "memory_monitor_summary.json"
 
 # Column title -> TreeSample field, in prmon's order.
 TIMESERIES_COLUMNS = {
@@ -94,9 +92,6 @@ class MemorySeries:
             summary[f"tot{key}"] = total
             summary[f"rate{key}"] = round(total / wall) if wall > 0 else 0
         return summary
-
-    def write_summary_json(self, path: Path) -> None:
-        write_json(Path(path), self.summary())
 
     def _average(self, name: str) -> int:
         stat = self._stats.get(name)

@@ -52,9 +52,6 @@ class SerialComm:
     def gather(self, value: Any, root: int = 0) -> list[Any]:
         return [value]
 
-    def allreduce(self, value: Any, op: Any = None) -> Any:
-        return value
-
     def allgather(self, value: Any) -> list[Any]:
         return [value]
 

@@ -6,7 +6,7 @@ token ``HPCPILOT_JOB_TOKEN=<token>`` in its environment. Its members are:
 - the root and every descendant (by parent pid), also those that called setsid;
 - every process still in the root's session (double-forked daemons);
 - every process of our uid whose environment carries the token (orphans that
-  left the session and were reparented to the pilot or to init);
+  left the session and were reparented to init or the nearest subreaper);
 - every member seen before that still runs, and their descendants.
 
 Parent pids, groups and sessions come from one pass over ``/proc/*/stat``
@@ -20,7 +20,6 @@ group is found by its token in a ``LeftoverSweep`` over all finished payloads.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -35,7 +34,6 @@ from typing import Callable, Collection, Iterable
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "HPCPILOT_JOB_TOKEN"
-PR_SET_CHILD_SUBREAPER = 36
 KILL_ROUNDS = 20
 KILL_ROUND_PAUSE = 0.05
 # One summed block (Linux >= 4.14) instead of one block per mapping: same fields, far cheaper.
@@ -59,23 +57,6 @@ def token_holders(matches: Callable[[bytes], bool]) -> dict[int, ProcStat]:
     holders = {stat.pid for stat in table.values()
                if not stat.zombie and matches(_token_in(_environ_of(stat.pid, uid)) or b"")}
     return {pid: table[pid] for pid in _with_descendants(holders, table) if not table[pid].zombie and _may_signal(pid)}
-
-
-def become_subreaper(enable: bool = True) -> bool:
-    """Make orphans of our descendants reparent to this process instead of init.
-
-    The pilot then must reap them: ``ProcessTree`` does so for its payload's
-    members, ``reap_orphans`` for everything else. True on success.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        failed = libc.prctl(PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) != 0
-    except (OSError, AttributeError) as exc:
-        log.warning("prctl unavailable, orphans will reparent to init: %s", exc)
-        return False
-    if failed:
-        log.warning("PR_SET_CHILD_SUBREAPER failed: %s", os.strerror(ctypes.get_errno()))
-    return not failed
 
 
 @dataclass(frozen=True)
@@ -159,31 +140,6 @@ def _read_all(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(handle)
-
-
-def reap_orphans(known_roots: Collection[int]) -> list[int]:
-    """Reap zombie children of this process that it never started itself; return their pids.
-
-    Needed once ``become_subreaper`` made the pilot inherit orphans. Never
-    reaps a pid in ``known_roots`` (pass every live Popen started with
-    ``start_new_session``: reaping it would steal its exit status from
-    ``Popen.wait``), nor a child in the pilot's own session (plain
-    ``subprocess.run`` children of other modules).
-    """
-    own_session = os.getsid(0)
-    reaped = []
-    for stat in read_proc_table().values():
-        if (stat.zombie and stat.ppid == os.getpid() and stat.pid not in known_roots
-                and stat.session != own_session and _reap(stat.pid)):
-            reaped.append(stat.pid)
-    return reaped
-
-
-def _reap(pid: int) -> bool:
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -316,7 +272,6 @@ class ProcessTree:
         seeds |= self._token_holders(table, exclude=seeds)
         members = {pid: table[pid] for pid in _with_descendants(seeds, table)
                    if not table[pid].zombie and _may_signal(pid)}
-        self._reap_member_zombies(table)
         self._members = {stat.key: stat for stat in members.values()}
         self._forget_gone(table)
         return members
@@ -352,15 +307,6 @@ class ProcessTree:
     def _carries_token(self, pid: int) -> bool:
         environ = _environ_of(pid, self._uid)
         return environ.startswith(self._token_entry) or b"\0" + self._token_entry in environ
-
-    def _reap_member_zombies(self, table: ProcTable) -> None:
-        """Reap payload processes reparented to us (subreaper); never the root (Popen's)."""
-        for stat in _zombie_children(table):
-            if stat.pid != self.root_pid and (stat.key in self._members or self._in_session(stat)):
-                _reap(stat.pid)
-
-    def _in_session(self, stat: ProcStat) -> bool:
-        return self._session is not None and stat.session == self._session
 
     def _forget_gone(self, table: ProcTable) -> None:
         self._without_token = {key for key in self._without_token if not _is_gone(key, table)}
@@ -474,7 +420,6 @@ class LeftoverSweep:
         self._token_of = {key: token for key, token in self._token_of.items() if not _is_gone(key, table)}
         holders = {stat.pid for stat in table.values() if not stat.zombie and self._is_leftover(stat)}
         self._carried = {self._token_of[stat.key] for stat in table.values() if not stat.zombie}
-        self._reap_leftover_zombies(table)
         return {pid: table[pid] for pid in _with_descendants(holders, table)
                 if not table[pid].zombie and _may_signal(pid)}
 
@@ -482,12 +427,6 @@ class LeftoverSweep:
         if stat.key not in self._token_of:
             self._token_of[stat.key] = _token_in(_environ_of(stat.pid, self._uid))
         return self._token_of[stat.key] in self._finished
-
-    def _reap_leftover_zombies(self, table: ProcTable) -> None:
-        """Leftovers reparented to the pilot (subreaper) are ours to reap."""
-        for stat in _zombie_children(table):
-            if self._token_of.get(stat.key) in self._finished:
-                _reap(stat.pid)
 
 
 def end_processes(find: Callable[[], dict[int, ProcStat]], grace: float, poll: float, what: str) -> list[int]:
@@ -568,11 +507,6 @@ def _with_descendants(seeds: Iterable[int], table: ProcTable) -> set[int]:
             found.add(pid)
             todo.extend(table.children.get(pid, ()))
     return found
-
-
-def _zombie_children(table: ProcTable) -> list[ProcStat]:
-    """Zombies this process may reap."""
-    return [table[pid] for pid in table.children.get(os.getpid(), ()) if table[pid].zombie]
 
 
 def _may_signal(pid: int) -> bool:

@@ -20,12 +20,6 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def redact_json(value: Any, secrets: tuple[str, ...]) -> Any:
-    """Decoded JSON with the secrets blanked in every string, key and number. Not in its encoded text, where
-    a secret's quotes, backslashes, newlines or non-ASCII characters would be escaped and not found."""
-    return rewrite_json(value, lambda text: redact(text, secrets))
-
-
 def rewrite_json(value: Any, rewrite: Callable[[str], str], numbers: bool = True) -> Any:
     """Decoded JSON with ``rewrite`` applied to every string and key, at any depth; a number whose text it
     would change (a secret's digits) becomes REDACTED. ``numbers`` False: ``rewrite`` never changes a number's

@@ -79,9 +79,6 @@ class EventRange:
             content["PFN"] = self.PFN
         return content
 
-    def with_pfn(self, pfn: str) -> "EventRange":
-        return EventRange(self.eventRangeID, self.startEvent, self.lastEvent, self.LFN, self.GUID, self.scope, pfn)
-
 
 def is_valid_range_id(text: str) -> bool:
     return bool(_RANGE_ID.fullmatch(text))

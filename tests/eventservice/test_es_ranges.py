@@ -23,7 +23,6 @@ def test_extra_keys_are_ignored_and_a_pfn_is_kept():
     event_range = EventRange.from_dict({**HARVESTER_RANGE, "attemptNr": 2, "PFN": "/scratch/EVNT.pool.root.1"})
     assert event_range.PFN == "/scratch/EVNT.pool.root.1"
     assert event_range.to_dict() == {**HARVESTER_RANGE, "PFN": "/scratch/EVNT.pool.root.1"}
-    assert EventRange.from_dict(HARVESTER_RANGE).with_pfn("/x/y").to_dict()["PFN"] == "/x/y"
 
 
 def test_range_is_frozen():

@@ -2,7 +2,6 @@
 the Monitor's memory pass over many payloads and its sweep for what finished payloads left behind."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from hpcpilot.config import Limits
 from hpcpilot.jobs import parse_job
 from hpcpilot.jobstate import JobRun
 from hpcpilot.memorymonitor import (
-    SUMMARY_NAME, TIMESERIES_COLUMNS, TIMESERIES_NAME, MemorySeries,
+    TIMESERIES_COLUMNS, TIMESERIES_NAME, MemorySeries,
 )
 from hpcpilot.monitor import Monitor
 from hpcpilot.payload import launch
@@ -140,15 +139,6 @@ def test_timeseries_appends_to_an_existing_file_without_second_header(tmp_path):
     MemorySeries(timeseries_path=path).add(sample(2.0, 2))
     lines = path.read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["Time", "1", "2"]
-
-
-def test_summary_json_round_trips(tmp_path):
-    series = MemorySeries()
-    series.add(sample(0.0, 100, io=1))
-    series.add(sample(2.0, 300, io=5))
-    path = tmp_path / SUMMARY_NAME
-    series.write_summary_json(path)
-    assert json.loads(path.read_text()) == series.summary()
 
 
 @pytest.mark.timeout(60)

@@ -1,4 +1,4 @@
-"""ProcessTree with real processes: discovery, sampling, killing, reaping."""
+"""ProcessTree with real processes: discovery, sampling, killing."""
 from __future__ import annotations
 
 import os
@@ -12,10 +12,7 @@ import psutil
 import pytest
 
 from hpcpilot import proctree
-from hpcpilot.proctree import (
-    TOKEN_ENV, LeftoverSweep, ProcessTree, TreeSample, become_subreaper, new_token, read_proc_table,
-    reap_orphans,
-)
+from hpcpilot.proctree import TOKEN_ENV, LeftoverSweep, ProcessTree, TreeSample, new_token, read_proc_table
 
 MB = 1024 * 1024
 
@@ -62,14 +59,6 @@ def launch(tmp_path):
         payload.cleanup()
 
 
-@pytest.fixture
-def subreaper():
-    assert become_subreaper(True)
-    yield
-    become_subreaper(False)
-    reap_orphans(known_roots=())
-
-
 def write_pid(name: str, pid: str = "$$") -> str:
     """Shell snippet publishing a pid in file ``name`` by rename, so it is never read half-written."""
     return f"echo {pid} > {name}.tmp && mv {name}.tmp {name}"
@@ -113,10 +102,7 @@ def test_child_that_called_setsid_is_found(launch):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("as_subreaper", [False, True], ids=["init-adopts", "pilot-adopts"])
-def test_orphan_in_new_session_is_found_and_killed(launch, request, as_subreaper):
-    if as_subreaper:
-        request.getfixturevalue("subreaper")
+def test_orphan_in_new_session_is_found_and_killed(launch):
     payload = launch("setsid bash -c '" + write_pid("orphan") + "; exec sleep 60' & "
                      "while [ ! -e orphan ]; do sleep 0.02; done")
     orphan = payload.pid_from("orphan")
@@ -124,9 +110,6 @@ def test_orphan_in_new_session_is_found_and_killed(launch, request, as_subreaper
     assert orphan in payload.tree.pids()
     assert payload.tree.kill(grace=5.0) == []
     wait_until(lambda: is_gone(orphan))
-    if as_subreaper:  # the tree reaps what the pilot inherited
-        payload.tree.pids()
-        wait_until(lambda: not psutil.pid_exists(orphan))
 
 
 @pytest.mark.timeout(30)
@@ -181,7 +164,7 @@ def test_stopped_payload_still_gets_to_handle_sigterm(launch):
 
 
 @pytest.mark.timeout(60)
-def test_after_kill_no_member_runs(launch, subreaper):
+def test_after_kill_no_member_runs(launch):
     payload = launch(
         "trap '' TERM; for i in 1 2 3; do sleep 60 & done; "
         "setsid bash -c 'trap \"\" TERM; sleep 60; true' & (sleep 60 &); "
@@ -191,7 +174,6 @@ def test_after_kill_no_member_runs(launch, subreaper):
     pids = payload.tree.pids()
     payload.tree.kill(grace=0.5)
     payload.popen.wait(timeout=10)
-    payload.tree.pids()  # reaps the members the pilot inherited
     wait_until(lambda: all(is_gone(pid) for pid in pids))
     assert payload.tree.pids() == set()
 
@@ -237,32 +219,6 @@ def test_vanished_root_gives_empty_tree(launch):
     assert payload.tree.pids() == set()
     assert payload.tree.kill(grace=1.0) == []
     assert payload.tree.sample().nprocs == 0
-
-
-@pytest.mark.timeout(30)
-def test_reap_orphans_leaves_known_roots_and_plain_children_alone(launch, subreaper):
-    payload = launch("exit 7")
-    plain = subprocess.Popen(["bash", "-c", "exit 5"])
-    wait_until(lambda: {payload.popen.pid, plain.pid} <= set(_zombie_children()))
-    reaped = reap_orphans(known_roots={payload.popen.pid})
-    assert payload.popen.pid not in reaped and plain.pid not in reaped
-    assert payload.popen.wait(timeout=10) == 7
-    assert plain.wait(timeout=10) == 5
-
-
-@pytest.mark.timeout(30)
-def test_reap_orphans_collects_inherited_zombies(launch, subreaper):
-    payload = launch("setsid bash -c '" + write_pid("orphan") + "; exec sleep 0.3' & exit 0")
-    orphan = payload.pid_from("orphan")
-    payload.popen.wait(timeout=10)
-    wait_until(lambda: orphan in _zombie_children())
-    assert reap_orphans(known_roots={payload.popen.pid}) == [orphan]
-    assert not psutil.pid_exists(orphan)
-
-
-def _zombie_children() -> list[int]:
-    return [child.pid for child in psutil.Process().children()
-            if child.status() == psutil.STATUS_ZOMBIE]
 
 
 @pytest.mark.timeout(60)

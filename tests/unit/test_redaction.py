@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.redaction import REDACTED, copy_redacted, redact_files, redact_json
+from hpcpilot.redaction import REDACTED, copy_redacted, redact, redact_files, rewrite_json
 
 SECRET = "s3cr3t-token"
 
@@ -91,6 +91,6 @@ def test_json_is_redacted_in_its_decoded_strings_keys_and_numbers() -> None:
     secret = 'pä"ss\\wo\nrd'
     report = {"argv": f"--key {secret}", secret: [1, {"deep": secret}], "pin": 12345678, "ok": True, "n": None}
     assert json.dumps(report).find(secret) == -1  # what a search of the encoded text would miss
-    redacted = redact_json(report, (secret, "2345"))
+    redacted = rewrite_json(report, lambda text: redact(text, (secret, "2345")))
     assert redacted == {"argv": f"--key {REDACTED}", REDACTED: [1, {"deep": REDACTED}], "pin": REDACTED,
                         "ok": True, "n": None}
