@@ -35,6 +35,8 @@ YAML file (--config or $HPCPILOT_CONFIG), HPCPILOT_* environment variables
 (HPCPILOT_CORES_PER_RANK=4, HPCPILOT_FILES__JOB_SPEC=pandaJobData.out) and
 these flags. Every setting and its default is in hpcpilot/config.py (Config,
 Limits, HarvesterFiles); an unknown one is an error that lists the known ones.
+No more jobs are ever asked for (no pull mode): files.request_jobs is never
+written, only kept from being the name of another file.
 
 exit codes: 0 every job ran and was declared (whatever its own outcome);
 2 bad command line (an unknown option, a value of the wrong kind); 64 some

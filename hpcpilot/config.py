@@ -46,7 +46,7 @@ class HarvesterFiles:
     event_status: str = "event_status.dump.json"
     heartbeat: str = "worker_heartbeat.json"
     kill_worker: str = "kill_worker.json"
-    request_jobs: str = "worker_requestjob.json"
+    request_jobs: str = "worker_requestjob.json"  # never written (no pull mode): reserved, no other file may take it
     request_events: str = "worker_requestevents.json"
     event_ranges: str = "JobsEventRanges.json"
     update_events: str = "worker_updateevents.json"  # Harvester's own, in each job directory (its updateEventsFile)
