@@ -374,30 +374,37 @@ def _stage_out_file(spec: FileSpec, scratch: Path, job_dir: Path, guid: str, tim
             return None
         found = "is a directory, not a file" if status and stat.S_ISDIR(status.st_mode) else "was not produced"
         raise PilotError(ErrorCode.MISSING_OUTPUT, f"expected output {spec.lfn} {found}")
-    if status.st_size == 0:
-        raise _empty_output(spec.lfn, "is empty (zero size)")
     check_output_size(spec.lfn, status.st_size)
     target = job_dir / spec.lfn
     try:
         running = copy_out_in_time(source, target, time_limit(status.st_size))
     except OSError as error:
         raise stageout_error(spec.lfn, job_dir, error) from None
-    if running.size == 0:  # emptied since its size was read, by a process the payload left running
-        target.unlink(missing_ok=True)
-        raise _empty_output(spec.lfn, "was emptied while it was staged out (by a process the payload left running?)")
+    check_not_emptied(spec.lfn, target, running)
     return declaration("output", target, running, guid or spec.guid)
+
+
+def check_output_size(name: str, size: int) -> None:
+    """Refused before copying: an empty output (1350) is no result, whatever the payload said; one over the
+    limit (1124) would take hours on the shared filesystem, for nothing (a sparse file costs the payload no time
+    to make)."""
+    if size == 0:
+        raise _empty_output(name, "is empty (zero size)")
+    if size > MAX_OUTPUT_BYTES:
+        raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {name} of {size} bytes exceeds the limit of "
+                         f"{MAX_OUTPUT_BYTES} bytes")
+
+
+def check_not_emptied(name: str, target: Path, copied: RunningChecksum) -> None:
+    """An output emptied since its size was read (by a process the payload left running) is removed from
+    ``target`` and refused (1350)."""
+    if copied.size == 0:
+        target.unlink(missing_ok=True)
+        raise _empty_output(name, "was emptied while it was staged out (by a process the payload left running?)")
 
 
 def _empty_output(name: str, how: str) -> PilotError:
     return PilotError(ErrorCode.EMPTY_OUTPUT, f"output {name} {how}")
-
-
-def check_output_size(name: str, size: int) -> None:
-    """Refused before copying (1124): hours on the shared filesystem, for nothing (a sparse file costs the
-    payload no time to make)."""
-    if size > MAX_OUTPUT_BYTES:
-        raise PilotError(ErrorCode.OUTPUT_TOO_LARGE, f"output {name} of {size} bytes exceeds the limit of "
-                         f"{MAX_OUTPUT_BYTES} bytes")
 
 
 def stageout_error(name: str, target_dir: Path, error: OSError) -> PilotError:

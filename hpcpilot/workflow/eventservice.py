@@ -533,6 +533,7 @@ class RankEventWork:
             running = self._copy_out(source, target, size)  # on disk before it is declared, like any output
         except (OSError, ValueError) as error:
             raise PilotError(ErrorCode.STAGEOUT_FAILED, f"cannot stage out {name}: {error}") from None
+        staging.check_not_emptied(name, target, running)
         return finished_entry(result.range_id, target, checksum=running)
 
     def _copy_out(self, source: Path, target: Path, size: int) -> RunningChecksum:

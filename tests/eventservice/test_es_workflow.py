@@ -592,7 +592,7 @@ def test_odd_output_paths_fail_their_range_not_the_worker(tmp_path: Path) -> Non
         (2, 10, 4), attributes
 
 
-HUGE_OUTPUT_PAYLOAD = """
+ODD_SIZE_OUTPUT_PAYLOAD = """
 import os
 from hpcpilot.eventservice.client import EventChannelClient
 from hpcpilot.staging import MAX_OUTPUT_BYTES
@@ -602,8 +602,8 @@ with EventChannelClient.from_environment() as client:
         for event_range in ranges:
             range_id = event_range.eventRangeID
             with open(range_id + ".out", "w") as output:
-                if range_id.endswith("-0-1"):  # sparse: no time, no space, in scratch
-                    output.truncate(MAX_OUTPUT_BYTES + 1)
+                if range_id.endswith("-0-1"):
+                    output.truncate(%s)
                 else:
                     output.write("output of " + range_id)
             client.finished(os.path.abspath(range_id + ".out"), range_id, 0.1, 0.1)
@@ -612,19 +612,23 @@ with EventChannelClient.from_environment() as client:
 
 
 @pytest.mark.timeout(180)
-def test_a_range_output_over_the_output_size_limit_fails_its_range_before_any_byte_is_copied(tmp_path: Path) -> None:
-    """As any job's output over 500 GB (1124): else the pilot spent hours writing it to the shared filesystem.
-    The copy's time limit is cut to a second, so that without the size check it ends at once (1152)."""
+@pytest.mark.parametrize("size, code", [("MAX_OUTPUT_BYTES + 1", 1124), ("0", 1350)], ids=["huge", "empty"])
+def test_a_range_output_over_the_size_limit_or_empty_fails_its_range_before_any_byte_is_copied(
+        tmp_path: Path, size: str, code: int) -> None:
+    """As any job's output over 500 GB (1124; sparse here: no time, no space, in scratch): else the pilot spent
+    hours writing it to the shared filesystem; or of zero size (1350): no result, which Harvester would stage
+    out and PanDA count as the range's events done. The copy's time limit is cut to a second, so that without
+    the size check a huge one ends at once (1152)."""
     all_ranges = ranges(4)
-    ap = es_worker_running(tmp_path, HUGE_OUTPUT_PAYLOAD, all_ranges)
+    ap = es_worker_running(tmp_path, ODD_SIZE_OUTPUT_PAYLOAD % size, all_ranges)
     run, entries = run_es(ap, "grid", serving=[], env={"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_MAX": "1"})
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    huge = all_ranges[0]["eventRangeID"]
+    odd = all_ranges[0]["eventRangeID"]
     by_range = range_entries(entries)
-    assert by_range.pop(huge) == [{"eventRangeID": huge, "eventStatus": "failed"}]
-    assert f"1 event range(s) failed (1124: output {huge}.out.{huge} of" in run.stderr, run.stderr[-3000:]
+    assert by_range.pop(odd) == [{"eventRangeID": odd, "eventStatus": "failed"}]
+    assert f"1 event range(s) failed ({code}: output {odd}.out.{odd} " in run.stderr, run.stderr[-3000:]
     assert all(entry["eventStatus"] == "finished" for (entry,) in by_range.values()) and len(by_range) == 3
-    assert not list(ap.glob(f"{huge}.out*"))
+    assert not list(ap.glob(f"{odd}.out*"))
 
 
 SLOW_OUTPUT_PAYLOAD = """
