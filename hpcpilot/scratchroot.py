@@ -12,6 +12,12 @@ and so is another user's. So is one whose file names another node: a scratch
 directory shared between nodes (NFS mounted nolock, Lustre with localflock)
 may show no node the locks of another, whose living pilots' roots would look
 dead.
+
+A dead root may hold a million files: its removal takes many minutes
+(200,000 took 340 s on a busy disk here), so a rank removes dead roots on a
+thread of its own while its jobs start, and removes a root's lock file last:
+a rank that ends before the removal does leaves the rest, lock file and all,
+to the next one.
 """
 from __future__ import annotations
 
@@ -20,8 +26,10 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
+from .mounts import unmount_all_below
 from .nodename import node_identity
 from .scratchtree import remove_tree
 
@@ -74,6 +82,21 @@ def release(root: Path) -> None:
     (root / ALIVE).unlink(missing_ok=True)
 
 
+def reclaim_dead_roots_in_background(parent: Path, own: Path) -> threading.Thread | None:
+    """``reclaim_dead_roots`` on a daemon thread, which the rank's start does not wait for (nor its end: what it
+    has not removed by then a later rank does); None, and the dead roots left for later, when no thread can be
+    started (ulimit -u)."""
+    thread = threading.Thread(target=reclaim_dead_roots, args=(parent, own), name="reclaim-dead-scratch",
+                              daemon=True)
+    try:
+        thread.start()
+    except RuntimeError as error:  # "can't start new thread": the rank needs none of this to run its jobs
+        log.warning("cannot start a thread to remove the scratch of dead pilots in %s (%s): left for a later rank",
+                    parent, error)
+        return None
+    return thread
+
+
 def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
     """Remove the roots in ``parent`` of this user's pilots that died; those removed."""
     try:
@@ -105,24 +128,34 @@ def _removed_if_dead(root: Path) -> bool:
     except OSError:  # no lock file: kept on purpose, or not one of ours
         return False
     try:
-        if not _dead_here(fd):
-            return False
-        try:
-            return not remove_tree(root) and not root.exists()  # a mount left inside keeps it
-        finally:
-            _left_for_later(root)
+        return _dead_here(fd) and _removed_lock_file_last(root)
     finally:
         os.close(fd)
 
 
-def _left_for_later(root: Path) -> None:
-    """What a removal left of a dead root (its lock file gone with the rest) gets a new one, unlocked: a later
-    rank tries again."""
+def _removed_lock_file_last(root: Path) -> bool:
+    """Everything in the root but its lock file, then the lock file and the root. What a removal leaves (a
+    directory it cannot empty now, or all that the rank's end cut short) keeps the lock file, unlocked once
+    this rank lets go: a later rank tries again. A mount left inside keeps the root whole."""
+    if unmount_all_below(root):
+        return False
     try:
-        with open(root / ALIVE, "xb") as handle:
-            handle.write(_this_node())
-    except OSError:  # removed whole, or its lock file still there
-        pass
+        for entry in [entry for entry in os.scandir(root) if entry.name != ALIVE]:
+            _remove_entry(entry)
+        if os.listdir(root) != [ALIVE]:
+            return False
+        os.unlink(root / ALIVE)
+        os.rmdir(root)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_entry(entry: os.DirEntry) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        remove_tree(Path(entry.path))
+    else:
+        os.unlink(entry.path)
 
 
 def _dead_here(fd: int) -> bool:

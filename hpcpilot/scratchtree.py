@@ -50,6 +50,9 @@ def _run_helper(argv: list[str]) -> None:
     """A tool that removes what it can of a scratch: what it leaves is tried again, or named in a warning,
     as is all of it when it cannot be started (a payload that took every process its user may have)."""
     try:
-        subprocess.run(argv, stderr=subprocess.DEVNULL, check=False)
+        # Nothing of the pilot's own: a helper still at work on a dead pilot's scratch when the rank ends must not
+        # keep the pilot's output open for whoever reads it to its end.
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=False)
     except OSError as error:
         log.warning("cannot run %s: %s", argv[0], error)

@@ -284,7 +284,7 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
             parent = site.choose_scratch(wanted, os.environ)
             parent.mkdir(parents=True, exist_ok=True)
             root = scratchroot.make_root(parent, keep=config.keep_scratch)
-            scratchroot.reclaim_dead_roots(parent, own=root)
+            scratchroot.reclaim_dead_roots_in_background(parent, own=root)
             return root
         except (OSError, PilotError) as error:
             log.warning("node-local scratch unusable: %s%s", error, "; trying the site's choice" if wanted else "")
