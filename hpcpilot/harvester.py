@@ -48,7 +48,8 @@ class AccessPoint:
     """One worker's access point directory, as Harvester lays it out."""
 
     def __init__(self, root: Path, files: HarvesterFiles, secret_keys: tuple[str, ...] = SECRET_KEYS):
-        self.root = Path(root).absolute()
+        self.root = _declarable_root(Path(root).absolute())
+        self._undeclarable = _undeclarable_reason(self.root)
         self.files = files
         self.secret_keys = secret_keys
         self.many_to_one = _is_many_to_one(self.root, files)
@@ -132,6 +133,8 @@ class AccessPoint:
         """A definition as a typed job, or invalid with its code and diagnostic."""
         if isinstance(item, InvalidJob):
             return item
+        if self._undeclarable:
+            return InvalidJob(_pandaid_or_zero(item.key), ErrorCode.BAD_FILE_NAME, self._undeclarable)
         return _parse_or_invalid(item.key, item.definition, self.secret_keys, self.reserved_names)
 
     def note_run(self) -> bool:
@@ -340,6 +343,33 @@ class RawJob:
             return isinstance(self.definition, dict) and is_event_service(self.definition)
         except JobDefinitionError:
             return False
+
+
+def _declarable_root(root: Path) -> Path:
+    """``root``, or where it leads when only that has a UTF-8 name (a link to it named otherwise). Every path
+    declared to Harvester starts with it, and Harvester keeps paths as text: other bytes reach it as lone
+    surrogates (JSON's \\udcff), which its database refuses to store
+    (sqlite and MySQL take UTF-8) and other JSON readers reject or replace."""
+    if _is_utf8(str(root)):
+        return root
+    real = Path(os.path.realpath(root))
+    return real if _is_utf8(str(real)) else root
+
+
+def _undeclarable_reason(root: Path) -> str:
+    """Why no file in ``root`` can be declared to Harvester; empty when they can."""
+    if _is_utf8(str(root)):
+        return ""
+    return (f"the access point's path {os.fsencode(root)!r} is not UTF-8: no output or log in it can be declared "
+            "in a form Harvester can store; run the pilot on the access point as Harvester names it")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _pandaid_or_zero(key: Any) -> int:

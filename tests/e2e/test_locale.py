@@ -137,3 +137,33 @@ def test_a_host_name_of_odd_bytes_is_declared_as_panda_can_store_it(tmp_path: Pa
     assert run.attributes(101)["node"] == node
     assert node in json.dumps(run.summary(), ensure_ascii=False)
     assert f"@{node}]" in run.stderr and "\x1b" not in run.stderr
+
+
+@pytest.mark.timeout(120)
+def test_an_access_point_reached_through_a_link_whose_name_is_not_utf8_is_declared_by_its_utf8_path(
+        tmp_path: Path) -> None:
+    """Every declared path went out with the link's byte as a lone surrogate (JSON's \\udcff), which Harvester's
+    database cannot store: the outputs were never staged out."""
+    ap = write_access_point(tmp_path / "ap", {702: with_outputs(job_definition(702, "echo", "hi > out.txt"),
+                                                                ["out.txt"])})
+    link = os.path.join(os.fsencode(tmp_path), b"link \xff")
+    os.symlink(ap, link)
+    run = run_pilot(Path(os.fsdecode(link)), "grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_finished_with_its_log(run, 702)
+    for entry in run.declared(702):
+        assert Path(entry["path"].encode("utf-8").decode()).parent == Path(os.path.realpath(ap / "702")), entry
+
+
+@pytest.mark.timeout(120)
+def test_an_access_point_whose_own_name_is_not_utf8_fails_its_jobs_at_validation_with_1371(tmp_path: Path) -> None:
+    """No form of its paths could Harvester store: the jobs went out finished, their outputs undeclarable. They
+    are declared failed at once, saying why, and nothing is declared for Harvester to stage out."""
+    ap = write_access_point(Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"ap \xff"))),
+                            {703: with_outputs(job_definition(703, "echo", "hi > out.txt"), ["out.txt"])})
+    run = run_pilot(ap, "grid")
+    assert run.returncode == 0, run.stderr[-3000:]
+    attributes = run.attributes(703)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1371), attributes
+    assert "is not UTF-8" in attributes["pilotErrorDiag"] and "ap \\xff" in attributes["pilotErrorDiag"], attributes
+    assert not (run.job_dir(703) / "event_status.dump.json").exists()
