@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PREFIX = "hpcpilot-"
 _ROOT_NAME = re.compile(PREFIX + r"[0-9]+-[A-Za-z0-9_]{8}")  # as make_root's mkdtemp names it, nothing else
 ALIVE = ".alive"
+NICEST = 19  # the removal of dead roots waits for any other work of the node
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never through a link, never waiting
 
 
@@ -86,7 +87,7 @@ def reclaim_dead_roots_in_background(parent: Path, own: Path) -> threading.Threa
     """``reclaim_dead_roots`` on a daemon thread, which the rank's start does not wait for (nor its end: what it
     has not removed by then a later rank does); None, and the dead roots left for later, when no thread can be
     started (ulimit -u)."""
-    thread = threading.Thread(target=reclaim_dead_roots, args=(parent, own), name="reclaim-dead-scratch",
+    thread = threading.Thread(target=_reclaim_at_lowest_priority, args=(parent, own), name="reclaim-dead-scratch",
                               daemon=True)
     try:
         thread.start()
@@ -95,6 +96,21 @@ def reclaim_dead_roots_in_background(parent: Path, own: Path) -> threading.Threa
                     parent, error)
         return None
     return thread
+
+
+def _reclaim_at_lowest_priority(parent: Path, own: Path) -> None:
+    """Minutes of unlinking on the node's disk and CPU must not slow the payloads the rank starts meanwhile."""
+    _lowest_priority()
+    reclaim_dead_roots(parent, own)
+
+
+def _lowest_priority() -> None:
+    """This thread's, and so its helpers' (rm -rf, chmod -R): Linux gives each thread its own nice value, and
+    the disk schedulers that weigh I/O (BFQ) take its I/O priority from it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICEST)
+    except OSError as error:  # the removal goes on at the rank's priority
+        log.debug("cannot lower the priority of the removal of dead scratch: %s", error)
 
 
 def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:

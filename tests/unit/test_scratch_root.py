@@ -216,3 +216,34 @@ def test_a_dead_root_is_removed_while_the_rank_goes_on_and_what_a_rank_that_ende
     assert unprivileged_outcome(lambda: scratchroot.reclaim_dead_roots(users_scratch, own=users_scratch / "none")) \
         == repr([root])
     assert not root.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_root_is_removed_at_the_lowest_priority_leaving_the_rank_s_own(users_scratch: Path) -> None:
+    """The removal runs beside the rank's first payloads, for minutes: its thread and the helpers it starts
+    (here a stand-in chmod -R, which a directory the payload locked needs) run at nice 19, the rank's other
+    threads at their own."""
+    if os.geteuid() != 0:
+        pytest.skip("running as nobody needs root")
+    if os.getpriority(os.PRIO_PROCESS, 0) >= scratchroot.NICEST:
+        pytest.skip("the tests already run at the lowest priority")
+    dead, root = rank_making_a_root(users_scratch)
+    killed(dead)
+    locked = root / "job-1-x" / "locked"
+    locked.mkdir()
+    subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
+    locked.chmod(0)
+    tools, seen = users_scratch.parent / "bin", users_scratch.parent / "nice"
+    tools.mkdir()
+    (tools / "chmod").write_text(f"#!/bin/sh\nnice > {seen}\n")
+    (tools / "chmod").chmod(0o755)
+
+    def reclaim_and_wait() -> bool:
+        """True when the rank's own thread kept its priority."""
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.environ["PATH"] = f"{tools}:{os.environ['PATH']}"
+        scratchroot.reclaim_dead_roots_in_background(users_scratch, own=users_scratch / "none").join()
+        return os.getpriority(os.PRIO_PROCESS, 0) == before
+
+    assert unprivileged_outcome(reclaim_and_wait) == "True"
+    assert seen.read_text().strip() == str(scratchroot.NICEST)
