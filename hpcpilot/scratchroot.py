@@ -156,6 +156,7 @@ def _removed_lock_file_last(root: Path) -> bool:
     if unmount_all_below(root):
         return False
     try:
+        _writable_again(root)
         for entry in [entry for entry in os.scandir(root) if entry.name != ALIVE]:
             _remove_entry(entry)
         if os.listdir(root) != [ALIVE]:
@@ -165,6 +166,16 @@ def _removed_lock_file_last(root: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _writable_again(root: Path) -> None:
+    """The root's mode as make_root gave it: a payload may have taken its owner's write permission away
+    (chmod -R a-w ..), which keeps anything in it from being removed. Never through a link swapped in."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def _remove_entry(entry: os.DirEntry) -> None:

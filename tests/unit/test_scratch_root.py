@@ -247,3 +247,18 @@ def test_a_dead_root_is_removed_at_the_lowest_priority_leaving_the_rank_s_own(us
 
     assert unprivileged_outcome(reclaim_and_wait) == "True"
     assert seen.read_text().strip() == str(scratchroot.NICEST)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_root_its_payload_made_read_only_is_removed(users_scratch: Path) -> None:
+    """A payload that took the write permission from the directory above its own (chmod -R a-w ..) keeps its
+    owner from removing anything in the root; its owner may give it back, as for a directory inside."""
+    if os.geteuid() != 0:
+        pytest.skip("running as nobody needs root")
+    dead, root = rank_making_a_root(users_scratch)
+    killed(dead)
+    subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
+    root.chmod(0o500)
+    assert unprivileged_outcome(lambda: scratchroot.reclaim_dead_roots(users_scratch, own=users_scratch / "none")) \
+        == repr([root])
+    assert not root.exists()
