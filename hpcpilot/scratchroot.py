@@ -153,10 +153,10 @@ def _removed_lock_file_last(root: Path) -> bool:
     """Everything in the root but its lock file, then the lock file and the root. What a removal leaves (a
     directory it cannot empty now, or all that the rank's end cut short) keeps the lock file, unlocked once
     this rank lets go: a later rank tries again. A mount left inside keeps the root whole."""
-    if unmount_all_below(root):
-        return False
     try:
-        _writable_again(root)
+        _writable_again(root)  # first: neither mounts nor files are taken out through a link swapped in
+        if unmount_all_below(root):
+            return False
         for entry in [entry for entry in os.scandir(root) if entry.name != ALIVE]:
             _remove_entry(entry)
         if os.listdir(root) != [ALIVE]:

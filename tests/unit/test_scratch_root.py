@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from hpcpilot import scratchroot
+from hpcpilot.mounts import mounts_below
+from hpcpilot.nodename import node_identity
 from tests.unit.test_harvester_files import unprivileged_outcome
+from tests.unit.test_scratch_trees import _bind_mount, _precious
 
 MAKE_ROOT = textwrap.dedent("""
     import os, sys, time
@@ -262,3 +265,24 @@ def test_a_dead_root_its_payload_made_read_only_is_removed(users_scratch: Path) 
     assert unprivileged_outcome(lambda: scratchroot.reclaim_dead_roots(users_scratch, own=users_scratch / "none")) \
         == repr([root])
     assert not root.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_root_swapped_for_a_link_after_the_scan_is_not_followed(tmp_path: Path) -> None:
+    """The scan takes only directories, but the removal comes later (minutes later, behind other roots): a
+    link put in a root's place meanwhile, to a directory that looks like one, leads out of the scratch
+    directory. Nothing there is removed, nothing mounted there detached."""
+    precious = _precious(tmp_path)  # a bind mount needs root
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mounted").mkdir(parents=True)
+    (elsewhere / scratchroot.ALIVE).write_bytes(node_identity() + b"\n")
+    (elsewhere / "data.root").write_text("not a pilot's")
+    parent = tmp_path / "scratch"
+    parent.mkdir()
+    swapped = parent / "hpcpilot-1-abcdefgh"
+    swapped.symlink_to(elsewhere)
+    with _bind_mount(precious, elsewhere / "mounted"):
+        assert not scratchroot._removed_if_dead(swapped)
+        assert [m.point for m in mounts_below(elsewhere)] == [str(elsewhere / "mounted")]
+    assert (elsewhere / "data.root").read_text() == "not a pilot's"
+    assert (elsewhere / scratchroot.ALIVE).exists()
