@@ -350,21 +350,22 @@ def _declarable_root(root: Path) -> Path:
     declared to Harvester starts with it, and Harvester keeps paths as text: other bytes reach it as lone
     surrogates (JSON's \\udcff), which its database refuses to store
     (sqlite and MySQL take UTF-8) and other JSON readers reject or replace."""
-    if _is_utf8(str(root)):
+    if is_utf8(str(root)):
         return root
     real = Path(os.path.realpath(root))
-    return real if _is_utf8(str(real)) else root
+    return real if is_utf8(str(real)) else root
 
 
 def _undeclarable_reason(root: Path) -> str:
     """Why no file in ``root`` can be declared to Harvester; empty when they can."""
-    if _is_utf8(str(root)):
+    if is_utf8(str(root)):
         return ""
     return (f"the access point's path {os.fsencode(root)!r} is not UTF-8: no output or log in it can be declared "
             "in a form Harvester can store; run the pilot on the access point as Harvester names it")
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether Harvester can keep ``text`` (a path) as it is: no lone surrogate of an undecodable byte."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 from pathlib import Path
@@ -64,7 +65,7 @@ from ..eventservice.declarations import failed_entries, finished_entry
 from ..eventservice.harvester_events import read_ranges, request_ranges
 from ..eventservice.ranges import EventRange, InvalidEventRange
 from ..eventstatus import EventStatusPublisher
-from ..harvester import AccessPoint, RawJob
+from ..harvester import AccessPoint, RawJob, is_utf8
 from ..jobreport import trim_logfile_reports
 from ..jobs import InvalidJob, JobSpec
 from ..jobstate import FINAL_STATES, JobStatus, utc_text
@@ -315,7 +316,11 @@ class AccessPointClient:
 
     def _declarable(self, path: Path, what: str) -> Path:
         """A file Harvester may stage out: inside the access point, and none of the files Harvester or the pilot
-        keep there (the job spec, with its secrets, would go to storage as an output), by name or by link."""
+        keep there (the job spec, with its secrets, would go to storage as an output), by name or by link; under
+        a path Harvester can store (UTF-8)."""
+        if not is_utf8(str(path)):
+            raise ValueError(f"{what}: its path {os.fsencode(path)!r} is not UTF-8, which Harvester cannot store "
+                             f"(its database takes UTF-8): give it under the access point as {self.root} names it")
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root.resolve()):
             raise ValueError(f"{what} is outside the access point {self.root}: Harvester stages out from the "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import zlib
@@ -246,6 +247,24 @@ def test_a_file_declaration_refuses_other_kinds_missing_files_and_files_outside(
     (client.job_dir(1001) / "link.root").symlink_to(outside)
     with pytest.raises(ValueError, match="outside the access point"):
         client.file_declaration(client.job_dir(1001) / "link.root")
+
+
+def test_a_file_reached_by_a_path_that_is_not_utf8_is_never_declared_in_that_form(tmp_path):
+    """A wrapper that takes the access point by a link of odd name (its $ACCESS_POINT) gives paths with the
+    link's byte, a lone surrogate in JSON that Harvester's database cannot store: the output would never be
+    staged out. Refused, saying why; by the client's own root the same file is declared."""
+    client = AccessPointClient(write_access_point(tmp_path / "ap", definitions(1001)))
+    link = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"link \xff")))
+    link.symlink_to(client.root)
+    write_output(client, 1001, "out.root", b"data")
+    odd = link / "1001" / "out.root"
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        client.file_declaration(odd)
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        client.declare_files(1001, [{"type": "output", "path": str(odd)}])
+    assert not (client.job_dir(1001) / DUMP).exists()
+    declared = client.file_declaration(client.job_dir(1001) / "out.root")
+    assert declared["path"] == str(tmp_path / "ap" / "1001" / "out.root")
 
 
 @pytest.mark.parametrize("name", ["HPCJobs.json", "worker_attributes.json", "PoolFileCatalog_H.xml",
