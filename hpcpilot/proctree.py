@@ -6,7 +6,8 @@ token ``HPCPILOT_JOB_TOKEN=<token>`` in its environment. Its members are:
 - the root and every descendant (by parent pid), also those that called setsid;
 - every process still in the root's session (double-forked daemons);
 - every process of our uid whose environment carries the token (orphans that
-  left the session and were reparented to init or the nearest subreaper);
+  left the session and were reparented to init or the nearest subreaper,
+  which is the rank itself when it is PID 1 of its namespace: it reaps them);
 - every member seen before that still runs, and their descendants.
 
 Parent pids, groups and sessions come from one pass over ``/proc/*/stat``
@@ -272,6 +273,7 @@ class ProcessTree:
         seeds |= self._token_holders(table, exclude=seeds)
         members = {pid: table[pid] for pid in _with_descendants(seeds, table)
                    if not table[pid].zombie and _may_signal(pid)}
+        self._reap_member_zombies(table)
         self._members = {stat.key: stat for stat in members.values()}
         self._forget_gone(table)
         return members
@@ -307,6 +309,16 @@ class ProcessTree:
     def _carries_token(self, pid: int) -> bool:
         environ = _environ_of(pid, self._uid)
         return environ.startswith(self._token_entry) or b"\0" + self._token_entry in environ
+
+    def _reap_member_zombies(self, table: ProcTable) -> None:
+        """Payload processes whose orphans came to the rank, which then must reap them: the rank is PID 1 of
+        its PID namespace (a container started without an init). Never the root, Popen's to wait for."""
+        for stat in _zombie_children(table):
+            if stat.pid != self.root_pid and (stat.key in self._members or self._in_session(stat)):
+                _reap(stat.pid)
+
+    def _in_session(self, stat: ProcStat) -> bool:
+        return self._session is not None and stat.session == self._session
 
     def _forget_gone(self, table: ProcTable) -> None:
         self._without_token = {key for key in self._without_token if not _is_gone(key, table)}
@@ -420,6 +432,7 @@ class LeftoverSweep:
         self._token_of = {key: token for key, token in self._token_of.items() if not _is_gone(key, table)}
         holders = {stat.pid for stat in table.values() if not stat.zombie and self._is_leftover(stat)}
         self._carried = {self._token_of[stat.key] for stat in table.values() if not stat.zombie}
+        self._reap_leftover_zombies(table)
         return {pid: table[pid] for pid in _with_descendants(holders, table)
                 if not table[pid].zombie and _may_signal(pid)}
 
@@ -427,6 +440,12 @@ class LeftoverSweep:
         if stat.key not in self._token_of:
             self._token_of[stat.key] = _token_in(_environ_of(stat.pid, self._uid))
         return self._token_of[stat.key] in self._finished
+
+    def _reap_leftover_zombies(self, table: ProcTable) -> None:
+        """Leftovers that came to the rank (PID 1 of its namespace) are its to reap."""
+        for stat in _zombie_children(table):
+            if self._token_of.get(stat.key) in self._finished:
+                _reap(stat.pid)
 
 
 def end_processes(find: Callable[[], dict[int, ProcStat]], grace: float, poll: float, what: str) -> list[int]:
@@ -507,6 +526,18 @@ def _with_descendants(seeds: Iterable[int], table: ProcTable) -> set[int]:
             found.add(pid)
             todo.extend(table.children.get(pid, ()))
     return found
+
+
+def _zombie_children(table: ProcTable) -> list[ProcStat]:
+    """Zombies this process may reap."""
+    return [table[pid] for pid in table.children.get(os.getpid(), ()) if table[pid].zombie]
+
+
+def _reap(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False
 
 
 def _may_signal(pid: int) -> bool:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -392,3 +393,36 @@ def test_a_process_that_got_the_reaped_roots_pid_during_a_kill_is_left_alone() -
         pytest.skip("needs a pid namespace of its own (root)")
     child = subprocess.run(command, capture_output=True, text=True, timeout=100, env=env)
     assert (child.returncode, child.stdout) == (0, "None\n"), child.stderr[-2000:]
+
+
+AS_PID_ONE = textwrap.dedent("""
+    import os, subprocess, sys
+    from hpcpilot.proctree import TOKEN_ENV, LeftoverSweep, ProcessTree, new_token, read_proc_table
+    assert os.getpid() == 1
+    token = new_token()
+    payload = subprocess.Popen(["bash", "-c", "setsid sleep 60 & echo $! > orphan; exit 0"], cwd=sys.argv[2],
+                               env={**os.environ, TOKEN_ENV: token}, start_new_session=True)
+    tree = ProcessTree(payload.pid, token)
+    payload.wait()
+    assert int(open(os.path.join(sys.argv[2], "orphan")).read()) in tree.pids()
+    if sys.argv[1] == "tree":
+        tree.kill(grace=5.0)
+    else:
+        sweep = LeftoverSweep()
+        sweep.add(token)
+        sweep.sweep(grace=5.0)
+    print(sorted(stat.pid for stat in read_proc_table().values() if stat.zombie))
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ender", ["tree", "sweep"])
+def test_a_rank_that_is_pid_one_reaps_the_orphans_it_ends(tmp_path, ender):
+    """In a container started without an init the rank is PID 1: its payloads' orphans come to it, and the
+    ones it ends stay zombies, holding their pids for the pilot's life, unless it reaps them."""
+    if os.geteuid() != 0:
+        pytest.skip("a PID namespace needs root")
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", AS_PID_ONE,
+                             ender, str(tmp_path)], capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", "zombies left"
