@@ -159,13 +159,9 @@ def test_a_scratch_directory_without_flock_is_used_unlocked(tmp_path: Path, monk
     assert root.is_dir() and list(root.iterdir()) == []  # like a kept root: never taken for a dead one's
 
 
-@pytest.mark.timeout(60)
-def test_a_dead_root_that_cannot_be_removed_now_is_left_for_a_later_rank(users_scratch: Path) -> None:
-    """Its payload locked a directory (chmod 000): removing it takes chmod -R, a process, which a rank whose
-    user has none left (a fork bomb elsewhere) cannot start. The rank goes on with its own scratch, and what
-    is left keeps a lock file for a later rank to try again."""
-    if os.geteuid() != 0:
-        pytest.skip("running as nobody needs root")
+def dead_root_with_a_locked_directory(users_scratch: Path) -> Path:
+    """A dead rank's root, nobody's, holding a directory its payload locked (chmod 000, a file in it): removing
+    it takes chmod -R, a process of its own."""
     dead, root = rank_making_a_root(users_scratch)
     killed(dead)
     locked = root / "job-1-x" / "locked"
@@ -173,6 +169,26 @@ def test_a_dead_root_that_cannot_be_removed_now_is_left_for_a_later_rank(users_s
     (locked / "data.root").write_text("x")
     subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
     locked.chmod(0)
+    return root
+
+
+def stand_in_chmod(users_scratch: Path, script: str) -> Path:
+    """A directory to put first on PATH, whose chmod runs ``script`` (sh) instead."""
+    tools = users_scratch.parent / "bin"
+    tools.mkdir()
+    (tools / "chmod").write_text(f"#!/bin/sh\n{script}\n")
+    (tools / "chmod").chmod(0o755)
+    return tools
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_root_that_cannot_be_removed_now_is_left_for_a_later_rank(users_scratch: Path) -> None:
+    """Its payload locked a directory (chmod 000): removing it takes chmod -R, a process, which a rank whose
+    user has none left (a fork bomb elsewhere) cannot start. The rank goes on with its own scratch, and what
+    is left keeps a lock file for a later rank to try again."""
+    if os.geteuid() != 0:
+        pytest.skip("running as nobody needs root")
+    root = dead_root_with_a_locked_directory(users_scratch)
 
     def reclaim_without_processes() -> list[Path]:
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
@@ -195,17 +211,9 @@ def test_a_dead_root_is_removed_while_the_rank_goes_on_and_what_a_rank_that_ende
     before the rest), which a later rank takes to finish the removal."""
     if os.geteuid() != 0:
         pytest.skip("running as nobody needs root")
-    dead, root = rank_making_a_root(users_scratch)
-    killed(dead)
-    locked = root / "job-1-x" / "locked"
-    locked.mkdir()
-    (locked / "data.root").write_text("x")
-    subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
-    locked.chmod(0)
-    tools, release = users_scratch.parent / "bin", users_scratch.parent / "release"
-    tools.mkdir()
-    (tools / "chmod").write_text(f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.05; done\n")
-    (tools / "chmod").chmod(0o755)
+    root = dead_root_with_a_locked_directory(users_scratch)
+    release = users_scratch.parent / "release"
+    tools = stand_in_chmod(users_scratch, f"while [ ! -e {release} ]; do sleep 0.05; done")
 
     def start_reclaiming_and_end() -> bool:
         os.environ["PATH"] = f"{tools}:{os.environ['PATH']}"
@@ -230,16 +238,9 @@ def test_a_dead_root_is_removed_at_the_lowest_priority_leaving_the_rank_s_own(us
         pytest.skip("running as nobody needs root")
     if os.getpriority(os.PRIO_PROCESS, 0) >= scratchroot.NICEST:
         pytest.skip("the tests already run at the lowest priority")
-    dead, root = rank_making_a_root(users_scratch)
-    killed(dead)
-    locked = root / "job-1-x" / "locked"
-    locked.mkdir()
-    subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
-    locked.chmod(0)
-    tools, seen = users_scratch.parent / "bin", users_scratch.parent / "nice"
-    tools.mkdir()
-    (tools / "chmod").write_text(f"#!/bin/sh\nnice > {seen}\n")
-    (tools / "chmod").chmod(0o755)
+    dead_root_with_a_locked_directory(users_scratch)
+    seen = users_scratch.parent / "nice"
+    tools = stand_in_chmod(users_scratch, f"nice > {seen}")
 
     def reclaim_and_wait() -> bool:
         """True when the rank's own thread kept its priority."""
