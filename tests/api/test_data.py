@@ -27,6 +27,9 @@ ADLER = f"{zlib.adler32(DATA):08x}"
 MD5 = hashlib.md5(DATA).hexdigest()
 NO_TIME = Limits(transfer_timeout_base=0, transfer_timeout_per_mb=0)
 SHORT_TIME = Limits(transfer_timeout_base=1, transfer_timeout_per_mb=0)  # the slow 1 GiB file takes minutes
+# A copy past its limit ends after the chunk in flight, and is taken for hung transfer_timeout_base after its limit:
+# that must outlast one 4 MiB chunk of the slow file (0.85 s idle, up to 3 s at nice 19 beside three busy loops).
+COPY_TIME = Limits(transfer_timeout_base=4, transfer_timeout_per_mb=0)
 
 # Each direction with its codes: (function, failed, timeout, adler32 mismatch, md5 mismatch, no space)
 STAGE_IN = (stage_in, 1099, 1151, 1171, 1145, 1098)
@@ -199,12 +202,13 @@ def test_a_time_limit_of_zero_fails_with_the_timeout_code(source: Path, local: P
     assert os.listdir(local) == []
 
 
-def slow_then_next(direction: tuple, slow: Path, source: Path, local: Path, within: float) -> list:
-    """The transfer of ``slow``, then of ``source``, with 1 s limits: both results, the first failed with the
+def slow_then_next(direction: tuple, slow: Path, source: Path, local: Path, within: float,
+                   limits: Limits = SHORT_TIME) -> list:
+    """The transfer of ``slow``, then of ``source``, under ``limits``: both results, the first failed with the
     direction's timeout code and the second done, all ``within`` seconds."""
     started = time.monotonic()
     results = direction[0]([Transfer(slow, local / "slow.root"), Transfer(source, local / "next.root")],
-                           limits=SHORT_TIME)
+                           limits=limits)
     assert time.monotonic() - started < within
     assert [result.error_code for result in results] == [direction[2], 0], results[0].error_diag
     return results
@@ -214,10 +218,10 @@ def slow_then_next(direction: tuple, slow: Path, source: Path, local: Path, with
 @DIRECTIONS
 def test_a_slow_copy_is_ended_at_its_time_limit_and_the_next_file_still_goes(source: Path, local: Path, slow_file,
                                                                             direction: tuple) -> None:
-    """A real slow filesystem (FUSE: minutes for its 1 GiB): the copy ends soon after its 1 s limit, its temp
+    """A real slow filesystem (FUSE: minutes for its 1 GiB): the copy ends soon after its 4 s limit, its temp
     file removed, and the next file has its own limit."""
-    results = slow_then_next(direction, slow_file(1 << 30), source, local, within=15)
-    assert "over its limit of 1 s" in results[0].error_diag
+    results = slow_then_next(direction, slow_file(1 << 30), source, local, within=15, limits=COPY_TIME)
+    assert "over its limit of 4 s" in results[0].error_diag
     assert os.listdir(local) == ["next.root"]
 
 

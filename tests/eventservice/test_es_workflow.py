@@ -21,6 +21,7 @@ from hpcpilot.eventservice.reference_payload import HEADER, event_summary
 from tests.conftest import mounts_below
 from tests.e2e.conftest import communicate_or_kill, run_pilot
 from tests.harvester_reader import acknowledge, take_declarations
+from tests.multirank.test_stagein_timeout import COPY_LIMITS
 
 PANDAID = 7001
 DUMP = "event_status.dump.json"
@@ -721,12 +722,11 @@ def test_a_rank_done_while_rank_0_copies_a_range_output_still_says_it_is_alive(t
 @pytest.mark.parametrize("launch", ["grid", "mpi2"])
 def test_a_range_output_past_its_copy_time_limit_fails_its_range_and_the_job_goes_on(tmp_path: Path, slow_file,
                                                                                      launch: str) -> None:
-    """A range's output is copied to the job directory under the time limit of any output (tiny here, about 2 s
+    """A range's output is copied to the job directory under the time limit of any output (tiny here, about 5 s
     for a 1 GiB file served over minutes): over it, the partial copy is removed and the range declared failed
     (1152, in the log); the other ranges are declared finished. Meanwhile the copying rank says it is alive: a
     1 s rank_silence_limit does not end the pilot."""
-    limits = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001",
-              "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
+    limits = {**COPY_LIMITS, "HPCPILOT_RANK_SILENCE_LIMIT": "1"}
     run, by_range, slow_id = run_with_a_slow_output(tmp_path, slow_file, launch, limits)
     assert not list(run.access_point.glob("big.root*")), "the partial copy is removed"
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]

@@ -15,7 +15,10 @@ from tests.multirank.test_stop_during_stagein import SIZE, partial_copies, with_
 
 SLOW_JOB, QUICK_JOB = 8101, 8102
 TINY_LIMITS = {"HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "1", "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_PER_MB": "0.001"}
-LIMIT = 1 + 0.001 * SIZE / (1 << 20)  # about 2 s, for minutes of copying
+# A copy past its limit ends after the chunk in flight, and is taken for hung transfer_timeout_base after its limit:
+# that must outlast one 4 MiB chunk of the slow file (0.85 s idle, up to 3 s at nice 19 beside three busy loops).
+COPY_LIMITS = {**TINY_LIMITS, "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "4"}
+LIMIT = 4 + 0.001 * SIZE / (1 << 20)  # about 5 s, for minutes of copying
 
 
 @pytest.mark.timeout(150)
@@ -28,7 +31,7 @@ def test_an_input_past_its_time_limit_fails_its_job_with_1151(tmp_path: Path, sl
     scratch = tmp_path / "scratch"
     started = time.monotonic()
     run = run_pilot(ap, "mpi2", "--scratch", str(scratch), "--stagein-mode", mode, "--keep-scratch",
-                    env={**TINY_LIMITS, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}, timeout=120)
+                    env={**COPY_LIMITS, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}, timeout=120)
     assert time.monotonic() - started < 60, "the copy was not ended at its limit"
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     slow = run.attributes(SLOW_JOB)
