@@ -226,8 +226,8 @@ def _transfer_in_time(transfer: Transfer, direction: _Direction, stop: Cancel, l
         finally:
             done.set()
 
-    threading.Thread(target=transfer_one, name=f"{direction.name} of {transfer.source.name}", daemon=True).start()
-    try:
+    try:  # an interrupt may come while start() still waits for the thread, its copy already begun
+        threading.Thread(target=transfer_one, name=f"{direction.name} of {transfer.source.name}", daemon=True).start()
         _wait(done, stop, allowance)
     except BaseException:  # interrupted (KeyboardInterrupt): the copy ends within its chunk, its temp file removed
         abandoned.set()
