@@ -78,9 +78,19 @@ def _this_node() -> bytes:
     return node_identity() + b"\n"
 
 
-def release(root: Path) -> None:
-    """The rank ends, its jobs' scratch removed: the root, emptied of its lock file, can be removed."""
-    (root / ALIVE).unlink(missing_ok=True)
+def remove_own(root: Path) -> bool:
+    """The rank ends, its jobs' scratch removed: its root goes, lock file last. A root that still holds what a
+    job left (a directory its payload moved aside, a mount) keeps its lock file, which a later rank on this node
+    takes once this one has ended, and removes the rest with it; removed without the lock file, it would stay
+    for good. True if the root is gone."""
+    try:
+        if set(os.listdir(root)) - {ALIVE}:
+            return False
+        (root / ALIVE).unlink(missing_ok=True)  # roots kept unlocked (no flock) have none
+        root.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def reclaim_dead_roots_in_background(parent: Path, own: Path) -> threading.Thread | None:

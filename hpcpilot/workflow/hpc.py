@@ -137,12 +137,8 @@ def _wrap_up(ctx: RankContext) -> None:
                     "%s the pilot could not add them to (see above); running the pilot again on this access "
                     "point publishes them",
                     waiting, ctx.config.files.pending_declarations, ctx.config.files.event_status)
-    if not ctx.config.keep_scratch:
-        try:
-            scratchroot.release(ctx.scratch_base)
-            ctx.scratch_base.rmdir()
-        except OSError:
-            pass
+    if not ctx.config.keep_scratch:  # what a job's scratch removal left was named in a warning then
+        scratchroot.remove_own(ctx.scratch_base)
 
 
 def _agree_on_deadline(config: Config, comm: Any) -> Deadline:

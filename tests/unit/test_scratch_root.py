@@ -141,11 +141,36 @@ def test_another_user_s_root_and_what_is_no_root_are_left_alone(tmp_path: Path) 
     assert others.exists() and (tmp_path / "hpcpilot-1-aaaaaaaa").exists() and (demo / scratchroot.ALIVE).exists()
 
 
-def test_a_rank_s_own_root_is_emptied_of_its_lock_at_the_end(tmp_path: Path) -> None:
+def test_a_rank_s_own_root_is_removed_at_the_end(tmp_path: Path) -> None:
     root = scratchroot.make_root(tmp_path, keep=False)
     assert [entry.name for entry in root.iterdir()] == [scratchroot.ALIVE]
-    scratchroot.release(root)
-    root.rmdir()
+    assert scratchroot.remove_own(root)
+    assert list(tmp_path.iterdir()) == []
+
+
+ENDING_WITH_A_JOB_S_LEFTOVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hpcpilot import scratchroot
+    root = scratchroot.make_root(Path(sys.argv[1]), keep=False)
+    (root / "job-1-x.moved").mkdir()  # what a payload moved out of its scratch's way
+    (root / "job-1-x.moved" / "payload.stdout").write_text("left behind")
+    print(root, scratchroot.remove_own(root))
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_root_a_job_left_something_in_is_removed_by_the_next_rank(tmp_path: Path) -> None:
+    """The rank ends normally, but a job's scratch removal left a directory its payload moved aside: the root
+    keeps its lock file, so the next rank on the node removes it. (Its lock file went first, before: the root
+    stayed on the node for good.)"""
+    ended = subprocess.run([sys.executable, "-c", ENDING_WITH_A_JOB_S_LEFTOVER, str(tmp_path)], capture_output=True,
+                           text=True, timeout=30, check=True)
+    root, removed = ended.stdout.split()
+    assert removed == "False" and (Path(root) / scratchroot.ALIVE).exists()
+    own = scratchroot.make_root(tmp_path, keep=False)
+    assert scratchroot.reclaim_dead_roots(tmp_path, own=own) == [Path(root)]
+    assert list(tmp_path.iterdir()) == [own]
 
 
 def test_a_scratch_directory_without_flock_is_used_unlocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
