@@ -82,7 +82,7 @@ def remove_own(root: Path) -> bool:
     """The rank ends, its jobs' scratch removed: its root goes, lock file last. A root that still holds what a
     job left (a directory its payload moved aside, a mount) keeps its lock file, which a later rank on this node
     takes once this one has ended, and removes the rest with it; removed without the lock file, it would stay
-    for good. True if the root is gone."""
+    for good. True if the root is gone. (The last step of a dead root's removal too.)"""
     try:
         if set(os.listdir(root)) - {ALIVE}:
             return False
@@ -169,13 +169,9 @@ def _removed_lock_file_last(root: Path) -> bool:
             return False
         for entry in [entry for entry in os.scandir(root) if entry.name != ALIVE]:
             _remove_entry(entry)
-        if os.listdir(root) != [ALIVE]:
-            return False
-        os.unlink(root / ALIVE)
-        os.rmdir(root)
     except OSError:
         return False
-    return True
+    return remove_own(root)
 
 
 def _writable_again(root: Path) -> None:
