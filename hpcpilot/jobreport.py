@@ -9,7 +9,7 @@ from . import staging
 from .atomicfile import read_bytes
 from .errors import ErrorCode, PilotError, storable_diag
 from .jobstate import JobRun
-from .redaction import redact, rewrite_json
+from .redaction import for_panda, rewrite_json
 
 PAYLOAD_REPORT_NAME = "jobReport.json"  # what payloads write in their working directory
 # A payload's own job report can carry megabytes of log excerpts; Harvester stores it in a database.
@@ -23,7 +23,7 @@ MAX_REPORT_VALUES = 2_000_000
 def minimal_report(run: JobRun) -> dict:
     """The report of a job whose payload wrote none (or ran not at all)."""
     code = run.error.code if run.error else ErrorCode.OK
-    message = storable_diag(redact(run.error.diag, run.spec.secrets)) if run.error else "OK"
+    message = for_panda(run.error.diag, run.spec.secrets) if run.error else "OK"
     return {"exitCode": int(code), "exitMsg": message,
             "pilot": {"pandaid": run.pandaid, "transExitCode": run.trans_exit_code}}
 
@@ -78,7 +78,7 @@ def payload_report(run: JobRun) -> dict | None:
             return None
         report = trim_logfile_reports(report)
         secrets = run.spec.secrets  # storable_diag never changes a number's text: only a secret's digits can
-        return rewrite_json(report, lambda text: storable_diag(redact(text, secrets)), numbers=bool(secrets))
+        return rewrite_json(report, lambda text: for_panda(text, secrets), numbers=bool(secrets))
     except (OSError, ValueError, TypeError, RecursionError, PilotError):
         return None
 

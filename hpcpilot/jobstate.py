@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .errors import ErrorCode, PilotError, storable_diag
 from .jobs import InvalidJob, JobSpec
 from .lifetime import batch_id
-from .redaction import redact
+from .redaction import for_panda
 
 
 class JobStatus(str, Enum):
@@ -118,7 +118,7 @@ def worker_attributes(run: JobRun) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "jobStatus": run.status.value,
         "pilotErrorCode": int(code),
-        "pilotErrorDiag": storable_diag(redact(run.error.diag, run.spec.secrets)) if run.error else "",
+        "pilotErrorDiag": for_panda(run.error.diag, run.spec.secrets) if run.error else "",
         **_where(run.node),
         "coreCount": run.cores,
         "attemptNr": run.spec.attempt_nr,

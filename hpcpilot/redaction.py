@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from .errors import storable_diag
+
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
@@ -18,6 +20,12 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     return text
+
+
+def for_panda(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` as it may go to PanDA: its secrets blanked, each character PanDA cannot store replaced
+    (``storable_diag``)."""
+    return storable_diag(redact(text, secrets))
 
 
 def rewrite_json(value: Any, rewrite: Callable[[str], str], numbers: bool = True) -> Any:
