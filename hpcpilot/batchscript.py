@@ -40,6 +40,7 @@ _WALLTIME = re.compile(r"(\d+):([0-5]\d):([0-5]\d)")
 # nodes (Fugaku), the longest queues weeks; a scheduler would hold such a job pending forever, or refuse it.
 MAX_NODES = 1_000_000
 MAX_WALLTIME_HOURS = 365 * 24
+NEW_SCRIPT_MODE = 0o666  # less the umask, as open() gives a new file
 # Characters that would break the unquoted directive lines or the quoted variable.
 _UNSAFE_PATH = re.compile(r"[\s'\"{}$`\\]")
 
@@ -294,9 +295,6 @@ def _write_script(path: Path, script: str) -> None:
             writer.write(script.encode())
     except OSError as error:
         raise BatchScriptError(f"cannot write {path}: {error.strerror}") from None
-
-
-NEW_SCRIPT_MODE = 0o666  # less the umask, as open() gives a new file
 
 
 def _status_or_none(path: str) -> os.stat_result | None:
