@@ -7,7 +7,10 @@ Six measurements, each against a baseline measured in the same run:
 
 1. dispatch   N jobs ``echo x > out.txt`` (one declared output each) through
               the whole pilot on 2 ranks, 1 and 2 slots per rank, against
-              ``xargs -P 2`` (the floor), GNU parallel and MPIPoolExecutor.
+              ``xargs -P 2`` (the floor), GNU parallel and MPIPoolExecutor;
+              and the CPU per job of scripts/bare_loop.py (the protocol's
+              files and the payload's launch, nothing else) against the
+              CPU per job that 0.5 x the floor leaves.
 2. stagein    copy + checksum verification of many files into scratch
               (hpcpilot.staging.stage_in) against ``cp`` and ``cp`` + adler32.
 3. fsops      shared-filesystem system calls per job, counted with strace.
@@ -60,6 +63,7 @@ FILES_SYNCED_PER_JOB = 5  # the output, the log tarball, the staged entries, job
 PLAIN_PAYLOAD = "cp /etc/hostname out.txt"  # plain words: exec'd without a shell
 BASH_PAYLOAD = PLAIN_PAYLOAD + ";"  # the same through bash: a ";" needs a shell
 FLOOR, BASH_FLOOR, PARALLEL = "xargs -P 2 (floor)", "xargs -P 2, bash -c", "GNU parallel -j 2"
+BARE_LOOP = "bare protocol loop"  # scripts/bare_loop.py: the least a Python pilot does per job
 OUTPUT = "out.txt"
 COMMAND_TIMEOUT = 1800
 MIB = 1024 * 1024
@@ -420,6 +424,8 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
     memory_rows, cpu_rows = [], [_cpu_row(FLOOR, runs[FLOOR].cpu_seconds, jobs), _cpu_row(
         BASH_FLOOR, runs[BASH_FLOOR].cpu_seconds, jobs, runs[FLOOR].cpu_seconds)]
     cpu_rows += _durability_bound_rows(baselines, runs[BASH_FLOOR].cpu_seconds / jobs, rates[FLOOR])
+    bare = fastest_of(sizes.repeats, lambda: time_bare_loop(work, jobs))
+    cpu_rows.append(_bare_loop_row(bare, jobs, rates[FLOOR]))
     for cores in (1, 2):
         run = fastest_pilot(sizes.repeats, work, jobs, cores)
         rate = jobs / run.seconds
@@ -433,6 +439,9 @@ def measure_dispatch(sizes: Sizes, work: Path) -> list[Row]:
                                      baseline, rates[baseline], minimum_ratio=minimum))
         memory_rows.append((label, run.peaks_kb))
         cpu_rows.append(_cpu_row(label, run.cpu_seconds, jobs, runs[BASH_FLOOR].cpu_seconds))
+        cpu_rows.append(compared("cpu", f"CPU per job, pilot 2x{cores} vs bare loop", run.cpu_seconds / jobs * 1000,
+                                 "ms/job", BARE_LOOP, bare.cpu_seconds / jobs * 1000,
+                                 note="ratio: times the bare loop's CPU; the rest is what the pilot does beyond it"))
     rows.append(_pilot_with_access_point_in_ram(sizes.repeats, jobs, rates[FLOOR]))
     rows += _plain_command_rows(sizes.repeats, work, jobs)
     return rows + cpu_rows + memory_row_list(memory_rows, idle_rank_peaks(work))
@@ -470,13 +479,36 @@ def _durability_bound_rows(directory: Path, bash_cpu_per_job: float, floor_rate:
     0.5 x the floor leaves on this machine's cores: no pilot code is counted."""
     sync_ms, cores = fdatasync_cpu_ms(directory), os.cpu_count() or 1
     bound = bash_cpu_per_job * 1000 + FILES_SYNCED_PER_JOB * sync_ms
-    budget = cores / (0.5 * floor_rate) * 1000
+    budget = _budget_ms(floor_rate)
     return [Row("cpu", "CPU per fdatasync of a new small file", sync_ms, "ms",
                 note=f"the access point's filesystem; {FILES_SYNCED_PER_JOB} per job make its files durable before "
                      "they are declared"),
             Row("cpu", f"CPU per job, bash + {FILES_SYNCED_PER_JOB} fdatasyncs alone", bound, "ms/job",
                 "budget at 0.5 x the floor", budget, bound / budget,
                 note=f"budget: {cores} cores / (0.5 x the floor's jobs/s); ratio: the share of it they take")]
+
+
+def time_bare_loop(work: Path, jobs: int) -> Timed:
+    """scripts/bare_loop.py over the pilot's access point and scratch layout, as many processes as ranks."""
+    access_point = write_dispatch_access_point(Path(tempfile.mkdtemp(prefix="ap-bare-", dir=work)) / "ap", jobs)
+    with node_local_scratch(work) as scratch:
+        return run_timed([sys.executable, str(Path(__file__).with_name("bare_loop.py")), str(access_point),
+                          str(scratch), "2"])
+
+
+def _bare_loop_row(bare: Timed, jobs: int, floor_rate: float) -> Row:
+    """The bare loop's CPU per job against what 0.5 x the floor leaves: over 1, no Python pilot that writes
+    PROTOCOL.md's files durably can reach that target here."""
+    per_job = bare.cpu_seconds / jobs * 1000
+    budget = _budget_ms(floor_rate)
+    return Row("cpu", f"CPU per job, {BARE_LOOP}", per_job, "ms/job", "budget at 0.5 x the floor", budget,
+               per_job / budget, note="scripts/bare_loop.py: the protocol's files and the payload's launch, in "
+               "2 processes, no monitoring, no MPI; ratio: times the budget")
+
+
+def _budget_ms(floor_rate: float) -> float:
+    """CPU per job that 0.5 x the floor's rate leaves on this machine's cores."""
+    return (os.cpu_count() or 1) / (0.5 * floor_rate) * 1000
 
 
 def _pilot_with_access_point_in_ram(repeats: int, jobs: int, floor: float) -> Row:

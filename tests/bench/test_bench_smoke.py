@@ -22,6 +22,8 @@ EXPECTED_ROWS = [
     ("dispatch", "pilot 2x1 vs xargs -P 2"),
     ("dispatch", "pilot 2x2 vs xargs -P 2"),
     ("dispatch", "pilot 2x1, cp line exec'd"),
+    ("cpu", "CPU per job, bare protocol loop"),
+    ("cpu", "CPU per job, pilot 2x1 vs bare loop"),
     ("memory", "peak RSS rank 0, pilot 2 ranks x 1 slot"),
     ("memory", "peak RSS rank 1, pilot 2 ranks x 2 slots"),
     ("stagein", "cp (no checksum)"),
