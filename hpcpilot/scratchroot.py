@@ -21,6 +21,7 @@ to the next one.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -87,10 +88,36 @@ def remove_own(root: Path) -> bool:
         if set(os.listdir(root)) - {ALIVE}:
             return False
         (root / ALIVE).unlink(missing_ok=True)  # roots kept unlocked (no flock) have none
-        root.rmdir()
     except OSError:
         return False
+    try:
+        root.rmdir()
+    except FileNotFoundError:  # another remover's, or not there any more under this name
+        return False
+    except OSError:  # something came in since (a dead rank's payload writes on): a later rank must still take it
+        _mark_dead(root)
+        return False
     return True
+
+
+def _mark_dead(root: Path) -> None:
+    """A lock file no process holds, naming this node: the next rank here removes the root."""
+    try:
+        fd = os.open(root / ALIVE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        return _left_for_good(root, error)
+    try:
+        os.write(fd, _this_node())
+    except OSError as error:  # no space left: an empty lock file names no node, and would keep the root for good
+        with contextlib.suppress(OSError):
+            os.unlink(root / ALIVE)
+        _left_for_good(root, error)
+    finally:
+        os.close(fd)
+
+
+def _left_for_good(root: Path, error: OSError) -> None:
+    log.warning("cannot remove %s, nor mark it for a later pilot to remove (%s): it stays", root, error.strerror)
 
 
 def reclaim_dead_roots_in_background(parent: Path, own: Path) -> threading.Thread | None:

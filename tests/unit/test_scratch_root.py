@@ -312,3 +312,34 @@ def test_a_dead_root_swapped_for_a_link_after_the_scan_is_not_followed(tmp_path:
         assert [m.point for m in mounts_below(elsewhere)] == [str(elsewhere / "mounted")]
     assert (elsewhere / "data.root").read_text() == "not a pilot's"
     assert (elsewhere / scratchroot.ALIVE).exists()
+
+
+RECLAIM_AS_SOMETHING_ARRIVES = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hpcpilot import scratchroot
+    parent, root = Path(sys.argv[1]), Path(sys.argv[2])
+    rmdir = Path.rmdir
+
+    def arriving_first(path):
+        if path == root:  # what the dead rank's payload, still running, writes as its root is emptied
+            (root / "written.late").write_text("x")
+        rmdir(path)
+
+    Path.rmdir = arriving_first
+    print([str(removed) for removed in scratchroot.reclaim_dead_roots(parent, own=parent / "none")])
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_root_something_came_into_as_it_was_removed_is_removed_by_a_later_rank(tmp_path: Path) -> None:
+    """Its lock file went, then the root could not: a file had come in. (Before, the root stayed with no lock
+    file, for good: no later rank took it for a dead one's.)"""
+    dead, root = rank_making_a_root(tmp_path)
+    killed(dead)
+    first = subprocess.run([sys.executable, "-c", RECLAIM_AS_SOMETHING_ARRIVES, str(tmp_path), str(root)],
+                           capture_output=True, text=True, timeout=30, check=True)
+    assert first.stdout.strip() == "[]" and (root / "written.late").exists()
+    own = scratchroot.make_root(tmp_path, keep=False)
+    assert scratchroot.reclaim_dead_roots(tmp_path, own=own) == [root]
+    assert list(tmp_path.iterdir()) == [own]
