@@ -11,7 +11,9 @@ is kept for whoever inspects it, or one of an older hpcpilot) is left alone,
 and so is another user's. So is one whose file names another node: a scratch
 directory shared between nodes (NFS mounted nolock, Lustre with localflock)
 may show no node the locks of another, whose living pilots' roots would look
-dead.
+dead. A root is made as ``hpcpilot-<pid>-<random>.new``, its lock file
+locked in it, then renamed: one still under that name an hour on is a rank's
+killed as it made it, and goes too.
 
 A dead root may hold a million files: its removal takes many minutes
 (200,000 took 340 s on a busy disk here), so a rank removes dead roots on a
@@ -28,6 +30,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from .mounts import unmount_all_below
@@ -37,36 +40,49 @@ from .scratchtree import remove_tree
 log = logging.getLogger(__name__)
 
 PREFIX = "hpcpilot-"
-_ROOT_NAME = re.compile(PREFIX + r"[0-9]+-[A-Za-z0-9_]{8}")  # as make_root's mkdtemp names it, nothing else
+_ROOT_NAME = re.compile(PREFIX + r"[0-9]+-[A-Za-z0-9_]{8}")  # as make_root names it, nothing else
+MAKING = ".new"  # a root's name while its rank makes it
+_MAKING_NAME = re.compile(_ROOT_NAME.pattern + re.escape(MAKING))
+# A rank makes its root in a few system calls, and holds its lock for all but the first two. A root still being
+# made after an hour is a killed rank's; one taken from a rank that was stopped that long costs it only its
+# rename, which then fails (the rank tries again, or uses another scratch directory).
+MAKING_GRACE = 3600.0
 ALIVE = ".alive"
 NICEST = 19  # the removal of dead roots waits for any other work of the node
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never through a link, never waiting
 
 
 def make_root(parent: Path, keep: bool) -> Path:
-    """This rank's new root in ``parent`` (mode 0700); locked as alive for the process's life unless ``keep``."""
-    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
+    """This rank's new root in ``parent`` (mode 0700); locked as alive for the process's life unless ``keep``.
+    It is made, lock file and all, under a name of its own, then renamed: under its final name a root has its
+    lock file from the start, and one its rank was killed while making is recognisable (``_reclaimed``)."""
+    making = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=MAKING, dir=parent))
     if not keep:
-        _hold_alive_lock(root)
+        _hold_alive_lock(making)
+    root = making.with_name(making.name.removesuffix(MAKING))
+    try:
+        os.rename(making, root)  # fails if a later rank took it for a dead one's: this one is then not used
+    except OSError:
+        remove_own(making)
+        raise
     return root
 
 
-def _hold_alive_lock(root: Path) -> None:
-    """The file is locked, and names this node, before it has its name: no other rank ever finds it unlocked
-    while this one lives. Its descriptor stays open (close-on-exec: no payload holds it) until the process ends."""
-    unnamed = root / f"{ALIVE}.new"
+def _hold_alive_lock(making: Path) -> None:
+    """The file is locked, and names this node, before the root has its name. Its descriptor stays open
+    (close-on-exec: no payload holds it) until the process ends."""
+    lock_file = making / ALIVE
     try:
-        fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        return _unlocked(root, error)
+        return _unlocked(making, error)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, _this_node())
-        os.rename(unnamed, root / ALIVE)
     except OSError as error:  # no flock (Lustre mounted without it: ENOSYS; NFS: ENOLCK), or no space left
+        lock_file.unlink(missing_ok=True)  # before the lock goes: never seen unlocked naming this node
         os.close(fd)
-        unnamed.unlink(missing_ok=True)
-        _unlocked(root, error)
+        _unlocked(making, error)
 
 
 def _unlocked(root: Path, error: OSError) -> None:
@@ -158,10 +174,8 @@ def reclaim_dead_roots(parent: Path, own: Path) -> list[Path]:
         return []
     reclaimed = []
     for entry in entries:
-        if _ROOT_NAME.fullmatch(entry.name) and entry.path != os.fspath(own) and _ours(entry):
-            root = Path(entry.path)
-            if _removed_if_dead(root):
-                reclaimed.append(root)
+        if entry.path != os.fspath(own) and _reclaimed(entry):
+            reclaimed.append(Path(entry.path))
     if reclaimed:
         log.info("removed the scratch of %d pilot(s) that ended without removing it, in %s", len(reclaimed), parent)
     return reclaimed
@@ -174,14 +188,33 @@ def _ours(entry: os.DirEntry) -> bool:
         return False
 
 
-def _removed_if_dead(root: Path) -> bool:
-    """Removed while its lock is held here, which only a dead pilot's root lets this rank take."""
+def _reclaimed(entry: os.DirEntry) -> bool:
+    """A root of this user's, or one being made long ago, removed if its pilot is dead."""
+    if _ROOT_NAME.fullmatch(entry.name):
+        return _ours(entry) and _removed_if_dead(Path(entry.path))
+    if _MAKING_NAME.fullmatch(entry.name):
+        return _ours(entry) and _made_long_ago(entry) and _removed_if_dead(Path(entry.path), made_in_part=True)
+    return False
+
+
+def _made_long_ago(entry: os.DirEntry) -> bool:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime < time.time() - MAKING_GRACE
+    except OSError:
+        return False
+
+
+def _removed_if_dead(root: Path, made_in_part: bool = False) -> bool:
+    """Removed while its lock is held here, which only a dead pilot's root lets this rank take. A root
+    ``made_in_part`` may lack its lock file, or the node in it: its rank was killed before it wrote them."""
     try:
         fd = os.open(root / ALIVE, _OPEN_FLAGS)
-    except OSError:  # no lock file: kept on purpose, or not one of ours
+    except FileNotFoundError:  # kept on purpose, or not one of ours; or its rank was killed before making it
+        return made_in_part and _removed_lock_file_last(root)
+    except OSError:
         return False
     try:
-        return _dead_here(fd) and _removed_lock_file_last(root)
+        return _dead_here(fd, made_in_part) and _removed_lock_file_last(root)
     finally:
         os.close(fd)
 
@@ -218,10 +251,11 @@ def _remove_entry(entry: os.DirEntry) -> None:
         os.unlink(entry.path)
 
 
-def _dead_here(fd: int) -> bool:
+def _dead_here(fd: int, made_in_part: bool) -> bool:
     """The lock file of a root of this node whose lock this rank took: its pilot is dead."""
     try:
-        if os.read(fd, 4096) != _this_node():  # another node's, whose lock may not show here
+        node = os.read(fd, 4096)
+        if node != _this_node() and not (made_in_part and node == b""):  # another node's: its lock may not show
             return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

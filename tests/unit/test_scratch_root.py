@@ -343,3 +343,65 @@ def test_a_dead_root_something_came_into_as_it_was_removed_is_removed_by_a_later
     own = scratchroot.make_root(tmp_path, keep=False)
     assert scratchroot.reclaim_dead_roots(tmp_path, own=own) == [root]
     assert list(tmp_path.iterdir()) == [own]
+
+
+STOPPING_AS_IT_MAKES_ITS_ROOT = textwrap.dedent("""
+    import fcntl, sys, time
+    from pathlib import Path
+    from hpcpilot import scratchroot
+    flock = fcntl.flock
+
+    def stopping_here(fd, operation):
+        if sys.argv[2] == "holding its lock":
+            flock(fd, operation)
+        print("making", flush=True)
+        time.sleep(300)
+
+    scratchroot.fcntl.flock = stopping_here
+    scratchroot.make_root(Path(sys.argv[1]), keep=False)
+""")
+
+
+def rank_making_its_root(parent: Path, where: str) -> subprocess.Popen:
+    """A process stopped as it makes its root, ``where``: "before its lock" (its lock file made, not locked
+    yet) or "holding its lock"."""
+    process = subprocess.Popen([sys.executable, "-c", STOPPING_AS_IT_MAKES_ITS_ROOT, str(parent), where],
+                               stdout=subprocess.PIPE, text=True)
+    if process.stdout.readline().strip() != "making":
+        killed(process)
+        pytest.fail("the rank did not make its root")
+    return process
+
+
+def made_hours_ago(parent: Path) -> None:
+    for entry in parent.iterdir():
+        os.utime(entry, (0, 0), follow_symlinks=False)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["before its lock", "holding its lock"])
+def test_a_root_whose_rank_was_killed_as_it_made_it_is_removed_by_a_later_one(tmp_path: Path, where: str) -> None:
+    """Killed between the root's mkdir and its lock file's final name, the rank left a root no later rank took
+    for a dead one's: it stayed on the node for good."""
+    parent = tmp_path / "scratch"
+    parent.mkdir()
+    killed(rank_making_its_root(parent, where))
+    made_hours_ago(parent)
+    own = scratchroot.make_root(tmp_path, keep=False)
+    assert len(scratchroot.reclaim_dead_roots(parent, own=own)) == 1
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where, made", [("before its lock", "now"), ("holding its lock", "hours ago")])
+def test_a_root_its_rank_is_still_making_is_left_alone(tmp_path: Path, where: str, made: str) -> None:
+    living = rank_making_its_root(tmp_path, where)
+    try:
+        if made == "hours ago":
+            made_hours_ago(tmp_path)
+        [making] = list(tmp_path.iterdir())
+        made_so_far = sorted(making.iterdir())
+        assert scratchroot.reclaim_dead_roots(tmp_path, own=tmp_path / "none") == []
+        assert list(tmp_path.iterdir()) == [making] and sorted(making.iterdir()) == made_so_far
+    finally:
+        killed(living)
