@@ -53,24 +53,41 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # neve
 
 
 def make_root(parent: Path, keep: bool) -> Path:
-    """This rank's new root in ``parent`` (mode 0700); locked as alive for the process's life unless ``keep``.
-    It is made, lock file and all, under a name of its own, then renamed: under its final name a root has its
+    """This rank's new root in ``parent`` (mode 0700); locked as alive for the process's life unless ``keep``
+    (the lock's descriptor stays open, close-on-exec: no payload holds it)."""
+    return _made_root(parent, keep)[0]
+
+
+def make_root_to_release(parent: Path) -> tuple[Path, int | None]:
+    """A locked root as make_root's, for what ends before the process does (an event channel's socket): with
+    the descriptor of its lock, to close once ``remove_own`` has removed the root (None: it could not be
+    locked, and is used as a kept one)."""
+    return _made_root(parent, keep=False)
+
+
+def _made_root(parent: Path, keep: bool) -> tuple[Path, int | None]:
+    """Made, lock file and all, under a name of its own, then renamed: under its final name a root has its
     lock file from the start, and one its rank was killed while making is recognisable (``_reclaimed``)."""
     making = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=MAKING, dir=parent))
-    if not keep:
-        _hold_alive_lock(making)
+    lock = None if keep else _held_alive_lock(making)
     root = making.with_name(making.name.removesuffix(MAKING))
     try:
         os.rename(making, root)  # fails if a later rank took it for a dead one's: this one is then not used
     except OSError:
         remove_own(making)
+        release(lock)
         raise
-    return root
+    return root, lock
 
 
-def _hold_alive_lock(making: Path) -> None:
-    """The file is locked, and names this node, before the root has its name. Its descriptor stays open
-    (close-on-exec: no payload holds it) until the process ends."""
+def release(lock: int | None) -> None:
+    """The lock of a root make_root_to_release made: let go once the root is removed (or left to a later rank)."""
+    if lock is not None:
+        os.close(lock)
+
+
+def _held_alive_lock(making: Path) -> int | None:
+    """The file is locked, and names this node, before the root has its name: the descriptor holding it."""
     lock_file = making / ALIVE
     try:
         fd = os.open(lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -82,7 +99,8 @@ def _hold_alive_lock(making: Path) -> None:
     except OSError as error:  # no flock (Lustre mounted without it: ENOSYS; NFS: ENOLCK), or no space left
         lock_file.unlink(missing_ok=True)  # before the lock goes: never seen unlocked naming this node
         os.close(fd)
-        _unlocked(making, error)
+        return _unlocked(making, error)
+    return fd
 
 
 def _unlocked(root: Path, error: OSError) -> None:

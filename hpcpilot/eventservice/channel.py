@@ -30,7 +30,6 @@ import os
 import queue
 import resource
 import selectors
-import shutil
 import socket
 import stat
 import tempfile
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import scratchroot
 from .messages import (CHANNEL_ENV, ENCODING, MAX_MESSAGE_BYTES, NO_MORE_EVENTS, FailedReport, FinishedReport, ReadyForEvents,
                        UnreadableMessage, frame, parse_payload_message, ranges_message)
 from .ranges import EventRange
@@ -120,6 +120,16 @@ class _Connection:
     ignored: int = 0  # its messages that changed nothing (the first MAX_LOGGED_IGNORED logged)
 
 
+def _private_directory() -> tuple[Path, int | None]:
+    """A directory for the socket in the temp directory, where its path is short enough to bind (the job's
+    scratch may not be): made as a rank's scratch root is, locked while the process lives, so that one a
+    killed process left is removed by the next that makes one there, as a dead rank's root would be."""
+    parent = Path(tempfile.gettempdir())
+    directory, lock = scratchroot.make_root_to_release(parent)
+    scratchroot.reclaim_dead_roots_in_background(parent, own=directory)
+    return directory, lock
+
+
 class EventChannel:
     """Serves event ranges to payload processes over a UNIX socket; see the module docstring.
 
@@ -133,7 +143,7 @@ class EventChannel:
         self.results: queue.Queue[RangeResult] = queue.Queue()
         self._on_result = on_result or self.results.put
         self._send_timeout = send_timeout
-        self._own_dir = None if socket_path else Path(tempfile.mkdtemp(prefix="hpcpilot-es-"))
+        self._own_dir, self._own_dir_lock = (None, None) if socket_path else _private_directory()
         self.address = str(socket_path or self._own_dir / "channel")
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -143,7 +153,11 @@ class EventChannel:
         self._exhausted = False
         self._stats = ChannelStats()
         self._threads: list[threading.Thread] = []
-        self._listener = self._listen()
+        try:
+            self._listener = self._listen()
+        except BaseException:
+            self._remove_own_dir()
+            raise
         self._waker_in, self._waker_out = socket.socketpair()
         self._selector = selectors.DefaultSelector()
         self._max_connections = connection_cap()
@@ -245,8 +259,13 @@ class EventChannel:
         self._listener.close()
         self._waker_in.close()
         Path(self.address).unlink(missing_ok=True)
+        self._remove_own_dir()
+
+    def _remove_own_dir(self) -> None:
         if self._own_dir:
-            shutil.rmtree(self._own_dir, ignore_errors=True)
+            scratchroot.remove_own(self._own_dir)
+            scratchroot.release(self._own_dir_lock)
+            self._own_dir = self._own_dir_lock = None  # the descriptor's number may be another file's by now
 
     def _release_stash(self, reason: str) -> None:
         with self._lock:
