@@ -221,6 +221,7 @@ def _quiet_when_reader_leaves() -> Iterator[None]:
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
     comm = world(force_mpi=args.mpi)
     signals.rank = comm.rank
+    signals.install()  # again: MPI's start may have taken a stop signal (UCX takes SIGHUP)
     if not _mpi_sees_every_task(comm):
         return ExitCode.GENERAL
     prepared = _settings_and_site(args, comm.rank)

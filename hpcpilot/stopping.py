@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from .errors import ErrorCode, ExitCode, PilotError, signal_error_code, signal_exit_code
 from .nodename import node_name
 
-# Signals that ask for a graceful stop (batch systems send SIGTERM or SIGUSR1 before the kill).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT, signal.SIGXCPU)
+# Signals that ask for a graceful stop (batch systems send SIGTERM or SIGUSR1 before the kill; SIGHUP comes when
+# the terminal of an interactive allocation, salloc or ssh, goes away).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT, signal.SIGXCPU, signal.SIGHUP)
+# Stop signals that stay ignored when the pilot was started ignoring them: nohup asks for no stop at a hangup.
+KEPT_IGNORED = (signal.SIGHUP,)
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,15 @@ class SignalWatch:
     def __init__(self, rank: int = 0):
         self.rank = rank  # known once MPI has started; the handlers are installed before
         self.signum: int | None = None
+        self.watched: tuple[int, ...] | None = None  # chosen at the first install, as the pilot was started
 
     def install(self) -> "SignalWatch":
-        for signum in STOP_SIGNALS:
+        """Handle the stop signals; again once MPI has started, for its libraries may take one for themselves
+        (UCX takes SIGHUP, to raise its log level)."""
+        if self.watched is None:
+            self.watched = tuple(signum for signum in STOP_SIGNALS
+                                 if not (signum in KEPT_IGNORED and signal.getsignal(signum) == signal.SIG_IGN))
+        for signum in self.watched:
             signal.signal(signum, self._record)
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shlex
 import signal
 import subprocess
@@ -24,12 +25,18 @@ JOBS = list(range(1, 13))
 
 
 def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None) -> subprocess.Popen:
-    command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap),
-               "--cores-per-rank", "2", "--progress-interval", "1", *options]
-    env = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3",
-           "HPCPILOT_DECLARE_RUNNING_AFTER": "0", **(env or {})}  # the tests wait for jobs declared running
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(["mpiexec", "-n", str(ranks), *pilot_command(ap, *options)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**PILOT_ENV, **(env or {})}, start_new_session=True)
+
+
+def pilot_command(ap: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap), "--cores-per-rank", "2",
+            "--progress-interval", "1", *options]
+
+
+# the tests wait for jobs declared running
+PILOT_ENV = {**os.environ, "HPCPILOT_LIMITS__CHECK_INTERVAL": "0.5", "HPCPILOT_LIMITS__KILL_GRACE": "3",
+             "HPCPILOT_DECLARE_RUNNING_AFTER": "0"}
 
 
 def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
@@ -88,7 +95,8 @@ def assert_all_declared(ap: Path, code: int) -> None:
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("signum, code, exit_code", [(signal.SIGTERM, 1201, 143), (signal.SIGUSR1, 1207, 138)])
+@pytest.mark.parametrize("signum, code, exit_code", [(signal.SIGTERM, 1201, 143), (signal.SIGUSR1, 1207, 138),
+                                                     (signal.SIGHUP, 1200, 129)])
 def test_signal_to_one_rank_stops_every_rank(tmp_path: Path, ranks: int, signum: int, code: int,
                                              exit_code: int) -> None:
     ap = sleeping_worker(tmp_path)
@@ -128,6 +136,68 @@ def test_a_signal_during_start_up_is_a_graceful_stop_too(tmp_path: Path) -> None
         rank.send_signal(signal.SIGTERM)
     returncode, stderr = finish(pilot, STOP_BOUND)
     assert returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert_all_declared(ap, 1201)
+
+
+def start_on_a_terminal(ap: Path, tmp_path: Path, *wrapper: str) -> tuple[subprocess.Popen, int]:
+    """A one-rank pilot as started from an interactive allocation (salloc, ssh): the leader of a session whose
+    controlling terminal is a pty, its output on it; returns the pilot and the pty's master side, whose
+    closing hangs the terminal up (as the ssh connection's end does)."""
+    master, terminal = os.openpty()
+    pilot = subprocess.Popen(["setsid", "--ctty", *wrapper, *pilot_command(ap)], stdin=terminal, stdout=terminal,
+                             stderr=terminal, cwd=tmp_path, env=PILOT_ENV)
+    os.close(terminal)
+    return pilot, master
+
+
+def wait_until_running_on_a_terminal(ap: Path, pilot: subprocess.Popen, master: int) -> None:
+    """As wait_until_running, reading the terminal meanwhile: a full one would block the pilot's log."""
+    deadline = time.monotonic() + 60
+    while _status(ap, JOBS[0]) != "running" and time.monotonic() < deadline and pilot.poll() is None:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                os.read(master, 65536)
+            except OSError:  # EIO: nothing holds the terminal open (nohup sent the output elsewhere)
+                time.sleep(0.2)
+    assert _status(ap, JOBS[0]) == "running", f"the pilot's exit code: {pilot.poll()}"
+
+
+def hang_up(master: int) -> None:
+    os.close(master)  # the kernel sends SIGHUP to the session's leader, the pilot
+
+
+def exit_code_within(pilot: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return pilot.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(pilot.pid, signal.SIGKILL)  # the session's leader: its process group is the pilot's
+        pilot.wait()
+        return None
+
+
+@pytest.mark.timeout(150)
+def test_a_pilot_whose_terminal_goes_away_stops_gracefully(tmp_path: Path) -> None:
+    """The hangup's SIGHUP killed the pilot on the spot (exit -1): jobs in flight stayed 'running' for
+    Harvester. It is a stop like SIGTERM's: jobs declared with 1200 (killed by a signal), exit 129. Started with
+    SIGHUP at its default, whatever the test runner was started with."""
+    ap = sleeping_worker(tmp_path)
+    pilot, master = start_on_a_terminal(ap, tmp_path, "env", "--default-signal=HUP")
+    wait_until_running_on_a_terminal(ap, pilot, master)
+    hang_up(master)
+    assert exit_code_within(pilot, STOP_BOUND) == 129
+    assert_all_declared(ap, 1200)
+
+
+@pytest.mark.timeout(150)
+def test_a_pilot_started_under_nohup_runs_on_when_its_terminal_goes_away(tmp_path: Path) -> None:
+    """nohup asks for no stop at a hangup: the pilot must not catch the SIGHUP it was started ignoring. A
+    SIGTERM after the hangup is then the stop that counts (143 and 1201, not 129 and 1200)."""
+    ap = sleeping_worker(tmp_path)
+    pilot, master = start_on_a_terminal(ap, tmp_path, "nohup")  # its output goes to tmp_path/nohup.out
+    wait_until_running_on_a_terminal(ap, pilot, master)
+    hang_up(master)
+    pilot.send_signal(signal.SIGTERM)
+    assert exit_code_within(pilot, STOP_BOUND) == 143, (tmp_path / "nohup.out").read_text()[-3000:]
     assert_all_declared(ap, 1201)
 
 
