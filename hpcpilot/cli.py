@@ -62,7 +62,8 @@ table, goes to standard error).
 exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
 the demo access point cannot be written (or DIR or DIR-replicas has files in
 it: it may be a real worker's); 141 its reader left before the outcome was
-all written (| head -1): the jobs were run all the same."""
+all written (| head -1): the jobs were run all the same (a run that ended
+otherwise than 0 keeps its own exit code)."""
 
 BATCH_SCRIPT_DESCRIPTION = """\
 Print a batch script that runs 'hpcpilot run' under the site's scheduler and
@@ -202,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def _quiet_when_reader_leaves() -> Iterator[None]:
+def _quiet_when_reader_leaves(outcome: int = ExitCode.SUCCESS) -> Iterator[None]:
     """A command whose reader went away (``| head -1``) ends as a Unix tool killed by SIGPIPE would: exit
     128+SIGPIPE, no traceback. Not 0: the output was not all delivered (a script piped to sbatch that quit early
-    was not submitted), and a pipeline under ``set -o pipefail`` fails as it would with cat. Only for the
-    commands that print: a pilot's own pipes (to its guard, its payloads) must not end it so."""
+    was not submitted), and a pipeline under ``set -o pipefail`` fails as it would with cat. A failure the
+    command already had (``outcome``, its exit code: a demo's run that stopped early) says more and is kept.
+    Only for the commands that print: a pilot's own pipes (to its guard, its payloads) must not end it so."""
     try:
         try:
             yield
@@ -215,7 +217,7 @@ def _quiet_when_reader_leaves() -> Iterator[None]:
                 sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
-        sys.exit(128 + signal.SIGPIPE)
+        sys.exit(outcome or 128 + signal.SIGPIPE)
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
@@ -327,7 +329,7 @@ def _run_demo(args: argparse.Namespace, config: Any, comm: Any, site: Any, signa
     exit_code = run_worker(config, comm, site, signals)
     summary = config.access_point / config.files.summary
     if comm.rank == 0 and summary.exists():
-        with _quiet_when_reader_leaves():  # the outcome only: while the jobs run, no pipe ends the pilot
+        with _quiet_when_reader_leaves(exit_code):  # the outcome only: while the jobs run, no pipe ends the pilot
             _print_demo_outcome(summary)
     return exit_code
 

@@ -95,13 +95,29 @@ def test_a_demo_whose_reader_left_runs_its_jobs_and_ends_as_a_unix_tool_would(tm
     """``hpcpilot demo | head -0``: its outcome cannot be printed. The jobs run and are declared all the same,
     and the demo ends as the other commands do, 128+SIGPIPE without a traceback (it ended in 'uncaught error'
     and 70)."""
+    returncode, stderr = run_demo_without_reader(tmp_path)
+    assert returncode == 128 + signal.SIGPIPE, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())["finished"] == 1
+
+
+@pytest.mark.timeout(200)
+def test_a_demo_whose_reader_left_keeps_the_exit_code_of_a_run_that_stopped_early(tmp_path: Path) -> None:
+    """A lifetime too short for any job: the run's 81 says what went wrong with the jobs, and stands (it was
+    replaced by 141, which says only that the outcome went unread)."""
+    returncode, stderr = run_demo_without_reader(tmp_path, "--lifetime", "5")
+    assert returncode == 81, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())["failed"] == 1
+
+
+def run_demo_without_reader(cwd: Path, *options: str) -> tuple[int, str]:
+    """``hpcpilot demo ... | head -0`` of one job in grid mode: its exit code and its log."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader gone before the demo prints anything
-    command = [*LAUNCHES["grid"], sys.executable, "-m", "hpcpilot", "demo", "--jobs", "1", "--dir", "demo"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True,
+    command = [sys.executable, "-m", "hpcpilot", "demo", "--jobs", "1", "--dir", "demo", *options]
+    process = subprocess.Popen(command, cwd=cwd, stdout=write_end, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     os.close(write_end)
     _, stderr = communicate_or_kill(process, 180, "hpcpilot demo")
-    assert process.returncode == 128 + signal.SIGPIPE, stderr[-3000:]
-    assert "Traceback" not in stderr
-    assert json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())["finished"] == 1
+    return process.returncode, stderr
