@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..atomicfile import json_bytes
 from ..checksums import file_checksum
 from ..config import Config, HarvesterFiles
-from ..errors import WorkerError
+from ..errors import ExitCode, WorkerError
 from ..eventservice.declarations import failed_entries, finished_entry
 from ..eventservice.harvester_events import read_ranges, request_ranges
 from ..eventservice.ranges import EventRange, InvalidEventRange
@@ -102,9 +102,9 @@ class AccessPointClient:
 
     Raises ValueError for file names that cannot be used, and for an empty ``root`` (not taken for the current
     directory: an unset variable, most likely) or one with a NUL byte. The job definitions
-    are read by :meth:`jobs` and, once, by the first call given a PandaID:
-    those raise :class:`WorkerError` when the access point cannot be read or
-    holds no job.
+    are read by :meth:`jobs` and, once, by the first call given a PandaID or
+    to :meth:`flush`: those raise :class:`WorkerError` when the access point
+    cannot be read or holds no job (:meth:`flush` only when it cannot be read).
     """
 
     def __init__(self, root: Path | str, files: HarvesterFiles | None = None):
@@ -220,11 +220,18 @@ class AccessPointClient:
     def flush(self) -> int:
         """Publish the entries that wait, for every job whose dump Harvester has taken; returns how many
         jobs still wait (0: all declared). Call it again later until it returns 0. Entries an earlier client
-        of this worker left waiting (a wrapper restarted) go out too."""
+        of this worker left waiting (a wrapper restarted) go out too.
+
+        Raises :class:`WorkerError` when the job definitions, read here if no call read them before, cannot
+        be read: its ``exit_code`` says why (77 the access point unreadable or malformed, 64 no thread could be
+        started to read them). Entries an earlier client left waiting are then not sent: call again later.
+        An access point with no jobs is no error: nothing of theirs can wait (0).
+        """
         try:
             self._known_definitions()  # takes those over
-        except WorkerError:  # no jobs: none of their entries can wait
-            pass
+        except WorkerError as error:
+            if error.exit_code != ExitCode.NO_JOBS:
+                raise
         with self._lock:
             return self._publisher.flush()
 

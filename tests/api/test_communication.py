@@ -14,6 +14,8 @@ from hpcpilot.accesspoint_writer import job_definition, write_access_point
 from hpcpilot.api.communication import AccessPointClient, EventRange, HarvesterFiles, InvalidJob, JobSpec, WorkerError
 from hpcpilot.api.data import Transfer, stage_out
 from hpcpilot.atomicfile import TEMP_PREFIX
+from hpcpilot.errors import ExitCode
+from tests.threadless import run_without_threads
 
 DUMP = "event_status.dump.json"
 
@@ -349,6 +351,54 @@ def test_a_restarted_client_publishes_what_the_earlier_one_left_waiting(client):
     foreign.rename(foreign.with_name(DUMP + ".read.1"))
     assert restarted.flush() == 0
     assert harvester_takes(client.job_dir(1001)) == [*waiting, *later]
+
+
+def test_flush_on_an_access_point_without_jobs_sends_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert AccessPointClient(tmp_path / "empty").flush() == 0
+
+
+def test_flush_says_when_the_job_definitions_cannot_be_read(client):
+    """A restarted client's first call is flush, while the worker's list of jobs cannot be read (here
+    half-written): it returned 0, "all declared", the earlier client's entries unsent. It raises, with 77,
+    and a later flush sends them."""
+    foreign = client.job_dir(1001) / DUMP
+    foreign.write_text("not JSON")
+    waiting = [{"eventRangeID": "1-2-3-4-8", "eventStatus": "failed"}]
+    assert client.declare_files(1001, waiting) is False
+    foreign.rename(foreign.with_name(DUMP + ".read.1"))  # Harvester took it
+    pandaids = client.root / "worker_pandaids.json"
+    listed = pandaids.read_text()
+    pandaids.write_text(listed[:-3])
+    restarted = AccessPointClient(client.root)
+    with pytest.raises(WorkerError) as raised:
+        restarted.flush()
+    assert raised.value.exit_code == ExitCode.MISSING_INPUT and "worker_pandaids.json" in str(raised.value)
+    pandaids.write_text(listed)
+    assert restarted.flush() == 0
+    assert harvester_takes(client.job_dir(1001)) == waiting
+
+
+FLUSH_WITHOUT_THREADS = """
+import sys
+from hpcpilot.api.communication import AccessPointClient, WorkerError
+client = AccessPointClient(sys.argv[1])
+no_thread_from_here()
+try:
+    print("flushed", client.flush())
+except WorkerError as error:
+    print("WorkerError", int(error.exit_code), error)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_flush_that_can_start_no_thread_to_read_the_jobs_says_so(tmp_path):
+    """The job definitions are read by threads: none to be had (the user's processes at ulimit -u) was taken
+    for "no jobs" (0) by flush; it is a WorkerError with 64, naming the cause."""
+    root = write_access_point(tmp_path / "ap", definitions(1001, 1002))
+    child = run_without_threads(FLUSH_WITHOUT_THREADS, str(root))
+    assert child.stdout.startswith("WorkerError 64 cannot start the threads that read the job definitions"), \
+        child.stdout + child.stderr[-2000:]
 
 
 @pytest.mark.timeout(60)
