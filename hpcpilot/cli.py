@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -62,8 +64,8 @@ table, goes to standard error).
 exit codes: as 'hpcpilot run' (0 also when the two jobs fail as meant); 66
 the demo access point cannot be written (or DIR or DIR-replicas has files in
 it: it may be a real worker's); 141 its reader left before the outcome was
-all written (| head -1): the jobs were run all the same (a run that ended
-otherwise than 0 keeps its own exit code)."""
+all written (| head -1; 129: its terminal hung up): the jobs were run all
+the same (a run that ended otherwise than 0 keeps its own exit code)."""
 
 BATCH_SCRIPT_DESCRIPTION = """\
 Print a batch script that runs 'hpcpilot run' under the site's scheduler and
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_when_reader_leaves(outcome: int = ExitCode.SUCCESS) -> Iterator[None]:
     """A command whose reader went away (``| head -1``) ends as a Unix tool killed by SIGPIPE would: exit
     128+SIGPIPE, no traceback. Not 0: the output was not all delivered (a script piped to sbatch that quit early
-    was not submitted), and a pipeline under ``set -o pipefail`` fails as it would with cat. A failure the
+    was not submitted), and a pipeline under ``set -o pipefail`` fails as it would with cat. A terminal that
+    hung up (an ssh session gone) is a reader gone too: 128+SIGHUP, as its hangup ends a Unix tool. A failure the
     command already had (``outcome``, its exit code: a demo's run that stopped early) says more and is kept.
     Only for the commands that print: a pilot's own pipes (to its guard, its payloads) must not end it so."""
     try:
@@ -215,9 +218,22 @@ def _quiet_when_reader_leaves(outcome: int = ExitCode.SUCCESS) -> Iterator[None]
         finally:
             if sys.stdout is not None:  # None: started with standard output closed
                 sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
-    except BrokenPipeError:
+    except OSError as error:
+        gone = _reader_gone_code(error)
+        if gone is None:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
-        sys.exit(outcome or 128 + signal.SIGPIPE)
+        sys.exit(outcome or gone)
+
+
+def _reader_gone_code(error: OSError) -> int | None:
+    """The exit code of a command whose output ``error`` found no reader for; None for another error (a disk's
+    EIO on a file is one)."""
+    if isinstance(error, BrokenPipeError):
+        return 128 + signal.SIGPIPE
+    if error.errno == errno.EIO and stat.S_ISCHR(os.fstat(sys.stdout.fileno()).st_mode):  # a hung-up terminal
+        return 128 + signal.SIGHUP
+    return None
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -84,3 +87,26 @@ def tarball_members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {member.name.split("/", 1)[1]: tar.extractfile(member).read()
                 for member in tar.getmembers() if member.isfile()}
+
+
+def start_on_a_terminal(command: list[str], **popen) -> tuple[subprocess.Popen, int]:
+    """``command`` as started from an interactive allocation (salloc, ssh): the leader of a session whose
+    controlling terminal is a pty, its standard streams on it (those ``popen`` gives elsewhere aside); returns
+    the process and the pty's master side, whose closing hangs the terminal up (as the ssh connection's end
+    does: the kernel sends SIGHUP to the session's leader)."""
+    master, terminal = os.openpty()
+    streams = {"stdin": terminal, "stdout": terminal, "stderr": terminal}
+    process = subprocess.Popen(["setsid", "--ctty", *command], **{**streams, **popen})
+    os.close(terminal)
+    return process, master
+
+
+def read_terminal_until(master: int, done: Callable[[], bool], process: subprocess.Popen, timeout: float = 60) -> None:
+    """Read what ``process`` writes on its terminal (a full one would block it) until ``done()``, or it ended."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline and process.poll() is None:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                os.read(master, 65536)
+            except OSError:  # EIO: nothing holds the terminal open (nohup sent the output elsewhere)
+                time.sleep(0.2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LAUNCHES, communicate_or_kill
+from .conftest import LAUNCHES, communicate_or_kill, read_terminal_until, start_on_a_terminal
 
 
 def run_demo(cwd: Path, *options: str, launch: str = "mpi2") -> subprocess.CompletedProcess:
@@ -109,6 +109,25 @@ def test_a_demo_whose_reader_left_keeps_the_exit_code_of_a_run_that_stopped_earl
     assert returncode == 81, stderr[-3000:]
     assert "Traceback" not in stderr
     assert json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())["failed"] == 1
+
+
+@pytest.mark.timeout(200)
+def test_a_demo_whose_terminal_hung_up_is_stopped_and_says_so_by_its_exit_code(tmp_path: Path) -> None:
+    """``hpcpilot demo`` in an ssh session that goes away: the hangup stops the run (129) and its outcome, printed
+    on the hung-up terminal, fails with EIO, which ended the demo in 'uncaught error' and 70."""
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        demo, master = start_on_a_terminal(["env", "--default-signal=HUP", sys.executable, "-m", "hpcpilot", "demo",
+                                            "--dir", "demo"], cwd=tmp_path, stderr=stderr)
+    try:
+        read_terminal_until(master, lambda: any((tmp_path / "demo").glob("*/worker_attributes.json")), demo)
+    finally:
+        os.close(master)  # the terminal hangs up
+    communicate_or_kill(demo, 180, "hpcpilot demo")
+    assert demo.returncode == 128 + signal.SIGHUP, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    summary = json.loads((tmp_path / "demo" / "hpcpilot_summary.json").read_text())
+    assert summary["finished"] + summary["failed"] == 16
 
 
 def run_demo_without_reader(cwd: Path, *options: str) -> tuple[int, str]:

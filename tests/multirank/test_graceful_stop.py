@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import shlex
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 from hpcpilot.accesspoint_writer import job_definition, write_access_point
-from tests.e2e.conftest import communicate_or_kill
+from tests.e2e.conftest import communicate_or_kill, read_terminal_until, start_on_a_terminal
 from tests.sites.conftest import install_outside_plugin
 
 STOP_BOUND = 45
@@ -139,31 +138,9 @@ def test_a_signal_during_start_up_is_a_graceful_stop_too(tmp_path: Path) -> None
     assert_all_declared(ap, 1201)
 
 
-def start_on_a_terminal(ap: Path, tmp_path: Path, *wrapper: str) -> tuple[subprocess.Popen, int]:
-    """A one-rank pilot as started from an interactive allocation (salloc, ssh): the leader of a session whose
-    controlling terminal is a pty, its output on it; returns the pilot and the pty's master side, whose
-    closing hangs the terminal up (as the ssh connection's end does)."""
-    master, terminal = os.openpty()
-    pilot = subprocess.Popen(["setsid", "--ctty", *wrapper, *pilot_command(ap)], stdin=terminal, stdout=terminal,
-                             stderr=terminal, cwd=tmp_path, env=PILOT_ENV)
-    os.close(terminal)
-    return pilot, master
-
-
 def wait_until_running_on_a_terminal(ap: Path, pilot: subprocess.Popen, master: int) -> None:
-    """As wait_until_running, reading the terminal meanwhile: a full one would block the pilot's log."""
-    deadline = time.monotonic() + 60
-    while _status(ap, JOBS[0]) != "running" and time.monotonic() < deadline and pilot.poll() is None:
-        if select.select([master], [], [], 0.2)[0]:
-            try:
-                os.read(master, 65536)
-            except OSError:  # EIO: nothing holds the terminal open (nohup sent the output elsewhere)
-                time.sleep(0.2)
+    read_terminal_until(master, lambda: _status(ap, JOBS[0]) == "running", pilot)
     assert _status(ap, JOBS[0]) == "running", f"the pilot's exit code: {pilot.poll()}"
-
-
-def hang_up(master: int) -> None:
-    os.close(master)  # the kernel sends SIGHUP to the session's leader, the pilot
 
 
 def exit_code_within(pilot: subprocess.Popen, timeout: float) -> int | None:
@@ -181,9 +158,9 @@ def test_a_pilot_whose_terminal_goes_away_stops_gracefully(tmp_path: Path) -> No
     Harvester. It is a stop like SIGTERM's: jobs declared with 1200 (killed by a signal), exit 129. Started with
     SIGHUP at its default, whatever the test runner was started with."""
     ap = sleeping_worker(tmp_path)
-    pilot, master = start_on_a_terminal(ap, tmp_path, "env", "--default-signal=HUP")
+    pilot, master = start_on_a_terminal(["env", "--default-signal=HUP", *pilot_command(ap)], env=PILOT_ENV)
     wait_until_running_on_a_terminal(ap, pilot, master)
-    hang_up(master)
+    os.close(master)  # the terminal hangs up
     assert exit_code_within(pilot, STOP_BOUND) == 129
     assert_all_declared(ap, 1200)
 
@@ -193,9 +170,9 @@ def test_a_pilot_started_under_nohup_runs_on_when_its_terminal_goes_away(tmp_pat
     """nohup asks for no stop at a hangup: the pilot must not catch the SIGHUP it was started ignoring. A
     SIGTERM after the hangup is then the stop that counts (143 and 1201, not 129 and 1200)."""
     ap = sleeping_worker(tmp_path)
-    pilot, master = start_on_a_terminal(ap, tmp_path, "nohup")  # its output goes to tmp_path/nohup.out
+    pilot, master = start_on_a_terminal(["nohup", *pilot_command(ap)], env=PILOT_ENV, cwd=tmp_path)  # to nohup.out
     wait_until_running_on_a_terminal(ap, pilot, master)
-    hang_up(master)
+    os.close(master)  # the terminal hangs up
     pilot.send_signal(signal.SIGTERM)
     assert exit_code_within(pilot, STOP_BOUND) == 143, (tmp_path / "nohup.out").read_text()[-3000:]
     assert_all_declared(ap, 1201)
