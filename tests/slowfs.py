@@ -103,6 +103,24 @@ class SlowSyncDirectory(Operations):
     def chmod(self, path: str, mode: int) -> None:
         os.chmod(self._real(path), mode)
 
+    def mkdir(self, path: str, mode: int) -> None:
+        os.mkdir(self._real(path), mode)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(self._real(path))
+
+    def link(self, target: str, source: str) -> None:  # fusepy's order: the new name first
+        os.link(self._real(source), self._real(target))
+
+    def symlink(self, target: str, source: str) -> None:  # the new link, then what it holds
+        os.symlink(source, self._real(target))
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._real(path))
+
+    def utimens(self, path: str, times: tuple[float, float] | None = None) -> None:
+        os.utime(self._real(path), times)
+
 
 def unmount(mountpoint: Path) -> None:
     subprocess.run(["umount", "-l", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from .. import payload, staging
 from ..atomicfile import read_bytes, read_json
-from ..checksums import KERNEL_CHUNK_SIZE, CopyCancelled, RunningChecksum
+from ..checksums import KERNEL_CHUNK_SIZE, NEVER, CopyCancelled, RunningChecksum
 from ..errors import ErrorCode, PilotError
 from ..memorymonitor import summed_summaries
 from ..eventservice.channel import MAX_SOCKET_PATH
@@ -97,7 +97,8 @@ class RangeSource:
     ranges received but not finished would otherwise be lost to the rerun.
     """
 
-    def __init__(self, ctx: RankContext, job: JobSpec, batch: int):
+    def __init__(self, ctx: RankContext, job: JobSpec, batch: int, filing: Callable[..., Any]):
+        self.filing = filing  # Supervisor's: Harvester's files and the journal, fsynced, may take seconds
         self.feed = RangeFeed(ctx.access_point.root, ctx.config.files, job.pandaid, job.task_id or "NULL",
                               job.jobset_id or "NULL", batch=batch)
         self.journal = ctx.access_point.path(job.pandaid, ctx.config.files.received_ranges)
@@ -120,8 +121,7 @@ class RangeSource:
             return None
         if not self.ranges and time.monotonic() >= self.next_poll:
             self.next_poll = time.monotonic() + FEED_POLL_SECONDS
-            self._receive([r for r in self.feed.new_ranges() if r.eventRangeID not in self.known])
-            self._reject(self.feed.take_rejected())
+            self.filing(self._poll, "reading and asking Harvester for event ranges")
         if self.ranges:
             self.waiting_since = None
             self.handed_out += 1
@@ -133,6 +133,11 @@ class RangeSource:
     def take_rejected(self) -> list[RejectedRange]:
         rejected, self.rejected = self.rejected, []
         return rejected
+
+    def _poll(self) -> None:
+        """Harvester's new ranges, kept in the journal; a request for more when few are left."""
+        self._receive([r for r in self.feed.new_ranges() if r.eventRangeID not in self.known])
+        self._reject(self.feed.take_rejected())
 
     def _waited_too_long(self) -> bool:
         """Whether Harvester left this wait for ranges (not the job) unanswered longer than the timeout."""
@@ -284,9 +289,11 @@ class DeclaredCounts:
 class Dispatcher:
     """Rank 0's side: answers every rank's request for a range, declares what ranks report."""
 
-    def __init__(self, ctx: RankContext, comm: Any, job: JobSpec, local_give: Callable[[Any], None], job_log: Any):
+    def __init__(self, ctx: RankContext, comm: Any, job: JobSpec, local_give: Callable[[Any], None], job_log: Any,
+                 filing: Callable[..., Any]):
         self.ctx, self.comm, self.job, self.job_log = ctx, comm, job, job_log
-        self.source = RangeSource(ctx, job, batch=max(8, 4 * comm.size))
+        self.filing = filing  # Supervisor's, for its declarations: each fsyncs a file on the shared filesystem
+        self.source = RangeSource(ctx, job, batch=max(8, 4 * comm.size), filing=filing)
         self.local_give = local_give
         self.wants: deque[int] = deque()
         self.answers = AnswerLedger(comm.size)
@@ -322,17 +329,20 @@ class Dispatcher:
     def declare_pending(self) -> None:
         started = time.monotonic()
         if self.pending_entries and self.error is None:
-            try:
-                self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
-                self.declared.add(self.pending_entries, self.events_of)  # staged: Harvester will see them
-                self.pending_entries = []
-                self.ctx.publisher.publish(self.job.pandaid)
-            except OSError as error:  # no range can be declared: none is handed out any more
-                self.error = PilotError(ErrorCode.FILE_HANDLING, f"cannot declare event ranges in "
-                                        f"{self.ctx.publisher.journal_path(self.job.pandaid)}: {error.strerror or error}")
-                self.job_log.error("%s", self.error.diag)
-                self.stopping = True
+            self.filing(self._declare, "declaring event ranges")
         self.next_declaration = declaration_due(started, time.monotonic())
+
+    def _declare(self) -> None:
+        try:
+            self.ctx.publisher.stage(self.job.pandaid, self.pending_entries)
+            self.declared.add(self.pending_entries, self.events_of)  # staged: Harvester will see them
+            self.pending_entries = []
+            self.ctx.publisher.publish(self.job.pandaid)
+        except OSError as error:  # no range can be declared: none is handed out any more
+            self.error = PilotError(ErrorCode.FILE_HANDLING, f"cannot declare event ranges in "
+                                    f"{self.ctx.publisher.journal_path(self.job.pandaid)}: {error.strerror or error}")
+            self.job_log.error("%s", self.error.diag)
+            self.stopping = True
 
     def all_done(self) -> bool:
         return len(self.outcomes) == self.comm.size
@@ -402,6 +412,7 @@ class RankEventWork:
     ask: Callable[[], None]
     report_entries: Callable[[list[dict]], None]
     keeping_alive: Callable[..., Any]  # runs long file work while the rank's watch goes on (Supervisor's)
+    filing: Callable[..., Any]  # the same for file work that should take no time (Supervisor's)
     outcome: RankOutcome = field(init=False)
     ranges: "queue.Queue[Any]" = field(default_factory=queue.Queue)  # received, not yet given to the payload
     asked: int = 0  # requests to rank 0 not answered yet
@@ -426,7 +437,7 @@ class RankEventWork:
         self.channel = EventChannel(self._provide, socket_path=_socket_path(self.run.scratch)).start()
         self.run.status = jobflow.JobStatus.RUNNING
         if declares:
-            jobflow.declare_state(self.ctx, self.run)
+            self.filing(lambda: jobflow.declare_state(self.ctx, self.run), "declaring the job running")
         self._launch()
         # Under the same limits as any payload (walltime, memory, disk, looping), across restarts: the monitor
         # follows run.process, and a payload it kills fails the job instead of being restarted.
@@ -537,17 +548,16 @@ class RankEventWork:
         return finished_entry(result.range_id, target, checksum=running)
 
     def _copy_out(self, source: Path, target: Path, size: int) -> RunningChecksum:
-        """Within the time limit of any output's copy. One of more than a chunk may take minutes: it runs while
-        the rank's watch goes on (telling the other ranks it lives, looking for stops), and a stop ends it, or
-        keeps it from starting: a stopping pilot has no minutes to give one range, which PanDA hands out again.
-        A smaller one takes less time than handing it to a thread would, where the filesystem is well."""
+        """Within the time limit of any output's copy, while the rank's watch goes on (telling the other ranks it
+        lives, looking for stops): one of more than a chunk may take minutes, and the fdatasync of even a small
+        one seconds on a loaded shared filesystem. A stop ends a copy of more than a chunk, or keeps it from
+        starting: a stopping pilot has no minutes to give one range, which PanDA hands out again; a single chunk
+        is worth finishing."""
         limit = self.ctx.config.limits.transfer_timeout(size)
-        if size <= KERNEL_CHUNK_SIZE:
-            return staging.copy_out_in_time(source, target, limit)
+        stop = self.ctx.stopping if size > KERNEL_CHUNK_SIZE else NEVER
         hung_after = limit + self.ctx.config.limits.transfer_timeout(0)  # a copy past its limit ends within a chunk
         try:
-            return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit, self.ctx.stopping),
-                                      hung_after)
+            return self.keeping_alive(lambda: staging.copy_out_in_time(source, target, limit, stop), hung_after)
         except Hung as hung:
             if not self.ctx.stopping.is_set():
                 raise PilotError(ErrorCode.STAGEOUT_TIMEOUT, "copy of its output hung: no answer from the "
@@ -607,11 +617,10 @@ class RankEventWork:
 # -- the job, on every rank ------------------------------------------------------------------------------------
 
 
-def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
-                          tick: Callable[[], None], set_stop_handler: Callable[[Callable], None],
-                          keeping_alive: Callable[[Callable[[], Any]], Any]) -> JobRun:
-    """All ranks process the ranges of ``job``; rank 0 declares them and then the job. ``keeping_alive`` runs
-    the long file work the ranks wait for while they tell each other they are alive."""
+def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int, supervisor: Any) -> JobRun:
+    """All ranks process the ranges of ``job``; rank 0 declares them and then the job. The rank's ``supervisor``
+    ticks between steps, and runs the file work the ranks wait for while they tell each other they are alive."""
+    tick, keeping_alive = supervisor.tick, supervisor.keeping_alive
     run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
     dispatcher: Dispatcher | None = None
     sent: list[Any] = []
@@ -628,10 +637,10 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         else:
             sent.append(comm.isend(("entries", entries), dest=0, tag=TAG_REPORT))
 
-    work = RankEventWork(ctx, run, ask, report_entries, keeping_alive)
+    work = RankEventWork(ctx, run, ask, report_entries, keeping_alive, supervisor.filing)
     if ctx.rank == 0:
-        dispatcher = Dispatcher(ctx, comm, job, work.give, work.job_log)
-    set_stop_handler(lambda request: _stop(work, dispatcher, request))
+        dispatcher = Dispatcher(ctx, comm, job, work.give, work.job_log, supervisor.filing)
+    supervisor.on_stop = lambda request: _stop(work, dispatcher, request)
     _start(work)
     with jobflow.timed(run, "payload"):
         while not work.done:
@@ -645,7 +654,7 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
         _finish_on_other_rank(comm, work, sent, tick)
     else:
         _finish_on_rank_0(ctx, work, dispatcher, tick, keeping_alive)
-    jobflow.clean_scratch(ctx, run)
+    supervisor.filing(lambda: jobflow.clean_scratch(ctx, run), "removing the job's scratch")  # many files: seconds
     return run
 
 

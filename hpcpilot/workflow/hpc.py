@@ -339,11 +339,10 @@ def _run_event_jobs(ctx: RankContext, jobs: list[JobSpec], cores: int, superviso
             run = JobRun(job, ctx.rank, ctx.host, min(job.core_count, cores))
             if comm.rank == 0:
                 run.fail(PilotError(supervisor.stop_request.code, f"not started: {supervisor.stop_request.reason}"))
-                jobflow.abandon(ctx, run)
+                supervisor.filing(lambda: jobflow.abandon(ctx, run), "declaring a job the stop kept from starting")
                 results.append(JobResult.of_run(run))
             continue
-        run = run_event_service_job(ctx, comm, job, cores, supervisor.tick,
-                                    lambda handler: setattr(supervisor, "on_stop", handler), supervisor.keeping_alive)
+        run = run_event_service_job(ctx, comm, job, cores, supervisor)
         if comm.rank == 0:
             results.append(JobResult.of_run(run))
     return results

@@ -49,8 +49,8 @@ class Supervisor:
         self.keep_alive()
         if self.stop_request is None:
             self._look_for_stop()
-        if self._due("flush", FLUSH_INTERVAL):
-            self.ctx.publisher.flush()
+        if self._due("flush", FLUSH_INTERVAL):  # a dump taken back is rewritten, fsynced: seconds, maybe
+            self.filing(self.ctx.publisher.flush, "publishing staged declarations")
 
     def keep_alive(self) -> None:
         """What tells Harvester and the other ranks that this rank lives; alone, where stops cannot be acted on
@@ -60,16 +60,18 @@ class Supervisor:
         if self.ctx.rank == 0 and self._due("heartbeat", self.ctx.config.heartbeat_interval):
             self._heartbeat()
 
-    def keeping_alive(self, work: Callable[[], T], hung_after: float = math.inf) -> T:
+    def keeping_alive(self, work: Callable[[], T], hung_after: float = math.inf, stop_grace: float | None = None
+                      ) -> T:
         """``work`` (file copies the main thread would wait for, e.g. an event service job's stage-in on every
         rank at once) in a thread of its own while this rank says it is alive and looks for a stop: one sets
         ``ctx.stopping``, which ends an input copy at its next chunk. Nothing else of ``tick`` runs meanwhile
-        (the publisher's flush is not for two threads).
+        (the publisher's flush, itself such work, is not for two threads).
 
-        Work still going after ``hung_after`` seconds (a third of ``stop_bound`` after a stop, if it has a
-        ``hung_after`` at all) is stuck in a system call a hung filesystem never answers: Hung is raised, its
-        thread left behind. Work without one (a job's declaration) is waited for, stop or not."""
-        clock = HangClock(hung_after, self.ctx.config.stop_wait)
+        Work still going after ``hung_after`` seconds (``stop_grace``, by default a third of ``stop_bound``,
+        after a stop, if it has a ``hung_after`` at all) is stuck in a system call a hung filesystem never
+        answers: Hung is raised, its thread left behind. Work without one (a job's declaration) is waited for,
+        stop or not."""
+        clock = HangClock(hung_after, self.ctx.config.stop_wait if stop_grace is None else stop_grace)
         done = in_thread_of_its_own(work, f"rank{self.ctx.rank}-alive")
         while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
             self.keep_alive()
@@ -80,6 +82,19 @@ class Supervisor:
             if clock.overrun():
                 raise Hung(clock.waited())
         return done.result()
+
+    def filing(self, work: Callable[[], T], what: str) -> T:
+        """``work`` on a filesystem (declarations, Harvester's files, scratch) while this rank says it is alive,
+        as ``keeping_alive``: an fsync of a loaded shared filesystem takes seconds, maybe more than
+        rank_silence_limit. Work still going, stop or not, after the time limit of one file's copy (that of an
+        empty file), or rank_silence_limit if longer, is taken for a hung filesystem: this rank ends the pilot,
+        as its silence made its peers do before it said it was alive meanwhile."""
+        hung_after = max(self.ctx.config.limits.transfer_timeout(0), self.ctx.config.rank_silence_limit)
+        try:
+            return self.keeping_alive(work, hung_after, stop_grace=math.inf)
+        except Hung as hung:
+            self._abort(f"{what} has not ended after {hung.waited:.0f} s", "its filesystem hangs")
+            raise
 
     def adopt(self, request: StopRequest | None) -> None:
         """A stop learnt some other way (e.g. in a rank's final report)."""
@@ -146,10 +161,13 @@ class Supervisor:
         the launcher cannot end a hung rank. Jobs not yet final stay undeclared, as after a launcher's clean-up:
         Harvester fails them with the worker, or a run on this access point reruns them."""
         limit = self.ctx.config.rank_silence_limit
-        reason = f"rank {peer} not heard from for {silence:.0f} s (rank_silence_limit {limit:g} s)"
-        log.error("%s: it died or hangs, and the launcher left the other ranks running; aborting every rank "
-                  "(exit code %d) and asking Harvester to cancel the worker; a rerun on this access point runs the "
-                  "jobs that were not declared yet", reason, ExitCode.SITE_PROBLEM)
+        self._abort(f"rank {peer} not heard from for {silence:.0f} s (rank_silence_limit {limit:g} s)",
+                    "it died or hangs, and the launcher left the other ranks running")
+
+    def _abort(self, reason: str, cause: str) -> None:
+        """Every rank aborted (exit 64), Harvester asked to cancel the worker."""
+        log.error("%s: %s; aborting every rank (exit code %d) and asking Harvester to cancel the worker; a rerun "
+                  "on this access point runs the jobs that were not declared yet", reason, cause, ExitCode.SITE_PROBLEM)
         # In a thread of its own: the filesystem may hang (maybe why the peer fell silent), the abort must not.
         writer = threading.Thread(target=self._request_kill, args=(reason,), name="kill-worker", daemon=True)
         try:

@@ -42,7 +42,7 @@ def sockets():
 
 before = sockets()
 no_thread_from_here()
-run = run_event_service_job(ctx, comm, job, 1, supervisor.tick, lambda handler: None, supervisor.keeping_alive)
+run = run_event_service_job(ctx, comm, job, 1, supervisor)
 ctx.publisher.flush()
 print(run.status.value, sockets() - before, flush=True)
 """

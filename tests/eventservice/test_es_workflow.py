@@ -705,6 +705,50 @@ if not rank_0:
 
 
 @pytest.mark.timeout(240)
+def test_ranks_waiting_for_a_slow_fsync_of_the_access_point_are_not_taken_for_silent(tmp_path: Path,
+                                                                                    slow_sync_dir) -> None:
+    """Every fsync on the access point's filesystem (a shared filesystem under load) takes 2 s, twice the
+    rank_silence_limit: rank 0 declaring ranges (the dump's journal) and asking Harvester for more, and every
+    rank staging a range's output, said nothing to its peers meanwhile, and the peer took it for dead (exit 64)."""
+    all_ranges = ranges(6)
+    ap = es_worker(slow_sync_dir(2.0), preplaced=all_ranges[:4])
+    run, entries = run_es(ap, "mpi2", serving=all_ranges[4:], env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    assert run.returncode == 0 and "not heard from" not in run.stderr, run.stderr[-3000:]
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    for event_range in all_ranges:
+        (entry,) = by_range[event_range["eventRangeID"]]
+        assert_finished_output(entry, event_range)
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
+
+
+@pytest.mark.timeout(120)
+def test_rank_0_declaring_event_jobs_a_stop_keeps_from_starting_on_a_slow_filesystem_is_not_taken_for_silent(
+        tmp_path: Path, slow_sync_dir) -> None:
+    """A stop file there at start: rank 0 declares the job failed, not started (a job report and a final state,
+    each fsynced for 2 s), while rank 1 waits for it, and rank 1 took the silent rank 0 for dead (exit 64)."""
+    ap = es_worker(slow_sync_dir(2.0), preplaced=ranges(2))
+    (ap / "hpcpilot_stop").touch()
+    run = run_pilot(ap, "mpi2", env={**FAST, "HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    assert run.returncode == 143 and "not heard from" not in run.stderr, run.stderr[-3000:]
+    attributes = run.attributes(PANDAID)
+    assert (attributes["jobStatus"], attributes["pilotErrorCode"]) == ("failed", 1201), attributes
+
+
+@pytest.mark.timeout(120)
+def test_a_declaration_the_filesystem_never_ends_aborts_every_rank_with_64(tmp_path: Path, slow_sync_dir) -> None:
+    """Saying it is alive while it waits for an fsync, a rank must still give up on one that does not end (a hung
+    filesystem; here 60 s each, against a 2 s limit for one file's copy): it aborts every rank, as its silence
+    made its peers do, rather than hold the allocation with a fresh heartbeat (the run would overrun 100 s)."""
+    ap = es_worker(slow_sync_dir(60.0), preplaced=ranges(2))
+    run = run_pilot(ap, "mpi2", env={**FAST, "HPCPILOT_RANK_SILENCE_LIMIT": "1",
+                                     "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "2"}, timeout=100)
+    assert run.returncode == 64, run.stderr[-3000:]
+    assert any("[0@" in line and "has not ended after 2 s: its filesystem hangs" in line
+               for line in run.stderr.splitlines()), run.stderr[-3000:]
+
+
+@pytest.mark.timeout(240)
 def test_a_rank_done_while_rank_0_copies_a_range_output_still_says_it_is_alive(tmp_path: Path, slow_file) -> None:
     """Rank 1 is done and waits for rank 0's last answer while rank 0 copies a range's output for 4 s (its time
     limit): rank 1 kept silent meanwhile, and rank 0 took it for dead past rank_silence_limit (1 s): every rank
