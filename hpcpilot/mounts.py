@@ -69,7 +69,11 @@ def _escape(path: str) -> str:
 
 def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
     """The mounts on ``tree`` or inside it, deepest first."""
-    top = os.path.realpath(tree)
+    return _mounts_below(os.path.realpath(tree), proc)
+
+
+def _mounts_below(top: str, proc: Path = PROC_SELF) -> list[Mount]:
+    """The mounts on the canonical path ``top`` or inside it, deepest first."""
     table = _mountinfo(proc)
     if _escape(top) not in table:  # the usual case, asked once per job: no need to parse a node's many mounts
         return []
@@ -79,20 +83,73 @@ def mounts_below(tree: Path, proc: Path = PROC_SELF) -> list[Mount]:
 
 def unmount_all_below(tree: Path) -> list[str]:
     """Detach every mount inside ``tree``; the mount points that stay (not ours to unmount). Pass after pass:
-    a mount covered by another one mounted above it can be reached only once that one is gone."""
-    remaining = mounts_below(tree)
+    a mount covered by another one mounted above it can be reached only once that one is gone.
+
+    Only mounts inside the directory at ``tree`` now: a payload may have swapped it, or a directory in it, for
+    a symlink to elsewhere since it was looked at. So the tree is held open, never through a link, and each
+    mount point reached from it one directory at a time, never through a link either; a link at ``tree`` has
+    nothing below it."""
+    try:
+        top = os.open(tree, DIRECTORY_ITSELF)
+    except (FileNotFoundError, NotADirectoryError):  # gone, or a link (O_NOFOLLOW | O_DIRECTORY: ENOTDIR)
+        return []
+    except OSError:  # not this user's to enter: what is mounted there stays
+        return [mount.point for mount in mounts_below(tree)]
+    try:
+        return _unmount_all_below(top)
+    finally:
+        os.close(top)
+
+
+DIRECTORY_ITSELF = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC  # a directory itself, never a link to one
+
+
+def _held_path(fd: int) -> str:
+    """The path of what ``fd`` holds, as the kernel names it now."""
+    return os.readlink(f"{PROC_SELF}/fd/{fd}")
+
+
+def _unmount_all_below(top: int) -> list[str]:
+    remaining = _mounts_below(_held_path(top))
     while remaining:
         for mount in remaining:
-            _detach(mount)
-        before, remaining = len(remaining), mounts_below(tree)
+            _detach_inside(top, mount)
+        before, remaining = len(remaining), _mounts_below(_held_path(top))
         if len(remaining) >= before:
             break
     return [mount.point for mount in remaining]
 
 
-def _detach(mount: Mount) -> None:
-    if _libc_umount2(os.fsencode(mount.point), _MNT_DETACH) != 0 and mount.fstype.startswith("fuse"):
-        _fusermount_detach(mount.point)
+def _detach_inside(top: int, mount: Mount) -> None:
+    """Detach ``mount`` if its point is reached from the tree ``top`` without a link (else it stays)."""
+    point = _open_inside(top, os.path.relpath(mount.point, _held_path(top)))
+    if point is None:
+        return
+    try:  # umount2 of the held mount itself, through /proc: no path the payload could change meanwhile
+        if _libc_umount2(os.fsencode(f"{PROC_SELF}/fd/{point}"), _MNT_DETACH) != 0 and \
+                mount.fstype.startswith("fuse"):
+            _fusermount_detach(_held_path(point))
+    finally:
+        os.close(point)
+
+
+def _open_inside(top: int, relative: str) -> int | None:
+    """The directory at ``relative`` below ``top``, opened one name at a time, none a link; None if there is
+    none such (gone, outside, or a link swapped in)."""
+    names = Path(relative).parts
+    if ".." in names:
+        return None
+    current = os.open(".", DIRECTORY_ITSELF, dir_fd=top)
+    for name in names:
+        try:
+            child = os.open(name, DIRECTORY_ITSELF, dir_fd=current)
+        except OSError:
+            child = None
+        os.close(current)
+        if child is None:
+            return None
+        current = child
+    return current
 
 
 def _fusermount_detach(point: str) -> None:

@@ -176,7 +176,7 @@ def _reclaim_at_lowest_priority(parent: Path, own: Path) -> None:
 
 
 def _lowest_priority() -> None:
-    """This thread's, and so its helpers' (rm -rf, chmod -R): Linux gives each thread its own nice value, and
+    """This thread's, and so its helpers' (rm -rf): Linux gives each thread its own nice value, and
     the disk schedulers that weigh I/O (BFQ) take its I/O priority from it."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICEST)

@@ -184,36 +184,37 @@ def test_a_scratch_directory_without_flock_is_used_unlocked(tmp_path: Path, monk
     assert root.is_dir() and list(root.iterdir()) == []  # like a kept root: never taken for a dead one's
 
 
-def dead_root_with_a_locked_directory(users_scratch: Path) -> Path:
-    """A dead rank's root, nobody's, holding a directory its payload locked (chmod 000, a file in it): removing
-    it takes chmod -R, a process of its own."""
+def dead_root_nested_too_deep(users_scratch: Path) -> Path:
+    """A dead rank's root, nobody's, holding a tree its payload nested deeper than the recursion limit:
+    removing it takes rm -rf, a process of its own."""
     dead, root = rank_making_a_root(users_scratch)
     killed(dead)
-    locked = root / "job-1-x" / "locked"
-    locked.mkdir()
-    (locked / "data.root").write_text("x")
+    deepest = root / "job-1-x"
+    for _ in range(sys.getrecursionlimit() + 100):  # os.makedirs recurses too
+        deepest = deepest / "d"
+        deepest.mkdir()
+    (deepest / "data.root").write_text("x")
     subprocess.run(["chown", "-R", "nobody:", str(users_scratch)], check=True, timeout=30)
-    locked.chmod(0)
     return root
 
 
-def stand_in_chmod(users_scratch: Path, script: str) -> Path:
-    """A directory to put first on PATH, whose chmod runs ``script`` (sh) instead."""
+def stand_in_rm(users_scratch: Path, script: str) -> Path:
+    """A directory to put first on PATH, whose rm runs ``script`` (sh) instead."""
     tools = users_scratch.parent / "bin"
     tools.mkdir()
-    (tools / "chmod").write_text(f"#!/bin/sh\n{script}\n")
-    (tools / "chmod").chmod(0o755)
+    (tools / "rm").write_text(f"#!/bin/sh\n{script}\n")
+    (tools / "rm").chmod(0o755)
     return tools
 
 
 @pytest.mark.timeout(60)
 def test_a_dead_root_that_cannot_be_removed_now_is_left_for_a_later_rank(users_scratch: Path) -> None:
-    """Its payload locked a directory (chmod 000): removing it takes chmod -R, a process, which a rank whose
+    """Its payload nested a tree too deep for rmtree: removing it takes rm -rf, a process, which a rank whose
     user has none left (a fork bomb elsewhere) cannot start. The rank goes on with its own scratch, and what
     is left keeps a lock file for a later rank to try again."""
     if os.geteuid() != 0:
         pytest.skip("running as nobody needs root")
-    root = dead_root_with_a_locked_directory(users_scratch)
+    root = dead_root_nested_too_deep(users_scratch)
 
     def reclaim_without_processes() -> list[Path]:
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
@@ -231,14 +232,14 @@ def test_a_dead_root_is_removed_while_the_rank_goes_on_and_what_a_rank_that_ende
         users_scratch: Path) -> None:
     """A dead pilot's root may hold a million files, minutes of removal (200,000 took 340 s here) that held the
     rank's start, up to startup_limit and the whole pilot's end with 64. Here its removal cannot end at all: it
-    needs chmod -R for a directory the payload locked, and a stand-in chmod on PATH waits until the test lets
+    needs rm -rf for a tree the payload nested too deep, and a stand-in rm on PATH waits until the test lets
     it go. The rank goes on at once and ends meanwhile; what is left keeps its lock file (removed last, never
     before the rest), which a later rank takes to finish the removal."""
     if os.geteuid() != 0:
         pytest.skip("running as nobody needs root")
-    root = dead_root_with_a_locked_directory(users_scratch)
+    root = dead_root_nested_too_deep(users_scratch)
     release = users_scratch.parent / "release"
-    tools = stand_in_chmod(users_scratch, f"while [ ! -e {release} ]; do sleep 0.05; done")
+    tools = stand_in_rm(users_scratch, f"while [ ! -e {release} ]; do sleep 0.05; done")
 
     def start_reclaiming_and_end() -> bool:
         os.environ["PATH"] = f"{tools}:{os.environ['PATH']}"
@@ -257,15 +258,15 @@ def test_a_dead_root_is_removed_while_the_rank_goes_on_and_what_a_rank_that_ende
 @pytest.mark.timeout(120)
 def test_a_dead_root_is_removed_at_the_lowest_priority_leaving_the_rank_s_own(users_scratch: Path) -> None:
     """The removal runs beside the rank's first payloads, for minutes: its thread and the helpers it starts
-    (here a stand-in chmod -R, which a directory the payload locked needs) run at nice 19, the rank's other
+    (here a stand-in rm -rf, which a tree the payload nested too deep needs) run at nice 19, the rank's other
     threads at their own."""
     if os.geteuid() != 0:
         pytest.skip("running as nobody needs root")
     if os.getpriority(os.PRIO_PROCESS, 0) >= scratchroot.NICEST:
         pytest.skip("the tests already run at the lowest priority")
-    dead_root_with_a_locked_directory(users_scratch)
+    dead_root_nested_too_deep(users_scratch)
     seen = users_scratch.parent / "nice"
-    tools = stand_in_chmod(users_scratch, f"nice > {seen}")
+    tools = stand_in_rm(users_scratch, f"nice > {seen}")
 
     def reclaim_and_wait() -> bool:
         """True when the rank's own thread kept its priority."""

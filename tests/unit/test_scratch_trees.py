@@ -5,6 +5,7 @@ import os
 import pwd
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,94 @@ def test_a_tree_with_a_mount_the_pilot_cannot_unmount_is_left_whole(bind_mounted
     assert (precious / "data.root").read_bytes() == b"not the payload's"
 
 
+SWAP_FOR_A_LINK = """
+import os, sys
+directory, elsewhere = sys.argv[1:3]
+os.rename(directory, directory + ".moved")
+os.symlink(elsewhere, directory)
+"""
+
+
+def payload_swaps_for_a_link(directory: Path, elsewhere: Path) -> None:
+    """What a payload can do to its scratch: the directory moved aside, a link to ``elsewhere`` in its place."""
+    subprocess.run([sys.executable, "-c", SWAP_FOR_A_LINK, str(directory), str(elsewhere)], check=True, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_remove_tree_unmounts_nothing_where_a_link_the_payload_swapped_in_for_its_scratch_leads(tmp_path: Path
+                                                                                                ) -> None:
+    """The scratch replaced by a link after the caller looked at it: the mounts were looked for below where the
+    link leads (realpath), and there detached, as root anywhere on the node."""
+    precious = _precious(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mounted").mkdir(parents=True)
+    scratch = tmp_path / "scratch"
+    (scratch / "output").mkdir(parents=True)
+    with _bind_mount(precious, elsewhere / "mounted"):
+        payload_swaps_for_a_link(scratch, elsewhere)
+        assert remove_tree(scratch) == []
+        assert [m.point for m in mounts_below(elsewhere)] == [str(elsewhere / "mounted")]
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+
+
+KEEPS_SWAPPING = """
+import os, sys
+directory, elsewhere = sys.argv[1:3]
+print("swapping", flush=True)
+while True:  # until ended, or the directory is gone: a directory, a link to elsewhere, a directory again
+    os.rename(directory, directory + ".moved")
+    os.symlink(elsewhere, directory)
+    os.unlink(directory)
+    os.rename(directory + ".moved", directory)
+"""
+
+
+@contextmanager
+def payload_swapping(directory: Path, elsewhere: Path) -> Iterator[None]:
+    """A payload swapping ``directory`` for a link to ``elsewhere`` and back, over and over, for the block."""
+    swapper = subprocess.Popen([sys.executable, "-c", KEEPS_SWAPPING, str(directory), str(elsewhere)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert swapper.stdout.readline() == "swapping\n"
+        yield
+    finally:
+        swapper.kill()
+        swapper.wait()
+
+
+def _read_only_tree(scratch: Path) -> None:
+    """A scratch with a read-only subtree (what a payload's chmod leaves), 'nobody's (when we are root)."""
+    locked = scratch / "output" / "locked"
+    locked.mkdir(parents=True)
+    (locked / "data.root").write_bytes(b"x" * 1000)
+    _owned_by_nobody(scratch)
+    locked.chmod(0o500)
+    locked.parent.chmod(0o500)
+
+
+@pytest.mark.timeout(120)
+def test_remove_tree_changes_no_mode_where_a_link_the_payload_keeps_swapping_in_leads(users_scratch: Path) -> None:
+    """Not root, as on HPC nodes: a read-only subtree needs its directories made writable again, and the
+    payload's link swapped in between the look at the scratch and ``chmod -R`` (which follows a link it is
+    given) made a read-only tree elsewhere writable: about one removal in 25 here, of a payload swapping over
+    and over; 200 removals. (Mostly sooner, the removal raised: the scratch looked for mounts below, through
+    realpath, turned from a link to a directory, or went, under it.)"""
+    elsewhere = users_scratch.parent / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    _owned_by_nobody(elsewhere)
+    for directory in (elsewhere / "inner", elsewhere):
+        directory.chmod(0o500)
+    for _ in range(200):
+        subprocess.run(["rm", "-rf", str(users_scratch), f"{users_scratch}.moved"], check=True, timeout=30)
+        users_scratch.mkdir()
+        _read_only_tree(users_scratch)
+        with payload_swapping(users_scratch, elsewhere):
+            outcome = unprivileged_outcome(lambda: remove_tree(users_scratch))
+        modes = [stat.S_IMODE(os.stat(directory).st_mode) for directory in (elsewhere, elsewhere / "inner")]
+        assert modes == [0o500, 0o500]
+        assert outcome == "[]"  # whatever the swaps left where, nothing raised
+
+
 @pytest.fixture
 def users_fuse_mount() -> Iterator[Path]:
     """A scratch owned by 'nobody' with a FUSE filesystem that 'nobody' mounted inside (as squashfuse or
@@ -244,13 +333,14 @@ def _remove_tree_unable_to_fork(tree: Path) -> list[str]:
 
 
 @pytest.mark.timeout(60)
-def test_remove_tree_leaves_a_tree_it_needs_chmod_for_when_no_process_can_be_started(users_scratch: Path) -> None:
-    """Raised, the fork's EAGAIN failed the stage-out after the job's final declaration, which declared it
-    again, failed (1008) and without its outputs."""
+def test_remove_tree_removes_a_tree_it_needs_chmod_for_when_no_process_can_be_started(users_scratch: Path) -> None:
+    """Raised, the fork's EAGAIN (of ``chmod -R``, then) failed the stage-out after the job's final declaration,
+    which declared it again, failed (1008) and without its outputs. The directories are made writable again
+    by the rank itself now: no process is needed."""
     locked = users_scratch / "output"
     locked.mkdir()
     (locked / "data.root").write_bytes(b"x" * 1000)
     _owned_by_nobody(users_scratch)
     locked.chmod(0o500)
     assert unprivileged_outcome(lambda: _remove_tree_unable_to_fork(users_scratch)) == "[]"
-    assert (locked / "data.root").exists()  # left for the warning, and the node's clean-up
+    assert not users_scratch.exists()
