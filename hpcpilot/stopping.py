@@ -64,15 +64,19 @@ class SignalWatch:
         self.rank = rank  # known once MPI has started; the handlers are installed before
         self.signum: int | None = None
         self.watched: tuple[int, ...] | None = None  # chosen at the first install, as the pilot was started
+        self.ignored: tuple[int, ...] = ()  # the KEPT_IGNORED the pilot was started ignoring
 
     def install(self) -> "SignalWatch":
         """Handle the stop signals; again once MPI has started, for its libraries may take one for themselves
-        (UCX takes SIGHUP, to raise its log level)."""
+        (UCX takes SIGHUP, to raise its log level): those the pilot was started ignoring are ignored again, or a
+        hangup under nohup would turn UCX's debug log on for the rest of the run."""
         if self.watched is None:
-            self.watched = tuple(signum for signum in STOP_SIGNALS
-                                 if not (signum in KEPT_IGNORED and signal.getsignal(signum) == signal.SIG_IGN))
+            self.ignored = tuple(signum for signum in KEPT_IGNORED if signal.getsignal(signum) == signal.SIG_IGN)
+            self.watched = tuple(signum for signum in STOP_SIGNALS if signum not in self.ignored)
         for signum in self.watched:
             signal.signal(signum, self._record)
+        for signum in self.ignored:
+            signal.signal(signum, signal.SIG_IGN)
         return self
 
     def _record(self, signum: int, frame: object) -> None:

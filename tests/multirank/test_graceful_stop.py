@@ -23,8 +23,10 @@ LONG_SLEEP = f"{299 + random.random():.9f}"  # unique, to find this run's payloa
 JOBS = list(range(1, 13))
 
 
-def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(["mpiexec", "-n", str(ranks), *pilot_command(ap, *options)], stdout=subprocess.PIPE,
+def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None,
+                under: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``under``: a command that starts mpiexec (e.g. env --ignore-signal=HUP, as nohup would)."""
+    return subprocess.Popen([*under, "mpiexec", "-n", str(ranks), *pilot_command(ap, *options)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**PILOT_ENV, **(env or {})}, start_new_session=True)
 
 
@@ -175,6 +177,25 @@ def test_a_pilot_started_under_nohup_runs_on_when_its_terminal_goes_away(tmp_pat
     os.close(master)  # the terminal hangs up
     pilot.send_signal(signal.SIGTERM)
     assert exit_code_within(pilot, STOP_BOUND) == 143, (tmp_path / "nohup.out").read_text()[-3000:]
+    assert_all_declared(ap, 1201)
+
+
+@pytest.mark.timeout(150)
+def test_ranks_started_ignoring_sighup_keep_ignoring_it_once_mpi_has_started(tmp_path: Path) -> None:
+    """MPI's start (UCX) takes SIGHUP for its own: a rank of a pilot under nohup that a hangup reached then had
+    UCX's debug log on, its every call written to the pilot's standard error, for the rest of the run. The
+    SIGTERM after it is the stop that counts (143 and 1201, not 129 and 1200)."""
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2, under=("env", "--ignore-signal=HUP"))
+    wait_until_running(ap, 2)
+    ranks = rank_processes(pilot)
+    for rank in ranks:
+        rank.send_signal(signal.SIGHUP)
+    for rank in ranks:
+        rank.send_signal(signal.SIGTERM)
+    stdout, stderr = communicate_or_kill(pilot, STOP_BOUND, "the stopping pilot")
+    assert pilot.returncode == 143, stderr[-3000:]
+    assert "UCX" not in stdout + stderr, stdout[-3000:]  # UCX logs to standard output
     assert_all_declared(ap, 1201)
 
 
