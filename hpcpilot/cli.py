@@ -19,6 +19,7 @@ from . import __version__, logsetup
 from .batchscript import add_batch_script_arguments, run_batch_script
 from .config import LOG_LEVELS, ConfigError, load_config
 from .errors import ExitCode
+from .guard import stop_signals_blocked
 from .mpi import launched_size, run_or_abort, world
 from .sites import SitePluginError, run_sites, select_site
 from .staging import STAGEIN_MODES
@@ -237,9 +238,10 @@ def _reader_gone_code(error: OSError) -> int | None:
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:
-    comm = world(force_mpi=args.mpi)
+    with stop_signals_blocked():  # one sent as MPI starts waits for the handlers, not taken by MPI's (lost)
+        comm = world(force_mpi=args.mpi)
+        signals.install()  # again: MPI's start may have taken a stop signal (UCX takes SIGHUP)
     signals.rank = comm.rank
-    signals.install()  # again: MPI's start may have taken a stop signal (UCX takes SIGHUP)
     if not _mpi_sees_every_task(comm):
         return ExitCode.GENERAL
     prepared = _settings_and_site(args, comm.rank)

@@ -23,15 +23,20 @@ LONG_SLEEP = f"{299 + random.random():.9f}"  # unique, to find this run's payloa
 JOBS = list(range(1, 13))
 
 
-def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None,
-                under: tuple[str, ...] = ()) -> subprocess.Popen:
-    """``under``: a command that starts mpiexec (e.g. env --ignore-signal=HUP, as nohup would)."""
-    return subprocess.Popen([*under, "mpiexec", "-n", str(ranks), *pilot_command(ap, *options)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**PILOT_ENV, **(env or {})}, start_new_session=True)
+HPCPILOT = (sys.executable, "-m", "hpcpilot")
 
 
-def pilot_command(ap: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "hpcpilot", "run", "--access-point", str(ap), "--cores-per-rank", "2",
+def start_pilot(ap: Path, ranks: int, *options: str, env: dict | None = None, under: tuple[str, ...] = (),
+                python: tuple[str, ...] = HPCPILOT) -> subprocess.Popen:
+    """``under``: a command that starts mpiexec (e.g. env --ignore-signal=HUP, as nohup would); ``python``: what
+    runs hpcpilot's command line in each rank."""
+    return subprocess.Popen([*under, "mpiexec", "-n", str(ranks), *pilot_command(ap, *options, python=python)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**PILOT_ENV, **(env or {})}, start_new_session=True)
+
+
+def pilot_command(ap: Path, *options: str, python: tuple[str, ...] = HPCPILOT) -> list[str]:
+    return [*python, "run", "--access-point", str(ap), "--cores-per-rank", "2",
             "--progress-interval", "1", *options]
 
 
@@ -197,6 +202,33 @@ def test_ranks_started_ignoring_sighup_keep_ignoring_it_once_mpi_has_started(tmp
     assert pilot.returncode == 143, stderr[-3000:]
     assert "UCX" not in stdout + stderr, stdout[-3000:]  # UCX logs to standard output
     assert_all_declared(ap, 1201)
+
+
+HUNG_UP_AS_MPI_STARTS = """
+import os, signal, sys
+from hpcpilot import cli
+started = cli.world
+
+def hung_up_as_mpi_starts(**options):
+    comm = started(**options)
+    os.kill(os.getpid(), signal.SIGHUP)  # the terminal goes away before the pilot's handlers are back
+    return comm
+
+cli.world = hung_up_as_mpi_starts
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_hangup_as_mpi_starts_is_a_graceful_stop(tmp_path: Path) -> None:
+    """A SIGHUP between MPI's start (UCX takes SIGHUP) and the pilot's handlers' re-install went to UCX's: lost,
+    the jobs ran on as if no stop had come. It waits for the pilot's handlers: 129, every job declared 1200."""
+    ap = sleeping_worker(tmp_path)
+    pilot = start_pilot(ap, 2, under=("env", "--default-signal=HUP"),
+                        python=(sys.executable, "-c", HUNG_UP_AS_MPI_STARTS))
+    returncode, stderr = finish(pilot, STOP_BOUND)
+    assert returncode == 129, stderr[-3000:]
+    assert_all_declared(ap, 1200)
 
 
 @pytest.mark.timeout(150)
