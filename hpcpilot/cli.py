@@ -232,9 +232,24 @@ def _reader_gone_code(error: OSError) -> int | None:
     EIO on a file is one)."""
     if isinstance(error, BrokenPipeError):
         return 128 + signal.SIGPIPE
-    if error.errno == errno.EIO and stat.S_ISCHR(os.fstat(sys.stdout.fileno()).st_mode):  # a hung-up terminal
+    if error.errno == errno.EIO and _hung_up_terminal(sys.stdout):
         return 128 + signal.SIGHUP
     return None
+
+
+def _hung_up_terminal(stream: Any) -> bool:
+    """A hung-up terminal fails every write with EIO, an empty one too; a live one takes it (then the EIO came
+    from elsewhere, e.g. a disk that failed a read)."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b"")
+    except OSError as error:
+        return error.errno == errno.EIO
+    except (AttributeError, ValueError):  # no standard output (None), or closed
+        return False
+    return False
 
 
 def _run_command(args: argparse.Namespace, signals: SignalWatch) -> int:

@@ -130,6 +130,30 @@ def test_a_demo_whose_terminal_hung_up_is_stopped_and_says_so_by_its_exit_code(t
     assert summary["finished"] + summary["failed"] == 16
 
 
+AN_OUTCOME_THE_DISK_FAILS_TO_READ = """
+from hpcpilot import cli
+with cli._quiet_when_reader_leaves():
+    print("outcome:", flush=True)
+    open("/proc/self/mem", "rb").read(1)  # EIO as a failing disk gives: address 0 is never mapped
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_read_error_as_the_outcome_is_printed_on_a_live_terminal_is_no_hangup(tmp_path: Path) -> None:
+    """Any EIO was taken for a hung-up terminal when standard output was one: a summary a failing disk could
+    not read ended the demo quietly with 129 ("its terminal hung up"), the error unsaid. It is raised."""
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        process, master = start_on_a_terminal([sys.executable, "-c", AN_OUTCOME_THE_DISK_FAILS_TO_READ],
+                                              stderr=stderr)
+    try:
+        read_terminal_until(master, lambda: False, process)  # until it ends
+        communicate_or_kill(process, 60, "the printing process")
+    finally:
+        os.close(master)
+    assert process.returncode == 1 and "Input/output error" in log.read_text(), log.read_text()[-3000:]
+
+
 def run_demo_without_reader(cwd: Path, *options: str) -> tuple[int, str]:
     """``hpcpilot demo ... | head -0`` of one job in grid mode: its exit code and its log."""
     read_end, write_end = os.pipe()
