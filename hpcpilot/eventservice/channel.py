@@ -25,6 +25,7 @@ most likely meant to report it, and the range must not wait forever.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -153,13 +154,15 @@ class EventChannel:
         self._exhausted = False
         self._stats = ChannelStats()
         self._threads: list[threading.Thread] = []
-        try:
+        with contextlib.ExitStack() as made:  # undone if a later step fails (out of descriptors: EMFILE)
+            made.callback(self._remove_own_dir)
             self._listener = self._listen()
-        except BaseException:
-            self._remove_own_dir()
-            raise
-        self._waker_in, self._waker_out = socket.socketpair()
-        self._selector = selectors.DefaultSelector()
+            made.callback(self._unlisten)
+            self._waker_in, self._waker_out = socket.socketpair()
+            made.callback(self._waker_in.close)
+            made.callback(self._waker_out.close)
+            self._selector = selectors.DefaultSelector()
+            made.pop_all()
         self._max_connections = connection_cap()
         self._accepting = True
         self._accept_again_at = 0.0  # when accepting is paused: not before then
@@ -256,10 +259,13 @@ class EventChannel:
             self._drop(conn, "event channel stopped")
             self._forget(conn)
         self._selector.close()
-        self._listener.close()
         self._waker_in.close()
-        Path(self.address).unlink(missing_ok=True)
+        self._unlisten()
         self._remove_own_dir()
+
+    def _unlisten(self) -> None:
+        self._listener.close()
+        Path(self.address).unlink(missing_ok=True)
 
     def _remove_own_dir(self) -> None:
         if self._own_dir:

@@ -82,3 +82,44 @@ def test_the_socket_directory_of_a_killed_process_goes_with_the_next_channel_and
         assert list(temp_dir.iterdir()) == [living_socket.parent]  # its own, removed as it stopped
     finally:
         killed(living)
+
+
+CHANNELS_SHORT_OF_DESCRIPTORS = """
+import os, resource, threading
+from hpcpilot.eventservice import EventChannel
+
+def descriptors():
+    return sorted(os.listdir("/proc/self/fd"))
+
+def reclaims_ended():
+    for thread in threading.enumerate():
+        if thread.name == "reclaim-dead-scratch":
+            thread.join(30)
+
+before = descriptors()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+outcomes = []
+for spare in range(8):  # from too few descriptors for the first step to enough for all
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, before)) + 1 + spare, hard))
+    try:
+        EventChannel(lambda: None).stop()
+        outcomes.append("made")
+    except OSError as error:
+        outcomes.append(error.strerror)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    reclaims_ended()
+    assert descriptors() == before, (spare, outcomes, before, descriptors())
+print(outcomes)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_that_cannot_be_made_leaves_neither_descriptors_nor_its_directory(temp_dir: Path) -> None:
+    """Out of descriptors (a payload's many files, a low ulimit -n): a channel whose listening socket was made but
+    not its waker (socketpair) or selector (epoll) left its socket, its directory and its lock held until the
+    rank ended. Each step is made to fail in turn: none leaves anything."""
+    made = subprocess.run([sys.executable, "-c", CHANNELS_SHORT_OF_DESCRIPTORS], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(temp_dir)}, timeout=50)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert "Too many open files" in made.stdout and "made" in made.stdout
+    assert list(temp_dir.iterdir()) == []
