@@ -11,6 +11,7 @@ stays is left in place.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import re
 import shutil
@@ -88,17 +89,25 @@ def unmount_all_below(tree: Path) -> list[str]:
     Only mounts inside the directory at ``tree`` now: a payload may have swapped it, or a directory in it, for
     a symlink to elsewhere since it was looked at. So the tree is held open, never through a link, and each
     mount point reached from it one directory at a time, never through a link either; a link at ``tree`` has
-    nothing below it."""
-    try:
-        top = os.open(tree, DIRECTORY_ITSELF)
-    except (FileNotFoundError, NotADirectoryError):  # gone, or a link (O_NOFOLLOW | O_DIRECTORY: ENOTDIR)
-        return []
-    except OSError:  # not this user's to enter: what is mounted there stays
-        return [mount.point for mount in mounts_below(tree)]
-    try:
-        return _unmount_all_below(top)
-    finally:
-        os.close(top)
+    nothing below it. Each pass opens the tree again: one mounted on itself, once detached, is no longer in
+    the node's tree (its path is "/"), and what it covered is the tree now."""
+    before = math.inf
+    while True:
+        try:
+            top = os.open(tree, DIRECTORY_ITSELF)
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a link (O_NOFOLLOW | O_DIRECTORY: ENOTDIR)
+            return []
+        except OSError:  # not this user's to enter: what is mounted there stays
+            return [mount.point for mount in mounts_below(tree)]
+        try:
+            remaining = _mounts_below(_held_path(top))
+            if not remaining or len(remaining) >= before:
+                return [mount.point for mount in remaining]
+            for mount in remaining:
+                _detach_inside(top, mount)
+        finally:
+            os.close(top)
+        before = len(remaining)
 
 
 DIRECTORY_ITSELF = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC  # a directory itself, never a link to one
@@ -107,17 +116,6 @@ DIRECTORY_ITSELF = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC  # 
 def _held_path(fd: int) -> str:
     """The path of what ``fd`` holds, as the kernel names it now."""
     return os.readlink(f"{PROC_SELF}/fd/{fd}")
-
-
-def _unmount_all_below(top: int) -> list[str]:
-    remaining = _mounts_below(_held_path(top))
-    while remaining:
-        for mount in remaining:
-            _detach_inside(top, mount)
-        before, remaining = len(remaining), _mounts_below(_held_path(top))
-        if len(remaining) >= before:
-            break
-    return [mount.point for mount in remaining]
 
 
 def _detach_inside(top: int, mount: Mount) -> None:

@@ -178,6 +178,22 @@ def test_a_mount_covered_by_another_mounted_above_it_is_reached_once_that_one_is
 
 
 @pytest.mark.timeout(60)
+def test_a_mount_on_the_scratch_itself_is_detached_and_so_is_what_it_covered(bind_mounted, tmp_path: Path) -> None:
+    """A root payload's bind mount onto its own scratch, over one inside it: the tree held open was the mounted
+    directory, which, once detached, the kernel names "/", so every mount of the node counted as inside the
+    scratch, none unmountable, and the scratch stayed, its warning naming them all."""
+    scratch, precious = bind_mounted
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "calibration.db").write_bytes(b"not the payload's either")
+    with _bind_mount(other, scratch):
+        assert remove_tree(scratch) == []
+    assert not scratch.exists() and mounts_below(tmp_path) == []
+    assert (precious / "data.root").read_bytes() == b"not the payload's"
+    assert (other / "calibration.db").read_bytes() == b"not the payload's either"
+
+
+@pytest.mark.timeout(60)
 def test_a_tree_with_a_mount_the_pilot_cannot_unmount_is_left_whole(bind_mounted) -> None:
     scratch, precious = bind_mounted
     outcome = unprivileged_outcome(lambda: remove_tree(scratch))  # as nobody: umount2 is refused
@@ -275,10 +291,11 @@ def test_remove_tree_changes_no_mode_where_a_link_the_payload_keeps_swapping_in_
 
 
 @pytest.fixture
-def users_fuse_mount() -> Iterator[Path]:
+def users_fuse_mount(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A scratch owned by 'nobody' with a FUSE filesystem that 'nobody' mounted inside (as squashfuse or
-    cvmfsexec would), its server already killed, as a payload's would be. Needs root to set it up: /dev/fuse
-    is opened to users for the test's time, as HPC nodes have it."""
+    cvmfsexec would; on the directory named by the test's parameter, "cvmfs" unless given, "" for the scratch
+    itself), its server already killed, as a payload's would be. Needs root to set it up: /dev/fuse is opened
+    to users for the test's time, as HPC nodes have it."""
     if os.geteuid() != 0:
         pytest.skip("the user's mount is set up as root")
     fuse = pytest.importorskip("fuse")
@@ -288,8 +305,8 @@ def users_fuse_mount() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(dir="/tmp"))
     base.chmod(0o755)
     scratch = base / "scratch"
-    mount_point = scratch / "cvmfs"
-    mount_point.mkdir(parents=True)
+    mount_point = scratch / getattr(request, "param", "cvmfs")
+    mount_point.mkdir(parents=True, exist_ok=True)
     for directory in (base, scratch, mount_point):
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
     device_mode = os.stat("/dev/fuse").st_mode
@@ -320,8 +337,11 @@ def users_fuse_mount() -> Iterator[Path]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("users_fuse_mount", ["cvmfs", ""], ids=["inside", "on the scratch itself"], indirect=True)
 def test_a_users_fuse_mount_left_in_scratch_is_detached_by_its_owner_and_the_scratch_removed(users_fuse_mount):
-    """Not root, as on HPC nodes: umount2 is refused, fusermount lets the mount's owner detach it."""
+    """Not root, as on HPC nodes: umount2 is refused, fusermount lets the mount's owner detach it. One on the
+    scratch itself (a payload mounting on its working directory) left the tree held open outside the node's
+    tree, and every mount of the node taken for one inside the scratch, which stayed."""
     outcome = unprivileged_outcome(lambda: remove_tree(users_fuse_mount))
     assert outcome == "[]"
     assert not users_fuse_mount.exists() and mounts_below(users_fuse_mount) == []
