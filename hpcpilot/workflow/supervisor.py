@@ -19,7 +19,7 @@ from ..mpi import abort_every_rank, any_source, wait_idly
 from ..stopping import SignalWatch, StopRequest
 from .jobflow import RankContext
 from .liveness import PeerWatch
-from .workers import HangClock, Hung, in_thread_of_its_own
+from .workers import HangClock, Helper, Hung
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class Supervisor:
         self._received = 0
         self._stop_file_looked_for = False  # one there at the first look may be an earlier stop's
         self.peers = PeerWatch(comm, ctx.config.rank_silence_limit)
+        self._helper = Helper(f"rank{ctx.rank}-alive")  # for the file work the rank waits for (keeping_alive)
         self._next = {"heartbeat": 0.0, "stop_file": 0.0, "flush": time.monotonic() + FLUSH_INTERVAL}
 
     def tick(self) -> None:
@@ -63,16 +64,16 @@ class Supervisor:
     def keeping_alive(self, work: Callable[[], T], hung_after: float = math.inf, stop_grace: float | None = None
                       ) -> T:
         """``work`` (file copies the main thread would wait for, e.g. an event service job's stage-in on every
-        rank at once) in a thread of its own while this rank says it is alive and looks for a stop: one sets
+        rank at once) on the rank's helper thread while this rank says it is alive and looks for a stop: one sets
         ``ctx.stopping``, which ends an input copy at its next chunk. Nothing else of ``tick`` runs meanwhile
         (the publisher's flush, itself such work, is not for two threads).
 
         Work still going after ``hung_after`` seconds (``stop_grace``, by default a third of ``stop_bound``,
         after a stop, if it has a ``hung_after`` at all) is stuck in a system call a hung filesystem never
-        answers: Hung is raised, its thread left behind. Work without one (a job's declaration) is waited for,
-        stop or not."""
+        answers: Hung is raised, its thread left behind (the next work gets a new one). Work without one (a
+        job's declaration) is waited for, stop or not. Never called from such work: it would wait behind itself."""
         clock = HangClock(hung_after, self.ctx.config.stop_wait if stop_grace is None else stop_grace)
-        done = in_thread_of_its_own(work, f"rank{self.ctx.rank}-alive")
+        done = self._helper.start(work)
         while not futures.wait([done], timeout=ALIVE_POLL_SECONDS).done:
             self.keep_alive()
             if self.stop_request is None:
@@ -80,6 +81,7 @@ class Supervisor:
             if self.stop_request is not None:
                 clock.stop()
             if clock.overrun():
+                self._helper.abandon()
                 raise Hung(clock.waited())
         return done.result()
 

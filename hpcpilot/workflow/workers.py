@@ -125,26 +125,57 @@ class Hung(Exception):
         self.waited = waited
 
 
-def in_thread_of_its_own(work: Callable[[], Any], name: str) -> futures.Future:
-    """Start ``work`` in a daemon thread; its result, or what it raised, comes in the future. When no thread can
-    be started (a payload took every process its user may have), ``work`` is done here, the caller blocked."""
-    outcome: futures.Future = futures.Future()
+class Helper:
+    """A daemon thread kept for work handed to it one piece at a time, each waited for (``start``): starting a
+    thread for each piece costs as much as a small file's copy, and an event service rank hands over one per
+    range. A piece given up on (``abandon``: stuck in a system call a hung filesystem never answers) keeps
+    that thread; the next piece gets a new one."""
 
-    def settle() -> None:
-        try:
-            outcome.set_result(work())
-        except BaseException as error:  # handed to whoever waits for the outcome
-            outcome.set_exception(error)
+    def __init__(self, name: str):
+        self.name = name
+        self._tasks: queue.SimpleQueue[Callable[[], None]] | None = None  # its thread's, while it has one
 
-    in_thread_or_here(settle, name)
-    return outcome
+    def start(self, work: Callable[[], Any]) -> futures.Future:
+        """``work`` on the helper's thread; its result, or what it raised, comes in the future. When no thread can
+        be started (a payload took every process its user may have), ``work`` is done here, the caller blocked."""
+        outcome: futures.Future = futures.Future()
+
+        def settle() -> None:
+            try:
+                outcome.set_result(work())
+            except BaseException as error:  # handed to whoever waits for the outcome
+                outcome.set_exception(error)
+
+        if self._tasks is None:
+            tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+            if not _thread_started(lambda: _serve(tasks), self.name):
+                settle()
+                return outcome
+            self._tasks = tasks
+        self._tasks.put(settle)
+        return outcome
+
+    def abandon(self) -> None:
+        """The piece under way is given up on: its thread is left to it."""
+        self._tasks = None
+
+
+def _serve(tasks: queue.SimpleQueue[Callable[[], None]]) -> None:
+    while True:
+        tasks.get()()
 
 
 def in_thread_or_here(work: Callable[[], Any], name: str) -> None:
     """Start ``work`` in a daemon thread; when no thread can be started (a payload took every process its user
     may have), do it here, the caller blocked."""
+    if not _thread_started(work, name):
+        work()
+
+
+def _thread_started(work: Callable[[], Any], name: str) -> bool:
     try:
         threading.Thread(target=work, name=name, daemon=True).start()
     except RuntimeError as error:  # "can't start new thread"
         log.warning("%s: done without a thread of its own (%s)", name, error)
-        work()
+        return False
+    return True

@@ -1,16 +1,24 @@
 """The rank's worker threads and hang clocks: a thread stuck for ever holds up neither other work nor the exit."""
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from hpcpilot.workflow.workers import HangClock, HangWatch, Hung, Workers, in_thread_of_its_own
+from hpcpilot.accesspoint_writer import job_definition, write_access_point
+from hpcpilot.lifetime import Deadline
+from hpcpilot.mpi import SerialComm
+from hpcpilot.stopping import SignalWatch
+from hpcpilot.workflow.supervisor import Supervisor
+from hpcpilot.workflow.workers import HangClock, HangWatch, Helper, Hung, Workers
+from tests.rank_context import rank_context
 from tests.threadless import run_without_threads
 
 
@@ -72,11 +80,29 @@ def test_a_hang_watch_hands_out_each_overrun_once_and_ignores_the_end_of_an_earl
     assert watch.overrun() == []
 
 
-def test_work_in_a_thread_of_its_own_hands_on_its_result_or_error() -> None:
-    assert in_thread_of_its_own(lambda: 42, "test").result(5) == 42
+def test_work_on_a_helper_s_thread_hands_on_its_result_or_error() -> None:
+    helper = Helper("test")
+    assert helper.start(lambda: 42).result(5) == 42
     with pytest.raises(ZeroDivisionError):
-        in_thread_of_its_own(lambda: 1 / 0, "test").result(5)
+        helper.start(lambda: 1 / 0).result(5)
     assert Hung(3.2).waited == 3.2 and str(Hung(3.2)) == "no answer after 3 s"
+
+
+@pytest.mark.timeout(30)
+def test_a_helper_keeps_its_thread_for_the_next_work_and_replaces_one_stuck_in_work_given_up_on() -> None:
+    """An event service rank hands one piece of file work per range to it: a thread started for each cost as
+    much as the copy of a small output (a tenth of the pilot's ranges per second on two cores)."""
+    helper, threads, stuck = Helper("test"), [], threading.Event()
+    for _ in range(2):
+        helper.start(lambda: threads.append(threading.current_thread())).result(5)
+    assert threads[0] is threads[1] and threads[0].name == "test"
+    helper.start(stuck.wait)  # as a read of a hung filesystem: never ends
+    helper.abandon()
+    try:
+        helper.start(lambda: threads.append(threading.current_thread())).result(5)
+        assert threads[2] is not threads[0] and threads[0].is_alive()
+    finally:
+        stuck.set()
 
 
 THREADLESS_POOL = """
@@ -104,16 +130,36 @@ def test_a_thread_that_cannot_be_started_is_started_later_instead_of_raising() -
 
 
 THREADLESS_WORK = """
-from hpcpilot.workflow.workers import in_thread_of_its_own
+from hpcpilot.workflow.workers import Helper
 
 no_thread_from_here()
-print(in_thread_of_its_own(lambda: 42, "test").result(5), flush=True)
+print(Helper("test").start(lambda: 42).result(5), flush=True)
 """
 
 
 @pytest.mark.timeout(60)
-def test_work_for_a_thread_of_its_own_is_done_when_no_thread_can_be_started() -> None:
+def test_work_for_a_helper_is_done_when_no_thread_can_be_started() -> None:
     """As an event service job's stage-in and declaration: the rank raised RuntimeError and died, its jobs
     undeclared."""
     child = run_without_threads(THREADLESS_WORK)
     assert (child.returncode, child.stdout) == (0, "42\n"), child.stderr[-2000:]
+
+
+@pytest.mark.timeout(30)
+def test_a_rank_keeps_one_thread_for_its_file_work_and_goes_on_past_work_it_gave_up_on(tmp_path: Path) -> None:
+    """keeping_alive (an event service rank's copy of each range's output, each declaration) started a thread
+    per call; the one kept now must not hold up the next work once it is stuck in work given up on."""
+    access_point = write_access_point(tmp_path / "ap", {4005: job_definition(4005, "true")})
+    ctx = rank_context(access_point, tmp_path)
+    try:
+        supervisor = Supervisor(ctx, SerialComm(), Deadline(None, 0), SignalWatch())
+        threads, stuck = [], threading.Event()
+        for _ in range(2):
+            supervisor.keeping_alive(lambda: threads.append(threading.current_thread()))
+        assert threads[0] is threads[1] is not threading.current_thread()
+        with pytest.raises(Hung):
+            supervisor.keeping_alive(stuck.wait, hung_after=0.2)  # as a hung filesystem's fsync
+        assert supervisor.keeping_alive(lambda: threading.current_thread()) is not threads[0]
+    finally:
+        stuck.set()
+        logging.getLogger("hpcpilot").removeHandler(ctx.log_router)
