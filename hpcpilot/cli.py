@@ -45,9 +45,12 @@ exit codes: 0 every job ran and was declared (whatever its own outcome);
 2 bad command line (an unknown option, a value of the wrong kind); 64 some
 job could not be declared in the access point, hpcpilot_summary.json could
 not be written, a rank fell silent for rank_silence_limit (600 s: it died or
-hangs), reading the job definitions outlasted startup_limit (1800 s: a hung
-filesystem), another pilot is running on the same access point, or a rank
-could start no thread (ulimit -u: no job runs unwatched); 65 bad
+hangs), a rank's file work it waits for (an event service job's
+declarations) outlasted transfer_timeout_base or rank_silence_limit, whichever
+is longer (a hung filesystem), reading the job definitions outlasted
+startup_limit (1800 s: a hung filesystem), another pilot is running on the
+same access point, or a rank could start no thread (ulimit -u: no job runs
+unwatched); 65 bad
 configuration or site (a number out of range here too, settings that differ
 between ranks, an MPI not wired to the launcher); 66 the demo access point
 cannot be written; 70 internal error; 77 access point unreadable or
