@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from channel_harness import ListProvider
 
 from hpcpilot.eventservice import EventChannel
 from hpcpilot.eventservice.client import EventChannelClient
+from tests.unit.test_scratch_root import killed
 
 CHANNEL_OF_ITS_OWN = """
 import time
@@ -47,12 +47,6 @@ def process_with_a_channel(temp_dir: Path) -> tuple[subprocess.Popen, Path]:
         killed(process)
         pytest.fail("the process made no channel")
     return process, Path(address)
-
-
-def killed(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    process.stdout.close()
 
 
 def dead_channels_removed() -> None:
