@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,3 +256,22 @@ def rename_path(request, monkeypatch) -> str:
     if request.param == "link-unlink":
         monkeypatch.setattr(hpcpilot.atomicfile, "_renameat2", None)
     return request.param
+
+
+@pytest.fixture
+def podman_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment for podman here: private image storage, and runc with modest ulimits (crun cannot set
+    them in this sandbox). Skips where podman or runc is not installed."""
+    if not shutil.which("podman") or not shutil.which("runc"):
+        pytest.skip("podman and runc are not installed (apt-get install podman runc)")
+    # conmon's attach socket lives under the run root: keep its path short (108-byte socket path limit).
+    run_root = Path(tempfile.mkdtemp(prefix="podrun", dir="/tmp"))
+    storage = tmp_path / "storage.conf"
+    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path}/graph"\nrunroot = "{run_root}"\n')
+    containers = tmp_path / "containers.conf"
+    containers.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                          '[engine]\nruntime = "runc"\n')
+    try:
+        yield {**os.environ, "CONTAINERS_STORAGE_CONF": str(storage), "CONTAINERS_CONF": str(containers)}
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
