@@ -2,7 +2,9 @@
 
 The payload command is a shell line (PanDA ``transformation`` + ``jobPars``);
 inside the container the site's shell runs it, in the job's scratch
-directory, which is bound into the container at the same path.
+directory, which is bound into the container at the same path, as is any
+other directory the payload must reach (an event channel's socket that could
+not be in the scratch).
 """
 from __future__ import annotations
 
@@ -76,26 +78,34 @@ def _podman_image(container_name: str) -> list[str]:
     return [container_name]
 
 
-def _apptainer_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+def _same_path(directory: Path) -> str:
+    return f"{directory}:{directory}"
+
+
+def _apptainer_argv(executable: str, image: str, scratch: Path, binds: list[Path], options: list[str],
+                    env_names: list[str]) -> list[str]:
     # apptainer passes the host environment through by default: env_names need no flags.
-    return [executable, "exec", "--bind", f"{scratch}:{scratch}", "--pwd", str(scratch), *options,
-            _apptainer_image(image)]
+    bind_flags = [flag for directory in binds for flag in ("--bind", _same_path(directory))]
+    return [executable, "exec", *bind_flags, "--pwd", str(scratch), *options, _apptainer_image(image)]
 
 
-def _shifter_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+def _shifter_argv(executable: str, image: str, scratch: Path, binds: list[Path], options: list[str],
+                  env_names: list[str]) -> list[str]:
     # shifter keeps the caller's environment too.
-    return [executable, f"--image={_shifter_image(image)}", f"--volume={scratch}:{scratch}",
-            f"--workdir={scratch}", *options, "--"]
+    volume_flags = [f"--volume={_same_path(directory)}" for directory in binds]
+    return [executable, f"--image={_shifter_image(image)}", *volume_flags, f"--workdir={scratch}", *options, "--"]
 
 
-def _podman_argv(executable: str, image: str, scratch: Path, options: list[str], env_names: list[str]) -> list[str]:
+def _podman_argv(executable: str, image: str, scratch: Path, binds: list[Path], options: list[str],
+                 env_names: list[str]) -> list[str]:
     # podman starts from a clean environment: name each variable to copy from ours.
+    volume_flags = [flag for directory in binds for flag in ("--volume", _same_path(directory))]
     env_flags = [flag for name in env_names for flag in ("--env", name)]
-    return [executable, "run", "--rm", "--volume", f"{scratch}:{scratch}", "--workdir", str(scratch),
-            *env_flags, *options, *_podman_image(image)]
+    return [executable, "run", "--rm", *volume_flags, "--workdir", str(scratch), *env_flags, *options,
+            *_podman_image(image)]
 
 
-_ARGV_BUILDERS: Mapping[str, Callable[[str, str, Path, list[str], list[str]], list[str]]] = {
+_ARGV_BUILDERS: Mapping[str, Callable[[str, str, Path, list[Path], list[str], list[str]], list[str]]] = {
     "apptainer": _apptainer_argv,
     "singularity": _apptainer_argv,
     "shifter": _shifter_argv,
@@ -113,13 +123,17 @@ def container_command(
     options: Iterable[str] = (),
     env_names: Iterable[str] = (),
     shell: str = "/bin/bash",
+    binds: Iterable[Path] = (),
 ) -> list[str]:
-    """The argv running shell line ``command`` in ``container_name`` with ``runtime``."""
+    """The argv running shell line ``command`` in ``container_name`` with ``runtime``; ``scratch``, then each
+    of ``binds``, bound at the same path."""
     if runtime not in _ARGV_BUILDERS:
         raise PilotError(ErrorCode.SETUP_FAILED, f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     if not container_name.strip():
         raise PilotError(ErrorCode.SETUP_FAILED, "empty container name")
-    prefix = _ARGV_BUILDERS[runtime](executable, container_name, Path(scratch), list(options), sorted(env_names))
+    scratch = Path(scratch)
+    prefix = _ARGV_BUILDERS[runtime](executable, container_name, scratch, [scratch, *map(Path, binds)],
+                                     list(options), sorted(env_names))
     return [*prefix, shell, "-c", command]
 
 
@@ -196,10 +210,12 @@ def wrap_command(
     scratch: Path,
     env_names: Iterable[str] = (),
     search_path: str | None = None,
+    binds: Iterable[Path] = (),
 ) -> list[str]:
     """argv that runs the payload shell line ``command`` inside ``container_name``.
 
-    ``scratch`` is bound at the same path and is the working directory;
+    ``scratch`` is bound at the same path and is the working directory, and
+    so is each of ``binds`` (the payload's paths outside its scratch);
     ``env_names`` are variables (e.g. the site's payload environment) to pass
     into runtimes that do not inherit the environment. Raises
     PilotError(SETUP_FAILED) when no runtime of the site is installed, or an image path is no image.
@@ -208,7 +224,7 @@ def wrap_command(
     check_image_path(runtime, container_name)
     argv = container_command(
         runtime, executable, container_name, command, Path(scratch),
-        options=site.container_options(runtime), env_names=env_names, shell=site.container_shell(),
+        options=site.container_options(runtime), env_names=env_names, shell=site.container_shell(), binds=binds,
     )
     log.info("site %s: payload runs in container %s with %s", site.name, container_name, runtime)
     return argv

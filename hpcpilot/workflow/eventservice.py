@@ -199,6 +199,13 @@ def _socket_path(scratch: Path) -> Path | None:
     return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
+def _outside_scratch(channel_address: str, scratch: Path) -> list[Path]:
+    """The channel's directory where it is not the job's scratch: a payload in a container must have it
+    bound too (podman and shifter bind only what they are told; Apptainer /tmp, not any temp dir)."""
+    directory = Path(channel_address).parent
+    return [] if directory.is_relative_to(scratch) else [directory]
+
+
 def _read_range_journal(path: Path) -> list[EventRange]:
     """Ranges an earlier run received; a line torn by a kill is skipped."""
     ranges = []
@@ -493,7 +500,8 @@ class RankEventWork:
                                           {**self.ctx.site.payload_environment(self.run.cores),
                                            **self.channel.environment()})
         self.job_log.info("payload: %s (event service, channel %s)", self.run.spec.command, self.channel.address)
-        self.process = jobflow.start_payload(self.ctx, self.run, env)
+        self.process = jobflow.start_payload(self.ctx, self.run, env,
+                                             binds=_outside_scratch(self.channel.address, self.run.scratch))
         self.run.process = self.process
 
     def _entries_for(self, result: Any) -> list[dict]:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import payload, staging
 from ..checksums import CopyCancelled
@@ -215,11 +215,12 @@ def _runtime_failure(run: JobRun, returncode: int) -> PilotError | None:
 RUNTIME_MESSAGE_BYTES = 4096  # the end of payload.stderr where a container runtime's own message is
 
 
-def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str]) -> payload.Payload:
-    """The site's setup and the job's command line, inside the job's container if it names one."""
+def start_payload(ctx: RankContext, run: JobRun, env: dict[str, str], binds: Iterable[Path] = ()) -> payload.Payload:
+    """The site's setup and the job's command line, inside the job's container if it names one (the scratch
+    and ``binds``, directories outside it the payload uses, bound there)."""
     line = payload.shell_line(run.spec, ctx.site.setup_lines())
     if run.spec.container_name:
-        argv = wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys())
+        argv = wrap_command(ctx.site, run.spec.container_name, line, run.scratch, env_names=env.keys(), binds=binds)
         run.container_runtime = runtime_of(argv)
         return payload.launch(argv, run.scratch, env, ctx.guard)
     return payload.launch_line(line, run.scratch, env, ctx.guard, ctx.config.exec_plain_commands)

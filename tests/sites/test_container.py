@@ -67,6 +67,25 @@ def test_podman_runs_an_unpacked_directory_as_root_filesystem():
     assert argv[-5:] == ["--rootfs", "/cvmfs/unpacked.cern.ch/img", "/bin/bash", "-c", "true"]
 
 
+CHANNEL_DIR = Path("/tmp/hpcpilot-77-abc")  # an event channel's socket directory, outside the scratch
+
+
+@pytest.mark.parametrize("runtime, bound", [
+    ("apptainer", ["--bind", f"{SCRATCH}:{SCRATCH}", "--bind", f"{CHANNEL_DIR}:{CHANNEL_DIR}", "--pwd"]),
+    ("singularity", ["--bind", f"{SCRATCH}:{SCRATCH}", "--bind", f"{CHANNEL_DIR}:{CHANNEL_DIR}", "--pwd"]),
+    ("shifter", [f"--volume={SCRATCH}:{SCRATCH}", f"--volume={CHANNEL_DIR}:{CHANNEL_DIR}", f"--workdir={SCRATCH}"]),
+    ("podman", ["--volume", f"{SCRATCH}:{SCRATCH}", "--volume", f"{CHANNEL_DIR}:{CHANNEL_DIR}", "--workdir"]),
+    ("podman-hpc", ["--volume", f"{SCRATCH}:{SCRATCH}", "--volume", f"{CHANNEL_DIR}:{CHANNEL_DIR}", "--workdir"]),
+])
+def test_a_directory_outside_the_scratch_is_bound_at_its_own_path_too(runtime, bound):
+    """An event service payload's channel socket outside its scratch (whose path was too long for a socket):
+    podman and shifter bound only the scratch, so the payload could not reach the channel."""
+    argv = container_command(runtime, runtime, "docker://atlas/athena:21.0.15", COMMAND, SCRATCH, binds=[CHANNEL_DIR])
+    start = argv.index(bound[0])
+    assert argv[start:start + len(bound)] == bound
+    assert argv[-3:] == ["/bin/bash", "-c", COMMAND]
+
+
 def test_every_known_runtime_builds_a_command():
     for runtime in RUNTIMES:
         assert container_command(runtime, runtime, "busybox", "true", SCRATCH)[-3:] == ["/bin/bash", "-c", "true"]
