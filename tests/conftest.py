@@ -87,6 +87,7 @@ def users_scratch() -> Iterator[Path]:
 
 
 SLOWFS = Path(__file__).with_name("slowfs.py")
+ANSWER_NOW = ".answer-now"  # tests/slowfs.py's: in its backing directory, ends every delay
 
 
 @pytest.fixture
@@ -112,16 +113,24 @@ def slow_file(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 @pytest.fixture
 def slow_sync_dir(tmp_path: Path) -> Iterator[Callable[[float], Path]]:
     """``slow_sync_dir(seconds)``: a writable directory (tests/slowfs.py over a directory of tmp_path) whose
-    every fsync and fdatasync returns ``seconds`` late; skips the test where FUSE cannot be mounted; unmounted
-    at the end of the test."""
+    every fsync and fdatasync returns ``seconds`` late (``read_delay``: every read too; ``only``: a glob, just
+    for the files so named); skips the test where FUSE cannot be mounted; unmounted at the end of the test.
+    ``slow_sync_dir.answer(path)`` ends every delay, now and later, of the mount ``path`` is in (as a hung
+    filesystem coming back: the pilot's processes end only once it answers)."""
     mounts: list[tuple[Path, subprocess.Popen]] = []
 
-    def mount(sync_delay: float) -> Path:
+    def mount(sync_delay: float, read_delay: float = 0, only: str = "*") -> Path:
         backing = tmp_path / f"backing-{len(mounts)}"
         backing.mkdir()
         mountpoint = tmp_path / f"slowsync-{len(mounts)}"
-        return _mount_slowfs(mountpoint, mounts, ["--backing", str(backing), "--sync-delay", str(sync_delay)])
+        return _mount_slowfs(mountpoint, mounts, ["--backing", str(backing), "--sync-delay", str(sync_delay),
+                                                  "--read-delay", str(read_delay), "--only", only])
 
+    def answer(path: Path) -> None:
+        mountpoint = next(mountpoint for mountpoint, _ in mounts if mountpoint in path.parents)
+        (tmp_path / mountpoint.name.replace("slowsync", "backing") / ANSWER_NOW).touch()
+
+    mount.answer = answer
     try:
         yield mount
     finally:

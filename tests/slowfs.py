@@ -1,12 +1,15 @@
 """Test-only FUSE filesystems, each run as a process of its own:
 
     python tests/slowfs.py MOUNTPOINT --size BYTES --delay SECONDS_PER_READ [--short BYTES] [--lifetime S]
-    python tests/slowfs.py MOUNTPOINT --backing DIRECTORY --sync-delay SECONDS [--lifetime S]
+    python tests/slowfs.py MOUNTPOINT --backing DIRECTORY --sync-delay SECONDS [--read-delay S] [--only GLOB]
+                           [--lifetime S]
 
 The first serves one large read-only regular file slowly, as from a shared filesystem under load.
 ``--short`` answers every read with at most that many bytes (a short read; mount with direct_io so that the
 kernel hands it on as it is). The second shows the files of DIRECTORY, writable, and answers each fsync
-(fdatasync too) SECONDS late: a disk that takes its time to flush. It unmounts itself after ``--lifetime``
+(fdatasync too) SECONDS late: a disk that takes its time to flush; ``--read-delay`` answers each read late
+too, and ``--only`` keeps both delays to the files whose name matches GLOB (one file's write hangs); a file
+``.answer-now`` made in DIRECTORY ends every delay (the filesystem answers again). It unmounts itself after ``--lifetime``
 seconds, so a test that dies leaves no mount behind for long; tests mount it through the ``slow_file`` and
 ``slow_sync_dir`` fixtures, which unmount it too.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import os
 import stat
 import subprocess
@@ -26,6 +30,7 @@ from fuse import FUSE, FuseOSError, Operations
 
 FILE_NAME = "big.root"
 CYCLE = 251  # byte i of the file is i % CYCLE: a read from a wrong offset shows
+ANSWER_NOW = ".answer-now"
 PATTERN = bytes(range(CYCLE)) * ((8 << 20) // CYCLE + 2)  # longer than the kernel's largest read request
 
 
@@ -53,10 +58,17 @@ class SlowFile(Operations):
 
 
 class SlowSyncDirectory(Operations):
-    """DIRECTORY's files as they are, each fsync answered late."""
+    """DIRECTORY's files as they are, each fsync (and read) of those named like ``only`` answered late."""
 
-    def __init__(self, backing: Path, sync_delay: float):
-        self.backing, self.sync_delay = backing, sync_delay
+    def __init__(self, backing: Path, sync_delay: float, read_delay: float = 0, only: str = "*"):
+        self.backing, self.sync_delay, self.read_delay, self.only = backing, sync_delay, read_delay, only
+
+    def _late(self, path: str, delay: float) -> None:
+        if not fnmatch.fnmatchcase(os.path.basename(path), self.only):
+            return
+        until = time.monotonic() + delay
+        while time.monotonic() < until and not os.path.exists(os.path.join(self.backing, ANSWER_NOW)):
+            time.sleep(min(0.1, max(0.0, until - time.monotonic())))
 
     def _real(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
@@ -79,6 +91,7 @@ class SlowSyncDirectory(Operations):
         return os.open(self._real(path), flags)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        self._late(path, self.read_delay)
         return os.pread(fh, size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -88,7 +101,7 @@ class SlowSyncDirectory(Operations):
         os.truncate(self._real(path), length)
 
     def fsync(self, path: str, datasync: int, fh: int) -> None:
-        time.sleep(self.sync_delay)
+        self._late(path, self.sync_delay)
         os.fsync(fh)
 
     def release(self, path: str, fh: int) -> None:
@@ -134,13 +147,15 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=None)
     parser.add_argument("--backing", type=Path, default=None)
     parser.add_argument("--sync-delay", type=float, default=0)
+    parser.add_argument("--read-delay", type=float, default=0)
+    parser.add_argument("--only", default="*")
     parser.add_argument("--lifetime", type=float, default=300)
     args = parser.parse_args()
     timer = threading.Timer(args.lifetime, unmount, (args.mountpoint,))
     timer.daemon = True
     timer.start()
     if args.backing:
-        FUSE(SlowSyncDirectory(args.backing, args.sync_delay), str(args.mountpoint), foreground=True)
+        FUSE(SlowSyncDirectory(args.backing, args.sync_delay, args.read_delay, args.only), str(args.mountpoint), foreground=True)
         return
     options = {"direct_io": True} if args.short else {}
     FUSE(SlowFile(args.size, args.delay, args.short), str(args.mountpoint), foreground=True, ro=True, **options)

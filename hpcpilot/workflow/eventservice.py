@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import time
@@ -98,12 +99,13 @@ class RangeSource:
     """
 
     def __init__(self, ctx: RankContext, job: JobSpec, batch: int, filing: Callable[..., Any]):
-        self.filing = filing  # Supervisor's: Harvester's files and the journal, fsynced, may take seconds
+        self.filing = filing  # Supervisor's: Harvester's files and the journals, fsynced, may take seconds
         self.feed = RangeFeed(ctx.access_point.root, ctx.config.files, job.pandaid, job.task_id or "NULL",
                               job.jobset_id or "NULL", batch=batch)
         self.journal = ctx.access_point.path(job.pandaid, ctx.config.files.received_ranges)
         self.error: PilotError | None = None  # its journal cannot be kept: no more ranges are handed out
-        declared, received = declared_ranges(ctx, job.pandaid), self._read_journal()
+        declared, received = filing(lambda: (declared_ranges(ctx, job.pandaid), self._read_journal()),
+                                    "reading the event ranges an earlier run received and declared")
         self.ranges: deque[EventRange] = deque(r for r in received if r.eventRangeID not in declared)
         self.known = set(declared) | {r.eventRangeID for r in self.ranges}
         # what an earlier run of this job declared still counts for the job
@@ -660,8 +662,8 @@ def run_event_service_job(ctx: RankContext, comm: Any, job: JobSpec, cores: int,
             tick()
     if dispatcher is None:
         _finish_on_other_rank(comm, work, sent, tick)
-    else:
-        _finish_on_rank_0(ctx, work, dispatcher, tick, keeping_alive)
+    elif not _finish_on_rank_0(ctx, work, dispatcher, tick, keeping_alive):
+        return run  # its scratch is left to the stuck stage-out, which removes it last, if it ever ends
     supervisor.filing(lambda: jobflow.clean_scratch(ctx, run), "removing the job's scratch")  # many files: seconds
     return run
 
@@ -675,8 +677,9 @@ def _finish_on_other_rank(comm: Any, work: RankEventWork, sent: list[Any], tick:
 
 
 def _finish_on_rank_0(ctx: RankContext, work: RankEventWork, dispatcher: Dispatcher, tick: Callable[[], None],
-                      keeping_alive: Callable[[Callable[[], Any]], Any]) -> None:
-    """Every rank served until all are done; the ranges none started failed, the rest declared, then the job."""
+                      keeping_alive: Callable[..., Any]) -> bool:
+    """Every rank served until all are done; the ranges none started failed, the rest declared, then the job.
+    False when the job's stage-out was given up on as hung: the job is left undeclared."""
     dispatcher.rank_done(0, work.outcome)
     while not dispatcher.all_done():
         dispatcher.serve()
@@ -686,7 +689,23 @@ def _finish_on_rank_0(ctx: RankContext, work: RankEventWork, dispatcher: Dispatc
     dispatcher.fail_unstarted(error.code if error else ErrorCode.ES_RECOVERABLE)
     dispatcher.declare_pending()
     dispatcher.wait_for_sends()
-    keeping_alive(lambda: _declare_job(ctx, work, dispatcher))  # its log tarball: gigabytes, maybe
+    return _declared_unless_hung(ctx, work.run, lambda: _declare_job(ctx, work, dispatcher), keeping_alive)
+
+
+def _declared_unless_hung(ctx: RankContext, run: JobRun, declare: Callable[[], None],
+                          keeping_alive: Callable[..., Any]) -> bool:
+    """The job's stage-out and declaration (its log tarball: gigabytes, maybe) while the rank's watch goes on,
+    within the time limits of its files as any job's stage-out, stop or not: a slow copy ends at its own
+    limit, so past them a system call never returned (a hung filesystem). The job is then left undeclared,
+    as the other ranks' jobs are (see rank): the declaration may be what hangs, its thread may still complete
+    it, and ending the pilot (Supervisor.filing) would lose that. Harvester fails it with the worker, or a
+    rerun runs it again; the pilot's exit code is 64."""
+    try:
+        keeping_alive(declare, jobflow.stage_out_allowance(ctx, run), stop_grace=math.inf)
+    except Hung as hung:
+        jobflow.stage_out_hung(ctx, run, hung.waited)
+        return False
+    return True
 
 
 def _drain_answers(comm: Any, tick: Callable[[], None]) -> None:

@@ -18,7 +18,7 @@ from .. import payload, staging
 from ..checksums import CopyCancelled
 from ..config import Config
 from ..container import runtime_failure, runtime_of, wrap_command
-from ..errors import ErrorCode, PilotError
+from ..errors import ErrorCode, ExitCode, PilotError
 from ..guard import PayloadGuard
 from ..eventstatus import EventStatusPublisher
 from ..harvester import AccessPoint
@@ -146,6 +146,14 @@ def stage_in_hung(ctx: RankContext, run: JobRun, waited: float) -> PilotError:
         return ctx.stopping.request.not_started()
     return PilotError(ErrorCode.STAGEIN_TIMEOUT, f"stage-in hung: no answer from the filesystem after {waited:.0f} s, "
                       "past the time limits of all its inputs")
+
+
+def stage_out_hung(ctx: RankContext, run: JobRun, waited: float) -> None:
+    """Say that the job's stage-out was given up on after ``waited`` seconds, stuck in a system call (a hung
+    filesystem), and that the job stays undeclared."""
+    log.error("job %d: stage-out hung for %.0f s, a system call on its files never returned: leaving the job "
+              "undeclared (exit code %d), its thread behind; check the filesystem of %s", run.pandaid, waited,
+              ExitCode.SITE_PROBLEM, ctx.access_point.job_dir(run.pandaid))
 
 
 def run_payload(ctx: RankContext, run: JobRun) -> None:

@@ -24,7 +24,7 @@ import traceback
 from collections import deque
 from typing import Callable
 
-from ..errors import ErrorCode, ExitCode, PilotError
+from ..errors import ErrorCode, PilotError
 from ..jobreport import minimal_report
 from ..jobs import JobSpec
 from ..jobstate import JobResult, JobRun
@@ -149,9 +149,7 @@ class RankRunner:
     def _give_up_on_stageout(self, run: JobRun, waited: float) -> None:
         """Count the job as ended but undeclared: Harvester fails it with the worker, or a rerun on this access
         point runs it again (declaring it from here could hang as well, or race its thread's declaration)."""
-        log.error("job %d: stage-out hung for %.0f s, a system call on its files never returned: leaving the job "
-                  "undeclared (exit code %d), its thread behind; check the filesystem of %s", run.pandaid, waited,
-                  ExitCode.SITE_PROBLEM, self.ctx.access_point.job_dir(run.pandaid))
+        jobflow.stage_out_hung(self.ctx, run, waited)
         self.given_up.add(run.pandaid)
         self.pool.add()
         self.unfinished -= 1

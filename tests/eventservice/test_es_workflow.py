@@ -21,6 +21,7 @@ from hpcpilot.eventservice.reference_payload import HEADER, event_summary
 from tests.conftest import mounts_below
 from tests.e2e.conftest import communicate_or_kill, run_pilot
 from tests.harvester_reader import acknowledge, take_declarations
+from tests.multirank.test_hung_filesystem import NO_ANSWER
 from tests.multirank.test_stagein_timeout import COPY_LIMITS
 
 PANDAID = 7001
@@ -746,6 +747,53 @@ def test_a_declaration_the_filesystem_never_ends_aborts_every_rank_with_64(tmp_p
     assert run.returncode == 64, run.stderr[-3000:]
     assert any("[0@" in line and "has not ended after 2 s: its filesystem hangs" in line
                for line in run.stderr.splitlines()), run.stderr[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_an_event_job_whose_log_tarball_the_filesystem_never_ends_is_left_undeclared_and_the_pilot_ends_with_64(
+        tmp_path: Path, slow_sync_dir) -> None:
+    """Only the log tarball's fsync hangs, after every range was declared: rank 0 waited for the job's stage-out
+    without a limit, holding the worker to the end of its allocation (no summary within 60 s). As any job's
+    stage-out, it is given up on past its files' time limits (2 s each here), the job left undeclared, since
+    its declaration may still complete; the pilot ends with 64 without aborting every rank. (Its processes end
+    once the filesystem answers: it does once the summary is in, as in test_hung_filesystem.)"""
+    all_ranges = ranges(2)
+    ap = es_worker(slow_sync_dir(NO_ANSWER, only=f"log.{PANDAID}.job.log.tgz"), preplaced=all_ranges)
+    at_summary: dict = {}
+    watch = threading.Thread(target=_answer_at_summary, args=(ap, slow_sync_dir, at_summary), daemon=True)
+    watch.start()
+    run = run_pilot(ap, "mpi2", env={**FAST, "HPCPILOT_EVENT_WAIT_TIMEOUT": "1", "HPCPILOT_RANK_SILENCE_LIMIT": "1",
+                                     "HPCPILOT_LIMITS__TRANSFER_TIMEOUT_BASE": "2"}, timeout=60)
+    assert run.returncode == 64 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"job {PANDAID}: stage-out hung for" in run.stderr and "leaving the job undeclared" in run.stderr
+    assert "aborting every rank" not in run.stderr, run.stderr[-3000:]
+    assert [job["pandaid"] for job in run.summary()["jobs"] if not job["declared"]] == [PANDAID]
+    assert at_summary["jobStatus"] == "running", "declared final while its stage-out hung"
+    assert sorted(range_entries(run.declared(PANDAID))) == sorted(r["eventRangeID"] for r in all_ranges)
+
+
+def _answer_at_summary(ap: Path, slow_sync_dir, attributes: dict) -> None:
+    """Once the pilot's summary is in: the job's attributes then, and the filesystem answering again."""
+    deadline = time.monotonic() + 90
+    while not (ap / "hpcpilot_summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    attributes.update(json.loads((ap / "worker_attributes.json").read_text()))
+    slow_sync_dir.answer(ap)
+
+
+@pytest.mark.timeout(120)
+def test_rank_0_reading_what_an_earlier_run_received_on_a_slow_filesystem_is_not_taken_for_silent(
+        tmp_path: Path, slow_sync_dir) -> None:
+    """An earlier run's journal of received ranges, each read of it 3 s late (a loaded shared filesystem):
+    rank 0 read it at the job's start saying nothing to its peers, and rank 1 took it for dead (exit 64)."""
+    all_ranges = ranges(4)
+    ap = es_worker(slow_sync_dir(0, read_delay=3.0, only=".hpcpilot-ranges.jsonl"), preplaced=[])
+    journal = ap / ".hpcpilot-ranges.jsonl"
+    journal.write_text("".join(json.dumps(r) + "\n" for r in all_ranges))
+    run, entries = run_es(ap, "mpi2", serving=[], env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
+    assert run.returncode == 0 and "not heard from" not in run.stderr, run.stderr[-3000:]
+    assert sorted(range_entries(entries)) == sorted(r["eventRangeID"] for r in all_ranges)
+    assert run.attributes(PANDAID)["jobStatus"] == "finished"
 
 
 @pytest.mark.timeout(240)
