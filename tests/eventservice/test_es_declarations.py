@@ -27,7 +27,7 @@ def test_failed_ranges_are_status_only_entries():
 def test_slow_declarations_are_spaced_out_to_a_tenth_of_rank_0s_time():
     """A quick declaration is followed by the next after DECLARE_EVERY; one that took 81 ms (the journal of
     10,000 ranges rewritten while Harvester has not taken the dump) by the next after ten times that."""
-    from hpcpilot.workflow.eventservice import DECLARE_EVERY, declaration_due
+    from hpcpilot.workflow.esdispatch import DECLARE_EVERY, declaration_due
 
     assert declaration_due(100.0, 100.001) == pytest.approx(100.001 + DECLARE_EVERY)
     assert declaration_due(100.0, 100.081) == pytest.approx(100.081 + 0.81)
@@ -37,7 +37,7 @@ def test_answers_a_rank_took_are_forgotten_and_those_it_never_took_are_found():
     """Rank 0 keeps its answers to a rank only until the rank says it took them (kept, they added up to every
     range of a long job); when the rank ends, those given after the last one it took are its lost ranges."""
     from hpcpilot.eventservice import EventRange
-    from hpcpilot.workflow.eventservice import AnswerLedger
+    from hpcpilot.workflow.esdispatch import AnswerLedger
 
     ranges = [EventRange(f"4711-1-1-{i}", i * 10 + 1, i * 10 + 10, "EVNT.1", "guid", "mc") for i in range(1000)]
     ledger = AnswerLedger(2)
