@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from test_es_workflow import PANDAID, assert_finished_output, es_worker, range_entries, ranges, run_es
+from test_es_workflow import PANDAID, assert_every_range_finished, es_worker, ranges, run_es
 
 import hpcpilot
 from hpcpilot.eventservice.channel import MAX_SOCKET_PATH
@@ -80,11 +80,7 @@ def test_a_payload_in_a_container_reaches_the_channel_whose_socket_could_not_be_
     run, entries = run_es(ap, "grid", serving=[], env=env, options=("--site", "summit", "--scratch", str(scratch)))
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"event channel listening on {short_temp_dir}/" in run.stderr  # not in the scratch: the case here
-    by_range = range_entries(entries)
-    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
-    for event_range in all_ranges:
-        (entry,) = by_range[event_range["eventRangeID"]]
-        assert_finished_output(entry, event_range)
+    assert_every_range_finished(entries, all_ranges)
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
     assert list(short_temp_dir.iterdir()) == []  # the channel's directory went with it
 

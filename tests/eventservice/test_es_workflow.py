@@ -105,6 +105,15 @@ def assert_finished_output(entry: dict, event_range: dict) -> None:
     assert data == expected_output(event_range)
 
 
+def assert_every_range_finished(entries: list[dict], all_ranges: list[dict]) -> None:
+    """Each range declared once, finished, with its right output."""
+    by_range = range_entries(entries)
+    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
+    for event_range in all_ranges:
+        (entry,) = by_range[event_range["eventRangeID"]]
+        assert_finished_output(entry, event_range)
+
+
 def run_es(ap: Path, launch: str, serving: list[dict], env: dict | None = None, options: tuple[str, ...] = ()):
     with FakeHarvester(ap, serving, interval=0.05):
         consumer = DumpConsumer(ap)
@@ -120,11 +129,7 @@ def test_every_range_is_declared_once_with_its_output(tmp_path: Path, launch: st
     ap = es_worker(tmp_path, preplaced=all_ranges)
     run, entries = run_es(ap, launch, serving=[])
     assert run.returncode == 0, run.stderr[-3000:]
-    by_range = range_entries(entries)
-    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
-    for event_range in all_ranges:
-        (entry,) = by_range[event_range["eventRangeID"]]
-        assert_finished_output(entry, event_range)
+    assert_every_range_finished(entries, all_ranges)
     attributes = run.attributes(PANDAID)
     assert (attributes["jobStatus"], attributes["nEvents"], attributes["nEventRangesFinished"]) == ("finished", 300, 60)
     assert "nEvents=300" in attributes["jobMetrics"].split()  # PanDA's metrics carry the events too
@@ -715,11 +720,7 @@ def test_ranks_waiting_for_a_slow_fsync_of_the_access_point_are_not_taken_for_si
     ap = es_worker(slow_sync_dir(2.0), preplaced=all_ranges[:4])
     run, entries = run_es(ap, "mpi2", serving=all_ranges[4:], env={"HPCPILOT_RANK_SILENCE_LIMIT": "1"})
     assert run.returncode == 0 and "not heard from" not in run.stderr, run.stderr[-3000:]
-    by_range = range_entries(entries)
-    assert sorted(by_range) == sorted(r["eventRangeID"] for r in all_ranges)
-    for event_range in all_ranges:
-        (entry,) = by_range[event_range["eventRangeID"]]
-        assert_finished_output(entry, event_range)
+    assert_every_range_finished(entries, all_ranges)
     assert run.attributes(PANDAID)["jobStatus"] == "finished"
 
 
