@@ -277,7 +277,8 @@ def scratch_base(config: Config, site: Site, access_point: AccessPoint) -> Path:
     filesystem as last resort only, not while a node-local directory can still be had."""
     for wanted in dict.fromkeys([config.scratch, None]):
         try:
-            parent = site.choose_scratch(wanted, os.environ)
+            # absolute: the payload runs in its scratch, where a path relative to the pilot's names nothing
+            parent = site.choose_scratch(wanted, os.environ).absolute()
             parent.mkdir(parents=True, exist_ok=True)
             root = scratchroot.make_root(parent, keep=config.keep_scratch)
             scratchroot.reclaim_dead_roots_in_background(parent, own=root)

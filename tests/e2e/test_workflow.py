@@ -249,6 +249,21 @@ def test_scratch_is_removed_unless_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_relative_scratch_option_gives_the_payload_absolute_paths(tmp_path: Path) -> None:
+    """--scratch given relative to the directory the pilot starts in: the payload, which runs in its scratch, was
+    given HPCPILOT_SCRATCH and TMPDIR (and an event service payload its channel's socket) relative to the
+    pilot's directory, naming nothing from its own; a container runtime refuses such a bind."""
+    script = ('touch "$TMPDIR/made-in-tmpdir" && '
+              'echo "{\\"scratch\\": \\"$HPCPILOT_SCRATCH\\"}" > jobReport.json')
+    ap = write_access_point(tmp_path / "ap", {821: job_definition(821, "bash", f"-c '{script}'")})
+    (tmp_path / "start").mkdir()
+    run = run_pilot(ap, "grid", "--scratch", "relative-scratch", prefix=("env", "-C", str(tmp_path / "start")))
+    assert run.returncode == 0 and run.attributes(821)["jobStatus"] == "finished", run.stderr[-2000:]
+    scratch = Path(json.loads((ap / "821" / "jobReport.json").read_text())["scratch"])
+    assert scratch.is_absolute() and scratch.is_relative_to(tmp_path / "start" / "relative-scratch")
+
+
+@pytest.mark.timeout(120)
 def test_a_mount_a_root_payload_left_in_scratch_is_unmounted_not_emptied(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the payload bind-mounts a directory: needs root")
