@@ -89,9 +89,26 @@ def _apptainer_argv(executable: str, image: str, scratch: Path, binds: list[Path
     return [executable, "exec", *bind_flags, "--pwd", str(scratch), *options, _apptainer_image(image)]
 
 
+# Where shifter refuses a user's volume (its validateVolumeMap: a target starting so, by its text; or /opt).
+_SHIFTER_REFUSED_PREFIXES = ("/etc", "/var", "/opt/udiImage")
+_SHIFTER_REFUSED_TARGETS = ("/opt",)
+
+
+def _check_shifter_volume(directory: Path) -> None:
+    """SETUP_FAILED for a directory shifter would refuse to bind (also through a symlink, which it resolves):
+    it would fail with an exit code of its own, taken for the payload's."""
+    for path in (str(directory), os.path.realpath(directory)):
+        if path.startswith(_SHIFTER_REFUSED_PREFIXES) or path in _SHIFTER_REFUSED_TARGETS:
+            raise PilotError(ErrorCode.SETUP_FAILED, f"shifter binds no volume at {directory} (nothing under "
+                             f"{', '.join(_SHIFTER_REFUSED_PREFIXES)}, nor at /opt): choose a scratch (--scratch) "
+                             "and a TMPDIR (an event channel's socket) elsewhere")
+
+
 def _shifter_argv(executable: str, image: str, scratch: Path, binds: list[Path], options: list[str],
                   env_names: list[str]) -> list[str]:
     # shifter keeps the caller's environment too.
+    for directory in binds:
+        _check_shifter_volume(directory)
     volume_flags = [f"--volume={_same_path(directory)}" for directory in binds]
     return [executable, f"--image={_shifter_image(image)}", *volume_flags, f"--workdir={scratch}", *options, "--"]
 

@@ -86,6 +86,34 @@ def test_a_directory_outside_the_scratch_is_bound_at_its_own_path_too(runtime, b
     assert argv[-3:] == ["/bin/bash", "-c", COMMAND]
 
 
+@pytest.mark.parametrize("scratch, binds", [
+    (Path("/var/tmp/scratch/job-4711"), []),  # the scratch where the site's temp directory is /var/tmp
+    (SCRATCH, [Path("/var/tmp/hpcpilot-77-abc")]),  # an event channel's directory there
+    (SCRATCH, [Path("/etc/hpcpilot")]),
+    (SCRATCH, [Path("/opt")]),
+])
+def test_shifter_is_not_asked_for_a_volume_where_it_refuses_one(scratch, binds):
+    """Shifter refuses a volume under /etc, /var or /opt/udiImage, or at /opt: the job failed as the payload's
+    own exit, every range of an event service job as lost, with no word of why. It is a setup failure now."""
+    with pytest.raises(PilotError) as raised:
+        container_command("shifter", "shifter", "docker:atlas/athena:21.0.15", COMMAND, scratch, binds=binds)
+    assert raised.value.code == ErrorCode.SETUP_FAILED
+    assert str([*binds, scratch][0]) in raised.value.diag and "shifter" in raised.value.diag
+
+
+def test_shifter_is_not_asked_for_a_volume_through_a_symlink_into_var(tmp_path: Path):
+    """Shifter resolves the target: a temp directory linked to /var/tmp is refused as /var/tmp is."""
+    (tmp_path / "tmp").symlink_to("/var/tmp")
+    with pytest.raises(PilotError) as raised:
+        container_command("shifter", "shifter", "busybox", "true", SCRATCH, binds=[tmp_path / "tmp" / "hpcpilot-1"])
+    assert raised.value.code == ErrorCode.SETUP_FAILED
+
+
+def test_shifter_binds_a_directory_whose_name_only_looks_like_a_refused_one():
+    argv = container_command("shifter", "shifter", "busybox", "true", SCRATCH, binds=[Path("/optional/x")])
+    assert "--volume=/optional/x:/optional/x" in argv
+
+
 def test_every_known_runtime_builds_a_command():
     for runtime in RUNTIMES:
         assert container_command(runtime, runtime, "busybox", "true", SCRATCH)[-3:] == ["/bin/bash", "-c", "true"]
