@@ -150,7 +150,12 @@ def stage_in_hung(ctx: RankContext, run: JobRun, waited: float) -> PilotError:
 
 def stage_out_hung(ctx: RankContext, run: JobRun, waited: float) -> None:
     """Say that the job's stage-out was given up on after ``waited`` seconds, stuck in a system call (a hung
-    filesystem), and that the job stays undeclared."""
+    filesystem), and that the job stays undeclared, unless its declaration was done (its scratch's removal
+    hangs, which follows it)."""
+    if run.declared:
+        log.error("job %d: stage-out hung for %.0f s after the job was declared, a system call on its scratch %s "
+                  "never returned: its thread left behind", run.pandaid, waited, run.scratch)
+        return
     log.error("job %d: stage-out hung for %.0f s, a system call on its files never returned: leaving the job "
               "undeclared (exit code %d), its thread behind; check the filesystem of %s", run.pandaid, waited,
               ExitCode.SITE_PROBLEM, ctx.access_point.job_dir(run.pandaid))
