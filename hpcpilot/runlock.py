@@ -56,6 +56,14 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        """Let go of the lock. A close the filesystem fails (its FUSE server gone: ECONNABORTED) is only
+        logged: the descriptor is closed all the same, and the run's own exit code says more."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.close(fd)
+        except OSError as error:
+            log.warning("closing the access point's run lock failed (%s): its filesystem may be gone",
+                        error.strerror)
             self._fd = None
